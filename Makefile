@@ -1,0 +1,41 @@
+# Developer loop. `make` alone runs lint and tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
+
+.PHONY: all install lint format test proto bench demo clean
+
+all: lint test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/monolith_ps/v1/ps.proto
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
+
+demo: $(STAMP)
+	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache .ruff_cache build dist *.egg-info

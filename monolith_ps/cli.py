@@ -1,0 +1,46 @@
+"""The ``mps`` command: parses arguments and hands each subcommand to its component.
+
+Each subcommand lives in its component's ``cli`` module, which exposes
+``configure_parser(parser)`` (flags only, cheap to import) and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from monolith_ps import __version__
+
+# name -> (module, one-line help). Order is the order of `mps --help`.
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``mps`` parser; tests use it to check that the Helm chart's flags exist."""
+    parser = argparse.ArgumentParser(
+        prog="mps",
+        description="monolith-ps: a parameter-server cluster for recommendation embeddings.",
+    )
+    parser.add_argument("--version", action="version", version=f"mps {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in _SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.configure_parser(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The one hash of the cluster: ``mix64`` and the shard of a key.
+
+Every component that needs to know which shard owns a feature ID imports
+``shard_of`` from here: the client routes with it, the sync agent re-routes
+delta rows with it, and the servers check ownership with it. Tables hash keys
+into buckets with ``mix64`` too, but always over a seeded key, so bucket
+positions are independent of the shard a key was routed to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(inline="always", cache=True)
+def mix64(x):
+    """SplitMix64's finalizer: a bijective 64-bit mixer with full avalanche."""
+    x = np.uint64(x)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(nogil=True, cache=True)
+def _shard_of(keys, num_shards, out):
+    n = np.uint64(num_shards)
+    for i in range(keys.shape[0]):
+        out[i] = mix64(keys[i]) % n
+
+
+def shard_of(keys: np.ndarray, num_shards: int) -> np.ndarray:
+    """Shard index (``int64``) owning each ``uint64`` key: ``mix64(key) % num_shards``."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    out = np.empty(keys.shape[0], dtype=np.int64)
+    _shard_of(keys, num_shards, out)
+    return out
