@@ -1,0 +1,1 @@
+"""Runnable examples of monolith-ps; run them from the repository root."""

@@ -1,0 +1,375 @@
+"""The numpy training loop: batch -> lookup -> forward/backward -> push.
+
+A ``Trainer`` works with any store that has ``lookup_many`` and ``push_many``
+(``PSClient``, or an in-process ``LocalStore`` in tests) and a model given as a
+step function. Per batch it looks each table's keys up once (deduplicated, pad
+keys skipped), hands the step the rows laid out like the keys, sums the step's
+row gradients per unique key, and pushes them. Dense arrays, when the model has
+any, are pulled before the step and their gradients pushed after it.
+
+Usage::
+
+    trainer = Trainer(client, model.train_step, dense_store=client, pad_key=0)
+    stats = trainer.run(stream.batches(256), total=num_batches)
+    print(stats.mean_loss, stats.examples_per_second)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol, TextIO
+
+import numpy as np
+
+__all__ = [
+    "Batch",
+    "DenseStore",
+    "ProgressBar",
+    "SparseStore",
+    "StepResult",
+    "Trainer",
+    "TrainerStats",
+    "UniqueKeys",
+]
+
+
+class Batch(Protocol):
+    """What the trainer needs of a batch: uint64 keys per table, any shape, row = example."""
+
+    @property
+    def keys(self) -> Mapping[str, np.ndarray]: ...
+
+
+class SparseStore(Protocol):
+    """Embedding rows by key: ``PSClient`` or a ``LocalStore``."""
+
+    def lookup_many(self, keys_by_table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any: ...
+
+
+class DenseStore(Protocol):
+    """Named dense float32 arrays with a server-side optimizer."""
+
+    def pull_dense(self) -> dict[str, np.ndarray]: ...
+
+    def push_dense(self, grads: Mapping[str, np.ndarray]) -> Any: ...
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What a step function returns for one batch."""
+
+    loss: float
+    row_grads: Mapping[str, np.ndarray]  # per table, shaped like the rows the step was given
+    dense_grads: Mapping[str, np.ndarray] | None = None
+    predictions: np.ndarray | None = None  # (n,), before this batch's update
+
+
+StepFn = Callable[[Any, Mapping[str, np.ndarray], Mapping[str, np.ndarray]], StepResult]
+
+
+@dataclasses.dataclass(frozen=True)
+class UniqueKeys:
+    """One table's batch keys deduplicated: ``keys == unique[inverse]`` where ``inverse >= 0``."""
+
+    unique: np.ndarray  # uint64 (u,)
+    inverse: np.ndarray  # int64, the keys' shape; -1 marks a pad key
+
+    @classmethod
+    def from_keys(cls, keys: np.ndarray, pad_key: int | None = None) -> UniqueKeys:
+        """Deduplicate ``keys`` (any shape); keys equal to ``pad_key`` get no row."""
+        keys = np.asarray(keys)
+        if keys.dtype != np.uint64:
+            raise TypeError(f"keys must be uint64, got {keys.dtype}")
+        flat = keys.ravel()
+        if pad_key is None:
+            unique, inverse = np.unique(flat, return_inverse=True)
+            return cls(unique, inverse.reshape(keys.shape))
+        present = flat != np.uint64(pad_key)
+        unique, inverse_present = np.unique(flat[present], return_inverse=True)
+        inverse = np.full(flat.shape, -1, dtype=np.int64)
+        inverse[present] = inverse_present
+        return cls(unique, inverse.reshape(keys.shape))
+
+    def gather(self, unique_rows: np.ndarray) -> np.ndarray:
+        """Rows laid out like the keys: ``keys.shape + (dim,)``, zeros at pad keys."""
+        if unique_rows.shape[0] != self.unique.shape[0]:
+            raise ValueError(f"expected {self.unique.shape[0]} rows, got {unique_rows.shape[0]}")
+        out = unique_rows[np.maximum(self.inverse, 0)]
+        out[self.inverse < 0] = 0.0
+        return out
+
+    def sum_per_key(self, grads: np.ndarray) -> np.ndarray:
+        """Sum of ``grads`` (``keys.shape + (dim,)``) per unique key: ``(u, dim)``."""
+        if grads.shape[: self.inverse.ndim] != self.inverse.shape:
+            raise ValueError(
+                f"gradients of shape {grads.shape} do not match keys of shape {self.inverse.shape}"
+            )
+        dim = grads.shape[-1]
+        flat_inverse = self.inverse.ravel()
+        present = flat_inverse >= 0
+        out = np.zeros((self.unique.shape[0], dim), dtype=np.float32)
+        np.add.at(out, flat_inverse[present], grads.reshape(-1, dim)[present])
+        return out
+
+
+@dataclasses.dataclass
+class TrainerStats:
+    """Counters of one ``Trainer.run``."""
+
+    batches: int = 0
+    examples: int = 0
+    loss_sum: float = 0.0  # sum over batches of loss * batch size
+    keys_looked_up: int = 0  # unique keys sent, all tables
+    keys_pushed: int = 0
+    seconds: float = 0.0
+    lookup_seconds: float = 0.0  # time spent waiting for rows
+    push_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def mean_loss(self) -> float:
+        """Example-weighted mean loss (NaN before the first batch)."""
+        return self.loss_sum / self.examples if self.examples else math.nan
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else math.nan
+
+    def as_dict(self) -> dict[str, float | int | bool]:
+        return dataclasses.asdict(self) | {
+            "mean_loss": self.mean_loss,
+            "examples_per_second": self.examples_per_second,
+        }
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr; on a non-terminal, a line every ``log_every`` seconds.
+
+    Usage::
+
+        with ProgressBar(total=100, desc="train") as bar:
+            bar.update(1, loss=0.5)
+    """
+
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        log_every: float = 10.0,
+        width: int = 24,
+    ) -> None:
+        self.total = total
+        self.desc = desc
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled = enabled
+        self.count = 0
+        self.postfix: dict[str, Any] = {}
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._width = width
+        self._start = time.monotonic()
+        self._last_draw = -math.inf
+        self._min_interval = 0.1 if self._tty else log_every
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """Advance by ``n`` and set the values shown after the bar."""
+        self.count += n
+        self.postfix.update(postfix)
+        now = time.monotonic()
+        if now - self._last_draw >= self._min_interval:
+            self._draw(now)
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        self._draw(time.monotonic(), final=True)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _draw(self, now: float, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        self._last_draw = now
+        elapsed = now - self._start
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            frac = min(self.count / self.total, 1.0)
+            filled = int(frac * self._width)
+            bar = "#" * filled + "." * (self._width - filled)
+            eta = (self.total - self.count) / rate if rate > 0 else math.inf
+            head = f"{self.desc} [{bar}] {self.count}/{self.total} {frac:4.0%}"
+            timing = f"{elapsed:5.1f}s" + ("" if final else f" eta {eta:4.0f}s")
+        else:
+            head, timing = f"{self.desc} {self.count}", f"{elapsed:5.1f}s"
+        fields = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
+        line = f"{head} {timing} {rate:,.0f}/s {fields}".rstrip()
+        if self._tty:
+            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class _StopOnInterrupt:
+    """While active (main thread only), the first Ctrl-C asks the loop to stop after the
+    current batch; a second one raises ``KeyboardInterrupt`` at once."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.requested = False
+        self._stream = stream
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._stream.write("\nstopping after this batch (Ctrl-C again to abort)\n")
+        self._stream.flush()
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """Runs ``step`` over batches, with rows from ``store`` and gradients pushed back to it.
+
+    ``pad_key``: keys equal to it get zero rows and no updates (multi-hot padding).
+    ``prefetch``: look up the next batch's rows while the current one computes; rows
+    read that way may miss the current batch's update (one step of staleness).
+    ``dense_store``: where dense arrays are pulled from and pushed to (None: no dense).
+    """
+
+    def __init__(
+        self,
+        store: SparseStore,
+        step: StepFn,
+        *,
+        dense_store: DenseStore | None = None,
+        pad_key: int | None = None,
+        prefetch: bool = False,
+        progress: bool = True,
+        desc: str = "train",
+        stream: TextIO | None = None,
+        on_step: Callable[[Any, StepResult], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.step = step
+        self.dense_store = dense_store
+        self.pad_key = pad_key
+        self.prefetch = prefetch
+        self.progress = progress
+        self.desc = desc
+        self.stream = sys.stderr if stream is None else stream
+        self.on_step = on_step
+
+    def _dedup(self, batch: Batch) -> dict[str, UniqueKeys]:
+        return {
+            table: UniqueKeys.from_keys(keys, self.pad_key) for table, keys in batch.keys.items()
+        }
+
+    def _lookup(self, batch: Batch) -> tuple[dict[str, UniqueKeys], dict[str, np.ndarray]]:
+        unique = self._dedup(batch)
+        rows = self.store.lookup_many({table: u.unique for table, u in unique.items()})
+        return unique, rows
+
+    def run(self, batches: Iterable[Batch], total: int | None = None) -> TrainerStats:
+        """Train on every batch (or until Ctrl-C); returns the run's counters."""
+        stats = TrainerStats()
+        start = time.monotonic()
+        bar = ProgressBar(total, self.desc, self.stream, enabled=self.progress)
+        pool = concurrent.futures.ThreadPoolExecutor(1) if self.prefetch else None
+        try:
+            with _StopOnInterrupt(self.stream) as stop:
+                for batch, looked_up in self._with_rows(iter(batches), pool):
+                    t0 = time.monotonic()
+                    unique, unique_rows = looked_up.result() if pool else looked_up
+                    stats.lookup_seconds += time.monotonic() - t0
+                    self._train_batch(batch, unique, unique_rows, stats)
+                    bar.update(1, loss=stats.mean_loss)
+                    if stop.requested:
+                        stats.interrupted = True
+                        break
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            stats.seconds = time.monotonic() - start
+            bar.close()
+        return stats
+
+    def _with_rows(
+        self, batches: Iterator[Batch], pool: concurrent.futures.ThreadPoolExecutor | None
+    ) -> Iterator[tuple[Batch, Any]]:
+        """Each batch with its looked-up rows (a future of them when prefetching)."""
+        if pool is None:
+            for batch in batches:
+                yield batch, self._lookup(batch)
+            return
+        current = next(batches, None)
+        pending = pool.submit(self._lookup, current) if current is not None else None
+        while current is not None:
+            following = next(batches, None)
+            # The next lookup runs while the caller computes and pushes the current batch.
+            upcoming = pool.submit(self._lookup, following) if following is not None else None
+            yield current, pending
+            current, pending = following, upcoming
+
+    def _train_batch(
+        self,
+        batch: Batch,
+        unique: Mapping[str, UniqueKeys],
+        unique_rows: Mapping[str, np.ndarray],
+        stats: TrainerStats,
+    ) -> None:
+        rows = {table: u.gather(unique_rows[table]) for table, u in unique.items()}
+        dense = self.dense_store.pull_dense() if self.dense_store is not None else {}
+        result = self.step(batch, rows, dense)
+        grads = {
+            table: (unique[table].unique, unique[table].sum_per_key(g))
+            for table, g in result.row_grads.items()
+            if unique[table].unique.size
+        }
+        t0 = time.monotonic()
+        if grads:
+            self.store.push_many(grads)
+        if self.dense_store is not None and result.dense_grads:
+            self.dense_store.push_dense(result.dense_grads)
+        stats.push_seconds += time.monotonic() - t0
+        n = _batch_size(batch)
+        stats.batches += 1
+        stats.examples += n
+        stats.loss_sum += float(result.loss) * n
+        stats.keys_looked_up += sum(int(u.unique.size) for u in unique.values())
+        stats.keys_pushed += sum(int(k.size) for k, _ in grads.values())
+        if self.on_step is not None:
+            self.on_step(batch, result)
+
+
+def _batch_size(batch: Batch) -> int:
+    for keys in batch.keys.values():
+        return int(np.shape(keys)[0])
+    return 0
