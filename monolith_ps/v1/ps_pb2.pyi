@@ -184,7 +184,7 @@ class DescribeTablesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeTablesResponse(_message.Message):
-    __slots__ = ("role", "shard_index", "num_shards", "epoch", "tables", "dense", "server_version")
+    __slots__ = ("role", "shard_index", "num_shards", "epoch", "tables", "dense", "server_version", "max_message_bytes", "max_batch_keys")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +192,8 @@ class DescribeTablesResponse(_message.Message):
     TABLES_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_KEYS_FIELD_NUMBER: _ClassVar[int]
     role: Role
     shard_index: int
     num_shards: int
@@ -199,7 +201,9 @@ class DescribeTablesResponse(_message.Message):
     tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
     dense: _containers.RepeatedCompositeFieldContainer[DenseInfo]
     server_version: str
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., epoch: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., dense: _Optional[_Iterable[_Union[DenseInfo, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    max_message_bytes: int
+    max_batch_keys: int
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., epoch: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., dense: _Optional[_Iterable[_Union[DenseInfo, _Mapping]]] = ..., server_version: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., max_batch_keys: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("full",)
