@@ -1,0 +1,61 @@
+"""The wire codec: round trips, zero-copy decoding and length errors that name the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monolith_ps import wire
+from monolith_ps.v1 import ps_pb2
+
+
+def test_keys_round_trip_without_copy(rng):
+    keys = rng.integers(0, 2**64, size=100, dtype=np.uint64)
+    buf = wire.encode_keys(keys)
+    assert len(buf) == 800
+    decoded = wire.decode_keys(buf)
+    np.testing.assert_array_equal(decoded, keys)
+    assert not decoded.flags.owndata and not decoded.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_values_round_trip(rng, dtype):
+    values = rng.standard_normal((5, 3)).astype(dtype)
+    buf, wire_dtype = wire.encode_values(values)
+    assert wire.dtype_from_wire(wire_dtype) == np.dtype(dtype)
+    np.testing.assert_array_equal(wire.decode_values(buf, 5, 3, wire_dtype), values)
+
+
+def test_unspecified_dtype_reads_as_float32():
+    assert wire.dtype_from_wire(ps_pb2.DTYPE_UNSPECIFIED) == np.float32
+    assert wire.dtype_to_wire(np.float32) == ps_pb2.DTYPE_FLOAT32
+    assert wire.dtype_to_wire(np.float16) == ps_pb2.DTYPE_FLOAT16
+
+
+def test_found_and_versions_round_trip():
+    found = np.array([True, False, True])
+    np.testing.assert_array_equal(wire.decode_found(wire.encode_found(found), 3), found)
+    assert wire.decode_found(b"\x00\x07", 2).tolist() == [False, True]
+    versions = np.array([1, 2**63], dtype=np.uint64)
+    np.testing.assert_array_equal(wire.decode_versions(wire.encode_versions(versions), 2), versions)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: wire.decode_keys(b"\x00" * 7, "tables[0].keys"),
+         r"tables\[0\]\.keys: 7 bytes is not a whole number of 8-byte"),
+        (lambda: wire.decode_values(b"\x00" * 12, 2, 2, field="grads"),
+         r"grads: expected 2 x 2 float32 values \(16 bytes\), got 12 bytes"),
+        (lambda: wire.decode_values(b"\x00" * 16, 2, 2, ps_pb2.DTYPE_FLOAT16),
+         r"expected 2 x 2 float16 values \(8 bytes\), got 16"),
+        (lambda: wire.decode_found(b"\x01", 2), r"found: expected 2 bytes"),
+        (lambda: wire.decode_versions(b"\x00" * 9, 1), r"versions: expected 1 uint64"),
+        (lambda: wire.dtype_from_wire(99), "unknown dtype enum value 99"),
+        (lambda: wire.dtype_to_wire(np.float64), "cannot travel on the wire"),
+    ],
+)  # fmt: skip
+def test_wrong_lengths_raise_wire_format_error(call, message):
+    with pytest.raises(wire.WireFormatError, match=message):
+        call()
+    assert issubclass(wire.WireFormatError, ValueError)
