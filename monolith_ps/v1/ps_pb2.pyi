@@ -234,7 +234,7 @@ class ExportDeltaRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., since_version: _Optional[int] = ..., epoch: _Optional[int] = ..., max_chunk_rows: _Optional[int] = ...) -> None: ...
 
 class DeltaChunk(_message.Message):
-    __slots__ = ("table", "source_shard", "source_num_shards", "epoch", "full_resync", "since_version", "dim", "dtype", "keys", "values", "versions", "tombstone_keys", "tombstone_versions", "last", "complete_version", "dense", "dense_version")
+    __slots__ = ("table", "source_shard", "source_num_shards", "epoch", "full_resync", "since_version", "dim", "dtype", "keys", "values", "versions", "tombstone_keys", "tombstone_versions", "last", "complete_version", "dense", "dense_version", "default_value", "default_version")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SHARD_FIELD_NUMBER: _ClassVar[int]
     SOURCE_NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,8 @@ class DeltaChunk(_message.Message):
     COMPLETE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
     DENSE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VERSION_FIELD_NUMBER: _ClassVar[int]
     table: str
     source_shard: int
     source_num_shards: int
@@ -269,7 +271,9 @@ class DeltaChunk(_message.Message):
     complete_version: int
     dense: _containers.RepeatedCompositeFieldContainer[DenseArray]
     dense_version: int
-    def __init__(self, table: _Optional[str] = ..., source_shard: _Optional[int] = ..., source_num_shards: _Optional[int] = ..., epoch: _Optional[int] = ..., full_resync: _Optional[bool] = ..., since_version: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., keys: _Optional[bytes] = ..., values: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., tombstone_keys: _Optional[bytes] = ..., tombstone_versions: _Optional[bytes] = ..., last: _Optional[bool] = ..., complete_version: _Optional[int] = ..., dense: _Optional[_Iterable[_Union[DenseArray, _Mapping]]] = ..., dense_version: _Optional[int] = ...) -> None: ...
+    default_value: bytes
+    default_version: int
+    def __init__(self, table: _Optional[str] = ..., source_shard: _Optional[int] = ..., source_num_shards: _Optional[int] = ..., epoch: _Optional[int] = ..., full_resync: _Optional[bool] = ..., since_version: _Optional[int] = ..., dim: _Optional[int] = ..., dtype: _Optional[_Union[DType, str]] = ..., keys: _Optional[bytes] = ..., values: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., tombstone_keys: _Optional[bytes] = ..., tombstone_versions: _Optional[bytes] = ..., last: _Optional[bool] = ..., complete_version: _Optional[int] = ..., dense: _Optional[_Iterable[_Union[DenseArray, _Mapping]]] = ..., dense_version: _Optional[int] = ..., default_value: _Optional[bytes] = ..., default_version: _Optional[int] = ...) -> None: ...
 
 class ApplyDeltaResponse(_message.Message):
     __slots__ = ("rows_applied", "rows_skipped", "tombstones_applied")
