@@ -1,0 +1,175 @@
+"""What each serving replica has applied, and which exports bring every replica up to date.
+
+The agent keeps no state of its own: every round it reads each replica's cursors
+(``GetSyncState``) and each training shard's epoch and table versions
+(``DescribeTables``), and plans the exports from those alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from monolith_ps.v1 import ps_pb2
+from sync_agent.discovery.base import Endpoint
+from sync_agent.router import Destination, can_share_keys
+
+__all__ = [
+    "Cursor",
+    "ExportPlan",
+    "ReplicaState",
+    "SourceTable",
+    "TrainingShard",
+    "plan_exports",
+    "replica_state_from_proto",
+]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Up to which version of one training shard's table a replica has applied everything."""
+
+    table: str
+    source_shard: int
+    source_num_shards: int
+    epoch: int
+    version: int
+    applied_at: float
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One serving replica as it reported itself at the start of a round."""
+
+    endpoint: Endpoint
+    shard_index: int
+    num_shards: int
+    cursors: Mapping[tuple[str, int], Cursor]
+    dense_version: int = 0
+    dense_epoch: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+    def cursor(self, table: str, source_shard: int) -> Cursor | None:
+        return self.cursors.get((table, source_shard))
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """One table of one training shard, at the version it had when the round began."""
+
+    table: str
+    dim: int
+    version: int
+
+
+@dataclass(frozen=True)
+class TrainingShard:
+    """A training server as it described itself at the start of a round."""
+
+    endpoint: Endpoint
+    shard_index: int
+    num_shards: int
+    epoch: int
+    tables: tuple[SourceTable, ...] = ()
+    dense_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """One ``ExportDelta`` call of one table, fanned out to ``replicas``.
+
+    ``full`` plans ask with epoch 0, which no server has, so the answer is always a
+    full resync; incremental plans ask from the lowest cursor among their replicas
+    and each replica is sent only what lies above its own (its ``Destination.floor``).
+    """
+
+    source: TrainingShard
+    table: SourceTable
+    full: bool
+    since_version: int
+    replicas: tuple[tuple[ReplicaState, Destination], ...] = field(default=())
+
+    @property
+    def epoch(self) -> int:
+        return 0 if self.full else self.source.epoch
+
+
+def replica_state_from_proto(
+    endpoint: Endpoint, response: ps_pb2.GetSyncStateResponse
+) -> ReplicaState:
+    """A ``ReplicaState`` from a ``GetSyncState`` answer."""
+    cursors = {
+        (c.table, c.source_shard): Cursor(
+            table=c.table,
+            source_shard=c.source_shard,
+            source_num_shards=c.source_num_shards,
+            epoch=c.epoch,
+            version=c.version,
+            applied_at=c.applied_at_unix,
+        )
+        for c in response.cursors
+    }
+    return ReplicaState(
+        endpoint=endpoint,
+        shard_index=response.shard_index,
+        num_shards=response.num_shards,
+        cursors=cursors,
+        dense_version=response.dense_version,
+        dense_epoch=response.dense_epoch,
+    )
+
+
+def needs_full(cursor: Cursor | None, source: TrainingShard, table: SourceTable) -> bool:
+    """Whether a replica's cursor cannot be continued and the replica needs a full resync.
+
+    No cursor (new or restarted replica), another epoch (the training shard restarted
+    and may have lost updates), another training shard count (rows moved between
+    shards), or a cursor ahead of the shard's version (its history was rewound).
+    """
+    return (
+        cursor is None
+        or cursor.epoch != source.epoch
+        or cursor.source_num_shards != source.num_shards
+        or cursor.version > table.version
+    )
+
+
+def plan_exports(
+    source: TrainingShard,
+    table: SourceTable,
+    replicas: Iterable[ReplicaState],
+    isolated: Sequence[str] = (),
+) -> list[ExportPlan]:
+    """The exports of one training shard's table that bring ``replicas`` up to date.
+
+    Replicas that need a full resync share one full export, those behind share one
+    incremental export, and up-to-date replicas (or ones that cannot own any of the
+    shard's keys) get nothing. A replica named in ``isolated`` (it failed or stalled
+    recently) gets an export of its own, so it cannot hold the others back again.
+    """
+    shared: dict[bool, list[tuple[ReplicaState, Destination, int]]] = {True: [], False: []}
+    plans: list[ExportPlan] = []
+    for replica in replicas:
+        if not can_share_keys(
+            source.shard_index, source.num_shards, replica.shard_index, replica.num_shards
+        ):
+            continue
+        cursor = replica.cursor(table.table, source.shard_index)
+        full = needs_full(cursor, source, table)
+        if not full and cursor is not None and cursor.version == table.version:
+            continue
+        floor = 0 if full or cursor is None else cursor.version
+        dest = Destination(replica.num_shards, replica.shard_index, floor)
+        if replica.name in isolated:
+            plans.append(ExportPlan(source, table, full, floor, ((replica, dest),)))
+        else:
+            shared[full].append((replica, dest, floor))
+    for full, members in shared.items():
+        if members:
+            since = min(floor for _, _, floor in members)
+            pairs = tuple((replica, dest) for replica, dest, _ in members)
+            plans.append(ExportPlan(source, table, full, since, pairs))
+    return plans
