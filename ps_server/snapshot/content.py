@@ -84,10 +84,11 @@ class TableSnapshot:
 
 @dataclass(frozen=True)
 class DenseSnapshot:
-    """The dense parameters (name -> array, optimizer state included) and their version."""
+    """The dense parameters (name -> array), their optimizer states and their version."""
 
     arrays: Mapping[str, np.ndarray]
     version: int
+    states: Mapping[str, np.ndarray] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 

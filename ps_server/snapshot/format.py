@@ -114,17 +114,17 @@ class FileEntry:
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> FileEntry:
-        obj = _expect(obj, dict, where)
+        obj = expect_type(obj, dict, where)
         try:
-            crc = int(_expect(obj.get(CHECKSUM_ALGORITHM), str, f"{where}.crc32"), 16)
+            crc = int(expect_type(obj.get(CHECKSUM_ALGORITHM), str, f"{where}.crc32"), 16)
         except ValueError:
             raise CorruptSnapshotError(f"{where}: crc32 is not hexadecimal") from None
-        shape = _expect(obj.get("shape"), list, f"{where}.shape")
+        shape = expect_type(obj.get("shape"), list, f"{where}.shape")
         return cls(
-            bytes=_expect_int(obj.get("bytes"), f"{where}.bytes"),
+            bytes=expect_int(obj.get("bytes"), f"{where}.bytes"),
             crc32=crc,
-            dtype=_expect(obj.get("dtype"), str, f"{where}.dtype"),
-            shape=tuple(_expect_int(n, f"{where}.shape") for n in shape),
+            dtype=expect_type(obj.get("dtype"), str, f"{where}.dtype"),
+            shape=tuple(expect_int(n, f"{where}.shape") for n in shape),
         )
 
 
@@ -290,23 +290,26 @@ def read_npy(path: Path, entry: FileEntry) -> np.ndarray:
 # ---------------------------------------------------------------- JSON helpers
 
 
-def _expect(value: Any, kind: type, where: str) -> Any:
+def expect_type(value: Any, kind: type, where: str) -> Any:
+    """``value`` if it is a ``kind`` (bools are not ints), else ``CorruptSnapshotError``."""
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise CorruptSnapshotError(f"manifest field {where}: expected {kind.__name__}")
     return value
 
 
-def _expect_int(value: Any, where: str, minimum: int = 0) -> int:
-    value = _expect(value, int, where)
+def expect_int(value: Any, where: str, minimum: int = 0) -> int:
+    """An int manifest field no smaller than ``minimum``."""
+    value = expect_type(value, int, where)
     if value < minimum:
         raise CorruptSnapshotError(f"manifest field {where}: {value} < {minimum}")
     return value
 
 
-def _expect_files(value: Any, where: str) -> dict[str, str]:
-    value = _expect(value, dict, where)
+def expect_files(value: Any, where: str) -> dict[str, str]:
+    """A ``name -> file name`` manifest mapping."""
+    value = expect_type(value, dict, where)
     for name, rel in value.items():
-        _expect(rel, str, f"{where}.{name}")
+        expect_type(rel, str, f"{where}.{name}")
     return dict(value)
 
 
@@ -354,12 +357,12 @@ class ServerInfo:
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "server") -> ServerInfo:
-        obj = _expect(obj, dict, where)
+        obj = expect_type(obj, dict, where)
         return cls(
-            role=_expect(obj.get("role"), str, f"{where}.role"),
-            shard_index=_expect_int(obj.get("shard_index"), f"{where}.shard_index"),
-            num_shards=_expect_int(obj.get("num_shards"), f"{where}.num_shards", 1),
-            epoch=_expect_int(obj.get("epoch"), f"{where}.epoch"),
+            role=expect_type(obj.get("role"), str, f"{where}.role"),
+            shard_index=expect_int(obj.get("shard_index"), f"{where}.shard_index"),
+            num_shards=expect_int(obj.get("num_shards"), f"{where}.num_shards", 1),
+            epoch=expect_int(obj.get("epoch"), f"{where}.epoch"),
         )
 
 
@@ -397,16 +400,16 @@ class TableEntry:
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> TableEntry:
-        obj = _expect(obj, dict, where)
+        obj = expect_type(obj, dict, where)
         entry = cls(
-            since_version=_expect_int(obj.get("since_version"), f"{where}.since_version"),
-            complete_version=_expect_int(obj.get("complete_version"), f"{where}.complete_version"),
-            rows=_expect_int(obj.get("rows"), f"{where}.rows"),
-            tombstones=_expect_int(obj.get("tombstones"), f"{where}.tombstones"),
-            row_files=_expect_files(obj.get("row_files"), f"{where}.row_files"),
-            tombstone_files=_expect_files(obj.get("tombstone_files"), f"{where}.tombstone_files"),
-            array_files=_expect_files(obj.get("array_files"), f"{where}.array_files"),
-            meta=_expect(obj.get("meta", {}), dict, f"{where}.meta"),
+            since_version=expect_int(obj.get("since_version"), f"{where}.since_version"),
+            complete_version=expect_int(obj.get("complete_version"), f"{where}.complete_version"),
+            rows=expect_int(obj.get("rows"), f"{where}.rows"),
+            tombstones=expect_int(obj.get("tombstones"), f"{where}.tombstones"),
+            row_files=expect_files(obj.get("row_files"), f"{where}.row_files"),
+            tombstone_files=expect_files(obj.get("tombstone_files"), f"{where}.tombstone_files"),
+            array_files=expect_files(obj.get("array_files"), f"{where}.array_files"),
+            meta=expect_type(obj.get("meta", {}), dict, f"{where}.meta"),
         )
         for required in ("keys", "versions"):
             if required not in entry.row_files or required not in entry.tombstone_files:
@@ -416,22 +419,29 @@ class TableEntry:
 
 @dataclass(frozen=True)
 class DenseEntry:
-    """The dense arrays in a manifest and the dense version they hold."""
+    """The dense arrays (and optimizer states) in a manifest and their version."""
 
     version: int
     files: dict[str, str]
+    state_files: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "files": self.files, "meta": self.meta}
+        return {
+            "version": self.version,
+            "files": self.files,
+            "state_files": self.state_files,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "dense") -> DenseEntry:
-        obj = _expect(obj, dict, where)
+        obj = expect_type(obj, dict, where)
         return cls(
-            version=_expect_int(obj.get("version"), f"{where}.version"),
-            files=_expect_files(obj.get("files"), f"{where}.files"),
-            meta=_expect(obj.get("meta", {}), dict, f"{where}.meta"),
+            version=expect_int(obj.get("version"), f"{where}.version"),
+            files=expect_files(obj.get("files"), f"{where}.files"),
+            state_files=expect_files(obj.get("state_files", {}), f"{where}.state_files"),
+            meta=expect_type(obj.get("meta", {}), dict, f"{where}.meta"),
         )
 
 
@@ -482,10 +492,10 @@ class Manifest:
 
     @classmethod
     def from_json(cls, obj: Any) -> Manifest:
-        obj = _expect(obj, dict, "manifest")
+        obj = expect_type(obj, dict, "manifest")
         if obj.get("format") != FORMAT_NAME:
             raise CorruptSnapshotError(f"not a {FORMAT_NAME} manifest: {obj.get('format')!r}")
-        version = _expect_int(obj.get("format_version"), "format_version")
+        version = expect_int(obj.get("format_version"), "format_version")
         if version != FORMAT_VERSION:
             raise UnsupportedFormatError(
                 f"format_version {version} is not supported (this build reads {FORMAT_VERSION})"
@@ -501,24 +511,24 @@ class Manifest:
             raise CorruptSnapshotError("manifest field created_unix: expected a number")
         files = {
             rel: FileEntry.from_json(f, f"files.{rel}")
-            for rel, f in _expect(obj.get("files"), dict, "files").items()
+            for rel, f in expect_type(obj.get("files"), dict, "files").items()
         }
         tables = {
             name: TableEntry.from_json(t, f"tables.{name}")
-            for name, t in _expect(obj.get("tables"), dict, "tables").items()
+            for name, t in expect_type(obj.get("tables"), dict, "tables").items()
         }
         dense = obj.get("dense")
         manifest = cls(
             kind=kind,
-            seq=_expect_int(obj.get("seq"), "seq", 1),
-            base_seq=_expect_int(obj.get("base_seq"), "base_seq", 1),
-            parent_seq=None if parent is None else _expect_int(parent, "parent_seq", 1),
+            seq=expect_int(obj.get("seq"), "seq", 1),
+            base_seq=expect_int(obj.get("base_seq"), "base_seq", 1),
+            parent_seq=None if parent is None else expect_int(parent, "parent_seq", 1),
             created_unix=float(created),
             server=ServerInfo.from_json(obj.get("server")),
             tables=tables,
             dense=None if dense is None else DenseEntry.from_json(dense),
             files=files,
-            extra=_expect(obj.get("extra", {}), dict, "extra"),
+            extra=expect_type(obj.get("extra", {}), dict, "extra"),
             format_version=version,
         )
         manifest._check_links()
@@ -533,7 +543,7 @@ class Manifest:
             raise CorruptSnapshotError("an incremental needs base <= parent < seq")
         referenced = [rel for t in self.tables.values() for rel in t.files()]
         if self.dense:
-            referenced += list(self.dense.files.values())
+            referenced += [*self.dense.files.values(), *self.dense.state_files.values()]
         missing = sorted(set(referenced) - set(self.files))
         if missing:
             raise CorruptSnapshotError(f"manifest references unlisted files {missing[:3]}")

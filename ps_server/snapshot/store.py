@@ -317,6 +317,7 @@ class SnapshotStore:
             dense = DenseSnapshot(
                 arrays={n: get(rel) for n, rel in manifest.dense.files.items()},
                 version=manifest.dense.version,
+                states={n: get(rel) for n, rel in manifest.dense.state_files.items()},
                 meta=manifest.dense.meta,
             )
         return LoadedSnapshot(path, manifest, tables, dense)
@@ -515,11 +516,12 @@ def _write_arrays(
         )
     dense_entry = None
     if dense is not None:
+        names = {n: i for i, n in enumerate(sorted({*dense.arrays, *dense.states}))}
         dense_entry = DenseEntry(
             version=int(dense.version),
-            files={
-                n: put(f"dense.{i:04d}.npy", a)
-                for i, (n, a) in enumerate(sorted(dense.arrays.items()))
+            files={n: put(f"dense.{names[n]:04d}.values.npy", a) for n, a in dense.arrays.items()},
+            state_files={
+                n: put(f"dense.{names[n]:04d}.state.npy", a) for n, a in dense.states.items()
             },
             meta=dense_meta,
         )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ps_server.snapshot.content import DenseSnapshot, TableSnapshot
 from ps_server.snapshot.format import ServerInfo
+from ps_server.snapshot.store import SnapshotStore
 
 SERVER = ServerInfo(role="training", shard_index=0, num_shards=1, epoch=0xDEADBEEF12345678)
 
@@ -54,7 +57,10 @@ class ReferenceTable:
             complete_version=self.version,
             tombstone_keys=np.array([k for k, _ in dead], dtype=np.uint64),
             tombstone_versions=np.array([v for _, v in dead], dtype=np.uint64),
-            arrays={"sketch": np.full((2, 8), self.version, dtype=np.uint32)},
+            arrays={
+                "sketch": np.full((2, 8), self.version, dtype=np.uint32),
+                "default_row": np.full(self.dim, 0.25, dtype=np.float32),
+            },
             meta={"version": self.version, "admit_after": 1},
         )
 
@@ -78,9 +84,47 @@ def make_dense(version: int, seed: int = 0) -> DenseSnapshot:
     rng = np.random.default_rng(seed)
     return DenseSnapshot(
         arrays={
-            "mlp/w1": rng.standard_normal((4, 3)).astype(np.float32),
-            "mlp/w1:adam_m": rng.standard_normal((4, 3)).astype(np.float32),
+            "mlp/w1": rng.standard_normal(12).astype(np.float32),
+            "mlp/b1": rng.standard_normal(3).astype(np.float32),
         },
+        states={"mlp/w1": rng.standard_normal(24).astype(np.float32)},
         version=version,
         meta={"optimizer": "adam"},
     )
+
+
+class Trainer:
+    """Two reference tables changing between snapshots, and the state at each snapshot."""
+
+    def __init__(self, root: Path, seed: int = 0, server: ServerInfo = SERVER) -> None:
+        self.server = server
+        self.store = SnapshotStore(root)
+        self.rng = np.random.default_rng(seed)
+        self.tables = {"user": ReferenceTable(dim=4), "item": ReferenceTable(dim=3)}
+        self.states: dict[int, dict[str, dict]] = {0: {"user": {}, "item": {}}}
+        self.last = None
+        self.dense_version = 0
+
+    def step(self, n_upserts: int = 20, n_deletes: int = 3) -> None:
+        for table in self.tables.values():
+            table.upsert(self.rng.integers(0, 60, n_upserts, dtype=np.uint64), self.rng)
+            table.delete(self.rng.integers(0, 60, n_deletes, dtype=np.uint64))
+        self.dense_version += 1
+
+    def snapshot(self, kind: str) -> int:
+        parent = None if kind == "full" or self.last is None else self.last
+        kind = "full" if parent is None else kind
+        since = {n: (parent.tables[n].complete_version if parent else 0) for n in self.tables}
+        written = self.store.write(
+            kind,
+            {n: t.export_since(since[n]) for n, t in self.tables.items()},
+            dense=make_dense(self.dense_version, self.dense_version),
+            server=self.server,
+            parent=parent,
+        )
+        self.last = written.manifest
+        self.states[written.manifest.seq] = {n: t.snapshot_state() for n, t in self.tables.items()}
+        return written.manifest.seq
+
+    def path(self, seq: int) -> Path:
+        return next(s.path for s in self.store.snapshots() if s.seq == seq)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from snapshot_helpers import SERVER, ReferenceTable, assert_section_matches, make_dense
+from snapshot_helpers import SERVER, ReferenceTable, Trainer, assert_section_matches, make_dense
 
 from ps_server.snapshot.content import TableSnapshot
 from ps_server.snapshot.format import MANIFEST_NAME, CorruptSnapshotError
@@ -21,42 +21,6 @@ from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.store import SnapshotDirBusyError, SnapshotStore
 
 _STORE_LOGGER = "ps_server.snapshot.store"
-
-
-class Trainer:
-    """Two reference tables changing between snapshots, and the state at each snapshot."""
-
-    def __init__(self, root: Path, seed: int = 0) -> None:
-        self.store = SnapshotStore(root)
-        self.rng = np.random.default_rng(seed)
-        self.tables = {"user": ReferenceTable(dim=4), "item": ReferenceTable(dim=3)}
-        self.states: dict[int, dict[str, dict]] = {0: {"user": {}, "item": {}}}
-        self.last = None
-        self.dense_version = 0
-
-    def step(self, n_upserts: int = 20, n_deletes: int = 3) -> None:
-        for table in self.tables.values():
-            table.upsert(self.rng.integers(0, 60, n_upserts, dtype=np.uint64), self.rng)
-            table.delete(self.rng.integers(0, 60, n_deletes, dtype=np.uint64))
-        self.dense_version += 1
-
-    def snapshot(self, kind: str) -> int:
-        parent = None if kind == "full" or self.last is None else self.last
-        kind = "full" if parent is None else kind
-        since = {n: (parent.tables[n].complete_version if parent else 0) for n in self.tables}
-        written = self.store.write(
-            kind,
-            {n: t.export_since(since[n]) for n, t in self.tables.items()},
-            dense=make_dense(self.dense_version, self.dense_version),
-            server=SERVER,
-            parent=parent,
-        )
-        self.last = written.manifest
-        self.states[written.manifest.seq] = {n: t.snapshot_state() for n, t in self.tables.items()}
-        return written.manifest.seq
-
-    def path(self, seq: int) -> Path:
-        return next(s.path for s in self.store.snapshots() if s.seq == seq)
 
 
 def assert_restores_state(store: SnapshotStore, expected: dict[str, dict]) -> None:
@@ -98,6 +62,9 @@ def test_full_snapshot_round_trip(snap_root, rng):
     assert loaded.dense.version == 7
     for name, array in dense.arrays.items():
         np.testing.assert_array_equal(loaded.dense.arrays[name], array)
+    assert list(loaded.dense.states) == ["mlp/w1"]
+    np.testing.assert_array_equal(loaded.dense.states["mlp/w1"], dense.states["mlp/w1"])
+    assert loaded.dense.meta == {"optimizer": "adam"}
     for npy in written.path.glob("*.npy"):
         np.load(npy, allow_pickle=False)
 
