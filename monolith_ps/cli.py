@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from monolith_ps import __version__
 
 # name -> (module, one-line help). Order is the order of `mps --help`.
-_SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "snapshot": ("ps_server.snapshot.cli", "inspect snapshot directories and serving bundles"),
+    "export": ("ps_server.snapshot.export_cli", "write a serving bundle from training snapshots"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
