@@ -1,0 +1,185 @@
+"""Row optimizers: SGD, Momentum, Adagrad, Adam and FTRL.
+
+Each optimizer updates one embedding row ``w`` (float32, ``dim``) in place from its gradient
+``g`` and its state row ``s`` (float32, ``state_width(dim)`` values). Hyper-parameters travel
+as a float64 array in the order of the spec's ``args``; ``lr_scale`` multiplies the learning
+rate (frequency-aware scaling). :func:`optimizer_step` dispatches on the optimizer's kind.
+
+State layouts:
+
+- sgd: none.
+- momentum: ``s[:dim]`` velocity; ``w -= lr * v`` (Nesterov: ``lr * (g + momentum * v)``).
+- adagrad: ``s[:dim]`` accumulated squared gradients; ``w -= lr * g / (sqrt(acc) + eps)``.
+- adam: ``s[:dim]`` first moment, ``s[dim:2dim]`` second moment, ``s[2dim]`` this row's step
+  count; bias-corrected per row, so rows updated rarely still take full-sized steps.
+- ftrl: ``s[:dim]`` accumulator ``n``, ``s[dim:2dim]`` linear term ``z`` (McMahan et al. 2013,
+  with a general ``lr_power``: ``-0.5`` is the paper's square root).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+SGD = 0
+MOMENTUM = 1
+ADAGRAD = 2
+ADAM = 3
+FTRL = 4
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What an optimizer is called, its id in the kernels, its arguments and state width."""
+
+    name: str
+    kind: int
+    args: tuple[tuple[str, float], ...]  # (name, default) in kernel order
+    state_per_dim: int
+    state_extra: int = 0
+
+    def state_width(self, dim: int) -> int:
+        """Float32 values of optimizer state per row."""
+        return self.state_per_dim * dim + self.state_extra
+
+    def hyper_parameters(self, given: dict[str, float]) -> np.ndarray:
+        """The float64 argument array of the kernels, defaults filled in."""
+        return np.array([float(given.get(k, d)) for k, d in self.args], dtype=np.float64)
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    "sgd": OptimizerSpec("sgd", SGD, (("lr", 0.01),), 0),
+    "momentum": OptimizerSpec(
+        "momentum", MOMENTUM, (("lr", 0.01), ("momentum", 0.9), ("nesterov", 0.0)), 1
+    ),
+    "adagrad": OptimizerSpec(
+        "adagrad", ADAGRAD, (("lr", 0.01), ("initial_accumulator", 0.1), ("eps", 1e-10)), 1
+    ),
+    "adam": OptimizerSpec(
+        "adam",
+        ADAM,
+        (("lr", 0.001), ("beta1", 0.9), ("beta2", 0.999), ("eps", 1e-8)),
+        2,
+        1,
+    ),
+    "ftrl": OptimizerSpec(
+        "ftrl",
+        FTRL,
+        (
+            ("alpha", 0.05),
+            ("beta", 1.0),
+            ("l1", 0.0),
+            ("l2", 0.0),
+            ("lr_power", -0.5),
+            ("initial_accumulator", 0.1),
+        ),
+        2,
+    ),
+}
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def init_state(kind, hp, s):
+    """Fill a new row's optimizer state."""
+    dim_state = s.shape[0]
+    if kind == ADAGRAD:
+        acc = np.float32(hp[1])
+        for j in range(dim_state):
+            s[j] = acc
+    elif kind == FTRL:
+        half = dim_state // 2
+        acc = np.float32(hp[5])
+        for j in range(half):
+            s[j] = acc
+        for j in range(half, dim_state):
+            s[j] = np.float32(0.0)
+    else:
+        for j in range(dim_state):
+            s[j] = np.float32(0.0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def optimizer_step(kind, hp, w, s, g, lr_scale):
+    """Apply one optimizer step to row ``w`` with state ``s`` and gradient ``g``."""
+    dim = w.shape[0]
+    lr = np.float32(hp[0] * lr_scale)
+    if kind == SGD:
+        for j in range(dim):
+            w[j] -= lr * g[j]
+    elif kind == MOMENTUM:
+        mu = np.float32(hp[1])
+        if hp[2] != 0.0:
+            for j in range(dim):
+                v = mu * s[j] + g[j]
+                s[j] = v
+                w[j] -= lr * (g[j] + mu * v)
+        else:
+            for j in range(dim):
+                v = mu * s[j] + g[j]
+                s[j] = v
+                w[j] -= lr * v
+    elif kind == ADAGRAD:
+        eps = np.float32(hp[2])
+        for j in range(dim):
+            acc = s[j] + g[j] * g[j]
+            s[j] = acc
+            w[j] -= lr * g[j] / (np.sqrt(acc) + eps)
+    elif kind == ADAM:
+        b1 = hp[1]
+        b2 = hp[2]
+        t = s[2 * dim] + np.float32(1.0)
+        s[2 * dim] = t
+        c1 = np.float32(1.0 / (1.0 - b1 ** float(t)))
+        c2 = np.float32(1.0 / (1.0 - b2 ** float(t)))
+        b1f = np.float32(b1)
+        b2f = np.float32(b2)
+        eps = np.float32(hp[3])
+        one = np.float32(1.0)
+        for j in range(dim):
+            m = b1f * s[j] + (one - b1f) * g[j]
+            v = b2f * s[dim + j] + (one - b2f) * g[j] * g[j]
+            s[j] = m
+            s[dim + j] = v
+            w[j] -= lr * (m * c1) / (np.sqrt(v * c2) + eps)
+    elif kind == FTRL:
+        beta = np.float32(hp[1])
+        l1 = np.float32(hp[2])
+        l2 = np.float32(hp[3])
+        power = hp[4]
+        neg_power = np.float32(-power)
+        for j in range(dim):
+            n = s[j]
+            n_new = n + g[j] * g[j]
+            if power == -0.5:
+                root_old = np.sqrt(n)
+                root_new = np.sqrt(n_new)
+            else:
+                root_old = n**neg_power
+                root_new = n_new**neg_power
+            sigma = (root_new - root_old) / lr
+            z = s[dim + j] + g[j] - sigma * w[j]
+            s[j] = n_new
+            s[dim + j] = z
+            if abs(z) <= l1:
+                w[j] = np.float32(0.0)
+            else:
+                sign = np.float32(1.0) if z > 0 else np.float32(-1.0)
+                w[j] = (sign * l1 - z) / ((beta + root_new) / lr + l2)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def frequency_lr_scale(count, power):
+    """``1 / (1 + count) ** power``: rows pushed often take smaller steps when ``power > 0``."""
+    if power == 0.0:
+        return 1.0
+    return 1.0 / math.pow(1.0 + count, power)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def init_state_rows(kind, hp, out):
+    """Fill each row of ``out`` with a new row's optimizer state."""
+    for i in range(out.shape[0]):
+        init_state(kind, hp, out[i])

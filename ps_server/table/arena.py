@@ -1,0 +1,89 @@
+"""Row arenas that grow without moving: reserved virtual memory, committed on first touch.
+
+An arena reserves address space for many rows up front (``MAP_NORESERVE``: no memory is
+taken until a page is written) and asks for transparent huge pages, so random row access
+costs one TLB entry per 2 MiB instead of per 4 KiB. Growing is only a longer view over the
+same memory: nothing is copied, and memory in use (``nbytes`` of the view) follows the
+capacity the table asked for. Outgrowing the reservation (or a platform without
+``MAP_NORESERVE``) falls back to a new block and a copy.
+
+Views keep their mapping alive through the buffer protocol, so no array ever points at
+unmapped memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+
+import numpy as np
+
+HUGE_PAGE = 2 << 20
+RESERVE_BYTES = 32 << 30  # per arena, virtual
+RESERVE_ROWS = 1 << 28
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+_CAN_RESERVE = sys.platform.startswith("linux")
+
+
+class RowArena:
+    """A ``(capacity, *row_shape)`` array of ``dtype`` whose capacity only grows."""
+
+    def __init__(self, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self._row_shape = row_shape
+        self._dtype = np.dtype(dtype)
+        self._row_bytes = self._dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
+        self._block: np.ndarray | None = None  # uint8 view of the reservation
+        self.array = np.zeros((0, *row_shape), dtype=self._dtype)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.array.shape[0])
+
+    def grow(self, rows: int) -> np.ndarray:
+        """Make room for ``rows`` rows (new rows are zero) and return the new view."""
+        if rows <= self.capacity:
+            return self.array
+        if self._row_bytes == 0:
+            self.array = np.zeros((rows, *self._row_shape), dtype=self._dtype)
+            return self.array
+        need = rows * self._row_bytes
+        if self._block is None or need > self._block.shape[0]:
+            old = self.array
+            want = max(
+                need, 2 * self._block_size(), min(RESERVE_BYTES, RESERVE_ROWS * self._row_bytes)
+            )
+            block = _reserve(want)
+            self._block = np.zeros(need, dtype=np.uint8) if block is None else block
+            self.array = self._view(rows)
+            self.array[: old.shape[0]] = old
+        else:
+            self.array = self._view(rows)
+        return self.array
+
+    def _block_size(self) -> int:
+        return 0 if self._block is None else int(self._block.shape[0])
+
+    def _view(self, rows: int) -> np.ndarray:
+        raw = self._block[: rows * self._row_bytes]
+        return raw.view(self._dtype).reshape((rows, *self._row_shape))
+
+
+def _reserve(nbytes: int) -> np.ndarray | None:
+    """A zero-filled, 2 MiB-aligned uint8 block of ``nbytes`` reserved address space, or
+    None where address space cannot be reserved (the caller then allocates exactly)."""
+    if _CAN_RESERVE:
+        try:
+            m = mmap.mmap(
+                -1,
+                nbytes + HUGE_PAGE,
+                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
+            )
+        except OSError:
+            pass
+        else:
+            if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+                m.madvise(mmap.MADV_HUGEPAGE)
+            whole = np.frombuffer(m, dtype=np.uint8)
+            offset = -whole.ctypes.data % HUGE_PAGE
+            return whole[offset : offset + nbytes]
+    return None

@@ -1,0 +1,149 @@
+"""Bucketized cuckoo hash index: ``uint64`` key -> row of the table's arenas.
+
+The index is one ``uint64`` array of shape ``(num_buckets, 8)``: a bucket is one 64-byte
+line holding four keys (columns 0-3) and their ``row + 1`` (columns 4-7; 0 marks an empty
+slot, so a fresh ``np.zeros`` index is empty and key 0 is a valid key). A key lives in one
+of two buckets, ``mix64(key ^ SEED_A)`` and ``mix64(key ^ SEED_B)`` masked to the bucket
+count (a power of two). Both hashes are seeded, so they are independent of the routing hash
+``mix64(key) % num_shards``: the keys of one shard still spread over all buckets.
+
+Inserting into two full buckets walks a random cuckoo path; a walk that fails is undone, so
+a failed insert leaves the index as it was and the caller grows it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ps_client.routing import mix64
+
+SLOTS = 4
+SEED_A = np.uint64(0x243F6A8885A308D3)
+SEED_B = np.uint64(0x13198A2E03707344)
+MAX_KICKS = 512
+
+
+def new_index(num_buckets: int) -> np.ndarray:
+    """An empty index of ``num_buckets`` (a power of two) buckets."""
+    return np.zeros((num_buckets, 2 * SLOTS), dtype=np.uint64)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def bucket_a(key, mask):
+    return mix64(key ^ SEED_A) & mask
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def bucket_b(key, mask):
+    return mix64(key ^ SEED_B) & mask
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def probe(index, key):
+    """Row of ``key``, or -1 when it is not in the index."""
+    mask = np.uint64(index.shape[0] - 1)
+    b = bucket_a(key, mask)
+    for s in range(SLOTS):
+        if index[b, s] == key and index[b, SLOTS + s] != 0:
+            return np.int64(index[b, SLOTS + s]) - 1
+    b = bucket_b(key, mask)
+    for s in range(SLOTS):
+        if index[b, s] == key and index[b, SLOTS + s] != 0:
+            return np.int64(index[b, SLOTS + s]) - 1
+    return np.int64(-1)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _place_in_free_slot(index, b, key, value):
+    for s in range(SLOTS):
+        if index[b, SLOTS + s] == 0:
+            index[b, s] = key
+            index[b, SLOTS + s] = value
+            return True
+    return False
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def insert(index, key, row, rng):
+    """Add ``key -> row`` (the key must be absent). False, with the index unchanged, when the
+    cuckoo walk found no free slot: the index must grow. ``rng`` is a one-element ``uint64``
+    xorshift state."""
+    mask = np.uint64(index.shape[0] - 1)
+    value = np.uint64(row + 1)
+    b1 = bucket_a(key, mask)
+    if _place_in_free_slot(index, b1, key, value):
+        return True
+    b2 = bucket_b(key, mask)
+    if _place_in_free_slot(index, b2, key, value):
+        return True
+    path_bucket = np.empty(MAX_KICKS, dtype=np.uint64)
+    path_slot = np.empty(MAX_KICKS, dtype=np.int64)
+    cur_key = key
+    cur_value = value
+    x = rng[0]
+    b = b2 if x & np.uint64(1) else b1
+    for k in range(MAX_KICKS):
+        x ^= x << np.uint64(13)
+        x ^= x >> np.uint64(7)
+        x ^= x << np.uint64(17)
+        s = np.int64(x & np.uint64(SLOTS - 1))
+        old_key = index[b, s]
+        old_value = index[b, SLOTS + s]
+        index[b, s] = cur_key
+        index[b, SLOTS + s] = cur_value
+        path_bucket[k] = b
+        path_slot[k] = s
+        cur_key = old_key
+        cur_value = old_value
+        h1 = bucket_a(cur_key, mask)
+        b = bucket_b(cur_key, mask) if b == h1 else h1
+        if _place_in_free_slot(index, b, cur_key, cur_value):
+            rng[0] = x
+            return True
+    rng[0] = x
+    for k in range(MAX_KICKS - 1, -1, -1):
+        b = path_bucket[k]
+        s = path_slot[k]
+        placed_key = index[b, s]
+        placed_value = index[b, SLOTS + s]
+        index[b, s] = cur_key
+        index[b, SLOTS + s] = cur_value
+        cur_key = placed_key
+        cur_value = placed_value
+    return False
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def remove(index, key):
+    """Drop ``key`` from the index; its row, or -1 when it was absent."""
+    mask = np.uint64(index.shape[0] - 1)
+    b = bucket_a(key, mask)
+    for _ in range(2):
+        for s in range(SLOTS):
+            if index[b, s] == key and index[b, SLOTS + s] != 0:
+                row = np.int64(index[b, SLOTS + s]) - 1
+                index[b, s] = np.uint64(0)
+                index[b, SLOTS + s] = np.uint64(0)
+                return row
+        b = bucket_b(key, mask)
+    return np.int64(-1)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def rehash(old, new, rng):
+    """Insert every entry of ``old`` into the empty index ``new``; False if one did not fit."""
+    for b in range(old.shape[0]):
+        for s in range(SLOTS):
+            row = np.int64(old[b, SLOTS + s]) - 1
+            if row >= 0 and not insert(new, old[b, s], row, rng):
+                return False
+    return True
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def bucket_of_keys(keys, num_buckets, out):
+    """First-choice bucket of each key in an index of ``num_buckets`` buckets (for tests)."""
+    mask = np.uint64(num_buckets - 1)
+    for i in range(keys.shape[0]):
+        out[i] = bucket_a(keys[i], mask)

@@ -1,0 +1,750 @@
+"""``EmbeddingTable``: one named table of embedding rows over the Numba kernels.
+
+The class validates input, owns the arenas and the index, grows them when a kernel asks,
+and raises; the kernels (``cuckoo``, ``lookup``, ``update``, ``export``, ``admission``,
+``ps_server.optim``) do all per-key work over whole batches.
+
+Memory layout: a cuckoo index of 64-byte buckets maps keys to rows; rows live in
+contiguous arenas (values, optimizer state, key, and a 32-byte metadata line of version,
+last-update time, push count and usage). The index doubles when its load passes 0.9; the
+arenas grow by an eighth, in place (see ``arena``), so memory stays within a few tens of
+percent of the raw payload at any size. Freed rows go on a free list and are reused before
+the arenas grow.
+
+Thread safety: one lock per table. Every public method holds it while it touches the table;
+the kernels release the GIL, so calls on different tables run in parallel, and gradient
+merging (before the lock) overlaps with other callers' work on the same table.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ps_server.optim.initializers import INITIALIZERS, LEARNED
+from ps_server.optim.optimizers import OPTIMIZERS, init_state_rows
+from ps_server.table import admission, cuckoo, export, lookup, rows, update
+from ps_server.table.arena import RowArena
+from ps_server.table.config import TableConfig
+from ps_server.table.delta import Delta
+from ps_server.table.errors import (
+    ConfigError,
+    DeltaError,
+    KeysError,
+    NonFiniteGradientError,
+    NotTrainableError,
+    ShapeError,
+)
+
+MAX_LOAD_FACTOR = 0.9
+ARENA_GROWTH = 1.125
+_MIN_LOG = 64
+_NO_COUNTS = np.empty(0, dtype=np.int64)
+_I64_MAX = np.iinfo(np.int64).max
+_MAX_VERSION = 2**63 - 1
+_HALF_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+_STAT_NAMES = (
+    "lookups",
+    "lookup_misses",
+    "inserts",
+    "updates",
+    "admission_rejected",
+    "expired",
+    "evicted",
+    "deleted",
+    "delta_rows_applied",
+    "delta_rows_skipped",
+    "delta_tombstones_applied",
+)
+_META_INTS = ("version", "tick", "log_floor", "default_version", "default_pushes", "rng")
+_META_ARRAYS = ("sketch", "default_row", "default_state", "tombstone_keys", "tombstone_versions")
+
+
+def _describe(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype} array of shape {a.shape}"
+    return type(a).__name__
+
+
+def _check_keys(keys: Any, what: str = "keys") -> np.ndarray:
+    if not isinstance(keys, np.ndarray) or keys.dtype != np.uint64 or keys.ndim != 1:
+        raise KeysError(f"{what} must be a one-dimensional uint64 array, got {_describe(keys)}")
+    return np.ascontiguousarray(keys)
+
+
+def _micros(seconds: float) -> int:
+    return int(round(seconds * 1e6))
+
+
+def _check_now(now: float | None) -> float:
+    if now is None:
+        return time.time()
+    if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+        raise ValueError(f"now must be a finite number of unix seconds, got {now!r}")
+    return float(now)
+
+
+class EmbeddingTable:
+    """A table of ``uint64`` key -> ``dim`` float vector rows.
+
+    ``trainable=True`` (training PS): float32 rows plus optimizer state; lookups insert
+    through admission and gradients are applied in place. ``trainable=False`` (serving PS):
+    rows only, float32 or float16 (default: ``config.serving_dtype``), filled by
+    :meth:`apply_delta` and read by :meth:`find`.
+    """
+
+    def __init__(
+        self,
+        config: TableConfig,
+        *,
+        trainable: bool = True,
+        dtype: Any = None,
+    ) -> None:
+        if not isinstance(config, TableConfig):
+            raise TypeError(f"config must be a TableConfig, got {type(config).__name__}")
+        if dtype is None:
+            dtype = np.float32 if trainable else np.dtype(config.serving_dtype)
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float16):
+            raise ConfigError(
+                f"tables[{config.name}]: dtype must be float32 or float16, got {dtype}"
+            )
+        if trainable and dtype != np.float32:
+            raise ConfigError(
+                f"tables[{config.name}]: a training table stores float32, got {dtype}"
+            )
+        self._config = config
+        self._trainable = trainable
+        self._dtype = dtype
+        self._lock = threading.Lock()
+        opt = OPTIMIZERS[config.optimizer]
+        self._opt_kind = opt.kind
+        self._hp = opt.hyper_parameters(config.optimizer_args)
+        init = INITIALIZERS[config.initializer]
+        self._init_kind = init.kind
+        self._init_params = init.parameters(config.initializer_args)
+        self._seed = np.uint64(config.seed)
+        self._lfu = config.eviction == "lfu"
+        dim = config.dim
+        self._state_width = opt.state_width(dim) if trainable else 0
+        self._storage = np.float32 if dtype == np.float32 else np.uint16
+        self._arenas = (
+            RowArena((dim,), self._storage),
+            RowArena((self._state_width,), np.float32),
+            RowArena((), np.uint64),
+            RowArena((rows.META_COLUMNS,), np.int64),
+        )
+        self._values, self._state, self._row_keys, self._meta = (a.array for a in self._arenas)
+        self._index = cuckoo.new_index(1)
+        self._max_live = self._max_live_for(1)
+        self._scalars = rows.new_scalars()
+        self._rng = np.array([(0x9E3779B97F4A7C15 ^ config.seed) or 1], dtype=np.uint64)
+        width = config.sketch_width if config.admit_after > 1 else 1
+        self._sketch = admission.new_sketch(width)
+        self._log_keys = np.zeros(0, dtype=np.uint64)
+        self._log_versions = np.zeros(0, dtype=np.int64)
+        self._default_row = np.zeros(dim, dtype=np.float32)
+        self._default_state = np.zeros(opt.state_width(dim), dtype=np.float32)
+        init_state_rows(self._opt_kind, self._hp, self._default_state[None, :])
+        self._stats = dict.fromkeys(_STAT_NAMES, 0)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def config(self) -> TableConfig:
+        return self._config
+
+    @property
+    def name(self) -> str:
+        return self._config.name
+
+    @property
+    def dim(self) -> int:
+        return self._config.dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Storage dtype of the values."""
+        return self._dtype
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @property
+    def state_width(self) -> int:
+        """Float32 optimizer-state values per row (0 on serving tables)."""
+        return self._state_width
+
+    @property
+    def version(self) -> int:
+        """The last version handed out: every change to the table takes the next one."""
+        return int(self._scalars[rows.VERSION])
+
+    @property
+    def capacity(self) -> int:
+        """Rows the arenas hold without growing."""
+        return int(self._values.shape[0])
+
+    @property
+    def num_buckets(self) -> int:
+        return int(self._index.shape[0])
+
+    def __len__(self) -> int:
+        return int(self._scalars[rows.LIVE])
+
+    def load_factor(self) -> float:
+        """Live rows over index slots."""
+        return len(self) / (self._index.shape[0] * cuckoo.SLOTS)
+
+    def memory_bytes(self) -> int:
+        """Bytes of every array the table holds, allocated capacity included."""
+        return sum(a.nbytes for a in self._arrays())
+
+    def stats(self) -> dict[str, int]:
+        """Counters since creation: lookups, inserts, updates, rejections, removals."""
+        with self._lock:
+            return dict(self._stats)
+
+    def keys(self) -> np.ndarray:
+        """Live keys (``uint64``), in row order."""
+        with self._lock:
+            high = int(self._scalars[rows.HIGH])
+            return self._row_keys[:high][self._meta[:high, rows.VERSION_COL] != 0]
+
+    # ------------------------------------------------------------------ lookups
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of ``keys`` as float32 ``(n, dim)`` and a found mask; inserts nothing. Misses
+        get the default vector (the initializer's vector for the key, or the learned row)."""
+        keys = _check_keys(keys)
+        n = keys.shape[0]
+        out = np.empty((n, self.dim), dtype=np.float32)
+        found = np.empty(n, dtype=np.bool_)
+        with self._lock:
+            if self._storage is np.float32:
+                hits = lookup.find_f32(
+                    self._index, self._values, keys, out, found, *self._init_args()
+                )
+            else:
+                hits = lookup.find_f16(
+                    self._index, self._values, _HALF_TO_F32, keys, out, found, *self._init_args()
+                )
+            self._stats["lookups"] += n
+            self._stats["lookup_misses"] += n - hits
+        return out, found
+
+    def find_or_insert(self, keys: np.ndarray, *, now: float | None = None) -> np.ndarray:
+        """Rows of ``keys`` as float32 ``(n, dim)``, inserting new keys once admitted.
+
+        Keys not admitted yet get the default vector and are only counted. With ``max_rows``,
+        the table then evicts down to it (LRU or LFU)."""
+        self._require_trainable("find_or_insert")
+        keys = _check_keys(keys)
+        now = _micros(_check_now(now))
+        out = np.empty((keys.shape[0], self.dim), dtype=np.float32)
+        with self._lock:
+            found_rows = self._resolve(keys, _NO_COUNTS, now)
+            lookup.gather_rows(self._values, found_rows, keys, out, *self._init_args())
+            self._stats["lookups"] += keys.shape[0]
+            self._evict_over_limit()
+        return out
+
+    # ------------------------------------------------------------------ training
+
+    def apply_gradients(
+        self, keys: np.ndarray, grads: np.ndarray, *, now: float | None = None
+    ) -> tuple[int, int]:
+        """Apply one optimizer step per distinct key (gradients of duplicates summed).
+
+        Keys not admitted yet are counted (and their gradients train the learned default row,
+        with ``initializer="learned"``). Returns ``(rows_updated, rows_pending_admission)``."""
+        self._require_trainable("apply_gradients")
+        keys = _check_keys(keys)
+        now = _micros(_check_now(now))
+        if not isinstance(grads, np.ndarray) or grads.dtype != np.float32:
+            raise ShapeError(f"grads must be a float32 array, got {_describe(grads)}")
+        if grads.shape != (keys.shape[0], self.dim):
+            raise ShapeError(
+                f"grads must have shape ({keys.shape[0]}, {self.dim}) for {keys.shape[0]} keys "
+                f"of table {self.name!r} (dim {self.dim}), got {grads.shape}"
+            )
+        grads = np.ascontiguousarray(grads)
+        bad, unique, counts, summed, n_unique = update.dedup_sum(keys, grads)
+        if bad >= 0:
+            raise NonFiniteGradientError(
+                f"grads of table {self.name!r}: row {bad} (key {int(keys[bad])}) is not finite"
+            )
+        unique = unique[:n_unique]
+        counts = counts[:n_unique]
+        summed = summed[:n_unique]
+        with self._lock:
+            found_rows = self._resolve(unique, counts, now)
+            updated, pending = update.apply_steps(
+                self._values,
+                self._state,
+                self._meta,
+                self._scalars,
+                found_rows,
+                summed,
+                counts,
+                self._opt_kind,
+                self._hp,
+                float(self._config.lr_frequency_power),
+                now,
+                self._init_kind == LEARNED,
+                self._default_row,
+                self._default_state,
+            )
+            self._stats["updates"] += updated
+            self._evict_over_limit()
+        return int(updated), int(pending)
+
+    # ------------------------------------------------------------------ removal
+
+    def delete(self, keys: np.ndarray) -> int:
+        """Delete the present keys (each leaves a tombstone); returns how many were deleted."""
+        keys = _check_keys(keys)
+        with self._lock:
+            deleted = self._run_removal(
+                lambda start: export.delete_keys(
+                    self._index,
+                    self._scalars,
+                    self._row_keys,
+                    self._meta,
+                    self._log_keys,
+                    self._log_versions,
+                    self._log_limit(),
+                    keys,
+                    start,
+                )  # fmt: skip
+            )
+            self._stats["deleted"] += deleted
+        return deleted
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop rows not updated for ``ttl_seconds`` before ``now`` (default: the current
+        time); returns how many. A table without a TTL expires nothing."""
+        now = _check_now(now)
+        ttl = self._config.ttl_seconds
+        if ttl is None:
+            return 0
+        cutoff = _micros(now - ttl)
+        with self._lock:
+            expired = self._run_removal(
+                lambda start: export.expire_rows(
+                    self._index,
+                    self._scalars,
+                    self._row_keys,
+                    self._meta,
+                    self._log_keys,
+                    self._log_versions,
+                    self._log_limit(),
+                    cutoff,
+                    start,
+                )  # fmt: skip
+            )
+            self._stats["expired"] += expired
+        return expired
+
+    # ------------------------------------------------------------------ deltas
+
+    def export_since(self, version: int, *, with_state: bool = False) -> Delta:
+        """Rows with ``version > since`` and the tombstones after it (see :class:`Delta`).
+
+        When ``version`` is older than the tombstone log reaches, or newer than the table,
+        the delta is ``full``: every live row, no tombstones."""
+        if isinstance(version, bool) or not isinstance(version, int | np.integer) or version < 0:
+            raise ValueError(f"version must be a non-negative integer, got {version!r}")
+        version = int(version)
+        with self._lock:
+            current = self.version
+            full = version < int(self._scalars[rows.LOG_FLOOR]) or version > current
+            since = 0 if full else version
+            high = int(self._scalars[rows.HIGH])
+            picked = export.rows_since(self._meta, high, since)
+            meta = self._meta[picked]
+            values = self._values[picked]
+            if self._storage is np.uint16:
+                values = values.view(np.float16)
+            if full:
+                t_keys = np.zeros(0, dtype=np.uint64)
+                t_versions = np.zeros(0, dtype=np.int64)
+            else:
+                t_keys, t_versions = export.tombstones_since(
+                    self._scalars, self._log_keys, self._log_versions, since
+                )
+            delta = Delta(
+                keys=self._row_keys[picked],
+                values=values,
+                versions=meta[:, rows.VERSION_COL].astype(np.uint64),
+                tombstone_keys=t_keys,
+                tombstone_versions=t_versions.astype(np.uint64),
+                complete_version=current,
+                full=full,
+                since_version=since,
+            )
+            if with_state:
+                delta.opt_state = self._state[picked]
+                delta.push_counts = meta[:, rows.PUSHES_COL].astype(np.uint32)
+                delta.last_update = meta[:, rows.UPDATED_COL] / 1e6
+            default_version = int(self._scalars[rows.DEFAULT_VERSION])
+            if self._init_kind == LEARNED and default_version > since:
+                delta.default_value = self._default_row.copy()
+                delta.default_version = default_version
+        return delta
+
+    def apply_delta(self, delta: Delta) -> tuple[int, int, int]:
+        """Upsert the delta's rows whose version is newer than the held one, keeping their
+        versions, then apply its tombstones to rows held at an older or equal version.
+
+        Idempotent and order-safe per key; values are cast to this table's dtype; state
+        fields, when present, restore optimizer state, push counts and update times on a
+        training table. Never evicts or expires. Returns ``(rows_applied, rows_skipped,
+        tombstones_applied)``."""
+        checked = self._check_delta(delta)
+        keys, values, versions, t_keys, t_versions, state, pushes, last_update = checked
+        has_state = state is not None
+        if not has_state:
+            state = np.zeros((0, self._state_width), dtype=np.float32)
+            pushes = np.zeros(0, dtype=np.int64)
+            last_update = np.zeros(0, dtype=np.int64)
+        now = _micros(time.time())
+        with self._lock:
+            applied = skipped = 0
+            start = 0
+            while True:
+                status, start, a, s = update.upsert_rows(
+                    self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                    self._meta, self._values, self._state, keys, values, versions, has_state, state,
+                    pushes, last_update, start, self._opt_kind, self._hp, now, self._lfu,
+                )  # fmt: skip
+                applied += a
+                skipped += s
+                if status == rows.DONE:
+                    break
+                self._grow(status)
+            deleted = self._run_removal(
+                lambda start: export.apply_tombstones(
+                    self._index,
+                    self._scalars,
+                    self._row_keys,
+                    self._meta,
+                    self._log_keys,
+                    self._log_versions,
+                    self._log_limit(),
+                    t_keys,
+                    t_versions,
+                    start,
+                )  # fmt: skip
+            )
+            if delta.default_value is not None and delta.default_version > int(
+                self._scalars[rows.DEFAULT_VERSION]
+            ):
+                self._default_row[:] = delta.default_value
+                self._scalars[rows.DEFAULT_VERSION] = delta.default_version
+                self._scalars[rows.VERSION] = max(self.version, delta.default_version)
+            self._stats["delta_rows_applied"] += applied
+            self._stats["delta_rows_skipped"] += skipped
+            self._stats["delta_tombstones_applied"] += deleted
+        return int(applied), int(skipped), int(deleted)
+
+    # ------------------------------------------------------------------ metadata
+
+    def export_meta(self) -> dict[str, np.ndarray | int]:
+        """Everything that is not a row: version and access clocks, admission sketch,
+        learned default row and its state, tombstone log. Inverse of :meth:`import_meta`."""
+        with self._lock:
+            t_keys, t_versions = export.tombstones_since(
+                self._scalars, self._log_keys, self._log_versions, -1
+            )
+            s = self._scalars
+            return {
+                "version": int(s[rows.VERSION]),
+                "tick": int(s[rows.TICK]),
+                "log_floor": int(s[rows.LOG_FLOOR]),
+                "default_version": int(s[rows.DEFAULT_VERSION]),
+                "default_pushes": int(s[rows.DEFAULT_PUSHES]),
+                "rng": int(self._rng[0]),
+                "sketch": self._sketch.copy(),
+                "default_row": self._default_row.copy(),
+                "default_state": self._default_state.copy(),
+                "tombstone_keys": t_keys,
+                "tombstone_versions": t_versions.astype(np.uint64),
+            }
+
+    def import_meta(self, meta: dict[str, Any]) -> None:
+        """Restore what :meth:`export_meta` returned (rows come back through
+        :meth:`apply_delta`). The version counter never moves backwards."""
+        if not isinstance(meta, dict):
+            raise DeltaError(f"meta must be a dict, got {type(meta).__name__}")
+        missing = [k for k in _META_INTS + _META_ARRAYS if k not in meta]
+        if missing:
+            raise DeltaError(f"meta of table {self.name!r} lacks {', '.join(missing)}")
+        ints = {}
+        for k in _META_INTS:
+            v = meta[k]
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+                raise DeltaError(f"meta[{k!r}] must be a non-negative integer, got {v!r}")
+            limit = 2**64 - 1 if k == "rng" else _MAX_VERSION
+            if v > limit:
+                raise DeltaError(f"meta[{k!r}] is out of range: {v}")
+            ints[k] = int(v)
+        expect = {
+            "sketch": (self._sketch.shape, np.uint16),
+            "default_row": ((self.dim,), np.float32),
+            "default_state": (self._default_state.shape, np.float32),
+        }
+        for k, (shape, dt) in expect.items():
+            a = meta[k]
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt:
+                raise DeltaError(
+                    f"meta[{k!r}] must be a {np.dtype(dt)} array of shape {shape}, got "
+                    f"{_describe(a)}"
+                )
+        t_keys = _check_keys(meta["tombstone_keys"], "meta['tombstone_keys']")
+        t_versions = _check_versions(meta["tombstone_versions"], t_keys.shape[0], "tombstone")
+        with self._lock:
+            s = self._scalars
+            s[rows.VERSION] = max(int(s[rows.VERSION]), ints["version"])
+            s[rows.TICK] = max(int(s[rows.TICK]), ints["tick"])
+            s[rows.DEFAULT_VERSION] = ints["default_version"]
+            s[rows.DEFAULT_PUSHES] = ints["default_pushes"]
+            self._rng[0] = np.uint64(ints["rng"] or 1)
+            self._sketch[...] = meta["sketch"]
+            self._default_row[:] = meta["default_row"]
+            self._default_state[:] = meta["default_state"]
+            limit = self._log_limit()
+            floor = ints["log_floor"]
+            if t_keys.shape[0] > limit:
+                floor = max(floor, int(t_versions[-limit - 1]))
+                t_keys, t_versions = t_keys[-limit:], t_versions[-limit:]
+            n = t_keys.shape[0]
+            cap = min(limit, max(_MIN_LOG, n))
+            self._log_keys = np.zeros(cap, dtype=np.uint64)
+            self._log_versions = np.zeros(cap, dtype=np.int64)
+            self._log_keys[:n] = t_keys
+            self._log_versions[:n] = t_versions
+            s[rows.LOG_START] = 0
+            s[rows.LOG_COUNT] = n
+            s[rows.LOG_FLOOR] = floor
+
+    # ------------------------------------------------------------------ internals
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [
+            self._values, self._state, self._row_keys, self._meta, self._index,
+            self._sketch, self._log_keys,
+            self._log_versions, self._default_row, self._default_state, self._scalars,
+        ]  # fmt: skip
+
+    def _init_args(self) -> tuple[Any, ...]:
+        return self._init_kind, self._init_params, self._seed, self._default_row
+
+    def _require_trainable(self, what: str) -> None:
+        if not self._trainable:
+            raise NotTrainableError(
+                f"table {self.name!r} is a serving table: {what} needs a training table"
+            )
+
+    def _log_limit(self) -> int:
+        return self._config.tombstone_log_size
+
+    @staticmethod
+    def _max_live_for(num_buckets: int) -> int:
+        return max(1, int(MAX_LOAD_FACTOR * num_buckets * cuckoo.SLOTS))
+
+    def _resolve(self, keys: np.ndarray, counts: np.ndarray, now: float) -> np.ndarray:
+        """Row of each key (-1: not admitted), inserting admitted new keys."""
+        found_rows = np.empty(keys.shape[0], dtype=np.int64)
+        start = 0
+        first_admitted = False
+        inserted = rejected = 0
+        while True:
+            status, start, ins, rej = lookup.resolve_rows(
+                self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                self._meta, self._values, self._state, keys, counts, start, first_admitted,
+                found_rows,
+                self._sketch, self._config.admit_after, self._lfu, self._init_kind,
+                self._init_params, self._seed, self._default_row, self._opt_kind, self._hp, now,
+            )  # fmt: skip
+            inserted += ins
+            rejected += rej
+            if status == rows.DONE:
+                break
+            first_admitted = status == rows.NEED_INDEX_ADMITTED
+            self._grow(status)
+        self._stats["inserts"] += inserted
+        self._stats["admission_rejected"] += rejected
+        return found_rows
+
+    def _grow(self, status: int) -> None:
+        if status in (rows.NEED_INDEX, rows.NEED_INDEX_ADMITTED):
+            self._grow_index()
+        elif status == rows.NEED_ROWS:
+            self._grow_rows()
+        elif status == rows.NEED_LOG:
+            self._grow_log()
+        else:  # pragma: no cover - kernels return only the codes above
+            raise AssertionError(f"unknown kernel status {status}")
+
+    def _grow_index(self) -> None:
+        num_buckets = self._index.shape[0] * 2
+        while True:
+            index = cuckoo.new_index(num_buckets)
+            if cuckoo.rehash(self._index, index, self._rng):
+                break
+            num_buckets *= 2
+        self._index = index
+        self._max_live = self._max_live_for(num_buckets)
+
+    def _grow_rows(self) -> None:
+        cap = self._values.shape[0]
+        new = max(cap + 1, int(cap * ARENA_GROWTH))
+        self._values, self._state, self._row_keys, self._meta = (a.grow(new) for a in self._arenas)
+
+    def _grow_log(self) -> None:
+        cap = self._log_keys.shape[0]
+        new = min(self._log_limit(), max(_MIN_LOG, 2 * cap))
+        start = int(self._scalars[rows.LOG_START])
+        count = int(self._scalars[rows.LOG_COUNT])
+        order = (start + np.arange(count)) % max(cap, 1)
+        keys = np.zeros(new, dtype=np.uint64)
+        versions = np.zeros(new, dtype=np.int64)
+        keys[:count] = self._log_keys[order]
+        versions[:count] = self._log_versions[order]
+        self._log_keys, self._log_versions = keys, versions
+        self._scalars[rows.LOG_START] = 0
+
+    def _run_removal(self, call: Any) -> int:
+        """Run a resumable removal kernel ``call(start)``, growing the tombstone log on
+        demand; returns the rows it removed."""
+        removed = 0
+        start = 0
+        while True:
+            status, start, n = call(start)
+            removed += int(n)
+            if status == rows.DONE:
+                return removed
+            self._grow(status)
+
+    def _evict_over_limit(self) -> None:
+        max_rows = self._config.max_rows
+        if max_rows is None or len(self) <= max_rows:
+            return
+        excess = len(self) - max_rows
+        high = int(self._scalars[rows.HIGH])
+        live = self._meta[:high, rows.VERSION_COL] != 0
+        usage = np.where(live, self._meta[:high, rows.USAGE_COL], _I64_MAX)
+        victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
+        victims = victims[np.argsort(usage[victims], kind="stable")]
+        evicted = self._run_removal(
+            lambda start: export.evict_rows(
+                self._index,
+                self._scalars,
+                self._row_keys,
+                self._meta,
+                self._log_keys,
+                self._log_versions,
+                self._log_limit(),
+                victims,
+                start,
+            )  # fmt: skip
+        )
+        self._stats["evicted"] += evicted
+
+    def _check_delta(self, delta: Any) -> tuple[Any, ...]:
+        if not isinstance(delta, Delta):
+            raise DeltaError(f"expected a Delta, got {type(delta).__name__}")
+        keys = _check_keys(delta.keys, "delta.keys")
+        n = keys.shape[0]
+        values = delta.values
+        if (
+            not isinstance(values, np.ndarray)
+            or values.dtype.kind != "f"
+            or values.shape != (n, self.dim)
+        ):
+            raise DeltaError(
+                f"delta.values must be a float array of shape ({n}, {self.dim}) for table "
+                f"{self.name!r}, got {_describe(values)}"
+            )
+        if not np.isfinite(values).all():
+            raise DeltaError("delta.values contains NaN or Inf")
+        values = np.ascontiguousarray(values, dtype=self._dtype)
+        if self._storage is np.uint16:
+            values = values.view(np.uint16)
+        versions = _check_versions(delta.versions, n, "row")
+        t_keys = _check_keys(delta.tombstone_keys, "delta.tombstone_keys")
+        t_versions = _check_versions(delta.tombstone_versions, t_keys.shape[0], "tombstone")
+        state = pushes = last_update = None
+        if delta.opt_state is not None and self._trainable:
+            state = delta.opt_state
+            if (
+                not isinstance(state, np.ndarray)
+                or state.dtype != np.float32
+                or state.shape != (n, self._state_width)
+            ):
+                raise DeltaError(
+                    f"delta.opt_state must be a float32 array of shape ({n}, "
+                    f"{self._state_width}) for optimizer {self._config.optimizer!r}, got "
+                    f"{_describe(state)}"
+                )
+            pushes = delta.push_counts
+            last_update = delta.last_update
+            if (
+                not isinstance(pushes, np.ndarray)
+                or pushes.shape != (n,)
+                or pushes.dtype.kind != "u"
+            ):
+                raise DeltaError(
+                    f"delta.push_counts must be an unsigned array of shape ({n},), got "
+                    f"{_describe(pushes)}"
+                )
+            if (
+                not isinstance(last_update, np.ndarray)
+                or last_update.shape != (n,)
+                or last_update.dtype.kind != "f"
+            ):
+                raise DeltaError(
+                    f"delta.last_update must be a float array of shape ({n},), got "
+                    f"{_describe(last_update)}"
+                )
+            if not np.isfinite(last_update).all():
+                raise DeltaError("delta.last_update contains NaN or Inf")
+            state = np.ascontiguousarray(state)
+            pushes = np.minimum(pushes, 0xFFFFFFFF).astype(np.int64)
+            last_update = np.round(last_update * 1e6).astype(np.int64)
+        if delta.default_value is not None:
+            dv = delta.default_value
+            if not isinstance(dv, np.ndarray) or dv.shape != (self.dim,) or dv.dtype.kind != "f":
+                raise DeltaError(
+                    f"delta.default_value must be a float array of shape ({self.dim},), got "
+                    f"{_describe(dv)}"
+                )
+            dver = delta.default_version
+            if (
+                isinstance(dver, bool)
+                or not isinstance(dver, int | np.integer)
+                or not (0 < dver <= _MAX_VERSION)
+            ):
+                raise DeltaError(f"delta.default_version must be a positive integer, got {dver!r}")
+        return keys, values, versions, t_keys, t_versions, state, pushes, last_update
+
+
+def _check_versions(versions: Any, n: int, what: str) -> np.ndarray:
+    if (
+        not isinstance(versions, np.ndarray)
+        or versions.dtype != np.uint64
+        or versions.shape != (n,)
+    ):
+        raise DeltaError(
+            f"{what} versions must be a uint64 array of shape ({n},), got {_describe(versions)}"
+        )
+    if n and (versions.min() == 0 or versions.max() > _MAX_VERSION):
+        raise DeltaError(f"{what} versions must be in [1, 2**63 - 1]")
+    return versions.astype(np.int64)
