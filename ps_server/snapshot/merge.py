@@ -28,7 +28,7 @@ class ChainMismatchError(CorruptSnapshotError):
 
 @dataclass(frozen=True)
 class MergedSnapshot:
-    """The state a chain describes: live rows per table (sorted by key), dense arrays."""
+    """The state a chain describes: live rows per table and the dense arrays."""
 
     tables: dict[str, TableSnapshot]
     dense: DenseSnapshot | None
@@ -40,12 +40,15 @@ def merge_sections(sections: Sequence[TableSnapshot], table: str = "") -> TableS
     """The live rows after applying ``sections`` in order (oldest first).
 
     The result covers ``(sections[0].since_version, sections[-1].complete_version]``;
-    its rows are sorted by key; its tombstones are the keys whose newest change is a
-    delete; its extra arrays and metadata are the newest section's.
+    its tombstones are the keys whose newest change is a delete; its extra arrays and
+    metadata are the newest section's. Rows of two or more sections come out sorted by
+    key; a single section is returned as it is.
     """
     if not sections:
         raise ValueError("nothing to merge")
     fields = _common_fields(sections, table)
+    if len(sections) == 1:
+        return sections[0]
     keys = np.concatenate([s.keys for s in sections])
     versions = np.concatenate([s.versions for s in sections])
     order = np.concatenate([np.full(s.num_rows, i, dtype=np.int64) for i, s in enumerate(sections)])
@@ -64,9 +67,10 @@ def merge_sections(sections: Sequence[TableSnapshot], table: str = "") -> TableS
     live = ~deleted_after
     revived = _later_in(dead_keys, dead_versions, row_keys, row_versions, strictly=False)
     rows = {ROW_KEYS: row_keys[live], ROW_VERSIONS: row_versions[live]}
+    picked = newest[live]
     for name in fields:
         if name not in rows:
-            rows[name] = np.concatenate([s.rows[name] for s in sections])[newest][live]
+            rows[name] = np.concatenate([s.rows[name] for s in sections])[picked]
     last = sections[-1]
     return TableSnapshot(
         rows=rows,
