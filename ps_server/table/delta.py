@@ -14,9 +14,10 @@ class Delta:
 
     ``full`` says ``since`` is older than the tombstone log reaches (or newer than the
     table): ``keys`` then hold every live row and the receiver must replace its copy rather
-    than merge. The ``opt_state``/``push_counts``/``last_update`` fields are set only by
-    ``export_since(..., with_state=True)``. ``default_value`` carries the learned default row
-    when it changed after ``since`` (``default_version`` is its version), else is None.
+    than merge. The ``opt_state``/``push_counts``/``last_update``/``usage`` fields are set
+    only by ``export_since(..., with_state=True)``. ``default_value`` carries the learned
+    default row when it changed after ``since`` (``default_version`` is its version), else is
+    None.
     """
 
     keys: np.ndarray  # uint64 (n,)
@@ -30,6 +31,7 @@ class Delta:
     opt_state: np.ndarray | None = None  # float32 (n, state_width)
     push_counts: np.ndarray | None = None  # uint32 (n,)
     last_update: np.ndarray | None = None  # float64 unix seconds (n,)
+    usage: np.ndarray | None = None  # int64 (n,): eviction rank (LRU clock or LFU count/clock)
     default_value: np.ndarray | None = None  # float32 (dim,)
     default_version: int = 0
 

@@ -148,8 +148,10 @@ class EmbeddingTable:
         self._sketch = admission.new_sketch(width)
         self._log_keys = np.zeros(0, dtype=np.uint64)
         self._log_versions = np.zeros(0, dtype=np.int64)
-        self._default_row = np.zeros(dim, dtype=np.float32)
-        self._default_state = np.zeros(opt.state_width(dim), dtype=np.float32)
+        # the learned default row (and its optimizer state) exists only for "learned"
+        learned = self._init_kind == LEARNED
+        self._default_row = np.zeros(dim if learned else 0, dtype=np.float32)
+        self._default_state = np.zeros(opt.state_width(dim) if learned else 0, dtype=np.float32)
         init_state_rows(self._opt_kind, self._hp, self._default_state[None, :])
         self._stats = dict.fromkeys(_STAT_NAMES, 0)
 
@@ -393,6 +395,7 @@ class EmbeddingTable:
                 delta.opt_state = self._state[picked]
                 delta.push_counts = meta[:, rows.PUSHES_COL].astype(np.uint32)
                 delta.last_update = meta[:, rows.UPDATED_COL] / 1e6
+                delta.usage = meta[:, rows.USAGE_COL].copy()
             default_version = int(self._scalars[rows.DEFAULT_VERSION])
             if self._init_kind == LEARNED and default_version > since:
                 delta.default_value = self._default_row.copy()
@@ -408,7 +411,7 @@ class EmbeddingTable:
         training table. Never evicts or expires. Returns ``(rows_applied, rows_skipped,
         tombstones_applied)``."""
         checked = self._check_delta(delta)
-        keys, values, versions, t_keys, t_versions, state, pushes, last_update = checked
+        keys, values, versions, t_keys, t_versions, state, pushes, last_update, usage = checked
         has_state = state is not None
         if not has_state:
             state = np.zeros((0, self._state_width), dtype=np.float32)
@@ -422,7 +425,7 @@ class EmbeddingTable:
                 status, start, a, s = update.upsert_rows(
                     self._index, self._max_live, self._rng, self._scalars, self._row_keys,
                     self._meta, self._values, self._state, keys, values, versions, has_state, state,
-                    pushes, last_update, start, self._opt_kind, self._hp, now, self._lfu,
+                    pushes, last_update, usage, start, self._opt_kind, self._hp, now, self._lfu,
                 )  # fmt: skip
                 applied += a
                 skipped += s
@@ -497,7 +500,7 @@ class EmbeddingTable:
             ints[k] = int(v)
         expect = {
             "sketch": (self._sketch.shape, np.uint16),
-            "default_row": ((self.dim,), np.float32),
+            "default_row": (self._default_row.shape, np.float32),
             "default_state": (self._default_state.shape, np.float32),
         }
         for k, (shape, dt) in expect.items():
@@ -720,6 +723,11 @@ class EmbeddingTable:
             pushes = np.minimum(pushes, 0xFFFFFFFF).astype(np.int64)
             last_update = np.round(last_update * 1e6).astype(np.int64)
         if delta.default_value is not None:
+            if self._init_kind != LEARNED:
+                raise DeltaError(
+                    f"delta carries a learned default row, but table {self.name!r} uses the "
+                    f"{self._config.initializer!r} initializer"
+                )
             dv = delta.default_value
             if not isinstance(dv, np.ndarray) or dv.shape != (self.dim,) or dv.dtype.kind != "f":
                 raise DeltaError(
@@ -733,7 +741,17 @@ class EmbeddingTable:
                 or not (0 < dver <= _MAX_VERSION)
             ):
                 raise DeltaError(f"delta.default_version must be a positive integer, got {dver!r}")
-        return keys, values, versions, t_keys, t_versions, state, pushes, last_update
+        usage = _NO_COUNTS
+        if delta.usage is not None:
+            usage = delta.usage
+            if not isinstance(usage, np.ndarray) or usage.shape != (n,) or usage.dtype != np.int64:
+                raise DeltaError(
+                    f"delta.usage must be an int64 array of shape ({n},), got {_describe(usage)}"
+                )
+            if n and usage.min() < 0:
+                raise DeltaError("delta.usage must not be negative")
+            usage = np.ascontiguousarray(usage)
+        return keys, values, versions, t_keys, t_versions, state, pushes, last_update, usage
 
 
 def _check_versions(versions: Any, n: int, what: str) -> np.ndarray:

@@ -142,6 +142,7 @@ def upsert_rows(
     new_state,
     new_push_count,
     new_last_update,
+    new_usage,
     start,
     opt_kind,
     hp,
@@ -152,8 +153,8 @@ def upsert_rows(
 
     ``new_values`` has the arena's dtype. With ``has_state``, optimizer state, push counts and
     update times come from the delta (when the arena has state columns); otherwise new rows
-    get fresh optimizer state and existing rows keep theirs. Times are unix microseconds.
-    Resumable like ``resolve_rows``.
+    get fresh optimizer state and existing rows keep theirs. A non-empty ``new_usage`` sets
+    eviction ranks. Times are unix microseconds. Resumable like ``resolve_rows``.
     Returns ``(status, position, applied, skipped)``.
     """
     capacity = values.shape[0]
@@ -181,7 +182,8 @@ def upsert_rows(
             scalars[LIVE] += 1
             row_keys[r] = key
             meta[r, USAGE_COL] = 0
-            touch(scalars, meta, r, 1, lfu)
+            if new_usage.shape[0] == 0:
+                touch(scalars, meta, r, 1, lfu)
             meta[r, PUSHES_COL] = 0
             meta[r, UPDATED_COL] = now
             if not has_state:
@@ -193,6 +195,8 @@ def upsert_rows(
                 state[r, j] = new_state[i, j]
             meta[r, PUSHES_COL] = new_push_count[i]
             meta[r, UPDATED_COL] = new_last_update[i]
+        if new_usage.shape[0] != 0:
+            meta[r, USAGE_COL] = new_usage[i]
         meta[r, VERSION_COL] = v
         if v > scalars[VERSION]:
             scalars[VERSION] = v
