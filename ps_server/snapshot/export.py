@@ -54,6 +54,7 @@ BUNDLE_FORMAT_VERSION = 1
 BUNDLE_DTYPES = ("float32", "float16")
 ROW_VALUES = "values"
 DEFAULT_ROW = "default_row"
+DEFAULT_VERSION = "default_version"
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -71,6 +72,7 @@ class ServingTable:
     versions: np.ndarray
     complete_version: int
     default_row: np.ndarray | None = None
+    default_version: int = 0
 
     def select(self, mask: np.ndarray) -> ServingTable:
         return ServingTable(
@@ -79,6 +81,7 @@ class ServingTable:
             self.versions[mask],
             self.complete_version,
             self.default_row,
+            self.default_version,
         )
 
 
@@ -132,12 +135,15 @@ def sources_from_snapshots(root: Path | str) -> ServingSource:
         if ROW_VALUES not in section.rows:
             raise CorruptSnapshotError(f"{root}: table {name!r} has no {ROW_VALUES!r} rows")
         default = section.arrays.get(DEFAULT_ROW)
+        default_version = int(section.meta.get(DEFAULT_VERSION, 0))
+        learned = default is not None and default_version > 0
         tables[name] = ServingTable(
             keys=section.rows[ROW_KEYS],
             values=section.rows[ROW_VALUES],
             versions=section.rows[ROW_VERSIONS],
             complete_version=section.complete_version,
-            default_row=None if default is None else np.asarray(default, dtype=np.float32),
+            default_row=np.asarray(default, dtype=np.float32) if learned else None,
+            default_version=default_version if learned else 0,
         )
     dense = None
     if merged.dense is not None:
@@ -241,6 +247,7 @@ def _write_bundle(
                 "rows": len(table.keys),
                 "dim": int(values.shape[1]) if values.ndim == 2 else 0,
                 "complete_version": table.complete_version,
+                DEFAULT_VERSION: table.default_version,
                 "files": table_files,
             }
         dense = None
@@ -370,6 +377,7 @@ def read_bundle(path: Path | str) -> list[ServingSource]:
                 versions=get(refs["versions"]),
                 complete_version=table["complete_version"],
                 default_row=get(refs[DEFAULT_ROW]) if DEFAULT_ROW in refs else None,
+                default_version=int(table.get(DEFAULT_VERSION, 0)),
             )
         dense = None
         if source.get("dense") is not None:

@@ -61,7 +61,7 @@ class ReferenceTable:
                 "sketch": np.full((2, 8), self.version, dtype=np.uint32),
                 "default_row": np.full(self.dim, 0.25, dtype=np.float32),
             },
-            meta={"version": self.version, "admit_after": 1},
+            meta={"version": self.version, "admit_after": 1, "default_version": 1},
         )
 
     def snapshot_state(self) -> dict[int, tuple[np.ndarray, np.ndarray, int, int]]:

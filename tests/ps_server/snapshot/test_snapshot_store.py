@@ -56,7 +56,7 @@ def test_full_snapshot_round_trip(snap_root, rng):
     section = loaded.tables["user"]
     assert_section_matches(section, table.snapshot_state())
     np.testing.assert_array_equal(section.arrays["sketch"], table.export_since(0).arrays["sketch"])
-    assert section.meta == {"version": table.version, "admit_after": 1}
+    assert section.meta == {"version": table.version, "admit_after": 1, "default_version": 1}
     assert section.complete_version == table.version
     assert sorted(section.tombstone_keys.tolist()) == sorted(k for k, _ in table.tombstones)
     assert loaded.dense.version == 7
