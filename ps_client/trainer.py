@@ -307,7 +307,7 @@ class Trainer:
             with _StopOnInterrupt(self.stream) as stop:
                 for batch, looked_up in self._with_rows(iter(batches), pool):
                     t0 = time.monotonic()
-                    unique, unique_rows = looked_up.result() if pool else looked_up
+                    unique, unique_rows = looked_up.result() if pool else self._lookup(batch)
                     stats.lookup_seconds += time.monotonic() - t0
                     self._train_batch(batch, unique, unique_rows, stats)
                     bar.update(1, loss=stats.mean_loss)
@@ -324,10 +324,10 @@ class Trainer:
     def _with_rows(
         self, batches: Iterator[Batch], pool: concurrent.futures.ThreadPoolExecutor | None
     ) -> Iterator[tuple[Batch, Any]]:
-        """Each batch with its looked-up rows (a future of them when prefetching)."""
+        """Each batch with a future of its rows when prefetching (else None)."""
         if pool is None:
             for batch in batches:
-                yield batch, self._lookup(batch)
+                yield batch, None
             return
         current = next(batches, None)
         pending = pool.submit(self._lookup, current) if current is not None else None
