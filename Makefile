@@ -34,8 +34,9 @@ proto: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
 
+# Real-time training on MovieLens through a local cluster: results/demo.json, .md, _auc.png
 demo: $(STAMP)
-	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
+	$(BIN)/python -m examples.movielens.demo --results results
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .ruff_cache build dist *.egg-info

@@ -1,0 +1,91 @@
+"""``LocalStore``: a cluster's tables and dense arrays in this process, with ``PSClient``'s
+lookup/push interface, for unit tests, notebooks and reference runs of a model.
+
+It runs the same table engine and optimizers as a training server (``EmbeddingTable``,
+``DenseStore``), without gRPC, shards or a sync path::
+
+    store = LocalStore.from_config("tables.yaml")
+    rows = store.lookup_many({"user": keys})["user"]
+    store.push_many({"user": (keys, grads)})
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ps_client.errors import UnknownTableError
+
+__all__ = ["LocalStore"]
+
+
+class LocalStore:
+    """Training tables (find-or-insert, server-side optimizers) and dense arrays in-process."""
+
+    def __init__(self, config: Any) -> None:
+        from ps_server.state import ShardState
+
+        self.config = config
+        self._state = ShardState.from_config(config, "training", 0, 1)
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str]) -> LocalStore:
+        """A store with the tables and dense arrays of a cluster config file."""
+        from monolith_ps.config import load_config
+
+        return cls(load_config(path))
+
+    def _table(self, name: str) -> Any:
+        try:
+            return self._state.tables[name]
+        except KeyError:
+            raise UnknownTableError(
+                f"unknown table {name!r} (this store has: {', '.join(sorted(self._state.tables))})"
+            ) from None
+
+    def lookup_many(self, keys_by_table: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Rows of each table's keys (``keys.shape + (dim,)``), inserting new keys."""
+        out = {}
+        for name, keys in keys_by_table.items():
+            keys = np.asarray(keys, dtype=np.uint64)
+            rows = self._table(name).find_or_insert(np.ascontiguousarray(keys.reshape(-1)))
+            out[name] = rows.reshape(keys.shape + (rows.shape[-1],))
+        return out
+
+    def push_many(self, grads_by_table: Mapping[str, tuple[Any, Any]]) -> tuple[int, int]:
+        """Apply each table's gradients (duplicates summed); returns rows updated and pending."""
+        updated = pending = 0
+        for name, (keys, grads) in grads_by_table.items():
+            table = self._table(name)
+            keys = np.ascontiguousarray(np.asarray(keys, dtype=np.uint64).reshape(-1))
+            grads = np.ascontiguousarray(np.asarray(grads, dtype=np.float32))
+            u, p = table.apply_gradients(keys, grads.reshape(keys.shape[0], table.dim))
+            updated += u
+            pending += p
+        return updated, pending
+
+    def lookup(self, table: str, keys: Any) -> np.ndarray:
+        return self.lookup_many({table: keys})[table]
+
+    def push(self, table: str, keys: Any, grads: Any) -> tuple[int, int]:
+        return self.push_many({table: (keys, grads)})
+
+    def pull_dense(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Copies of the dense arrays (all when ``names`` is None)."""
+        if self._state.dense is None:
+            return {}
+        arrays, _ = self._state.dense.pull(tuple(names or ()))
+        return arrays
+
+    def push_dense(self, grads: Mapping[str, Any]) -> int:
+        """One optimizer step on each named dense array; returns the new version."""
+        if self._state.dense is None:
+            raise UnknownTableError(f"no dense arrays in this store (asked: {', '.join(grads)})")
+        return self._state.dense.push(grads)
+
+    def num_rows(self) -> dict[str, int]:
+        """Live rows per table."""
+        return {name: len(table) for name, table in self._state.tables.items()}

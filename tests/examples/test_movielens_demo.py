@@ -1,0 +1,107 @@
+"""The MovieLens demo, short: a real local cluster (2 training shards, 2 serving shards and
+the sync agent as subprocesses), a few windows of the stream, scoring through serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from examples.movielens import demo
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path]:
+    out = tmp_path_factory.mktemp("demo")
+    code = demo.main(
+        [
+            "--limit", "30000", "--windows", "5", "--sparse-interval", "0.5s",
+            "--dense-interval", "0.5s", "--results", str(out), "--log-dir", str(out / "logs"),
+            "--quiet",
+        ]
+    )  # fmt: skip
+    return code, json.loads((out / "demo.json").read_text()), out
+
+
+def test_serving_scores_the_next_window_well_above_chance(short_run):
+    code, doc, _ = short_run
+    assert code == 0 and not doc["interrupted"]
+    windows = doc["windows"]
+    assert [w["window"] for w in windows] == [0, 1, 2, 3]
+    assert all(w["train_events"] == 6000 and w["serve_events"] == 6000 for w in windows)
+    # The first window (spring 1996) knows few users and movies; after it, the served model
+    # ranks the next window's ratings well above chance.
+    assert doc["summary"]["serving_auc_mean"] > 0.62
+    assert all(w["serving_auc"] > 0.62 for w in windows[1:])
+    assert doc["summary"]["train_auc_all"] > 0.62
+    # Serving had the trained rows: most scoring keys were found (the next window's new
+    # users and movies are not, and get the default row).
+    assert all(w["serving_found"] > 0.25 for w in windows) and windows[-1]["serving_found"] > 0.6
+    assert all(w["serving_rows"] == w["training_rows"] > 0 for w in windows)
+
+
+def test_every_scoring_lookup_was_answered_by_the_serving_servers(short_run):
+    _, doc, _ = short_run
+    lookups = doc["serving_lookups"]
+    assert lookups["keys_asked_by_scorer"] > 10_000
+    # The serving servers' own counters saw exactly the scorer's keys: nothing was scored
+    # from training, and nothing else looked serving up.
+    assert lookups["keys_looked_up_by_serving"] == lookups["keys_asked_by_scorer"]
+
+
+def test_results_hold_the_table_and_a_png_plot(short_run):
+    _, doc, out = short_run
+    markdown = (out / "demo.md").read_text()
+    assert "| window |" in markdown and "serving AUC" in markdown
+    png = (out / "demo_auc.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    logs = {p.name: p.read_text() for p in (out / "logs").glob("*.log")}
+    assert sorted(logs) == [
+        "agent.log",
+        "serving-0-0.log",
+        "serving-1-0.log",
+        "training-0.log",
+        "training-1.log",
+    ]
+    assert all('"server_stopped"' in text for name, text in logs.items() if name != "agent.log")
+    assert '"agent_stopped"' in logs["agent.log"]
+
+
+def test_ctrl_c_shuts_the_cluster_down(tmp_path):
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "examples.movielens.demo", "--windows", "40",
+            "--sparse-interval", "0.5s", "--results", str(tmp_path),
+            "--log-dir", str(tmp_path / "logs"), "--no-plot",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:
+            if line.startswith("cluster up") or time.monotonic() > deadline:
+                break
+        time.sleep(1.0)  # into the stream
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    logs = {p.name: p.read_text() for p in (tmp_path / "logs").glob("*.log")}
+    assert len(logs) == 5
+    assert all('"server_stopped"' in text for name, text in logs.items() if name != "agent.log")
+    assert '"agent_stopped"' in logs["agent.log"]
