@@ -1,0 +1,332 @@
+"""One export fanned out to many replicas: ``ExportDelta`` in, one ``ApplyDelta`` per replica out.
+
+Each replica's stream is fed through its own bounded queue, consumed by gRPC's own
+sending thread, so memory stays at a few chunks per replica and a replica that stops
+taking chunks is cut off after ``stall_timeout`` instead of holding the rest back.
+A cut or failed stream never sends its last chunk, so that replica's cursor does not
+move and the next round resends from where it stands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import grpc
+
+from monolith_ps.logs import fields
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from sync_agent.cursors import ExportPlan, ReplicaState, TrainingShard
+from sync_agent.router import ChunkRouter, is_empty
+
+__all__ = [
+    "ReplicaOutcome",
+    "StreamLimits",
+    "SyncStoppedError",
+    "error_text",
+    "run_dense_export",
+    "run_export",
+]
+
+_LOGGER = logging.getLogger(__name__)
+_END = object()
+
+
+class SyncStoppedError(Exception):
+    """The agent was asked to stop while a stream was running."""
+
+
+class ExportStreamError(RuntimeError):
+    """A training shard's stream broke, ended early, or does not match what was asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamLimits:
+    """How long a stream may take, and how far a replica may fall behind before it is cut."""
+
+    chunk_rows: int = 65536
+    stream_timeout: float = 600.0
+    stall_timeout: float = 30.0
+    queue_chunks: int = 4
+
+
+@dataclasses.dataclass
+class ReplicaOutcome:
+    """What happened to one replica's stream of one export."""
+
+    replica: ReplicaState
+    ok: bool = False
+    stage: str = ""  # on failure: export, apply, stalled, stopped
+    error: str = ""
+    rows_applied: int = 0
+    rows_skipped: int = 0
+    tombstones_applied: int = 0
+    bytes_sent: int = 0
+    full_resync: bool = False
+    complete_version: int = 0
+
+
+class _ReplicaStream:
+    """An ``ApplyDelta`` call whose requests come from a bounded queue."""
+
+    def __init__(
+        self,
+        stub: ps_pb2_grpc.ParameterServerStub,
+        outcome: ReplicaOutcome,
+        limits: StreamLimits,
+    ) -> None:
+        self.outcome = outcome
+        self._limits = limits
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=limits.queue_chunks)
+        self._ended = False  # the end marker is queued: no more chunks
+        self._settled = False  # the outcome is final
+        self._future = stub.ApplyDelta.future(self._requests(), timeout=limits.stream_timeout)
+
+    def _end_now(self) -> None:
+        """Drop queued chunks and queue the end marker, unblocking gRPC's sending thread."""
+        self._ended = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put_nowait(_END)
+
+    def _requests(self) -> Iterator[ps_pb2.DeltaChunk]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+
+    @property
+    def alive(self) -> bool:
+        return not self._settled and not self._ended and not self._future.done()
+
+    def send(self, chunk: ps_pb2.DeltaChunk) -> None:
+        """Queue a chunk; cut the stream if the replica takes none for ``stall_timeout``."""
+        if not self.alive:
+            return
+        try:
+            self._queue.put(chunk, timeout=self._limits.stall_timeout)
+        except queue.Full:
+            self.abandon(
+                "stalled",
+                f"took no chunk for {self._limits.stall_timeout:g}s; stream cut, cursor kept",
+            )
+            return
+        self.outcome.bytes_sent += chunk.ByteSize()
+
+    def finish(self, deadline: float) -> None:
+        """End the request stream after the last chunk and wait for the replica's answer."""
+        if self._settled:
+            return
+        if not self._ended:
+            if self._future.done():  # answered (or failed) already: just release the sender
+                self._end_now()
+            else:
+                try:
+                    self._queue.put(_END, timeout=self._limits.stall_timeout)
+                except queue.Full:
+                    self.abandon("stalled", "did not take the last chunk; stream cut, cursor kept")
+                    return
+                self._ended = True
+        try:
+            response = self._future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except grpc.FutureTimeoutError:
+            self.abandon("apply", "no answer before the stream deadline")
+            return
+        except grpc.FutureCancelledError:
+            self._settle("apply", "cancelled")
+            return
+        except grpc.RpcError as exc:
+            self._settle("apply", error_text(exc))
+            return
+        self._settled = True
+        self.outcome.ok = True
+        self.outcome.rows_applied = response.rows_applied
+        self.outcome.rows_skipped = response.rows_skipped
+        self.outcome.tombstones_applied = response.tombstones_applied
+
+    def abandon(self, stage: str, error: str) -> None:
+        """Cancel the call (the replica keeps its cursor) and release the sending thread."""
+        if self._settled:
+            return
+        if self._future.done() and not self._future.cancelled():
+            exc = self._future.exception()
+            if exc is not None:
+                self._settle("apply", error_text(exc))
+                return
+        self._future.cancel()
+        self._settle(stage, error)
+
+    def _settle(self, stage: str, error: str) -> None:
+        self._settled = True
+        if not self._ended:
+            self._end_now()
+        if not self.outcome.stage:
+            self.outcome.stage, self.outcome.error = stage, error
+
+
+def run_export(
+    plan: ExportPlan,
+    training_stub: ps_pb2_grpc.ParameterServerStub,
+    serving_stub: Callable[[ReplicaState], ps_pb2_grpc.ParameterServerStub],
+    limits: StreamLimits,
+    stop: threading.Event,
+) -> tuple[list[ReplicaOutcome], int]:
+    """Run one export plan; returns each replica's outcome and the bytes received from training.
+
+    Never raises for a failed server: a broken export or apply is an outcome.
+    ``SyncStoppedError`` is raised when ``stop`` is set mid-stream (all streams cancelled).
+    """
+    deadline = time.monotonic() + limits.stream_timeout
+    router = ChunkRouter(dest for _, dest in plan.replicas)
+    outcomes = [ReplicaOutcome(replica) for replica, _ in plan.replicas]
+    streams: list[_ReplicaStream] = []
+    received = 0
+    request = ps_pb2.ExportDeltaRequest(
+        table=plan.table.table,
+        since_version=plan.since_version,
+        epoch=plan.epoch,
+        max_chunk_rows=limits.chunk_rows,
+    )
+    export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
+    try:
+        last = None
+        for chunk in export:
+            if stop.is_set():
+                raise SyncStoppedError
+            _check_chunk(chunk, plan)
+            received += chunk.ByteSize()
+            if not streams:
+                streams = [
+                    _ReplicaStream(serving_stub(replica), outcome, limits)
+                    for (replica, _), outcome in zip(plan.replicas, outcomes, strict=True)
+                ]
+            routed = router.route(chunk)
+            for (_, dest), stream in zip(plan.replicas, streams, strict=True):
+                out = routed[dest]
+                if chunk.last or not is_empty(out):
+                    stream.send(out)
+                    stream.outcome.full_resync = chunk.full_resync
+            if chunk.last:
+                last = chunk
+                break
+        if last is None:
+            raise ExportStreamError("export stream ended without its last chunk")
+        for stream in streams:
+            stream.outcome.complete_version = last.complete_version
+            stream.finish(deadline)
+    except (grpc.RpcError, ExportStreamError, ValueError) as exc:
+        _export_failed(exc, plan.source, plan.table.table, outcomes)
+    finally:
+        export.cancel()
+        for stream in streams:
+            stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
+    return outcomes, received
+
+
+def run_dense_export(
+    source: TrainingShard,
+    replicas: Sequence[ReplicaState],
+    training_stub: ps_pb2_grpc.ParameterServerStub,
+    serving_stub: Callable[[ReplicaState], ps_pb2_grpc.ParameterServerStub],
+    limits: StreamLimits,
+    stop: threading.Event,
+) -> tuple[list[ReplicaOutcome], int]:
+    """Copy training shard 0's dense arrays to every replica not already at its version.
+
+    Asks from the lowest dense version when every replica holds the shard's epoch, else
+    for everything (epoch 0). Chunks travel unchanged: every serving shard keeps all
+    dense arrays. Returns the outcomes of the replicas that were sent a stream.
+    """
+    deadline = time.monotonic() + limits.stream_timeout
+    incremental = bool(replicas) and all(r.dense_epoch == source.epoch for r in replicas)
+    request = ps_pb2.ExportDeltaRequest(
+        table="",
+        since_version=min(r.dense_version for r in replicas) if incremental else 0,
+        epoch=source.epoch if incremental else 0,
+    )
+    streams: list[_ReplicaStream] | None = None
+    outcomes: list[ReplicaOutcome] = []
+    received = 0
+    export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
+    try:
+        last = None
+        for chunk in export:
+            if stop.is_set():
+                raise SyncStoppedError
+            if chunk.table or chunk.source_shard != source.shard_index:
+                raise ExportStreamError(
+                    f"asked {source.endpoint.address} for dense arrays, got a chunk of table "
+                    f"{chunk.table!r} from shard {chunk.source_shard}"
+                )
+            received += chunk.ByteSize()
+            if streams is None:
+                nothing_new = incremental and chunk.last and not chunk.dense
+                targets = [
+                    r
+                    for r in replicas
+                    if not nothing_new
+                    and (r.dense_epoch, r.dense_version) != (chunk.epoch, chunk.dense_version)
+                ]
+                outcomes = [ReplicaOutcome(r, full_resync=True) for r in targets]
+                streams = [
+                    _ReplicaStream(serving_stub(r), o, limits)
+                    for r, o in zip(targets, outcomes, strict=True)
+                ]
+            for stream in streams:
+                stream.send(chunk)
+            if chunk.last:
+                last = chunk
+                break
+        if last is None:
+            raise ExportStreamError("dense export stream ended without its last chunk")
+        for stream in streams or ():
+            stream.outcome.complete_version = last.dense_version
+            stream.finish(deadline)
+    except (grpc.RpcError, ExportStreamError, ValueError) as exc:
+        _export_failed(exc, source, "", outcomes)
+    finally:
+        export.cancel()
+        for stream in streams or ():
+            stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
+    return outcomes, received
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line description of a failure, with the gRPC status name when there is one."""
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__
+
+
+def _export_failed(
+    exc: BaseException, source: TrainingShard, table: str, outcomes: list[ReplicaOutcome]
+) -> None:
+    error = error_text(exc)
+    _LOGGER.warning(
+        "export_failed",
+        extra=fields(training=source.endpoint.address, table=table or "(dense)", error=error),
+    )
+    for outcome in outcomes:
+        if not outcome.ok and not outcome.stage:
+            outcome.stage, outcome.error = "export", error
+
+
+def _check_chunk(chunk: ps_pb2.DeltaChunk, plan: ExportPlan) -> None:
+    if chunk.table != plan.table.table or chunk.source_shard != plan.source.shard_index:
+        raise ExportStreamError(
+            f"asked {plan.source.endpoint.address} for table {plan.table.table!r} of shard "
+            f"{plan.source.shard_index}, got table {chunk.table!r} of shard {chunk.source_shard}"
+        )
+    if chunk.source_num_shards != plan.source.num_shards:
+        raise ExportStreamError(
+            f"{plan.source.endpoint.address} now reports {chunk.source_num_shards} training "
+            f"shards, {plan.source.num_shards} when the round began"
+        )
