@@ -1,0 +1,305 @@
+"""The cluster config file: tables, dense arrays, server, snapshot and sync settings.
+
+One YAML or JSON file describes a whole cluster and is read by every process of it
+(servers, the sync agent, the local launcher, the Helm ConfigMap mounts the same file)::
+
+    tables:
+      - {name: user_id, dim: 64, optimizer: adagrad, optimizer_args: {lr: 0.05},
+         initializer: normal, admit_after: 2, ttl_seconds: 604800, serving_dtype: float16}
+    dense:
+      - {name: mlp, size: 4096, optimizer: adam, optimizer_args: {lr: 0.001}}
+    server: {max_message_bytes: 67108864, expiry_sweep_interval: 60s}
+    snapshot: {full_interval: 1h, incremental_interval: 5m, keep: 3}
+    sync: {sparse_interval: 5m, dense_interval: 24h, chunk_rows: 65536}
+
+Every section but ``tables`` is optional. Unknown keys are errors, so a typo never
+passes silently; every error is a ``ConfigError`` naming the field path
+(``tables[1].dim``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ps_server.table import TableConfig
+
+__all__ = [
+    "ClusterConfig",
+    "ConfigError",
+    "DenseConfig",
+    "ServerConfig",
+    "SnapshotConfig",
+    "SyncConfig",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_TABLE_PREFIX = re.compile(r"^tables\[[^\]]*\]")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A config file that cannot describe a cluster; the message names the field path."""
+
+
+def parse_duration(value: str | float | int, field: str = "duration") -> float:
+    """Seconds from ``"300s"``, ``"5m"``, ``"1.5h"``, ``"2d"``, ``"250ms"`` or a number."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{field}: expected a duration such as 300s, 5m or 24h, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ConfigError(f"{field}: expected a duration such as 300s, 5m or 24h, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{field}: duration must be finite and >= 0, got {value!r}")
+    return seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseConfig:
+    """A named dense float32 array, held by training shard 0 and updated by its optimizer."""
+
+    name: str
+    size: int
+    optimizer: str = "sgd"
+    optimizer_args: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    initializer: str = "zeros"
+    initializer_args: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Limits and background work of every PS server."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_batch_keys: int = 1 << 20  # keys in one Lookup or Push, all tables together
+    expiry_sweep_interval: float = 60.0
+    push_dedup_window: int = 100_000  # remembered request ids
+    max_workers: int = 0  # gRPC handler threads; 0 = 4 per core, at least 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotConfig:
+    """When training servers write snapshots and how many full chains they keep."""
+
+    full_interval: float = 3600.0
+    incremental_interval: float = 300.0
+    keep: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncConfig:
+    """How often the sync agent moves sparse rows and dense arrays to serving."""
+
+    sparse_interval: float = 300.0
+    dense_interval: float = 86400.0
+    chunk_rows: int = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """The whole config file, validated."""
+
+    tables: tuple[TableConfig, ...]
+    dense: tuple[DenseConfig, ...] = ()
+    server: ServerConfig = ServerConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
+    sync: SyncConfig = SyncConfig()
+
+    def table(self, name: str) -> TableConfig:
+        """The config of table ``name`` (``KeyError`` naming it when absent)."""
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(f"no table named {name!r} in the config")
+
+
+def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
+    """Read and validate a YAML (``.yaml``/``.yml``) or JSON config file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    if path.endswith(".json"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: invalid JSON: {exc}") from exc
+    else:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    return parse_config(raw)
+
+
+def parse_config(raw: Any) -> ClusterConfig:
+    """Validate an already parsed config mapping (the contents of the file)."""
+    _require_mapping(raw, "config")
+    _reject_unknown(raw, {"tables", "dense", "server", "snapshot", "sync"}, "")
+    if "tables" not in raw:
+        raise ConfigError("tables: required (a list of table definitions)")
+    tables = _parse_tables(raw["tables"])
+    dense = _parse_dense(raw.get("dense") or [])
+    server = _parse_section(raw.get("server"), ServerConfig, "server")
+    snapshot = _parse_section(raw.get("snapshot"), SnapshotConfig, "snapshot")
+    sync = _parse_section(raw.get("sync"), SyncConfig, "sync")
+    for where, value, minimum in (
+        ("server.max_message_bytes", server.max_message_bytes, 1 << 16),
+        ("server.max_batch_keys", server.max_batch_keys, 1),
+        ("server.expiry_sweep_interval", server.expiry_sweep_interval, 0.001),
+        ("snapshot.full_interval", snapshot.full_interval, 0.001),
+        ("snapshot.incremental_interval", snapshot.incremental_interval, 0.001),
+        ("snapshot.keep", snapshot.keep, 1),
+        ("sync.sparse_interval", sync.sparse_interval, 0.001),
+        ("sync.dense_interval", sync.dense_interval, 0.001),
+        ("sync.chunk_rows", sync.chunk_rows, 1),
+    ):
+        if value < minimum:
+            raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
+    return ClusterConfig(tables=tables, dense=dense, server=server, snapshot=snapshot, sync=sync)
+
+
+def config_to_dict(config: ClusterConfig) -> dict[str, Any]:
+    """The plain mapping that ``parse_config`` turns back into ``config``."""
+    return {
+        "tables": [table.to_dict() for table in config.tables],
+        "dense": [
+            {
+                **dataclasses.asdict(dense),
+                "optimizer_args": dict(dense.optimizer_args),
+                "initializer_args": dict(dense.initializer_args),
+            }
+            for dense in config.dense
+        ],
+        "server": dataclasses.asdict(config.server),
+        "snapshot": dataclasses.asdict(config.snapshot),
+        "sync": dataclasses.asdict(config.sync),
+    }
+
+
+def _parse_tables(raw: Any) -> tuple[TableConfig, ...]:
+    from ps_server.table import TableConfig
+
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("tables: expected a non-empty list of table definitions")
+    tables = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"tables[{i}]"
+        _require_mapping(entry, where)
+        try:
+            table = TableConfig.from_dict(dict(entry))
+        except (ValueError, TypeError) as exc:
+            # The table names itself "tables[<name>]"; the file reader knows the position.
+            message = _TABLE_PREFIX.sub(where, _message(exc), count=1)
+            if not message.startswith(where):
+                message = f"{where}: {message}"
+            raise ConfigError(message) from exc
+        if table.name in seen:
+            raise ConfigError(f"{where}.name: duplicate table name {table.name!r}")
+        seen.add(table.name)
+        tables.append(table)
+    return tuple(tables)
+
+
+def _parse_dense(raw: Any) -> tuple[DenseConfig, ...]:
+    from ps_server.dense import validate_dense_config
+
+    if not isinstance(raw, list):
+        raise ConfigError("dense: expected a list of dense array definitions")
+    arrays = []
+    seen: set[str] = set()
+    for i, entry in enumerate(raw):
+        where = f"dense[{i}]"
+        dense = _parse_section(entry, DenseConfig, where)
+        if not dense.name or not isinstance(dense.name, str):
+            raise ConfigError(f"{where}.name: expected a non-empty string")
+        if dense.name in seen:
+            raise ConfigError(f"{where}.name: duplicate dense array name {dense.name!r}")
+        if dense.size < 1:
+            raise ConfigError(f"{where}.size: must be >= 1, got {dense.size}")
+        try:
+            validate_dense_config(dense)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{_message(exc)}") from exc
+        seen.add(dense.name)
+        arrays.append(dense)
+    return tuple(arrays)
+
+
+def _parse_section(raw: Any, cls: type, where: str) -> Any:
+    """A frozen dataclass from a mapping, checking key names and field types."""
+    if raw is None:
+        return cls()
+    _require_mapping(raw, where)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(raw, set(fields), where)
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    for name in required:
+        if name not in raw:
+            raise ConfigError(f"{where}.{name}: required")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(value, fields[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, field: dataclasses.Field, where: str) -> Any:
+    default = field.default
+    annotation = str(field.type)
+    if annotation == "float" and "interval" in field.name:
+        return parse_duration(value, where)
+    if annotation.startswith("Mapping"):
+        _require_mapping(value, where)
+        for key, arg in value.items():
+            if isinstance(arg, bool) or not isinstance(arg, int | float):
+                raise ConfigError(f"{where}.{key}: expected a number, got {arg!r}")
+        return dict(value)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if annotation == "int" or isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where}: must be >= 0, got {value}")
+        return value
+    raise AssertionError(f"no coercion for {where} ({annotation})")  # pragma: no cover
+
+
+def _require_mapping(value: Any, where: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+
+
+def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0]) if exc.args else type(exc).__name__

@@ -1,0 +1,40 @@
+"""The monolith-ps client: look up and push embedding rows of a sharded PS cluster.
+
+>>> from ps_client import PSClient, make_fid
+>>> c = PSClient(["127.0.0.1:50051", "127.0.0.1:50052"])  # doctest: +SKIP
+>>> rows = c.lookup("user_id", make_fid(1, user_ids))  # doctest: +SKIP
+"""
+
+from ps_client.client import ClientTLS, PSClient, PushResult, ShardInfo, TableInfo
+from ps_client.errors import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    PreconditionError,
+    PSError,
+    RequestTooLargeError,
+    ServerError,
+    ServerUnavailableError,
+    TopologyError,
+    UnknownTableError,
+)
+from ps_client.fid import make_fid
+from ps_client.retry import RetryPolicy
+
+__all__ = [
+    "ClientTLS",
+    "DeadlineExceededError",
+    "InvalidRequestError",
+    "PSClient",
+    "PSError",
+    "PreconditionError",
+    "PushResult",
+    "RequestTooLargeError",
+    "RetryPolicy",
+    "ServerError",
+    "ServerUnavailableError",
+    "ShardInfo",
+    "TableInfo",
+    "TopologyError",
+    "UnknownTableError",
+    "make_fid",
+]

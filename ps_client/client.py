@@ -1,0 +1,620 @@
+"""``PSClient``: numpy in, numpy out, over a sharded cluster of PS servers.
+
+A call deduplicates its keys, routes each unique key to ``shard_of(key, num_shards)``,
+sends one request per shard (split only when it would pass the message size limit)
+in parallel, and scatters the answers back into the order of the keys. Pushes sum the
+gradients of duplicate keys first and carry a ``request_id`` so a retried push is
+applied once.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from monolith_ps import wire
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_client.errors import (
+    DeadlineExceededError,
+    PreconditionError,
+    RequestTooLargeError,
+    ServerError,
+    ServerUnavailableError,
+    TopologyError,
+    UnknownTableError,
+    error_from_rpc,
+)
+from ps_client.kernels import route_keys, segment_sum
+from ps_client.retry import RetryPolicy
+
+__all__ = ["ClientTLS", "PSClient", "PushResult", "ShardInfo", "TableInfo"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_DEFAULT_MAX_BATCH_KEYS = 1 << 20
+_MESSAGE_FILL = 0.9  # of the size limit a request or answer may use; the rest is framing
+_ROLE_NAMES = {ps_pb2.ROLE_TRAINING: "training", ps_pb2.ROLE_SERVING: "serving"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTLS:
+    """PEM file paths for TLS: the CA that signed the servers (None = system roots) and,
+    for mutual TLS, the client's certificate and key."""
+
+    ca_path: str | None = None
+    cert_path: str | None = None
+    key_path: str | None = None
+    server_name: str | None = None  # expected name in the server certificate, if not the host
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_path),
+            private_key=read(self.key_path),
+            certificate_chain=read(self.cert_path),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TableInfo:
+    """A table as one server describes it."""
+
+    name: str
+    dim: int
+    dtype: str
+    optimizer: str
+    optimizer_args: dict[str, float]
+    initializer: str
+    admit_after: int
+    ttl_seconds: float | None
+    max_rows: int | None
+    eviction: str
+    num_rows: int
+    version: int
+    load_factor: float
+    memory_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """What one server says about itself (``DescribeTables``)."""
+
+    address: str
+    role: str
+    shard_index: int
+    num_shards: int
+    epoch: int
+    tables: dict[str, TableInfo]
+    dense: dict[str, int]  # name -> size
+    server_version: str
+    max_message_bytes: int
+    max_batch_keys: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PushResult:
+    """What a push did, summed over shards."""
+
+    rows_updated: int
+    rows_pending_admission: int
+    duplicate_requests: int  # shard requests the servers had already applied
+
+
+@dataclasses.dataclass(frozen=True)
+class _Routed:
+    """One table's unique keys, grouped by shard, and where each input key's row lands."""
+
+    keys: np.ndarray  # unique keys, shard 0's first, then shard 1's, ...
+    bounds: np.ndarray  # shard s owns keys[bounds[s]:bounds[s + 1]]
+    position: np.ndarray  # input key i has row position[i] of ``keys``
+
+
+def _route(keys: np.ndarray, num_shards: int) -> _Routed:
+    return _Routed(*route_keys(keys, num_shards))
+
+
+def _plan_chunks(
+    sizes: Sequence[int], row_bytes: Sequence[int], budget: int, max_keys: int
+) -> list[list[tuple[int, int, int]]]:
+    """Split entries of ``sizes[i]`` rows into messages under ``budget`` bytes and
+    ``max_keys`` keys: a list of messages, each a list of ``(entry, start, stop)``."""
+    messages: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room, keys_room = budget, max_keys
+    for entry, (size, cost) in enumerate(zip(sizes, row_bytes, strict=True)):
+        start = 0
+        while start < size:
+            fit = min(size - start, room // cost, keys_room)
+            if fit == 0:
+                if not current:
+                    raise RequestTooLargeError(
+                        f"one row of {cost} bytes does not fit a {budget}-byte message"
+                    )
+                messages.append(current)
+                current, room, keys_room = [], budget, max_keys
+                continue
+            current.append((entry, start, start + fit))
+            start += fit
+            room -= fit * cost
+            keys_room -= fit
+    if current:
+        messages.append(current)
+    return messages
+
+
+def _assemble(
+    parts: list[tuple[int, int, np.ndarray, np.ndarray | None]], n: int, dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and found mask of ``n`` unique keys from the answers' ``(start, stop, rows,
+    found)`` spans; a single answer is used as it is, without a copy."""
+    if len(parts) == 1 and parts[0][0] == 0 and parts[0][1] == n:
+        _, _, rows, found = parts[0]
+        return rows, found if found is not None else np.ones(n, dtype=bool)
+    rows = np.empty((n, dim), dtype=np.float32)
+    found = np.ones(n, dtype=bool)
+    for start, stop, part_rows, part_found in parts:
+        rows[start:stop] = part_rows
+        if part_found is not None:
+            found[start:stop] = part_found
+    return rows, found
+
+
+def _as_keys(keys: Any, table: str) -> np.ndarray:
+    keys = np.asarray(keys)
+    if keys.dtype.kind not in "iu":
+        raise TypeError(f"keys of table {table!r} must be integers, got dtype {keys.dtype}")
+    # int64 feature IDs map to uint64 through two's complement, like everywhere else.
+    return np.ascontiguousarray(keys.reshape(-1)).astype(np.uint64, copy=False)
+
+
+class PSClient:
+    """A client of one cluster role: shard ``i`` is ``addresses[i]``.
+
+    >>> with PSClient(["127.0.0.1:50051", "127.0.0.1:50052"]) as c:  # doctest: +SKIP
+    ...     rows = c.lookup("user_id", keys)          # (n, dim) float32, in the order of keys
+    ...     c.push("user_id", keys, grads)            # duplicates summed, applied once
+    ...     fut = c.lookup_async("item_id", item_keys)  # concurrent.futures.Future
+
+    On first use it asks every server for its role, shard index and shard count and
+    raises ``TopologyError`` unless they match the address list (and ``role``, if
+    given); every request then names the shard it is for, so a server that changed
+    place refuses it instead of answering for the wrong shard. Calls are retried on
+    UNAVAILABLE and DEADLINE_EXCEEDED by ``retry`` within ``timeout`` seconds in all.
+    Thread-safe.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        role: str | None = None,
+        timeout: float = 30.0,
+        attempt_timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        tls: ClientTLS | None = None,
+        max_workers: int | None = None,
+    ) -> None:
+        if isinstance(addresses, str):
+            raise TypeError("addresses must be a sequence of host:port strings, not one string")
+        if not addresses:
+            raise ValueError("need at least one server address")
+        if role not in (None, "training", "serving"):
+            raise ValueError(f"role must be 'training', 'serving' or None, got {role!r}")
+        if timeout <= 0 or attempt_timeout <= 0:
+            raise ValueError("timeout and attempt_timeout must be > 0")
+        self.addresses = tuple(addresses)
+        self.num_shards = len(self.addresses)
+        self.role = role
+        self._timeout = timeout
+        self._attempt_timeout = attempt_timeout
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._max_message_bytes = max_message_bytes
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # A restarted server is noticed within a second, not after minutes of backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        if tls is not None and tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        self._channels = [
+            grpc.secure_channel(a, tls.credentials(), options)
+            if tls is not None
+            else grpc.insecure_channel(a, options)
+            for a in self.addresses
+        ]
+        self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
+        self._views = [
+            ps_pb2.ShardView(shard_index=i, num_shards=self.num_shards)
+            for i in range(self.num_shards)
+        ]
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers or 4, thread_name_prefix="ps-client"
+        )
+        self._lock = threading.Lock()
+        self._shards: list[ShardInfo] | None = None
+        self._request_prefix = uuid.uuid4().hex[:16]
+        self._request_counter = itertools.count()
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Any, addresses: Sequence[str] | str, **options: Any) -> PSClient:
+        """A client for ``addresses`` (a list, or one comma-separated string) that takes
+        its message size limit from the cluster config (a ``ClusterConfig`` or a path)."""
+        from monolith_ps.config import ClusterConfig, load_config
+
+        if not isinstance(config, ClusterConfig):
+            config = load_config(os.fspath(config))
+        if isinstance(addresses, str):
+            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        options.setdefault("max_message_bytes", config.server.max_message_bytes)
+        return cls(addresses, **options)
+
+    # ------------------------------------------------------------------ public API
+
+    def lookup(
+        self, table: str, keys: Any, *, with_found: bool = False, timeout: float | None = None
+    ) -> Any:
+        """Rows of ``keys`` (``keys.shape + (dim,)``, float32), and with ``with_found``
+        (serving only) a bool mask of the keys that have a row."""
+        return self.lookup_many({table: keys}, with_found=with_found, timeout=timeout)[table]
+
+    def lookup_many(
+        self,
+        keys_by_table: Mapping[str, Any],
+        *,
+        with_found: bool = False,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``lookup`` of several tables in one request per shard."""
+        shards = self._topology()
+        if with_found and shards[0].role != "serving":
+            raise PreconditionError(
+                "with_found needs serving servers: training servers give every key a row"
+            )
+        tables = list(keys_by_table)
+        specs = [self._table_info(name) for name in tables]
+        keys = [_as_keys(keys_by_table[name], name) for name in tables]
+        shapes = [np.shape(keys_by_table[name]) for name in tables]
+        routed = [_route(k, self.num_shards) for k in keys]
+        itemsizes = [np.dtype(spec.dtype).itemsize for spec in specs]
+        row_bytes = [
+            max(8, spec.dim * size + (1 if with_found or shards[0].role == "serving" else 0))
+            for spec, size in zip(specs, itemsizes, strict=True)
+        ]
+
+        calls, pieces = [], []
+        for shard in range(self.num_shards):
+            sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
+            for message in self._chunks(sizes, row_bytes):
+                # (table, start, stop) in the routed unique keys of that table
+                spans = [
+                    (t, int(routed[t].bounds[shard]) + a, int(routed[t].bounds[shard]) + b)
+                    for t, a, b in message
+                ]
+                entries = [
+                    ps_pb2.TableKeys(table=tables[t], keys=wire.encode_keys(routed[t].keys[a:b]))
+                    for t, a, b in spans
+                ]
+                calls.append((shard, ps_pb2.LookupRequest(tables=entries, view=self._views[shard])))
+                pieces.append(spans)
+        responses = self._call_all("Lookup", calls, timeout)
+        parts: list[list[tuple[int, int, np.ndarray, np.ndarray | None]]] = [[] for _ in tables]
+        for (shard, _), response, message in zip(calls, responses, pieces, strict=True):
+            if len(response.tables) != len(message):
+                raise ServerError(
+                    f"Lookup on {self.addresses[shard]}: {len(response.tables)} tables "
+                    f"answered, {len(message)} asked"
+                )
+            for answer, (t, start, stop) in zip(response.tables, message, strict=True):
+                n = stop - start
+                rows = wire.decode_values(
+                    answer.values, n, specs[t].dim, answer.dtype, field=f"values of {tables[t]}"
+                )
+                mask = wire.decode_found(answer.found, n) if answer.found else None
+                parts[t].append((start, stop, rows, mask))
+        out = {}
+        for t, name in enumerate(tables):
+            unique_rows, unique_found = _assemble(parts[t], routed[t].keys.size, specs[t].dim)
+            rows = np.take(unique_rows, routed[t].position, axis=0)
+            if rows.dtype != np.float32:
+                rows = rows.astype(np.float32)
+            rows = rows.reshape(shapes[t] + (specs[t].dim,))
+            if with_found:
+                found = np.take(unique_found, routed[t].position).reshape(shapes[t])
+                out[name] = (rows, found)
+            else:
+                out[name] = rows
+        return out
+
+    def push(
+        self, table: str, keys: Any, grads: Any, *, timeout: float | None = None
+    ) -> PushResult:
+        """Apply ``grads`` (``keys.shape + (dim,)``) with the table's optimizer, once."""
+        return self.push_many({table: (keys, grads)}, timeout=timeout)
+
+    def push_many(
+        self, grads_by_table: Mapping[str, tuple[Any, Any]], *, timeout: float | None = None
+    ) -> PushResult:
+        """``push`` of several tables in one request per shard."""
+        self._topology()
+        tables = list(grads_by_table)
+        specs = [self._table_info(name) for name in tables]
+        routed, summed = [], []
+        for name, spec in zip(tables, specs, strict=True):
+            raw_keys, raw_grads = grads_by_table[name]
+            keys = _as_keys(raw_keys, name)
+            grads = np.asarray(raw_grads)
+            if grads.shape != np.shape(raw_keys) + (spec.dim,):
+                raise ValueError(
+                    f"grads of table {name!r} must have shape keys.shape + ({spec.dim},) = "
+                    f"{np.shape(raw_keys) + (spec.dim,)}, got {grads.shape}"
+                )
+            r = _route(keys, self.num_shards)
+            total = np.zeros((r.keys.size, spec.dim), dtype=np.float32)
+            segment_sum(
+                r.position, np.ascontiguousarray(grads.reshape(-1, spec.dim), np.float32), total
+            )
+            routed.append(r)
+            summed.append(total)
+        row_bytes = [8 + spec.dim * 4 for spec in specs]
+        push_id = f"{self._request_prefix}-{next(self._request_counter)}"
+        calls = []
+        for shard in range(self.num_shards):
+            sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
+            for part, message in enumerate(self._chunks(sizes, row_bytes)):
+                entries = []
+                for t, start, stop in message:
+                    base = int(routed[t].bounds[shard])
+                    a, b = base + start, base + stop
+                    entries.append(
+                        ps_pb2.TableGradients(
+                            table=tables[t],
+                            keys=wire.encode_keys(routed[t].keys[a:b]),
+                            grads=summed[t][a:b].tobytes(),
+                        )
+                    )
+                request = ps_pb2.PushRequest(
+                    tables=entries, request_id=f"{push_id}/{shard}.{part}", view=self._views[shard]
+                )
+                calls.append((shard, request))
+        responses = self._call_all("Push", calls, timeout)
+        return PushResult(
+            rows_updated=sum(r.rows_updated for r in responses),
+            rows_pending_admission=sum(r.rows_pending_admission for r in responses),
+            duplicate_requests=sum(r.duplicate for r in responses),
+        )
+
+    def lookup_async(self, table: str, keys: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """``lookup`` in the background (overlap it with compute)."""
+        return self._executor.submit(self.lookup, table, keys, **kwargs)
+
+    def lookup_many_async(
+        self, keys_by_table: Mapping[str, Any], **kwargs: Any
+    ) -> concurrent.futures.Future:
+        """``lookup_many`` in the background."""
+        return self._executor.submit(self.lookup_many, keys_by_table, **kwargs)
+
+    def push_async(
+        self, table: str, keys: Any, grads: Any, **kwargs: Any
+    ) -> concurrent.futures.Future:
+        """``push`` in the background."""
+        return self._executor.submit(self.push, table, keys, grads, **kwargs)
+
+    def pull_dense(
+        self, names: Sequence[str] | None = None, *, timeout: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Dense arrays (all when ``names`` is None) from shard 0."""
+        self._topology()
+        request = ps_pb2.PullDenseRequest(names=list(names or ()))
+        (response,) = self._call_all("PullDense", [(0, request)], timeout)
+        return {
+            a.name: np.frombuffer(a.values, dtype="<f4").astype(np.float32) for a in response.arrays
+        }
+
+    def push_dense(self, grads: Mapping[str, Any], *, timeout: float | None = None) -> int:
+        """Apply gradients to dense arrays on shard 0, once; returns their new version."""
+        self._topology()
+        arrays = [
+            ps_pb2.DenseArray(
+                name=name, values=np.ascontiguousarray(np.asarray(g).reshape(-1), "<f4").tobytes()
+            )
+            for name, g in grads.items()
+        ]
+        request = ps_pb2.PushDenseRequest(
+            grads=arrays, request_id=f"{self._request_prefix}-{next(self._request_counter)}/d"
+        )
+        (response,) = self._call_all("PushDense", [(0, request)], timeout)
+        return int(response.version)
+
+    def describe(self, *, timeout: float | None = None) -> list[ShardInfo]:
+        """What every server says about itself now (sizes and versions included)."""
+        calls = [(s, ps_pb2.DescribeTablesRequest()) for s in range(self.num_shards)]
+        responses = self._call_all("DescribeTables", calls, timeout)
+        return [_shard_info(a, r) for a, r in zip(self.addresses, responses, strict=True)]
+
+    def close(self) -> None:
+        """Close the channels; the client cannot be used afterwards."""
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> PSClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _topology(self) -> list[ShardInfo]:
+        """The servers' descriptions, checked against this client's view once."""
+        if self._shards is not None:
+            return self._shards
+        with self._lock:
+            if self._shards is None:
+                shards = self.describe()
+                _check_topology(shards, self.num_shards, self.role)
+                self._shards = shards
+        return self._shards
+
+    def _table_info(self, name: str) -> TableInfo:
+        assert self._shards is not None
+        try:
+            return self._shards[0].tables[name]
+        except KeyError:
+            raise UnknownTableError(
+                f"unknown table {name!r} (the cluster has: "
+                f"{', '.join(sorted(self._shards[0].tables))})"
+            ) from None
+
+    def _chunks(self, sizes: list[int], row_bytes: list[int]) -> list[list[tuple[int, int, int]]]:
+        assert self._shards is not None
+        limit = min([self._max_message_bytes] + [s.max_message_bytes for s in self._shards])
+        max_keys = min(s.max_batch_keys for s in self._shards)
+        return _plan_chunks(sizes, row_bytes, int(limit * _MESSAGE_FILL), max_keys)
+
+    def _call_all(
+        self, method: str, calls: list[tuple[int, Any]], timeout: float | None
+    ) -> list[Any]:
+        """Run ``(shard, request)`` calls in parallel, retrying the failed ones per policy."""
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        results: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        unreachable: set[int] = set()  # calls that have met UNAVAILABLE
+        attempt = 1
+        while pending:
+            started = []
+            for i in pending:
+                shard, request = calls[i]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"{method} on {self.addresses[shard]}: deadline passed after "
+                        f"{attempt - 1} attempts"
+                    )
+                rpc = getattr(self._stubs[shard], method)
+                future = rpc.future(
+                    request,
+                    timeout=min(remaining, self._attempt_timeout),
+                    wait_for_ready=attempt > 1,
+                )
+                started.append((i, future))
+            failed = []
+            for i, future in started:
+                shard = calls[i][0]
+                try:
+                    results[i] = future.result()
+                except grpc.RpcError as err:
+                    code = err.code()
+                    if code is grpc.StatusCode.UNAVAILABLE:
+                        unreachable.add(i)
+                    pause = self._retry.backoff(attempt)
+                    if (
+                        self._retry.should_retry(code, attempt)
+                        and time.monotonic() + pause < deadline
+                    ):
+                        failed.append((i, pause, err))
+                        continue
+                    if i in unreachable and code in self._retry.retryable:
+                        # Later attempts wait for the connection, so they end in
+                        # DEADLINE_EXCEEDED; the cause is still an unreachable server.
+                        raise ServerUnavailableError(
+                            f"{method} on {self.addresses[shard]}: unreachable through "
+                            f"{attempt} attempts (last: {code.name}: {err.details()})"
+                        ) from err
+                    raise error_from_rpc(err, self.addresses[shard], method) from err
+            if failed:
+                pause = max(p for _, p, _ in failed)
+                _LOGGER.info(
+                    "rpc retry: %s to %s failed with %s (attempt %d), again in %.2fs",
+                    method,
+                    ",".join(self.addresses[calls[i][0]] for i, _, _ in failed),
+                    failed[0][2].code().name,
+                    attempt,
+                    pause,
+                )
+                time.sleep(pause)
+            pending = [i for i, _, _ in failed]
+            attempt += 1
+        return results
+
+
+def _shard_info(address: str, r: ps_pb2.DescribeTablesResponse) -> ShardInfo:
+    return ShardInfo(
+        address=address,
+        role=_ROLE_NAMES.get(r.role, "unspecified"),
+        shard_index=r.shard_index,
+        num_shards=r.num_shards,
+        epoch=r.epoch,
+        tables={
+            t.name: TableInfo(
+                name=t.name,
+                dim=t.dim,
+                dtype=wire.dtype_from_wire(t.dtype).name,
+                optimizer=t.optimizer,
+                optimizer_args=json.loads(t.optimizer_args_json or "{}"),
+                initializer=t.initializer,
+                admit_after=t.admit_after,
+                ttl_seconds=t.ttl_seconds or None,
+                max_rows=t.max_rows or None,
+                eviction=t.eviction,
+                num_rows=t.num_rows,
+                version=t.version,
+                load_factor=t.load_factor,
+                memory_bytes=t.memory_bytes,
+            )
+            for t in r.tables
+        },
+        dense={d.name: d.size for d in r.dense},
+        server_version=r.server_version,
+        max_message_bytes=r.max_message_bytes or _DEFAULT_MAX_MESSAGE_BYTES,
+        max_batch_keys=r.max_batch_keys or _DEFAULT_MAX_BATCH_KEYS,
+    )
+
+
+def _check_topology(shards: list[ShardInfo], num_shards: int, role: str | None) -> None:
+    problems = []
+    for i, shard in enumerate(shards):
+        if shard.shard_index != i or shard.num_shards != num_shards:
+            problems.append(
+                f"{shard.address} says it is shard {shard.shard_index} of {shard.num_shards}, "
+                f"but it is address {i} of {num_shards} in this client's list"
+            )
+    roles = sorted({s.role for s in shards})
+    if len(roles) > 1:
+        problems.append(f"the servers mix roles: {', '.join(roles)}")
+    elif role is not None and roles[0] != role:
+        problems.append(f"the servers are {roles[0]} servers, this client wants {role}")
+    layout = {name: t.dim for name, t in shards[0].tables.items()}
+    for shard in shards[1:]:
+        if {name: t.dim for name, t in shard.tables.items()} != layout:
+            problems.append(f"{shard.address} holds other tables or dims than {shards[0].address}")
+    if problems:
+        raise TopologyError("cluster topology mismatch: " + "; ".join(problems))

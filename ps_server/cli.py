@@ -1,0 +1,104 @@
+"""``mps server``: run one training or serving PS shard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import sys
+from collections.abc import Mapping
+
+__all__ = ["configure_parser", "resolve_shard_index", "run"]
+
+_TRAILING_ORDINAL = re.compile(r"(\d+)$")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """The ``mps server`` flags (the Helm chart passes exactly these)."""
+    parser.add_argument("--role", required=True, choices=("training", "serving"))
+    parser.add_argument(
+        "--shard-index",
+        required=True,
+        help="this server's shard, or 'auto': the trailing ordinal of $POD_NAME "
+        "(else the hostname) modulo --num-shards",
+    )
+    parser.add_argument("--num-shards", required=True, type=int)
+    parser.add_argument("--config", required=True, help="tables config, YAML or JSON")
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one")
+    parser.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus /metrics port; 0 picks one"
+    )
+    parser.add_argument("--snapshot-dir", help="write snapshots here and restore from it")
+    parser.add_argument("--bootstrap-from", help="start from this snapshot directory")
+    parser.add_argument("--tls-cert", help="PEM certificate; with --tls-key serves TLS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-client-ca", help="PEM CA bundle; clients must present a cert")
+    parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, how long in-flight RPCs may finish",
+    )
+
+
+def resolve_shard_index(value: str, num_shards: int, env: Mapping[str, str] = os.environ) -> int:
+    """The shard index from ``--shard-index``: a number, or ``auto`` from the pod name.
+
+    ``auto`` takes the trailing ordinal of ``$POD_NAME`` (a StatefulSet pod is
+    ``name-<ordinal>``), else of the hostname, modulo ``num_shards``: a serving
+    StatefulSet of shards x replicas thus gets ``shard = ordinal % num_shards``.
+    """
+    if num_shards < 1:
+        raise ValueError(f"--num-shards must be >= 1, got {num_shards}")
+    if value != "auto":
+        try:
+            index = int(value)
+        except ValueError:
+            raise ValueError(f"--shard-index must be an integer or 'auto', got {value!r}") from None
+        if not 0 <= index < num_shards:
+            raise ValueError(f"--shard-index {index} is outside [0, {num_shards})")
+        return index
+    source = "$POD_NAME" if env.get("POD_NAME") else "the hostname"
+    name = env.get("POD_NAME") or socket.gethostname()
+    match = _TRAILING_ORDINAL.search(name)
+    if match is None:
+        raise ValueError(f"--shard-index auto: {name!r} (from {source}) does not end in an ordinal")
+    return int(match.group(1)) % num_shards
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, build the server and serve until SIGTERM/SIGINT."""
+    from monolith_ps.config import ConfigError, load_config
+    from monolith_ps.logs import configure_logging
+    from ps_server.server import ServerSettings, ServerTLS, serve
+
+    configure_logging(args.log_format)
+    try:
+        shard_index = resolve_shard_index(args.shard_index, args.num_shards)
+        config = load_config(args.config)
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if args.tls_client_ca and not args.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    except (ConfigError, ValueError) as exc:
+        print(f"mps server: {exc}", file=sys.stderr)
+        return 2
+    tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    settings = ServerSettings(
+        role=args.role,
+        shard_index=shard_index,
+        num_shards=args.num_shards,
+        config=config,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        snapshot_dir=args.snapshot_dir,
+        bootstrap_from=args.bootstrap_from,
+        tls=tls,
+        grace_seconds=args.grace_seconds,
+    )
+    serve(settings)
+    return 0

@@ -1,0 +1,134 @@
+"""Why a request was refused, and the one mapping from those reasons to gRPC status codes.
+
+Servicers raise the exceptions below (or let table and wire errors propagate);
+``rpc_errors`` wraps every RPC method and turns the exception into
+``context.abort(code, message)``. Nothing else in the server picks a status code.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from monolith_ps.logs import fields
+
+__all__ = [
+    "BadRequestError",
+    "BatchTooLargeError",
+    "NotConfiguredError",
+    "StreamConflictError",
+    "SyncCursorError",
+    "TopologyMismatchError",
+    "UnknownNameError",
+    "WrongRoleError",
+    "abort_with",
+    "rpc_errors",
+    "status_of",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+class BadRequestError(ValueError):
+    """A request whose content is malformed: shapes, lengths, NaN or Inf, empty batches."""
+
+
+class BatchTooLargeError(ValueError):
+    """A request or its answer past a configured limit; the message names the limit."""
+
+
+class UnknownNameError(KeyError):
+    """A table or dense array this server does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown name"
+
+
+class WrongRoleError(RuntimeError):
+    """An RPC this server's role (or shard) does not serve, such as a push to serving."""
+
+
+class TopologyMismatchError(RuntimeError):
+    """The caller's ShardView differs from this server's shard index or count."""
+
+
+class NotConfiguredError(RuntimeError):
+    """An RPC that needs something the server was started without (e.g. --snapshot-dir)."""
+
+
+class SyncCursorError(RuntimeError):
+    """A delta stream that does not continue this server's sync cursor (needs a full resync)."""
+
+
+class StreamConflictError(RuntimeError):
+    """Another delta stream for the same table and source shard is in progress."""
+
+
+# Most specific first: the first matching class decides the code.
+_STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (BatchTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnknownNameError, grpc.StatusCode.NOT_FOUND),
+    (WrongRoleError, grpc.StatusCode.FAILED_PRECONDITION),
+    (TopologyMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotConfiguredError, grpc.StatusCode.FAILED_PRECONDITION),
+    (SyncCursorError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StreamConflictError, grpc.StatusCode.ABORTED),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def status_of(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status for an exception (``INTERNAL`` when it is not a refusal we know)."""
+    for cls, code in _STATUS_OF:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
+def abort_with(context: grpc.ServicerContext, exc: Exception, method: str) -> None:
+    """End the RPC with the status and message of ``exc`` (raises, as ``context.abort`` does)."""
+    code = status_of(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        _LOGGER.error("rpc_failed", exc_info=exc, extra=fields(method=method))
+        context.abort(code, f"internal error in {method}: {_message(exc)}")
+    _LOGGER.info("rpc_refused", extra=fields(method=method, code=code.name, reason=_message(exc)))
+    context.abort(code, _message(exc))
+
+
+def rpc_errors(method: _Method) -> _Method:
+    """Wrap a servicer method (unary or streaming) so our exceptions leave as an abort."""
+    name = method.__name__
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                abort_with(context, exc, name)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            abort_with(context, exc, name)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,257 @@
+"""Prometheus metrics of a PS server, all built on one injected registry.
+
+``ServerMetrics(registry)`` owns the RPC metrics (filled by ``RpcMetricsInterceptor``)
+and a collector that reads table counters and sizes at scrape time, so the hot path
+pays nothing for them. Other parts add their own metrics to ``metrics.registry``::
+
+    snapshot_age = Gauge("monolith_ps_snapshot_age_seconds", "...", registry=metrics.registry)
+
+Names follow Prometheus conventions: ``monolith_ps_`` prefix, base units, ``_total``
+on counters.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from ps_server.state import ShardState
+
+__all__ = ["MetricsHTTPServer", "RpcMetricsInterceptor", "ServerMetrics", "TableCollector"]
+
+_SERVICE_PREFIX = "/monolith_ps.v1.ParameterServer/"
+# 100 us .. 10 s: a 4k-key lookup takes about a millisecond on loopback.
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+# table.stats() key -> counter name (without _total) and help.
+_TABLE_COUNTERS = {
+    "lookups": ("monolith_ps_rows_looked_up", "Keys looked up."),
+    "inserts": ("monolith_ps_rows_inserted", "Rows inserted."),
+    "updates": ("monolith_ps_rows_updated", "Rows updated by gradients or deltas."),
+    "admission_rejected": (
+        "monolith_ps_rows_admission_rejected",
+        "Keys not given a row because the admission filter had not seen them often enough.",
+    ),
+    "expired": ("monolith_ps_rows_expired", "Rows dropped by the TTL sweep."),
+    "evicted": ("monolith_ps_rows_evicted", "Rows evicted to stay under max_rows."),
+    "deleted": ("monolith_ps_rows_deleted", "Rows deleted."),
+    "lookup_misses": (
+        "monolith_ps_rows_not_found",
+        "Keys looked up without inserting (serving) that had no row.",
+    ),
+    "delta_rows_applied": ("monolith_ps_delta_rows_applied", "Delta rows applied by sync."),
+    "delta_rows_skipped": (
+        "monolith_ps_delta_rows_skipped",
+        "Delta rows skipped because the row held was as new or newer.",
+    ),
+    "delta_tombstones_applied": (
+        "monolith_ps_delta_tombstones_applied",
+        "Delta tombstones (deletes, expiries, evictions on training) applied by sync.",
+    ),
+}
+UNKNOWN_TABLE_LABEL = "_unknown"
+
+
+class ServerMetrics:
+    """Every metric the server core exports, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.rpc_duration = Histogram(
+            "monolith_ps_rpc_duration_seconds",
+            "RPC latency by method and table (a multi-table RPC counts once for each table; "
+            'table="" when the RPC names no table).',
+            ["method", "table"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rpc_requests = Counter(
+            "monolith_ps_rpc_requests_total",
+            "RPCs handled, by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.push_duplicates = Counter(
+            "monolith_ps_push_duplicates_total",
+            "Pushes acknowledged without applying them again, because their request_id "
+            "was already applied.",
+            ["method"],
+            registry=registry,
+        )
+        self.expiry_sweeps = Counter(
+            "monolith_ps_expiry_sweeps_total",
+            "Expiry sweeps run over tables with a TTL.",
+            registry=registry,
+        )
+
+    def watch_shard(self, state: ShardState) -> None:
+        """Export the tables and dense arrays of ``state``, read at each scrape."""
+        self.registry.register(TableCollector(state))
+
+
+class TableCollector(Collector):
+    """Reads table counters, sizes and versions when Prometheus scrapes."""
+
+    def __init__(self, state: ShardState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        tables = dict(state.tables)
+        counters = {
+            key: CounterMetricFamily(name, help_text, labels=["table"])
+            for key, (name, help_text) in _TABLE_COUNTERS.items()
+        }
+        rows = GaugeMetricFamily("monolith_ps_table_rows", "Live rows.", labels=["table"])
+        load = GaugeMetricFamily(
+            "monolith_ps_table_load_factor",
+            "Occupied slots over hash-table slots (0..1).",
+            labels=["table"],
+        )
+        memory = GaugeMetricFamily(
+            "monolith_ps_table_memory_bytes",
+            "Bytes allocated by the table, capacity included.",
+            labels=["table"],
+        )
+        version = GaugeMetricFamily(
+            "monolith_ps_table_version", "The table's change counter.", labels=["table"]
+        )
+        for name, table in tables.items():
+            stats = table.stats()
+            for key, family in counters.items():
+                family.add_metric([name], float(stats.get(key, 0)))
+            rows.add_metric([name], float(len(table)))
+            load.add_metric([name], float(table.load_factor()))
+            memory.add_metric([name], float(table.memory_bytes()))
+            version.add_metric([name], float(table.version))
+        yield from counters.values()
+        yield from (rows, load, memory, version)
+        info = GaugeMetricFamily(
+            "monolith_ps_server_info",
+            "Constant 1, labelled with what this server is.",
+            labels=["role", "shard_index", "num_shards", "epoch"],
+        )
+        info.add_metric(
+            [state.role, str(state.shard_index), str(state.num_shards), f"{state.epoch:016x}"],
+            1.0,
+        )
+        yield info
+        if state.dense is not None:
+            dense_version = GaugeMetricFamily(
+                "monolith_ps_dense_version", "Version of the dense arrays (one step a push)."
+            )
+            dense_version.add_metric([], float(state.dense.version))
+            yield dense_version
+
+
+def _table_labels(request: Any, known: Mapping[str, Any]) -> list[str]:
+    """Table label values for a request: its tables' names, bounded to the known ones."""
+    entries = getattr(request, "tables", None)
+    if entries is not None and not isinstance(entries, str):
+        names = {entry.table for entry in entries}
+    elif isinstance(getattr(request, "table", None), str) and request.table:
+        names = {request.table}
+    else:
+        return [""]
+    return [name if name in known else UNKNOWN_TABLE_LABEL for name in sorted(names)] or [""]
+
+
+class RpcMetricsInterceptor(grpc.ServerInterceptor):
+    """Times every ParameterServer RPC and counts it by status code."""
+
+    def __init__(self, metrics: ServerMetrics, known_tables: Callable[[], Mapping[str, Any]]):
+        self._metrics = metrics
+        self._known_tables = known_tables
+
+    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(_SERVICE_PREFIX):
+            return handler
+        method = handler_call_details.method[len(_SERVICE_PREFIX) :]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._timed(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._timed_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._timed(method, handler.stream_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _record(self, method: str, request: Any, context: grpc.ServicerContext, start: float):
+        elapsed = time.perf_counter() - start
+        code = context.code() or grpc.StatusCode.OK
+        self._metrics.rpc_requests.labels(method, code.name).inc()
+        tables = _table_labels(request, self._known_tables()) if request is not None else [""]
+        for table in tables:
+            self._metrics.rpc_duration.labels(method, table).observe(elapsed)
+
+    def _timed(self, method: str, behavior: Callable) -> Callable:
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                return behavior(request, context)
+            except Exception:
+                if context.code() is None:
+                    context.set_code(grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                self._record(method, None if _is_iterator(request) else request, context, start)
+
+        return timed
+
+    def _timed_stream(self, method: str, behavior: Callable) -> Callable:
+        def timed(request: Any, context: grpc.ServicerContext) -> Iterable[Any]:
+            start = time.perf_counter()
+            try:
+                yield from behavior(request, context)
+            except Exception:
+                if context.code() is None:
+                    context.set_code(grpc.StatusCode.UNKNOWN)
+                raise
+            finally:
+                self._record(method, request, context, start)
+
+        return timed
+
+
+def _is_iterator(request: Any) -> bool:
+    return hasattr(request, "__next__")
+
+
+class MetricsHTTPServer:
+    """``/metrics`` over HTTP on its own port; ``port`` is the bound one (0 picks a free port)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+        server: WSGIServer
+        server, thread = start_http_server(port, addr=host, registry=registry)
+        self._server = server
+        self._thread: threading.Thread = thread
+        self.port: int = server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,290 @@
+"""A PS server: the gRPC service of one shard, its health, metrics and background work.
+
+``create_server(settings)`` builds and binds (port 0 picks a free port) and returns the
+server with its bound port; ``PSServer.start()`` restores, then turns health SERVING;
+``serve(settings)`` does both and blocks until SIGTERM or SIGINT, which drain in-flight
+RPCs, write the final snapshot and stop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from monolith_ps import wire
+from monolith_ps.config import ClusterConfig
+from monolith_ps.logs import fields
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_server.dense import DenseStore
+from ps_server.hooks import Snapshotter, SnapshotterFactory
+from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
+from ps_server.servicers import servicer_for
+from ps_server.state import ShardState
+from ps_server.table import EmbeddingTable
+
+__all__ = ["SERVICE_NAME", "PSServer", "ServerSettings", "ServerTLS", "create_server", "serve"]
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerTLS:
+    """PEM file paths: the server's certificate and key, and a CA to require client certs."""
+
+    cert_path: str
+    key_path: str
+    client_ca_path: str | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+
+        client_ca = read(self.client_ca_path) if self.client_ca_path else None
+        return grpc.ssl_server_credentials(
+            [(read(self.key_path), read(self.cert_path))],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Everything a server is started with (the ``mps server`` flags and the config file)."""
+
+    role: str
+    shard_index: int
+    num_shards: int
+    config: ClusterConfig
+    host: str = "0.0.0.0"
+    port: int = 0
+    metrics_port: int = 0
+    snapshot_dir: str | None = None
+    bootstrap_from: str | None = None
+    tls: ServerTLS | None = None
+    grace_seconds: float = 10.0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class PSServer:
+    """One shard's server: state, gRPC server, health, metrics, expiry sweep, snapshots."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        registry: CollectorRegistry | None = None,
+        snapshotter_factory: SnapshotterFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ServerMetrics(self.registry)
+        self.state = ShardState.from_config(
+            settings.config, settings.role, settings.shard_index, settings.num_shards
+        )
+        self.metrics.watch_shard(self.state)
+        self.servicer = servicer_for(settings.role)(self.state, self.metrics)
+        self.snapshotter: Snapshotter | None = None
+        if settings.snapshot_dir or settings.bootstrap_from:
+            if snapshotter_factory is None:
+                raise ValueError(
+                    "--snapshot-dir/--bootstrap-from given, but no snapshotter is available"
+                )
+            self.snapshotter = snapshotter_factory(self.state, settings, self.metrics)
+            self.servicer.snapshotter = self.snapshotter
+
+        server_config = settings.config.server
+        max_bytes = server_config.max_message_bytes
+        workers = server_config.max_workers or max(8, 4 * (os.cpu_count() or 1))
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ps-rpc"),
+            interceptors=[RpcMetricsInterceptor(self.metrics, self.state.tables_view)],
+            options=[
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        ps_pb2_grpc.add_ParameterServerServicer_to_server(self.servicer, self._grpc)
+        self.health = health.HealthServicer()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        address = _address(settings.host, settings.port)
+        if settings.tls is not None:
+            self.port = self._grpc.add_secure_port(address, settings.tls.credentials())
+        else:
+            self.port = self._grpc.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC port at {address}")
+        self.metrics_port: int | None = None
+        self._metrics_http: MetricsHTTPServer | None = None
+        self._stop_sweep = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopping = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` that clients on this machine can dial."""
+        host = self.settings.host
+        return _address("127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host, self.port)
+
+    def start(self) -> None:
+        """Serve; restore first (health stays NOT_SERVING until the tables are ready)."""
+        self._grpc.start()
+        self._metrics_http = MetricsHTTPServer(
+            self.registry, self.settings.metrics_port, self.settings.host
+        )
+        self.metrics_port = self._metrics_http.port
+        _LOGGER.info(
+            "server_started",
+            extra=fields(
+                role=self.state.role,
+                shard_index=self.state.shard_index,
+                num_shards=self.state.num_shards,
+                host=self.settings.host,
+                port=self.port,
+                metrics_port=self.metrics_port,
+                tables=",".join(self.state.tables),
+                tls=self.settings.tls is not None,
+            ),
+        )
+        if self.snapshotter is not None:
+            started = time.monotonic()
+            self.snapshotter.restore()
+            _LOGGER.info("restore_done", extra=fields(seconds=round(time.monotonic() - started, 3)))
+        started = time.monotonic()
+        warm_up(self.state)
+        _LOGGER.info("warm_up_done", extra=fields(seconds=round(time.monotonic() - started, 3)))
+        if self.state.role == "training":
+            self._start_expiry_sweep()
+        if self.snapshotter is not None:
+            self.snapshotter.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        _LOGGER.info("server_ready", extra=fields(port=self.port, epoch=f"{self.state.epoch:016x}"))
+
+    def stop(self, grace: float | None = None, final_snapshot: bool = True) -> None:
+        """NOT_SERVING, drain in-flight RPCs for ``grace`` s, write the last snapshot, stop.
+
+        The final snapshot runs after the drain, so it holds every acknowledged push.
+        Safe to call more than once and from any thread.
+        """
+        with self._stop_lock:
+            if self._stopping:
+                self._stopped.wait()
+                return
+            self._stopping = True
+        grace = self.settings.grace_seconds if grace is None else grace
+        _LOGGER.info("server_stopping", extra=fields(port=self.port, grace_seconds=grace))
+        self.health.enter_graceful_shutdown()
+        self._stop_sweep.set()
+        self._grpc.stop(grace).wait()
+        if self._sweeper is not None:
+            self._sweeper.join()
+        if self.snapshotter is not None:
+            self.snapshotter.close(final=final_snapshot)
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
+        _LOGGER.info("server_stopped", extra=fields(port=self.port))
+        self._stopped.set()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Block until the server stopped; False when ``timeout`` passed first."""
+        return self._stopped.wait(timeout)
+
+    def handle_signal(self, signum: int, frame: object) -> None:
+        """SIGTERM/SIGINT: stop in a thread (signal handlers must return quickly)."""
+        _LOGGER.info("signal_received", extra=fields(signal=signal.Signals(signum).name))
+        threading.Thread(target=self.stop, name="ps-stop", daemon=False).start()
+
+    def _start_expiry_sweep(self) -> None:
+        ttl_tables = [name for name, t in self.state.tables.items() if t.config.ttl_seconds]
+        if not ttl_tables:
+            return
+        interval = self.settings.config.server.expiry_sweep_interval
+        self._sweeper = threading.Thread(
+            target=self._expiry_sweep, args=(interval,), name="ps-expiry", daemon=True
+        )
+        self._sweeper.start()
+
+    def _expiry_sweep(self, interval: float) -> None:
+        while not self._stop_sweep.wait(interval):
+            now = time.time()
+            for name, table in list(self.state.tables.items()):
+                if not table.config.ttl_seconds:
+                    continue
+                try:
+                    expired = table.expire(now)
+                except Exception:
+                    _LOGGER.exception("expiry_sweep_failed", extra=fields(table=name))
+                    continue
+                if expired:
+                    _LOGGER.info("rows_expired", extra=fields(table=name, rows=int(expired)))
+            self.metrics.expiry_sweeps.inc()
+
+
+def warm_up(state: ShardState) -> None:
+    """Run every kernel the RPCs use once on scratch copies, so they are compiled (or
+    loaded from Numba's cache) before health says SERVING, not during the first calls."""
+    for table in state.tables.values():
+        scratch = EmbeddingTable(table.config, trainable=table.trainable, dtype=table.dtype)
+        # Read-only arrays over bytes, exactly as requests decode them.
+        keys = wire.decode_keys(wire.encode_keys(np.array([1], dtype=np.uint64)))
+        if table.trainable:
+            scratch.find_or_insert(keys)
+            grads, _ = wire.encode_values(np.zeros((1, table.dim), dtype=np.float32))
+            scratch.apply_gradients(keys, wire.decode_values(grads, 1, table.dim))
+        scratch.find(keys)
+    if state.dense is not None and state.dense.trainable:
+        scratch_dense = DenseStore(state.config.dense)
+        scratch_dense.push(
+            {
+                info.name: wire.decode_values(bytes(4 * info.size), 1, info.size)[0]
+                for info in scratch_dense.describe()
+            }
+        )
+
+
+def create_server(
+    settings: ServerSettings,
+    registry: CollectorRegistry | None = None,
+    snapshotter_factory: SnapshotterFactory | None = None,
+) -> tuple[PSServer, int]:
+    """A bound, not yet started server and its gRPC port."""
+    server = PSServer(settings, registry=registry, snapshotter_factory=snapshotter_factory)
+    return server, server.port
+
+
+def serve(settings: ServerSettings, snapshotter_factory: SnapshotterFactory | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then stop it gracefully."""
+    server, _ = create_server(settings, snapshotter_factory=snapshotter_factory)
+    previous = {
+        sig: signal.signal(sig, server.handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        server.start()
+        server.wait_for_termination()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

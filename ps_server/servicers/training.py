@@ -1,0 +1,110 @@
+"""The training role: rows are created on lookup and trained by pushed gradients."""
+
+from __future__ import annotations
+
+import grpc
+
+from monolith_ps import wire
+from monolith_ps.v1 import ps_pb2
+from ps_server.dedup import RequestDeduplicator
+from ps_server.errors import BadRequestError, rpc_errors
+from ps_server.hooks import Snapshotter
+from ps_server.metrics import ServerMetrics
+from ps_server.servicers.base import (
+    BaseServicer,
+    check_view,
+    decode_key_batches,
+    first_non_finite_row,
+)
+from ps_server.state import ShardState
+
+__all__ = ["TrainingServicer"]
+
+_FLOAT32_BYTES = 4
+
+
+class TrainingServicer(BaseServicer):
+    """Lookup = find-or-insert through admission; Push and PushDense apply gradients once."""
+
+    role = "training"
+
+    def __init__(
+        self, state: ShardState, metrics: ServerMetrics, snapshotter: Snapshotter | None = None
+    ) -> None:
+        super().__init__(state, metrics, snapshotter)
+        window = state.config.server.push_dedup_window
+        self._push_dedup: RequestDeduplicator[ps_pb2.PushResponse] = RequestDeduplicator(window)
+        self._dense_dedup: RequestDeduplicator[int] = RequestDeduplicator(window)
+
+    @rpc_errors
+    def Lookup(
+        self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.LookupResponse:
+        check_view(self.state, request.view)
+        row_bytes = {name: t.dim * _FLOAT32_BYTES for name, t in self.state.tables.items()}
+        batches = decode_key_batches(self.state, request.tables, row_bytes)
+        response = ps_pb2.LookupResponse()
+        for name, table, keys in batches:
+            values = table.find_or_insert(keys)
+            response.tables.append(
+                ps_pb2.TableValues(
+                    table=name, dim=table.dim, dtype=ps_pb2.DTYPE_FLOAT32, values=values.tobytes()
+                )
+            )
+        return response
+
+    @rpc_errors
+    def Push(
+        self, request: ps_pb2.PushRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.PushResponse:
+        check_view(self.state, request.view)
+        batches = decode_key_batches(self.state, request.tables)
+        updates = []
+        for (name, table, keys), entry in zip(batches, request.tables, strict=True):
+            grads = wire.decode_values(
+                entry.grads, keys.size, table.dim, field=f"grads of table {name!r}"
+            )
+            bad_row = first_non_finite_row(grads)
+            if bad_row is not None:
+                raise BadRequestError(
+                    f"grads of table {name!r}: NaN or Inf in row {bad_row} (key {keys[bad_row]})"
+                )
+            updates.append((table, keys, grads))
+
+        def apply() -> ps_pb2.PushResponse:
+            updated = pending = 0
+            for table, keys, grads in updates:
+                rows_updated, rows_pending = table.apply_gradients(keys, grads)
+                updated += int(rows_updated)
+                pending += int(rows_pending)
+            return ps_pb2.PushResponse(rows_updated=updated, rows_pending_admission=pending)
+
+        result, duplicate = self._push_dedup.run(request.request_id, apply)
+        if duplicate:
+            self.metrics.push_duplicates.labels("Push").inc()
+            return ps_pb2.PushResponse(
+                duplicate=True,
+                rows_updated=result.rows_updated,
+                rows_pending_admission=result.rows_pending_admission,
+            )
+        return result
+
+    @rpc_errors
+    def PushDense(
+        self, request: ps_pb2.PushDenseRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.PushDenseResponse:
+        dense = self._dense()
+        if not request.grads:
+            raise BadRequestError("empty PushDense: it carries no gradients")
+        grads = {}
+        for i, array in enumerate(request.grads):
+            if array.name in grads:
+                raise BadRequestError(f"grads[{i}]: dense array {array.name!r} appears twice")
+            size = dense.size_of(array.name)
+            grads[array.name] = wire.decode_values(
+                array.values, 1, size, field=f"grads of dense array {array.name!r}"
+            )[0]
+        version, duplicate = self._dense_dedup.run(request.request_id, lambda: dense.push(grads))
+        if duplicate:
+            self.metrics.push_duplicates.labels("PushDense").inc()
+        return ps_pb2.PushDenseResponse(duplicate=duplicate, version=version)

@@ -1,0 +1,246 @@
+"""Shared fixtures: seeded data, a fresh metrics registry, and PS servers on loopback.
+
+``server_factory`` starts in-process servers (module-scoped: one set per test module);
+``process_factory`` starts ``mps server`` subprocesses and waits for gRPC health SERVING.
+Both bind 127.0.0.1 port 0 and stop everything they started.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".numba_cache"))
+
+# A small cluster config for service tests: one table per behaviour worth testing.
+SERVICE_CONFIG: dict[str, Any] = {
+    "tables": [
+        {"name": "user_id", "dim": 8, "optimizer": "adagrad", "optimizer_args": {"lr": 0.05},
+         "initializer": "normal", "serving_dtype": "float16"},
+        {"name": "item_id", "dim": 4, "optimizer": "sgd", "optimizer_args": {"lr": 0.1},
+         "initializer": "uniform"},
+        {"name": "gated", "dim": 4, "optimizer": "sgd", "admit_after": 2},
+    ],
+    "dense": [{"name": "mlp", "size": 16, "optimizer": "sgd", "optimizer_args": {"lr": 0.1}}],
+    "server": {"expiry_sweep_interval": "1s"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded generator: every test draws the same data on every run."""
+    return np.random.default_rng(20240611)
+
+
+@pytest.fixture
+def service_config() -> dict[str, Any]:
+    """A fresh copy of ``SERVICE_CONFIG`` to change in a test."""
+    return copy.deepcopy(SERVICE_CONFIG)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    """A fresh Prometheus registry (never the global one)."""
+    return CollectorRegistry()
+
+
+def write_config(path: Path, config: dict[str, Any] | None = None) -> Path:
+    """Write a cluster config (default ``SERVICE_CONFIG``) as JSON and return its path."""
+    path.write_text(json.dumps(SERVICE_CONFIG if config is None else config))
+    return path
+
+
+def wait_for_serving(address: str, timeout: float = 60.0) -> None:
+    """Block until the gRPC health service at ``address`` answers SERVING."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{address} did not become SERVING within {timeout}s")
+            try:
+                reply = stub.Check(
+                    health_pb2.HealthCheckRequest(service=""),
+                    timeout=min(2.0, remaining),
+                    wait_for_ready=True,
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def server_factory() -> Iterator[Callable[..., Any]]:
+    """Start in-process PS servers on 127.0.0.1:0; all are stopped when the module ends.
+
+    ``server_factory(role="training", shard_index=0, num_shards=1, config=None,
+    registry=None, start=True, **settings)`` returns a started ``PSServer``.
+    """
+    from monolith_ps.config import parse_config
+    from ps_server.server import ServerSettings, create_server
+
+    made = []
+
+    def start_server(
+        role: str = "training",
+        shard_index: int = 0,
+        num_shards: int = 1,
+        config: dict[str, Any] | None = None,
+        registry: CollectorRegistry | None = None,
+        start: bool = True,
+        snapshotter_factory: Any = None,
+        **settings: Any,
+    ) -> Any:
+        settings = ServerSettings(
+            role=role,
+            shard_index=shard_index,
+            num_shards=num_shards,
+            config=parse_config(SERVICE_CONFIG if config is None else config),
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            **settings,
+        )
+        server, _ = create_server(
+            settings,
+            registry=registry if registry is not None else CollectorRegistry(),
+            snapshotter_factory=snapshotter_factory,
+        )
+        made.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield start_server
+    for server in made:
+        server.stop(grace=0, final_snapshot=False)
+
+
+class ServerProcess:
+    """An ``mps server`` subprocess on loopback; ``port`` is learned from its start-up log."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_lines: list[dict[str, Any]] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def events(self) -> list[str]:
+        return [line.get("event", "") for line in self._log_lines]
+
+    def start(self, port: int | None = None, wait: bool = True, timeout: float = 60.0) -> None:
+        """Start (on ``port``, or the last one, or a free one) and wait for SERVING."""
+        port = port if port is not None else (self.port or 0)
+        cmd = [sys.executable, "-m", "monolith_ps.cli", "server", *self.args]
+        cmd += ["--port", str(port), "--log-format", "json"]
+        self._log_lines = []
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env={**os.environ, **(self.env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        started = threading.Event()
+        threading.Thread(target=self._read_log, args=(self.proc, started), daemon=True).start()
+        if not started.wait(timeout):
+            self.kill()
+            raise TimeoutError(f"server did not log server_started; log: {self.log_path}")
+        if self.proc.poll() is not None and self.port is None:
+            raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+        if wait:
+            wait_for_serving(self.address, timeout)
+
+    def _read_log(self, proc: subprocess.Popen[bytes], started: threading.Event) -> None:
+        assert proc.stderr is not None
+        with proc.stderr, open(self.log_path, "ab") as log:
+            for raw in proc.stderr:
+                log.write(raw)
+                log.flush()
+                try:
+                    line = json.loads(raw)
+                except ValueError:
+                    continue
+                self._log_lines.append(line)
+                if line.get("event") == "server_started":
+                    self.port = int(line["port"])
+                    self.metrics_port = int(line["metrics_port"])
+                    started.set()
+        started.set()
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def process_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """Start ``mps server`` subprocesses; all are killed when the module ends.
+
+    ``process_factory(role="training", shard_index=0, num_shards=1, config=None,
+    extra_args=(), wait=True, env=None)`` returns a started ``ServerProcess``.
+    """
+    made: list[ServerProcess] = []
+    workdir = tmp_path_factory.mktemp("servers")
+
+    def start_process(
+        role: str = "training",
+        shard_index: int | str = 0,
+        num_shards: int = 1,
+        config: dict[str, Any] | None = None,
+        extra_args: tuple[str, ...] = (),
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> ServerProcess:
+        n = len(made)
+        config_path = write_config(workdir / f"config-{n}.json", config)
+        args = [
+            "--role", role, "--shard-index", str(shard_index), "--num-shards", str(num_shards),
+            "--config", str(config_path), "--host", "127.0.0.1", "--metrics-port", "0",
+            "--grace-seconds", "2", *extra_args,
+        ]  # fmt: skip
+        server = ServerProcess(args, workdir / f"server-{n}.log", env)
+        made.append(server)
+        server.start(wait=wait)
+        return server
+
+    yield start_process
+    for server in made:
+        server.kill()
