@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ADAPTERS_STAMP := $(VENV)/.installed-adapters
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 
 .PHONY: all install lint format test proto bench demo clean
@@ -15,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The framework adapters' extras: `make test` runs their tests, `make demo` needs none.
+$(ADAPTERS_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,torch]'
+	touch $(ADAPTERS_STAMP)
+
 install: $(STAMP)
 
 lint: $(STAMP)
@@ -25,7 +31,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP)
+test: $(STAMP) $(ADAPTERS_STAMP)
 	$(BIN)/python -m pytest
 
 proto: $(STAMP)
