@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADAPTERS_STAMP := $(VENV)/.installed-adapters
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 
-.PHONY: all install lint format test proto bench demo clean
+.PHONY: all install lint format test proto bench bench-deps demo clean
 
 all: lint test
 
@@ -39,6 +39,12 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
+	$(BIN)/python benchmarks/service_bench.py --json results/service_bench.json
+
+# System packages the benchmarks compare against (Redis for service_bench.py).
+bench-deps:
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y redis-server
 
 # Real-time training on MovieLens through a local cluster: results/demo.json, .md, _auc.png
 demo: $(STAMP)
