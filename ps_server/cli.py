@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from monolith_ps.config import ConfigError, load_config
     from monolith_ps.logs import configure_logging
     from ps_server.server import ServerSettings, ServerTLS, serve
+    from ps_server.snapshot.snapshotter import make_snapshotter
 
     configure_logging(args.log_format)
     try:
@@ -100,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         grace_seconds=args.grace_seconds,
     )
-    serve(settings)
+    serve(settings, snapshotter_factory=make_snapshotter)
     return 0

@@ -1,0 +1,115 @@
+"""Between live tables and snapshot sections: what a table exports, and loading it back.
+
+A table section holds the rows of ``EmbeddingTable.export_since(since, with_state=True)``
+(keys, versions, values, optimizer state, push counts, last-update times, eviction
+usage), its tombstones, and ``export_meta()`` split into arrays (admission sketch,
+learned default row and its state, tombstone log) and JSON integers (version and access
+clocks, RNG state).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot, TableSnapshot
+
+if TYPE_CHECKING:
+    from ps_server.dense import DenseStore
+    from ps_server.table import EmbeddingTable
+
+ROW_FIELDS = ("values", "opt_state", "push_counts", "last_update")
+OPTIONAL_ROW_FIELDS = ("usage",)  # eviction rank; older tables did not export it
+
+_EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
+
+
+class SnapshotMismatchError(ValueError):
+    """A snapshot does not fit this server (other shard, dim or optimizer than the config)."""
+
+
+def table_section(table: EmbeddingTable, since: int) -> tuple[TableSnapshot, bool]:
+    """``(section, full)``: the table's changes after ``since`` with their state.
+
+    The metadata is read before the rows, so its version counter never runs ahead of
+    the rows; ``full`` is True when the table could only answer with every live row
+    (its tombstone log no longer reaches ``since``).
+    """
+    meta = table.export_meta()
+    delta = table.export_since(since, with_state=True)
+    arrays = {k: np.asarray(v) for k, v in meta.items() if isinstance(v, np.ndarray)}
+    scalars = {k: int(v) for k, v in meta.items() if not isinstance(v, np.ndarray)}
+    rows = {
+        ROW_KEYS: delta.keys,
+        ROW_VERSIONS: delta.versions,
+        "values": delta.values,
+        "opt_state": delta.opt_state,
+        "push_counts": delta.push_counts,
+        "last_update": delta.last_update,
+    }
+    for name in OPTIONAL_ROW_FIELDS:
+        if getattr(delta, name, None) is not None:
+            rows[name] = getattr(delta, name)
+    section = TableSnapshot(
+        rows=rows,
+        since_version=delta.since_version,
+        complete_version=delta.complete_version,
+        tombstone_keys=delta.tombstone_keys,
+        tombstone_versions=delta.tombstone_versions,
+        arrays=arrays,
+        meta=scalars,
+    )
+    return section, bool(delta.full and since > 0)
+
+
+def load_table(table: EmbeddingTable, name: str, section: TableSnapshot) -> int:
+    """Load a merged section (live rows with their state, and the metadata) into an
+    empty training table; returns the rows loaded."""
+    from ps_server.table import Delta, DeltaError
+
+    missing = [f for f in ROW_FIELDS if f not in section.rows]
+    if missing:
+        raise SnapshotMismatchError(f"table {name!r}: snapshot lacks row fields {missing}")
+    rows = section.rows
+    delta = Delta(
+        keys=rows[ROW_KEYS],
+        values=rows["values"],
+        versions=rows[ROW_VERSIONS],
+        tombstone_keys=_EMPTY_KEYS,
+        tombstone_versions=_EMPTY_KEYS,
+        complete_version=section.complete_version,
+        full=False,
+        opt_state=rows["opt_state"],
+        push_counts=rows["push_counts"],
+        last_update=rows["last_update"],
+        **{name: rows[name] for name in OPTIONAL_ROW_FIELDS if name in rows},
+    )
+    meta: dict[str, Any] = {**section.meta, **section.arrays}
+    try:
+        table.apply_delta(delta)
+        table.import_meta(meta)
+    except DeltaError as exc:
+        raise SnapshotMismatchError(
+            f"table {name!r}: the snapshot does not fit the configured table ({exc}); "
+            "was its dim or optimizer changed?"
+        ) from None
+    return section.num_rows
+
+
+def dense_section(dense: DenseStore) -> DenseSnapshot:
+    """The dense arrays with their optimizer states and version."""
+    values, states, version = dense.export()
+    return DenseSnapshot(values, version, states)
+
+
+def load_dense(dense: DenseStore, snapshot: DenseSnapshot, trainable: bool) -> list[str]:
+    """Load the arrays the config still declares; returns the names it left out."""
+    known = {info.name for info in dense.describe()}
+    values = {n: a for n, a in snapshot.arrays.items() if n in known}
+    states = {n: a for n, a in snapshot.states.items() if n in known} if trainable else None
+    try:
+        dense.load(values, snapshot.version, states)
+    except ValueError as exc:
+        raise SnapshotMismatchError(f"dense arrays do not fit the config: {exc}") from None
+    return sorted(set(snapshot.arrays) - known)

@@ -1,0 +1,231 @@
+"""The snapshotter on real tables (in process): restore is exact, epochs, schedule, metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monolith_ps.config import parse_config
+from ps_client.routing import shard_of
+from ps_server.snapshot.export import export_bundle
+from ps_server.snapshot.format import MANIFEST_NAME
+from ps_server.snapshot.metrics import SnapshotMetrics
+from ps_server.snapshot.snapshotter import (
+    NoValidSnapshotError,
+    ServingBootstrap,
+    TrainingSnapshotter,
+)
+from ps_server.snapshot.store import SnapshotDirBusyError
+from ps_server.snapshot.tables import SnapshotMismatchError
+from ps_server.state import ShardState
+
+CONFIG = {
+    "tables": [
+        {"name": "user", "dim": 8, "optimizer": "adagrad", "optimizer_args": {"lr": 0.05},
+         "initializer": "normal"},
+        {"name": "item", "dim": 4, "optimizer": "adam", "initializer": "learned",
+         "admit_after": 2},
+    ],
+    "dense": [{"name": "mlp", "size": 16, "optimizer": "momentum"}],
+}  # fmt: skip
+
+
+def _state(config=CONFIG, role="training", shard=0, shards=1) -> ShardState:
+    return ShardState.from_config(parse_config(config), role, shard, shards)
+
+
+def _snapshotter(state: ShardState, root: Path, **kwargs) -> TrainingSnapshotter:
+    options = {"full_interval": 3600.0, "incremental_interval": 3600.0, "keep": 2}
+    return TrainingSnapshotter(state, root, **{**options, **kwargs})
+
+
+def _train(state: ShardState, rng: np.random.Generator, steps: int = 3, now: float = 1e9) -> None:
+    for step in range(steps):
+        for table in state.tables.values():
+            keys = rng.integers(0, 500, 200, dtype=np.uint64)
+            table.find_or_insert(keys, now=now + step)
+            grads = rng.standard_normal((keys.size, table.dim)).astype(np.float32)
+            table.apply_gradients(keys, grads, now=now + step)
+        state.dense.push({"mlp": rng.standard_normal(16).astype(np.float32)})
+    state.tables["user"].delete(rng.integers(0, 500, 20, dtype=np.uint64))
+
+
+def _assert_same(a: ShardState, b: ShardState) -> None:
+    for name in a.tables:
+        da = a.tables[name].export_since(0, with_state=True)
+        db = b.tables[name].export_since(0, with_state=True)
+        oa, ob = np.argsort(da.keys), np.argsort(db.keys)
+        np.testing.assert_array_equal(da.keys[oa], db.keys[ob])
+        for field in ("values", "versions", "opt_state", "push_counts", "last_update", "usage"):
+            np.testing.assert_array_equal(getattr(da, field)[oa], getattr(db, field)[ob], field)
+        ma, mb = a.tables[name].export_meta(), b.tables[name].export_meta()
+        assert ma.keys() == mb.keys()
+        for key in ma:
+            np.testing.assert_array_equal(ma[key], mb[key], f"{name} meta {key}")
+    va, sa, version_a = a.dense.export()
+    vb, sb, version_b = b.dense.export()
+    assert version_a == version_b
+    np.testing.assert_array_equal(va["mlp"], vb["mlp"])
+    np.testing.assert_array_equal(sa["mlp"], sb["mlp"])
+
+
+def test_restore_is_exact_and_training_continues_identically(tmp_path):
+    rng = np.random.default_rng(7)
+    live = _state()
+    writer = _snapshotter(live, tmp_path)
+    writer.restore()
+    _train(live, rng)
+    assert writer.snapshot(full=True).path.endswith("-full")
+    _train(live, rng)
+    assert writer.snapshot(full=False).path.endswith("-incr")
+    _train(live, rng)
+    writer.snapshot(full=False)
+    writer.close(final=False)
+
+    restored = _state()
+    reader = _snapshotter(restored, tmp_path)
+    reader.restore()
+    _assert_same(live, restored)
+    assert restored.epoch != live.epoch  # no clean final snapshot: a new epoch
+    more = np.random.default_rng(99)
+    _train(live, more, now=2e9)
+    _train(restored, np.random.default_rng(99), now=2e9)
+    _assert_same(live, restored)
+    reader.close(final=False)
+
+
+def test_clean_stop_keeps_the_epoch_and_holds_the_directory(tmp_path):
+    first = _state()
+    snapshotter = _snapshotter(first, tmp_path)
+    snapshotter.restore()
+    _train(first, np.random.default_rng(1))
+    snapshotter.close(final=True)  # the SIGTERM path
+
+    second = _state()
+    second_snapshotter = _snapshotter(second, tmp_path)
+    second_snapshotter.restore()
+    assert second.epoch == first.epoch
+    _assert_same(first, second)
+    with pytest.raises(SnapshotDirBusyError, match="another process"):
+        _snapshotter(_state(), tmp_path).restore()
+    second_snapshotter.close(final=False)
+
+
+def test_dead_run_after_clean_restore_forces_a_new_epoch(tmp_path):
+    first = _state()
+    snapshotter = _snapshotter(first, tmp_path)
+    snapshotter.restore()
+    _train(first, np.random.default_rng(1))
+    snapshotter.close(final=True)
+    second = _state()
+    second_snapshotter = _snapshotter(second, tmp_path)
+    second_snapshotter.restore()
+    assert second.epoch == first.epoch
+    second_snapshotter.store.unlock()  # dies: no final snapshot, lock released by the OS
+    third = _state()
+    _snapshotter(third, tmp_path).restore()
+    assert third.epoch not in (first.epoch, 0)
+
+
+def test_skipped_tail_forces_a_new_epoch_and_a_new_full(tmp_path):
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path)
+    snapshotter.restore()
+    _train(live, np.random.default_rng(3))
+    snapshotter.snapshot(full=True)
+    _train(live, np.random.default_rng(4))
+    snapshotter.close(final=True)
+    final = max(tmp_path.glob("snap-*-incr"))
+    (final / MANIFEST_NAME).unlink()
+
+    restored = _state()
+    again = _snapshotter(restored, tmp_path)
+    again.restore()
+    assert restored.epoch != live.epoch
+    assert again.snapshot(full=False).path.endswith("-full")  # a new chain after a loss
+    again.close(final=False)
+
+
+def test_snapshot_of_another_shard_or_shape_is_refused(tmp_path):
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path)
+    snapshotter.restore()
+    _train(live, np.random.default_rng(5))
+    snapshotter.close(final=True)
+    with pytest.raises(SnapshotMismatchError, match="shard 0 of 1; this server is shard 1 of 2"):
+        _snapshotter(_state(shard=1, shards=2), tmp_path).restore()
+    wider = {**CONFIG, "tables": [{**CONFIG["tables"][0], "dim": 16}, CONFIG["tables"][1]]}
+    with pytest.raises(SnapshotMismatchError, match="table 'user'.*dim or optimizer"):
+        _snapshotter(_state(wider), tmp_path).restore()
+
+
+def test_nothing_verifies_refuses_to_start_empty(tmp_path):
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path)
+    snapshotter.restore()
+    _train(live, np.random.default_rng(6))
+    snapshotter.close(final=True)
+    for manifest in tmp_path.glob("snap-*/" + MANIFEST_NAME):
+        manifest.write_text("{}")
+    with pytest.raises(NoValidSnapshotError, match="none verifies"):
+        _snapshotter(_state(), tmp_path).restore()
+
+
+def test_periodic_snapshots_and_metrics(tmp_path):
+    registry = CollectorRegistry()
+    live = _state()
+    snapshotter = _snapshotter(
+        live,
+        tmp_path,
+        full_interval=0.6,
+        incremental_interval=0.15,
+        metrics=SnapshotMetrics(registry),
+    )
+    snapshotter.restore()
+    snapshotter.start()
+    rng = np.random.default_rng(8)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _train(live, rng, steps=1)
+        kinds = {p.name.rsplit("-", 1)[1] for p in tmp_path.glob("snap-*")}
+        fulls = len(list(tmp_path.glob("snap-*-full")))
+        if kinds == {"full", "incr"} and fulls >= 2:
+            break
+        time.sleep(0.05)
+    snapshotter.close(final=True)
+    assert kinds == {"full", "incr"} and fulls >= 2
+    assert len(list(tmp_path.glob("snap-*-full"))) <= 2  # keep = 2
+    sample = registry.get_sample_value
+    assert sample("monolith_ps_snapshots_total", {"kind": "full", "result": "ok"}) >= 2
+    assert sample("monolith_ps_snapshot_bytes", {"kind": "full"}) > 0
+    assert sample("monolith_ps_snapshot_rows", {"kind": "full"}) > 0
+    assert 0 <= sample("monolith_ps_snapshot_age_seconds") < 30
+    assert sample("monolith_ps_snapshot_duration_seconds_count", {"kind": "incr"}) >= 1
+    assert sample("monolith_ps_restore_rows") == 0
+
+
+def test_serving_bootstrap_takes_its_shard_from_snapshots_and_bundles(tmp_path):
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path / "snaps")
+    snapshotter.restore()
+    _train(live, np.random.default_rng(9))
+    snapshotter.close(final=True)
+    export_bundle([tmp_path / "snaps"], tmp_path / "bundle", dtype="float16")
+    user = live.tables["user"].export_since(0)
+    for source, dtype in ((tmp_path / "snaps", np.float32), (tmp_path / "bundle", np.float16)):
+        for shard in range(2):
+            serving = _state(role="serving", shard=shard, shards=2)
+            ServingBootstrap(serving, source).restore()
+            mine = shard_of(user.keys, 2) == shard
+            values, found = serving.tables["user"].find(user.keys)
+            assert found[mine].all() and not found[~mine].any()
+            np.testing.assert_allclose(
+                values[mine], user.values[mine].astype(dtype), rtol=1e-3, atol=1e-3
+            )
+            np.testing.assert_allclose(
+                serving.dense.export()[0]["mlp"], live.dense.export()[0]["mlp"], rtol=1e-6
+            )
