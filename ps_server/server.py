@@ -283,7 +283,11 @@ def serve(settings: ServerSettings, snapshotter_factory: SnapshotterFactory | No
         sig: signal.signal(sig, server.handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        server.start()
+        try:
+            server.start()
+        except BaseException:
+            server.stop(grace=0, final_snapshot=False)
+            raise
         server.wait_for_termination()
     finally:
         for sig, handler in previous.items():

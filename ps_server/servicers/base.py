@@ -11,6 +11,7 @@ import numpy as np
 from monolith_ps import __version__, wire
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client.routing import shard_of
+from ps_server.dense import DenseStore
 from ps_server.errors import (
     BadRequestError,
     BatchTooLargeError,
@@ -196,7 +197,7 @@ class BaseServicer(ps_pb2_grpc.ParameterServerServicer):
             version=version,
         )
 
-    def _dense(self):  # noqa: ANN202
+    def _dense(self) -> DenseStore:
         """The dense store, or the reason this server has none."""
         if self.state.dense is not None:
             return self.state.dense
