@@ -19,7 +19,7 @@ import dataclasses
 import io
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +193,17 @@ class Events:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         for start in range(0, len(self), batch_size):
             yield self.slice(start, min(start + batch_size, len(self)))
+
+    def map_keys(self, transform: Callable[[str, np.ndarray], np.ndarray]) -> Events:
+        """The same events with each table's keys replaced by ``transform(table, keys)``
+        (same shape, uint64); pad keys stay pads. E.g. hashing IDs into fixed buckets."""
+        keys = {}
+        for table, old in self.keys.items():
+            new = np.asarray(transform(table, old), dtype=np.uint64)
+            if new.shape != old.shape:
+                raise ValueError(f"transform changed the shape of {table!r} keys: {new.shape}")
+            keys[table] = np.where(old == PAD_KEY, np.uint64(PAD_KEY), new)
+        return Events(keys=keys, labels=self.labels, timestamps=self.timestamps)
 
     def windows(self, num_windows: int) -> list[Events]:
         """The stream cut into ``num_windows`` consecutive windows of near-equal size."""

@@ -73,6 +73,19 @@ def test_windows_cover_the_stream_in_order(events):
         events.windows(0)
 
 
+def test_map_keys_transforms_every_table_and_keeps_pads(events):
+    small = events.slice(0, 100)
+    hashed = small.map_keys(lambda table, keys: keys % np.uint64(7) + np.uint64(1))
+    for table, keys in hashed.keys.items():
+        original = small.keys[table]
+        pads = original == data.PAD_KEY
+        assert np.all(keys[pads] == data.PAD_KEY) and np.all(
+            (keys[~pads] >= 1) & (keys[~pads] <= 7)
+        )
+    with pytest.raises(ValueError, match="shape"):
+        small.map_keys(lambda table, keys: keys.ravel()[:1])
+
+
 def test_build_model_reads_factor_size_and_mlp_width_from_the_config():
     config = load_config(DEFAULT_CONFIG)
     model = build_model(config)
