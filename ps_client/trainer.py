@@ -28,9 +28,11 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from ps_client.kernels import segment_sum
+
 __all__ = [
     "Batch",
-    "DenseStore",
+    "DenseParameterStore",
     "ProgressBar",
     "SparseStore",
     "StepResult",
@@ -55,7 +57,7 @@ class SparseStore(Protocol):
     def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any: ...
 
 
-class DenseStore(Protocol):
+class DenseParameterStore(Protocol):
     """Named dense float32 arrays with a server-side optimizer."""
 
     def pull_dense(self) -> dict[str, np.ndarray]: ...
@@ -115,9 +117,12 @@ class UniqueKeys:
             )
         dim = grads.shape[-1]
         flat_inverse = self.inverse.ravel()
+        flat_grads = np.ascontiguousarray(grads.reshape(-1, dim), dtype=np.float32)
         present = flat_inverse >= 0
+        if not present.all():
+            flat_inverse, flat_grads = flat_inverse[present], flat_grads[present]
         out = np.zeros((self.unique.shape[0], dim), dtype=np.float32)
-        np.add.at(out, flat_inverse[present], grads.reshape(-1, dim)[present])
+        segment_sum(flat_inverse, flat_grads, out)
         return out
 
 
@@ -269,7 +274,7 @@ class Trainer:
         store: SparseStore,
         step: StepFn,
         *,
-        dense_store: DenseStore | None = None,
+        dense_store: DenseParameterStore | None = None,
         pad_key: int | None = None,
         prefetch: bool = False,
         progress: bool = True,
