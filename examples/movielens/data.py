@@ -85,9 +85,13 @@ def _candidate_dirs(repo_root: Path) -> list[Path]:
     return candidates
 
 
-def find_dataset(repo_root: Path | None = None) -> Path:
-    """The ml-latest-small folder: ``$MONOLITH_PS_DATA``, ``data/`` or ``../shared/data``."""
-    candidates = _candidate_dirs(REPO_ROOT if repo_root is None else Path(repo_root))
+def find_dataset(repo_root: Path | None = None, path: Path | None = None) -> Path:
+    """The ml-latest-small folder: ``path`` if given, else ``$MONOLITH_PS_DATA``, ``data/``
+    in the repository or ``../shared/data`` beside it."""
+    if path is not None:
+        candidates = [Path(path), Path(path) / DATASET_NAME]
+    else:
+        candidates = _candidate_dirs(REPO_ROOT if repo_root is None else Path(repo_root))
     for path in candidates:
         if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
             return path

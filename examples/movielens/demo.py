@@ -188,7 +188,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from monolith_ps.local import LocalCluster
     from ps_client import PSClient
 
-    dataset = find_dataset() if args.data is None else args.data
+    dataset = find_dataset(path=args.data)
     events = load_events(dataset, limit=args.limit)
     windows = events.windows(args.windows)
     config = load_config(args.config)

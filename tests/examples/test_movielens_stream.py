@@ -30,6 +30,11 @@ def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkey
     assert "grouplens.org" in message and "README.txt" in message and data.DATA_ENV_VAR in message
 
 
+def test_a_given_folder_without_the_csvs_is_refused_with_the_same_help(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match="grouplens.org"):
+        data.find_dataset(path=tmp_path)
+
+
 def test_env_var_points_at_a_copy(tmp_path, monkeypatch):
     source = data.find_dataset()
     copy = tmp_path / "ml-latest-small"
