@@ -46,13 +46,25 @@ class LocalStore:
                 f"unknown table {name!r} (this store has: {', '.join(sorted(self._state.tables))})"
             ) from None
 
-    def lookup_many(self, keys_by_table: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Rows of each table's keys (``keys.shape + (dim,)``), inserting new keys."""
-        out = {}
+    def lookup_many(
+        self, keys_by_table: Mapping[str, Any], *, with_found: bool = False
+    ) -> dict[str, Any]:
+        """Rows of each table's keys (``keys.shape + (dim,)``), inserting new keys as a
+        training server does; with ``with_found``, find only and also return the found
+        mask, as a serving server answers (misses get the table's default row)."""
+        out: dict[str, Any] = {}
         for name, keys in keys_by_table.items():
             keys = np.asarray(keys, dtype=np.uint64)
-            rows = self._table(name).find_or_insert(np.ascontiguousarray(keys.reshape(-1)))
-            out[name] = rows.reshape(keys.shape + (rows.shape[-1],))
+            flat = np.ascontiguousarray(keys.reshape(-1))
+            if with_found:
+                rows, found = self._table(name).find(flat)
+                out[name] = (
+                    rows.reshape(keys.shape + (rows.shape[-1],)),
+                    found.reshape(keys.shape),
+                )
+            else:
+                rows = self._table(name).find_or_insert(flat)
+                out[name] = rows.reshape(keys.shape + (rows.shape[-1],))
         return out
 
     def push_many(self, grads_by_table: Mapping[str, tuple[Any, Any]]) -> tuple[int, int]:

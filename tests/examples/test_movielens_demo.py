@@ -11,9 +11,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from examples.movielens import demo
+from examples.movielens.data import load_events
+from examples.movielens.stream import (
+    DEFAULT_CONFIG,
+    OnlineLoop,
+    ServingScorer,
+    SyncReport,
+    build_model,
+)
+from ps_client.local_store import LocalStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,6 +56,28 @@ def test_serving_scores_the_next_window_well_above_chance(short_run):
     # users and movies are not, and get the default row).
     assert all(w["serving_found"] > 0.25 for w in windows) and windows[-1]["serving_found"] > 0.6
     assert all(w["serving_rows"] == w["training_rows"] > 0 for w in windows)
+
+
+def test_serving_scores_exactly_what_the_model_trained_in_process_scores(short_run):
+    """Nothing is lost or changed between the training PS, the agent and the serving PS:
+    the same stream through one in-process store gives the same serving AUC per window."""
+    _, doc, _ = short_run
+    store = LocalStore.from_config(DEFAULT_CONFIG)
+    model = build_model(store.config)
+    loop = OnlineLoop(
+        store,
+        model,
+        ServingScorer(store, model),
+        sync=lambda: SyncReport(0, 0, 0.0),
+        progress=False,
+    )
+    local = loop.run(load_events(limit=30_000).windows(5))
+    np.testing.assert_allclose(
+        [w["serving_auc"] for w in doc["windows"]], [r.serving_auc for r in local], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        [w["train_auc"] for w in doc["windows"]], [r.train_auc for r in local], atol=1e-4
+    )
 
 
 def test_every_scoring_lookup_was_answered_by_the_serving_servers(short_run):

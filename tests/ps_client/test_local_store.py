@@ -29,6 +29,15 @@ def test_lookup_inserts_and_push_applies_the_optimizer_with_duplicates_summed():
     np.testing.assert_allclose(after[1], rows[0, 1] - 0.5)
 
 
+def test_with_found_only_finds_like_a_serving_server():
+    store = LocalStore(parse_config(_CONFIG))
+    known = store.lookup("t", np.array([4], dtype=np.uint64))
+    rows, found = store.lookup_many({"t": np.array([4, 8], dtype=np.uint64)}, with_found=True)["t"]
+    np.testing.assert_array_equal(found, [True, False])
+    np.testing.assert_array_equal(rows[0], known[0])
+    assert store.num_rows() == {"t": 1}  # 8 was not inserted
+
+
 def test_dense_arrays_pull_and_push():
     store = LocalStore(parse_config(_CONFIG))
     np.testing.assert_array_equal(store.pull_dense()["w"], [0.0, 0.0])
