@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
 from ps_server.errors import WrongRoleError, rpc_errors
+from ps_server.hooks import Snapshotter
+from ps_server.metrics import ServerMetrics
 from ps_server.servicers.base import BaseServicer, check_view, decode_key_batches
+from ps_server.state import ShardState
+from ps_server.sync import DeltaReceiver, SyncMetrics
 
 __all__ = ["ServingServicer"]
 
@@ -21,6 +27,12 @@ class ServingServicer(BaseServicer):
     """Lookup = find only, with a found mask; every write RPC is refused."""
 
     role = "serving"
+
+    def __init__(
+        self, state: ShardState, metrics: ServerMetrics, snapshotter: Snapshotter | None = None
+    ) -> None:
+        super().__init__(state, metrics, snapshotter)
+        self.delta_receiver = DeltaReceiver(state, SyncMetrics(metrics.registry))
 
     @rpc_errors
     def Lookup(
@@ -56,3 +68,24 @@ class ServingServicer(BaseServicer):
         self, request: ps_pb2.PushDenseRequest, context: grpc.ServicerContext
     ) -> ps_pb2.PushDenseResponse:
         raise WrongRoleError(_WRITES_REFUSED.format(rpc="PushDense"))
+
+    @rpc_errors
+    def ExportDelta(
+        self, request: ps_pb2.ExportDeltaRequest, context: grpc.ServicerContext
+    ) -> Iterator[ps_pb2.DeltaChunk]:
+        raise WrongRoleError(
+            "ExportDelta refused: this is a serving server; deltas are exported by training servers"
+        )
+        yield  # a generator, as every streaming servicer method
+
+    @rpc_errors
+    def ApplyDelta(
+        self, request_iterator: Iterator[ps_pb2.DeltaChunk], context: grpc.ServicerContext
+    ) -> ps_pb2.ApplyDeltaResponse:
+        return self.delta_receiver.apply_stream(request_iterator)
+
+    @rpc_errors
+    def GetSyncState(
+        self, request: ps_pb2.GetSyncStateRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.GetSyncStateResponse:
+        return self.delta_receiver.sync_state()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
 from ps_server.dedup import RequestDeduplicator
-from ps_server.errors import BadRequestError, rpc_errors
+from ps_server.errors import BadRequestError, WrongRoleError, rpc_errors
 from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
 from ps_server.servicers.base import (
@@ -17,10 +19,12 @@ from ps_server.servicers.base import (
     first_non_finite_row,
 )
 from ps_server.state import ShardState
+from ps_server.sync import SyncMetrics, export_dense_chunks, export_table_chunks
 
 __all__ = ["TrainingServicer"]
 
 _FLOAT32_BYTES = 4
+_SERVING_ONLY = "{rpc} refused: this is a training server; deltas are applied on serving servers"
 
 
 class TrainingServicer(BaseServicer):
@@ -35,6 +39,7 @@ class TrainingServicer(BaseServicer):
         window = state.config.server.push_dedup_window
         self._push_dedup: RequestDeduplicator[ps_pb2.PushResponse] = RequestDeduplicator(window)
         self._dense_dedup: RequestDeduplicator[int] = RequestDeduplicator(window)
+        self._sync_metrics = SyncMetrics(metrics.registry)
 
     @rpc_errors
     def Lookup(
@@ -108,3 +113,27 @@ class TrainingServicer(BaseServicer):
         if duplicate:
             self.metrics.push_duplicates.labels("PushDense").inc()
         return ps_pb2.PushDenseResponse(duplicate=duplicate, version=version)
+
+    @rpc_errors
+    def ExportDelta(
+        self, request: ps_pb2.ExportDeltaRequest, context: grpc.ServicerContext
+    ) -> Iterator[ps_pb2.DeltaChunk]:
+        if not request.table:
+            self._dense()
+            yield from export_dense_chunks(self.state, request)
+            return
+        yield from export_table_chunks(
+            self.state, request, self.state.config.sync.chunk_rows, self._sync_metrics
+        )
+
+    @rpc_errors
+    def ApplyDelta(
+        self, request_iterator: Iterator[ps_pb2.DeltaChunk], context: grpc.ServicerContext
+    ) -> ps_pb2.ApplyDeltaResponse:
+        raise WrongRoleError(_SERVING_ONLY.format(rpc="ApplyDelta"))
+
+    @rpc_errors
+    def GetSyncState(
+        self, request: ps_pb2.GetSyncStateRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.GetSyncStateResponse:
+        raise WrongRoleError(_SERVING_ONLY.format(rpc="GetSyncState"))
