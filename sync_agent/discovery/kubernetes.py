@@ -9,15 +9,20 @@ timer, so the API server sees one long watch per role.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes import client, config, watch
+import urllib3
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.watch.watch import iter_resp_lines
 
 from sync_agent.discovery.base import Endpoint, Role
 
@@ -71,6 +76,15 @@ def _container_port(pod: Mapping[str, Any], port_name: str) -> int | None:
     return None
 
 
+def _interrupt(response: urllib3.BaseHTTPResponse) -> None:
+    """Unblock a thread reading ``response``: shut its socket down (closing alone would not)."""
+    connection = getattr(response, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class _ClosedError(Exception):
     """The discovery was closed while a role's loop was working."""
 
@@ -112,7 +126,7 @@ class KubernetesDiscovery:
         # role -> pod name -> (pod uid, endpoint when the pod serves, else None)
         self._pods: dict[Role, dict[str, tuple[str, Endpoint | None]]] = {r: {} for r in Role}
         self._synced = {role: threading.Event() for role in Role}
-        self._watches: dict[Role, watch.Watch] = {}
+        self._responses: dict[Role, urllib3.BaseHTTPResponse] = {}
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(
@@ -137,9 +151,9 @@ class KubernetesDiscovery:
         """Stop both watches and their threads; idempotent."""
         self._stop.set()
         with self._lock:
-            watches = list(self._watches.values())
-        for active in watches:
-            active.stop()
+            responses = list(self._responses.values())
+        for response in responses:
+            _interrupt(response)
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=self._request_timeout + 5)
@@ -175,57 +189,69 @@ class KubernetesDiscovery:
 
     def _list(self, role: Role) -> str:
         """Replace the role's pods with a fresh list; returns the list's resourceVersion."""
-        pod_list = self._api.list_namespaced_pod(
+        response = self._api.list_namespaced_pod(
             self._namespace,
             label_selector=self._selectors[role],
             _request_timeout=self._request_timeout,
+            _preload_content=False,
         )
-        pods = self._api.api_client.sanitize_for_serialization(pod_list.items)
+        try:
+            pod_list = json.loads(response.data)
+        finally:
+            response.release_conn()
         snapshot = {
             pod["metadata"]["name"]: (
                 pod["metadata"].get("uid", ""),
                 pod_endpoint(pod, role, self._grpc_port_name),
             )
-            for pod in pods
+            for pod in pod_list.get("items") or []
         }
         with self._lock:
             self._pods[role] = snapshot
         self._synced[role].set()
         _LOGGER.debug("%s pods listed: %d", role.value, len(snapshot))
-        return pod_list.metadata.resource_version or ""
+        return (pod_list.get("metadata") or {}).get("resourceVersion", "")
 
     def _watch(self, role: Role, resource_version: str) -> None:
-        """Apply watch events from ``resource_version`` until the stream ends."""
-        stream = watch.Watch()
-        with self._lock:
-            if self._stop.is_set():
-                raise _ClosedError
-            self._watches[role] = stream
+        """Apply watch events from ``resource_version`` until the server ends the stream."""
+        response = self._api.list_namespaced_pod(
+            self._namespace,
+            label_selector=self._selectors[role],
+            resource_version=resource_version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=self._watch_timeout,
+            watch=True,
+            _request_timeout=(self._request_timeout, self._watch_timeout + self._request_timeout),
+            _preload_content=False,
+        )
+        with self._lock:  # close() either sees this response or we see the stop flag
+            self._responses[role] = response
+            stopped = self._stop.is_set()
         try:
-            for event in stream.stream(
-                self._api.list_namespaced_pod,
-                self._namespace,
-                label_selector=self._selectors[role],
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self._watch_timeout,
-                _request_timeout=(
-                    self._request_timeout,
-                    self._watch_timeout + self._request_timeout,
-                ),
-            ):
-                if self._stop.is_set():
-                    raise _ClosedError
-                self._apply(role, event["type"], event["raw_object"])
+            if stopped:
+                raise _ClosedError
+            for line in iter_resp_lines(response):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event["type"] == "ERROR":
+                    status = event.get("object") or {}
+                    raise ApiException(status=status.get("code"), reason=status.get("message"))
+                self._apply(role, event["type"], event["object"])
+        except Exception:
+            if self._stop.is_set():
+                raise _ClosedError from None
+            raise
         finally:
             with self._lock:
-                self._watches.pop(role, None)
+                self._responses.pop(role, None)
+            response.release_conn()
         if self._stop.is_set():
             raise _ClosedError
 
     def _apply(self, role: Role, event_type: str, pod: Mapping[str, Any]) -> None:
         if event_type not in ("ADDED", "MODIFIED", "DELETED"):
-            return  # BOOKMARK: only moves the stream's resourceVersion
+            return  # BOOKMARK: nothing changed (a re-list follows the stream's end anyway)
         name = pod["metadata"]["name"]
         uid = pod["metadata"].get("uid", "")
         with self._lock:

@@ -230,12 +230,24 @@ async def test_close_stops_both_watch_threads_promptly(
 ) -> None:
     discovery = start_discovery(kmock.url, agent_flags)
     await until(lambda: discovery.wait_synced(timeout=0), "the first list")
-    await until(lambda: len(discovery._watches) == 2, "both watches to open")
+    await until(lambda: len(discovery._responses) == 2, "both watches to open")
     started = time.monotonic()
     await asyncio.to_thread(discovery.close)
     assert time.monotonic() - started < 5
     assert not any(thread.is_alive() for thread in discovery._threads)
     await asyncio.to_thread(discovery.close)  # idempotent
+
+
+@pytest.mark.asyncio
+async def test_close_right_after_start_does_not_wait_for_the_watch(
+    kmock: PodApiEmulator, agent_flags: dict[str, str]
+) -> None:
+    for _ in range(5):  # close lands at different points of list-then-watch
+        discovery = start_discovery(kmock.url, agent_flags)
+        started = time.monotonic()
+        await asyncio.to_thread(discovery.close)
+        assert time.monotonic() - started < 5
+        assert not any(thread.is_alive() for thread in discovery._threads)
 
 
 @pytest.mark.asyncio
