@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1
+# One image, three entry points: `mps server --role training|serving` and `mps sync-agent`.
+# Build: docker build -t monolith-ps:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+# Stage 1: build the wheel of this repository (no dependencies).
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY monolith_ps ./monolith_ps
+COPY ps_server ./ps_server
+COPY ps_client ./ps_client
+COPY sync_agent ./sync_agent
+RUN python -m pip wheel --no-deps --wheel-dir /wheels .
+
+# Stage 2: the wheel and its runtime dependencies in a virtualenv; no compilers, no sources.
+FROM ${PYTHON_IMAGE}
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/monolith-ps/bin:$PATH \
+    NUMBA_CACHE_DIR=/var/cache/monolith-ps/numba
+RUN groupadd --system --gid 10001 mps \
+    && useradd --system --uid 10001 --gid mps --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin mps \
+    && mkdir -p /var/cache/monolith-ps/numba /var/lib/monolith-ps/snapshots \
+    && chown -R 10001:10001 /var/cache/monolith-ps /var/lib/monolith-ps
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    python -m venv /opt/monolith-ps \
+    && /opt/monolith-ps/bin/pip install /wheels/*.whl
+USER 10001:10001
+WORKDIR /var/lib/monolith-ps
+# gRPC API and Prometheus metrics; the orchestrator probes gRPC health (no HEALTHCHECK here).
+EXPOSE 50051 9090
+ENTRYPOINT ["mps"]
+CMD ["--help"]
