@@ -1,0 +1,523 @@
+"""The sync agent's run loop: sparse rounds and dense rounds on their own intervals.
+
+A round reads the state of the cluster from the servers themselves (training shards:
+epoch and table versions; serving replicas: their cursors), plans the exports that
+bring each replica up to date, and runs them in parallel. The agent keeps no state
+that matters for correctness, so it can be killed at any moment and restarted, or run
+twice at once: a stream that does not finish moves no cursor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry
+
+from monolith_ps.logs import configure_logging, fields
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from sync_agent.channels import ChannelPool
+from sync_agent.cursors import (
+    ExportPlan,
+    ReplicaState,
+    SourceTable,
+    TrainingShard,
+    needs_full,
+    plan_exports,
+    replica_state_from_proto,
+)
+from sync_agent.discovery.base import Discovery, Endpoint, Role
+from sync_agent.metrics import SyncMetrics
+from sync_agent.router import can_share_keys
+from sync_agent.settings import AgentSettings, SettingsError
+from sync_agent.streams import (
+    ReplicaOutcome,
+    StreamLimits,
+    SyncStoppedError,
+    error_text,
+    run_dense_export,
+    run_export,
+)
+
+__all__ = ["RoundReport", "SyncAgent", "build_discovery", "main"]
+
+_LOGGER = logging.getLogger(__name__)
+_MAX_PARALLEL_EXPORTS = 8
+_DISCOVERY_SYNC_SECONDS = 30.0
+_SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+
+
+@dataclasses.dataclass
+class RoundReport:
+    """What one round did; ``outcome`` is ok, partial (some streams failed), failed or stopped."""
+
+    kind: str
+    outcome: str = "ok"
+    streams_ok: int = 0
+    streams_failed: int = 0
+    rows_applied: int = 0
+    full_resyncs: int = 0
+    seconds: float = 0.0
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+
+class SyncAgent:
+    """Moves deltas from training shards to serving replicas, round after round.
+
+    >>> agent = SyncAgent(settings, StaticDiscovery(training=[...], serving=[...]))
+    >>> agent.sync_sparse().outcome   # one round now
+    'ok'
+    >>> agent.run()                   # rounds on the intervals until SIGTERM/SIGINT or stop()
+
+    Any ``Discovery`` works: it is asked for endpoints at the start of every round.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        discovery: Discovery,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.discovery = discovery
+        self.metrics = SyncMetrics(registry if registry is not None else CollectorRegistry())
+        self._channels = ChannelPool(settings.max_message_bytes, settings.tls)
+        self._limits = StreamLimits(
+            chunk_rows=settings.chunk_rows,
+            stream_timeout=settings.stream_timeout,
+            stall_timeout=settings.stall_timeout,
+        )
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_MAX_PARALLEL_EXPORTS, thread_name_prefix="sync-export"
+        )
+        self._isolated: set[str] = set()  # replicas that failed last round sync on their own
+        self._behind_since: dict[tuple[str, str], float] = {}
+        self._known_replicas: dict[str, list[str]] = {}
+
+    # ------------------------------------------------------------------ run loop
+
+    def run(self) -> int:
+        """Rounds until stopped; with ``settings.once``, one of each. Returns the exit status."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+        next_sparse = next_dense = time.monotonic()
+        failed = False
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_sparse:
+                next_sparse = now + self.settings.sparse_interval
+                failed |= self.sync_sparse().outcome not in ("ok", "stopped")
+            if self._stop.is_set():
+                break
+            now = time.monotonic()
+            if now >= next_dense:
+                next_dense = now + self.settings.dense_interval
+                failed |= self.sync_dense().outcome not in ("ok", "stopped")
+            if self.settings.once:
+                return 1 if failed else 0
+            self._stop.wait(max(0.0, min(next_sparse, next_dense) - time.monotonic()))
+        _LOGGER.info("agent_stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Ask ``run`` to return; streams in flight are cancelled, moving no cursor."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Stop, and release channels, threads and discovery."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._channels.close()
+        self.discovery.close()
+
+    def __enter__(self) -> SyncAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        _LOGGER.info("agent_stopping", extra=fields(signal=signal.Signals(signum).name))
+        self._stop.set()
+
+    # ------------------------------------------------------------------ rounds
+
+    def sync_sparse(self) -> RoundReport:
+        """One sparse round: every table of every training shard to every replica."""
+        report = RoundReport("sparse")
+        started = time.monotonic()
+        training, replicas = self._read_cluster(report)
+        plans = [
+            plan
+            for shard in training
+            for table in shard.tables
+            for plan in plan_exports(shard, table, replicas, tuple(self._isolated))
+        ]
+        outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
+        try:
+            for plan, (plan_outcomes, received) in self._run_parallel(
+                plans,
+                lambda plan: run_export(
+                    plan,
+                    self._channels.stub(plan.source.endpoint.address),
+                    self._serving_stub,
+                    self._limits,
+                    self._stop,
+                ),
+            ):
+                self.metrics.bytes_exported.labels(
+                    str(plan.source.shard_index), plan.table.table
+                ).inc(received)
+                outcomes.extend((plan, o) for o in plan_outcomes)
+        except SyncStoppedError:
+            report.outcome = "stopped"
+        self._record_sparse(report, training, replicas, outcomes)
+        return self._finish(report, started)
+
+    def sync_dense(self) -> RoundReport:
+        """One dense round: training shard 0's dense arrays to every replica behind it."""
+        report = RoundReport("dense")
+        started = time.monotonic()
+        training, replicas = self._read_cluster(report)
+        source = next((s for s in training if s.shard_index == 0), None)
+        if source is not None and source.dense_names and replicas:
+            try:
+                outcomes, _ = run_dense_export(
+                    source,
+                    replicas,
+                    self._channels.stub(source.endpoint.address),
+                    self._serving_stub,
+                    self._limits,
+                    self._stop,
+                )
+            except SyncStoppedError:
+                report.outcome = "stopped"
+                outcomes = []
+            for outcome in outcomes:
+                self._count_outcome(report, outcome, "")
+                if outcome.ok:
+                    self.metrics.dense_version.labels(outcome.replica.name).set(
+                        outcome.complete_version
+                    )
+            for replica in replicas:
+                if replica.dense_epoch == source.epoch and not any(
+                    o.replica is replica for o in outcomes
+                ):
+                    self.metrics.dense_version.labels(replica.name).set(replica.dense_version)
+        return self._finish(report, started)
+
+    # ------------------------------------------------------------------ cluster state
+
+    def _read_cluster(self, report: RoundReport) -> tuple[list[TrainingShard], list[ReplicaState]]:
+        """Training shards and serving replicas that answered, validated as a topology."""
+        try:
+            training_eps = self.discovery.endpoints(Role.TRAINING)
+            serving_eps = self.discovery.endpoints(Role.SERVING)
+        except Exception as exc:  # a discovery source may fail in ways we cannot list
+            self._error(report, "discover", "discovery", error_text(exc))
+            return [], []
+        self._channels.retain(e.address for e in (*training_eps, *serving_eps))
+        described = self._run_parallel(training_eps, self._describe)
+        states = self._run_parallel(serving_eps, self._sync_state)
+        training: list[TrainingShard] = []
+        for endpoint, result in described:
+            if isinstance(result, str):
+                self._error(report, "describe", endpoint.name, result)
+            else:
+                training.append(result)
+        replicas: list[ReplicaState] = []
+        for endpoint, result in states:
+            if isinstance(result, str):
+                self._error(report, "sync_state", endpoint.name, result)
+                self._isolated.add(endpoint.name)
+            else:
+                replicas.append(result)
+        training = self._check_training_topology(training, report)
+        self.metrics.training_shards.set(len(training))
+        self.metrics.replicas.set(len(replicas))
+        self._forget_gone_replicas({e.name for e in serving_eps})
+        return training, replicas
+
+    def _not_ready(self, endpoint: Endpoint) -> str:
+        """Why a server cannot take part in a round now ('' when it reports SERVING).
+
+        A server restoring a snapshot already answers RPCs, from tables not yet loaded;
+        syncing from (or to) it then would wipe rows on serving until the next round.
+        """
+        try:
+            reply = self._channels.health(endpoint.address).Check(
+                health_pb2.HealthCheckRequest(service=_SERVICE_NAME),
+                timeout=self.settings.rpc_timeout,
+            )
+        except grpc.RpcError as exc:
+            return error_text(exc)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return f"not ready: health {status}"
+        return ""
+
+    def _describe(self, endpoint: Endpoint) -> TrainingShard | str:
+        if problem := self._not_ready(endpoint):
+            return problem
+        try:
+            response = self._channels.stub(endpoint.address).DescribeTables(
+                ps_pb2.DescribeTablesRequest(), timeout=self.settings.rpc_timeout
+            )
+        except grpc.RpcError as exc:
+            return error_text(exc)
+        if response.role != ps_pb2.ROLE_TRAINING:
+            return f"discovered as training but reports role {ps_pb2.Role.Name(response.role)}"
+        return TrainingShard(
+            endpoint=endpoint,
+            shard_index=response.shard_index,
+            num_shards=response.num_shards,
+            epoch=response.epoch,
+            tables=tuple(SourceTable(t.name, t.dim, t.version) for t in response.tables),
+            dense_names=tuple(d.name for d in response.dense),
+        )
+
+    def _sync_state(self, endpoint: Endpoint) -> ReplicaState | str:
+        if problem := self._not_ready(endpoint):
+            return problem
+        try:
+            response = self._channels.stub(endpoint.address).GetSyncState(
+                ps_pb2.GetSyncStateRequest(), timeout=self.settings.rpc_timeout
+            )
+        except grpc.RpcError as exc:
+            return error_text(exc)
+        if response.num_shards < 1 or response.shard_index >= response.num_shards:
+            return f"reports shard {response.shard_index} of {response.num_shards}"
+        return replica_state_from_proto(endpoint, response)
+
+    def _check_training_topology(
+        self, training: list[TrainingShard], report: RoundReport
+    ) -> list[TrainingShard]:
+        """Keep the shards of the most common shard count, each index claimed once."""
+        if not training:
+            return []
+        counts: dict[int, int] = {}
+        for shard in training:
+            counts[shard.num_shards] = counts.get(shard.num_shards, 0) + 1
+        num_shards = max(counts, key=lambda n: (counts[n], n))
+        by_index: dict[int, list[TrainingShard]] = {}
+        for shard in training:
+            if shard.num_shards != num_shards:
+                self._error(
+                    report,
+                    "topology",
+                    shard.endpoint.name,
+                    f"reports {shard.num_shards} training shards, the others {num_shards}",
+                )
+            else:
+                by_index.setdefault(shard.shard_index, []).append(shard)
+        kept = []
+        for index, claimants in sorted(by_index.items()):
+            if len(claimants) > 1:
+                names = ", ".join(s.endpoint.name for s in claimants)
+                for shard in claimants:
+                    self._error(report, "topology", shard.endpoint.name, f"shard {index}: {names}")
+            else:
+                kept.append(claimants[0])
+        return kept
+
+    def _serving_stub(self, replica: ReplicaState) -> ps_pb2_grpc.ParameterServerStub:
+        return self._channels.stub(replica.endpoint.address)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _run_parallel(self, items: Sequence, work: Callable) -> list[tuple]:
+        """``[(item, work(item))]`` run on the agent's pool, in the order of ``items``."""
+        futures = [self._pool.submit(work, item) for item in items]
+        results = []
+        for item, future in zip(items, futures, strict=True):
+            results.append((item, future.result()))
+        return results
+
+    def _record_sparse(
+        self,
+        report: RoundReport,
+        training: list[TrainingShard],
+        replicas: list[ReplicaState],
+        outcomes: list[tuple[ExportPlan, ReplicaOutcome]],
+    ) -> None:
+        applied: dict[tuple[str, str, int], int] = {}
+        failed_replicas: set[str] = set()
+        for plan, outcome in outcomes:
+            self._count_outcome(report, outcome, plan.table.table, plan.source.shard_index)
+            if outcome.ok:
+                applied[(outcome.replica.name, plan.table.table, plan.source.shard_index)] = (
+                    outcome.complete_version
+                )
+            else:
+                failed_replicas.add(outcome.replica.name)
+        for replica in replicas:
+            if replica.name in failed_replicas:
+                self._isolated.add(replica.name)
+            else:
+                self._isolated.discard(replica.name)
+        self._update_lag(training, replicas, applied)
+
+    def _count_outcome(
+        self, report: RoundReport, outcome: ReplicaOutcome, table: str, source_shard: int = 0
+    ) -> None:
+        name = outcome.replica.name
+        label = table or "(dense)"
+        if outcome.ok:
+            report.streams_ok += 1
+            report.rows_applied += outcome.rows_applied
+            self.metrics.rows_applied.labels(name, label).inc(outcome.rows_applied)
+            self.metrics.rows_skipped.labels(name, label).inc(outcome.rows_skipped)
+            self.metrics.tombstones_applied.labels(name, label).inc(outcome.tombstones_applied)
+            self.metrics.bytes_sent.labels(name, label).inc(outcome.bytes_sent)
+            if outcome.full_resync and table:
+                report.full_resyncs += 1
+                self.metrics.full_resyncs.labels(name, label, str(source_shard)).inc()
+        elif outcome.stage != "stopped":
+            report.streams_failed += 1
+            self._error(report, outcome.stage, name, f"{label}: {outcome.error}")
+
+    def _update_lag(
+        self,
+        training: list[TrainingShard],
+        replicas: list[ReplicaState],
+        applied: dict[tuple[str, str, int], int],
+    ) -> None:
+        now = time.time()
+        for replica in replicas:
+            tables: list[str] = []
+            for name in sorted({t.table for shard in training for t in shard.tables}):
+                tables.append(name)
+                behind_versions = 0
+                oldest = math.inf
+                for shard in training:
+                    if not can_share_keys(
+                        shard.shard_index,
+                        shard.num_shards,
+                        replica.shard_index,
+                        replica.num_shards,
+                    ):
+                        continue
+                    table = next((t for t in shard.tables if t.table == name), None)
+                    if table is None:
+                        continue
+                    done = applied.get((replica.name, name, shard.shard_index))
+                    cursor = replica.cursor(name, shard.shard_index)
+                    if done is not None:
+                        behind = max(0, table.version - done)
+                    elif needs_full(cursor, shard, table) or cursor is None:
+                        behind = table.version
+                    else:
+                        behind = table.version - cursor.version
+                    if behind:
+                        behind_versions += behind
+                        if (
+                            done is None
+                            and cursor is not None
+                            and not needs_full(cursor, shard, table)
+                        ):
+                            oldest = min(oldest, cursor.applied_at)
+                key = (replica.name, name)
+                if behind_versions:
+                    since = self._behind_since.setdefault(key, now)
+                    lag_seconds = now - min(oldest, since)
+                else:
+                    self._behind_since.pop(key, None)
+                    lag_seconds = 0.0
+                self.metrics.lag_versions.labels(replica.name, name).set(behind_versions)
+                self.metrics.lag_seconds.labels(replica.name, name).set(lag_seconds)
+            self._known_replicas[replica.name] = tables
+
+    def _forget_gone_replicas(self, present: set[str]) -> None:
+        for name in [n for n in self._known_replicas if n not in present]:
+            self.metrics.forget_replica(name, self._known_replicas.pop(name))
+            self._isolated.discard(name)
+
+    def _error(self, report: RoundReport, stage: str, server: str, message: str) -> None:
+        report.errors.append(f"{stage} {server}: {message}")
+        self.metrics.errors.labels(stage, server).inc()
+        _LOGGER.warning("sync_error", extra=fields(stage=stage, server=server, error=message))
+
+    def _finish(self, report: RoundReport, started: float) -> RoundReport:
+        report.seconds = time.monotonic() - started
+        if report.outcome != "stopped" and report.errors:
+            report.outcome = "partial" if report.streams_ok else "failed"
+        self.metrics.rounds.labels(report.kind, report.outcome).inc()
+        self.metrics.round_seconds.labels(report.kind).observe(report.seconds)
+        _LOGGER.info(
+            "sync_round",
+            extra=fields(
+                kind=report.kind,
+                outcome=report.outcome,
+                streams_ok=report.streams_ok,
+                streams_failed=report.streams_failed,
+                rows_applied=report.rows_applied,
+                full_resyncs=report.full_resyncs,
+                seconds=round(report.seconds, 3),
+            ),
+        )
+        return report
+
+
+def build_discovery(settings: AgentSettings) -> Discovery:
+    """The discovery source the settings name."""
+    if settings.discovery == "static":
+        from sync_agent.discovery.static import StaticDiscovery
+
+        return StaticDiscovery(training=settings.training, serving=settings.serving)
+    from sync_agent.discovery.kubernetes import KubernetesDiscovery
+
+    discovery = KubernetesDiscovery(
+        namespace=settings.namespace,
+        training_selector=settings.training_selector,
+        serving_selector=settings.serving_selector,
+        grpc_port_name=settings.grpc_port_name,
+    )
+    if not discovery.wait_synced(timeout=_DISCOVERY_SYNC_SECONDS):
+        _LOGGER.warning("discovery_not_synced", extra=fields(seconds=_DISCOVERY_SYNC_SECONDS))
+    return discovery
+
+
+def main(args: argparse.Namespace) -> int:
+    """``mps sync-agent``: build the settings, the discovery and the agent, and run."""
+    configure_logging(args.log_format)
+    try:
+        settings = AgentSettings.from_args(args)
+    except SettingsError as exc:
+        print(f"mps sync-agent: {exc}", file=sys.stderr)
+        return 2
+    registry = CollectorRegistry()
+    metrics_server = None
+    metrics_port = None
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        metrics_server, _ = start_http_server(settings.metrics_port, registry=registry)
+        metrics_port = metrics_server.server_port
+    discovery = build_discovery(settings)
+    with SyncAgent(settings, discovery, registry) as agent:
+        _LOGGER.info(
+            "agent_started",
+            extra=fields(
+                discovery=settings.discovery,
+                sparse_interval=settings.sparse_interval,
+                dense_interval=settings.dense_interval,
+                metrics_port=metrics_port,
+            ),
+        )
+        status = agent.run()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+    return status

@@ -1,0 +1,145 @@
+"""The sync agent's settings: built once from the config file's ``sync`` section and the flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from monolith_ps.config import ConfigError, SyncConfig, load_config, parse_duration
+from sync_agent.discovery.static import parse_address_list
+
+__all__ = ["AgentSettings", "SettingsError", "TlsFiles"]
+
+_DISCOVERY_KINDS = ("static", "kubernetes")
+_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """Flags or config values that cannot run an agent; the message names the flag."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for TLS to every server: the CA that signed them and, for mutual TLS,
+    the agent's own certificate and key."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSettings:
+    """Everything the agent needs, validated; flags win over the config file."""
+
+    discovery: str = "static"
+    training: tuple[str, ...] = ()
+    serving: tuple[str, ...] = ()
+    namespace: str = ""
+    training_selector: str = ""
+    serving_selector: str = ""
+    grpc_port_name: str = "grpc"
+    sparse_interval: float = SyncConfig.sparse_interval
+    dense_interval: float = SyncConfig.dense_interval
+    chunk_rows: int = SyncConfig.chunk_rows
+    max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
+    metrics_port: int | None = None
+    tls: TlsFiles | None = None
+    once: bool = False
+    log_format: str = "text"
+    rpc_timeout: float = 5.0
+    stall_timeout: float = 30.0
+    stream_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.discovery not in _DISCOVERY_KINDS:
+            raise SettingsError(
+                f"--discovery must be one of {', '.join(_DISCOVERY_KINDS)}, got {self.discovery!r}"
+            )
+        if self.discovery == "static" and not (self.training and self.serving):
+            raise SettingsError(
+                "static discovery needs --training and --serving address lists "
+                "(or --discovery kubernetes)"
+            )
+        if self.discovery == "kubernetes":
+            if self.training or self.serving:
+                raise SettingsError("--training/--serving are for static discovery only")
+            for flag, value in (
+                ("--namespace", self.namespace),
+                ("--training-selector", self.training_selector),
+                ("--serving-selector", self.serving_selector),
+            ):
+                if not value:
+                    raise SettingsError(f"{flag} is required with --discovery kubernetes")
+        for flag, value in (
+            ("--sparse-interval", self.sparse_interval),
+            ("--dense-interval", self.dense_interval),
+            ("--rpc-timeout", self.rpc_timeout),
+            ("--stall-timeout", self.stall_timeout),
+            ("--stream-timeout", self.stream_timeout),
+        ):
+            if value <= 0:
+                raise SettingsError(f"{flag} must be > 0, got {value:g}s")
+        if self.chunk_rows < 1:
+            raise SettingsError(f"sync.chunk_rows must be >= 1, got {self.chunk_rows}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:
+            raise SettingsError(f"--metrics-port must be in 0..65535, got {self.metrics_port}")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"--log-format must be json or text, got {self.log_format!r}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> AgentSettings:
+        """Settings from parsed ``mps sync-agent`` flags (see ``sync_agent.cli``)."""
+        sync = SyncConfig()
+        max_message_bytes = _DEFAULT_MAX_MESSAGE_BYTES
+        if args.config:
+            try:
+                config = load_config(args.config)
+            except ConfigError as exc:
+                raise SettingsError(f"--config: {exc}") from exc
+            sync = config.sync
+            max_message_bytes = config.server.max_message_bytes
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise SettingsError("--tls-cert and --tls-key go together")
+        if args.tls_cert and not args.tls_ca:
+            raise SettingsError("--tls-cert/--tls-key need --tls-ca (the CA of the servers)")
+        return cls(
+            discovery=args.discovery,
+            training=tuple(_addresses(args.training, "--training")),
+            serving=tuple(_addresses(args.serving, "--serving")),
+            namespace=args.namespace or "",
+            training_selector=args.training_selector or "",
+            serving_selector=args.serving_selector or "",
+            grpc_port_name=args.grpc_port_name,
+            sparse_interval=_duration(
+                args.sparse_interval, "--sparse-interval", sync.sparse_interval
+            ),
+            dense_interval=_duration(args.dense_interval, "--dense-interval", sync.dense_interval),
+            chunk_rows=sync.chunk_rows,
+            max_message_bytes=max_message_bytes,
+            metrics_port=args.metrics_port,
+            tls=TlsFiles(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None,
+            once=args.once,
+            log_format=args.log_format,
+            rpc_timeout=_duration(args.rpc_timeout, "--rpc-timeout", cls.rpc_timeout),
+            stall_timeout=_duration(args.stall_timeout, "--stall-timeout", cls.stall_timeout),
+            stream_timeout=_duration(args.stream_timeout, "--stream-timeout", cls.stream_timeout),
+        )
+
+
+def _addresses(text: str | None, flag: str) -> list[str]:
+    if not text:
+        return []
+    try:
+        return parse_address_list(text)
+    except ValueError as exc:
+        raise SettingsError(f"{flag}: {exc}") from exc
+
+
+def _duration(text: str | None, flag: str, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        return parse_duration(text, flag)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from exc

@@ -1,0 +1,201 @@
+"""The agent against in-process servers: 2 training shards -> 3 serving shards x 2 replicas.
+
+After each round every serving replica must hold exactly the rows training holds for its
+shard (keys and values; float16 tables within their precision), deletes, expiries and
+evictions included.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ps_client.routing import shard_of
+from sync_agent.agent import SyncAgent
+from sync_agent.discovery.static import StaticDiscovery
+from sync_agent.settings import AgentSettings
+
+N_TRAIN, N_SERVE, REPLICAS = 2, 3, 2
+TTL = 1000.0
+CONFIG = {
+    "tables": [
+        {"name": "emb", "dim": 8, "optimizer": "adagrad", "optimizer_args": {"lr": 0.1},
+         "initializer": "normal", "ttl_seconds": TTL},
+        {"name": "half", "dim": 4, "optimizer": "sgd", "optimizer_args": {"lr": 0.5},
+         "initializer": "uniform", "serving_dtype": "float16"},
+        {"name": "capped", "dim": 2, "optimizer": "sgd", "initializer": "zeros",
+         "max_rows": 300, "eviction": "lru"},
+    ],
+    "dense": [{"name": "mlp", "size": 32, "optimizer": "sgd", "optimizer_args": {"lr": 0.1}}],
+    "sync": {"chunk_rows": 97},
+}  # fmt: skip
+TABLES = [t["name"] for t in CONFIG["tables"]]
+
+
+@pytest.fixture(scope="module")
+def cluster(server_factory):
+    training = [server_factory("training", i, N_TRAIN, config=CONFIG) for i in range(N_TRAIN)]
+    serving = [
+        [server_factory("serving", s, N_SERVE, config=CONFIG) for _ in range(REPLICAS)]
+        for s in range(N_SERVE)
+    ]
+    return training, serving
+
+
+def make_agent(cluster, registry=None, **overrides) -> SyncAgent:
+    training, serving = cluster
+    options = {"chunk_rows": 97, "rpc_timeout": 5.0, "stall_timeout": 5.0, "stream_timeout": 60.0}
+    settings = AgentSettings(
+        training=tuple(t.address for t in training),
+        serving=tuple(r.address for replicas in serving for r in replicas),
+        **{**options, **overrides},
+    )
+    return SyncAgent(
+        settings,
+        StaticDiscovery(settings.training, settings.serving),
+        registry or CollectorRegistry(),
+    )
+
+
+def mutate(training, rng, round_index):
+    """Random pushes on every table, deletes, an expiry sweep and LRU evictions."""
+    for name in TABLES:
+        keys = np.unique(rng.integers(1, 5_000, size=400).astype(np.uint64))
+        owner = shard_of(keys, N_TRAIN)
+        for i, server in enumerate(training):
+            table = server.state.table(name)
+            mine = keys[owner == i]
+            table.find_or_insert(mine)
+            table.apply_gradients(
+                mine, rng.standard_normal((len(mine), table.dim)).astype(np.float32)
+            )
+            held = table.keys()
+            if len(held):
+                table.delete(rng.choice(held, size=min(len(held), 15), replace=False))
+    if round_index == 1:
+        # Rows of "emb" untouched since before this moment expire; then fresh rows arrive.
+        cutoff = time.time()
+        time.sleep(0.01)
+        for i, server in enumerate(training):
+            table = server.state.table("emb")
+            fresh = np.arange(50_000, 50_100, dtype=np.uint64)
+            fresh = fresh[shard_of(fresh, N_TRAIN) == i]
+            table.find_or_insert(fresh)
+            table.apply_gradients(fresh, np.ones((len(fresh), table.dim), dtype=np.float32))
+            assert table.expire(now=cutoff + TTL) > 0
+
+
+def assert_converged(cluster):
+    training, serving = cluster
+    for name in TABLES:
+        keys = np.concatenate([t.state.table(name).keys() for t in training])
+        values = np.concatenate(
+            [t.state.table(name).find(t.state.table(name).keys())[0] for t in training]
+        )
+        owner = shard_of(keys, N_SERVE)
+        for s, replicas in enumerate(serving):
+            want_keys = keys[owner == s]
+            order = np.argsort(want_keys)
+            want_keys, want_values = want_keys[order], values[owner == s][order]
+            for replica in replicas:
+                table = replica.state.table(name)
+                got_keys = np.sort(table.keys())
+                np.testing.assert_array_equal(got_keys, want_keys, err_msg=f"{name} shard {s}")
+                got_values, found = table.find(want_keys)
+                assert found.all()
+                if table.dtype == np.float16:
+                    np.testing.assert_allclose(got_values, want_values, rtol=1e-3, atol=1e-3)
+                else:
+                    np.testing.assert_array_equal(got_values, want_values)
+
+
+def test_rounds_converge_every_replica_with_training(cluster, rng):
+    training, _ = cluster
+    registry = CollectorRegistry()
+    with make_agent(cluster, registry) as agent:
+        for round_index in range(3):
+            mutate(training, rng, round_index)
+            report = agent.sync_sparse()
+            assert report.outcome == "ok", report.errors
+            assert_converged(cluster)
+            if round_index == 0:
+                # every replica bootstraps from both training shards, for every table
+                assert report.full_resyncs == len(TABLES) * N_TRAIN * N_SERVE * REPLICAS
+            else:
+                assert report.full_resyncs == 0
+        idle = agent.sync_sparse()
+        assert idle.outcome == "ok" and idle.streams_ok == 0 and idle.rows_applied == 0
+    replica = f"{cluster[1][0][0].address}"
+    for name in TABLES:
+        assert (
+            registry.get_sample_value(
+                "monolith_ps_sync_lag_versions", {"replica": replica, "table": name}
+            )
+            == 0
+        )
+        assert (
+            registry.get_sample_value(
+                "monolith_ps_sync_rows_applied_total", {"replica": replica, "table": name}
+            )
+            > 0
+        )
+    assert (
+        registry.get_sample_value(
+            "monolith_ps_sync_rounds_total", {"kind": "sparse", "outcome": "ok"}
+        )
+        == 4
+    )
+    evicted = sum(t.state.table("capped").stats()["evicted"] for t in training)
+    assert evicted > 0  # evictions happened on training and were synced as tombstones
+
+
+def test_dense_arrays_reach_every_replica(cluster):
+    training, serving = cluster
+    dense = training[0].state.dense
+    dense.push({"mlp": np.full(32, 0.5, dtype=np.float32)})
+    with make_agent(cluster) as agent:
+        report = agent.sync_dense()
+        assert report.outcome == "ok" and report.streams_ok == N_SERVE * REPLICAS
+        assert agent.sync_dense().streams_ok == 0  # nothing new: nothing sent
+    for replicas in serving:
+        for replica in replicas:
+            values, version = replica.state.dense.pull()
+            assert version == dense.version
+            np.testing.assert_array_equal(values["mlp"], dense.pull()[0]["mlp"])
+
+
+def test_two_agents_at_once_lose_and_duplicate_nothing(cluster, rng):
+    training, _ = cluster
+    mutate(training, rng, 2)
+    with make_agent(cluster) as first, make_agent(cluster) as second:
+        reports = []
+        threads = [
+            threading.Thread(target=lambda a=a: reports.append(a.sync_sparse()))
+            for a in (first, second)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        # A stream that met the other agent's stream was refused (ABORTED) and moved no
+        # cursor; one more round finishes whatever was left.
+        assert all(r.outcome in ("ok", "partial") for r in reports)
+        assert first.sync_sparse().outcome == "ok"
+    assert_converged(cluster)
+
+
+def test_an_unreachable_replica_does_not_hold_back_the_others(cluster, rng, server_factory):
+    training, serving = cluster
+    mutate(training, rng, 2)
+    gone = server_factory("serving", 0, N_SERVE, config=CONFIG, start=False)  # never started
+    settings_serving = [r.address for replicas in serving for r in replicas] + [gone.address]
+    with make_agent(cluster, rpc_timeout=1.0) as agent:
+        agent.discovery = StaticDiscovery(agent.settings.training, settings_serving)
+        report = agent.sync_sparse()
+        assert report.outcome == "partial"
+        assert any(gone.address in e for e in report.errors)
+        assert_converged(cluster)
