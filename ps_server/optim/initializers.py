@@ -62,19 +62,20 @@ def key_stream_seed(key, seed):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def init_row(kind, params, seed, key, default_row, out):
-    """Write the initial value of ``key``'s row into ``out`` (float32, ``dim``)."""
-    dim = out.shape[0]
+def init_row(kind, params, seed, key, default_row, out, row):
+    """Write the initial value of ``key``'s row into the first ``dim`` columns of row ``row``
+    of ``out`` (float32); ``default_row`` is ``(1, dim)`` (learned tables) or ``(0, dim)``."""
+    dim = default_row.shape[1]
     if kind == ZEROS:
         for j in range(dim):
-            out[j] = np.float32(0.0)
+            out[row, j] = np.float32(0.0)
     elif kind == CONSTANT:
         c = np.float32(params[0])
         for j in range(dim):
-            out[j] = c
+            out[row, j] = c
     elif kind == LEARNED:
         for j in range(dim):
-            out[j] = default_row[j]
+            out[row, j] = default_row[0, j]
     else:
         base = key_stream_seed(key, seed)
         if kind == UNIFORM:
@@ -82,7 +83,7 @@ def init_row(kind, params, seed, key, default_row, out):
             width = (params[1] - params[0]) * _TWO_POW_MINUS_53
             for j in range(dim):
                 z = mix64(base + np.uint64(j + 1) * _GOLDEN)
-                out[j] = np.float32(low + float(z >> np.uint64(11)) * width)
+                out[row, j] = np.float32(low + float(z >> np.uint64(11)) * width)
         else:
             mean = np.float32(params[0])
             scale = np.float32(params[1] * _LANES_INV_STD)
@@ -95,11 +96,12 @@ def init_row(kind, params, seed, key, default_row, out):
                     + ((z >> np.uint64(32)) & lane)
                     + (z >> np.uint64(48))
                 )
-                out[j] = mean + scale * np.float32(np.int64(total) - _LANES_MEAN)
+                out[row, j] = mean + scale * np.float32(np.int64(total) - _LANES_MEAN)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def init_rows(kind, params, seed, keys, default_row, out):
-    """Initial values of a batch of keys (used by tests and tools)."""
+    """Initial values of a batch of keys (used by tests and tools); ``default_row`` is
+    ``(1, dim)``."""
     for i in range(keys.shape[0]):
-        init_row(kind, params, seed, keys[i], default_row, out[i])
+        init_row(kind, params, seed, keys[i], default_row, out, i)

@@ -1,7 +1,8 @@
 """Row optimizers: SGD, Momentum, Adagrad, Adam and FTRL.
 
-Each optimizer updates one embedding row ``w`` (float32, ``dim``) in place from its gradient
-``g`` and its state row ``s`` (float32, ``state_width(dim)`` values). Hyper-parameters travel
+Each optimizer updates one embedding row of ``w`` (float32, ``dim`` wide) in place from a
+gradient row of ``g`` and a state row of ``s`` (float32, ``state_width(dim)`` wide); rows are
+addressed by index into the 2-D arrays, so a step creates no array views. Hyper-parameters travel
 as a float64 array in the order of the spec's ``args``; ``lr_scale`` multiplies the learning
 rate (frequency-aware scaling). :func:`optimizer_step` dispatches on the optimizer's kind.
 
@@ -82,56 +83,59 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def init_state(kind, hp, s):
-    """Fill a new row's optimizer state."""
-    dim_state = s.shape[0]
+def init_state(kind, hp, s, sr, soff, dim_state):
+    """Fill columns ``soff:soff + dim_state`` of row ``sr`` of ``s`` with a new row's
+    optimizer state."""
     if kind == ADAGRAD:
         acc = np.float32(hp[1])
         for j in range(dim_state):
-            s[j] = acc
+            s[sr, soff + j] = acc
     elif kind == FTRL:
         half = dim_state // 2
         acc = np.float32(hp[5])
         for j in range(half):
-            s[j] = acc
+            s[sr, soff + j] = acc
         for j in range(half, dim_state):
-            s[j] = np.float32(0.0)
+            s[sr, soff + j] = np.float32(0.0)
     else:
         for j in range(dim_state):
-            s[j] = np.float32(0.0)
+            s[sr, soff + j] = np.float32(0.0)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def optimizer_step(kind, hp, w, s, g, lr_scale):
-    """Apply one optimizer step to row ``w`` with state ``s`` and gradient ``g``."""
-    dim = w.shape[0]
+def optimizer_step(kind, hp, w, wr, s, sr, soff, g, gr, lr_scale):
+    """Apply one optimizer step to the first ``dim`` columns of row ``wr`` of ``w``, with
+    the state from column ``soff`` of row ``sr`` of ``s`` and gradient row ``gr`` of ``g``
+    (``dim = g.shape[1]``). Arrays are indexed in place (no views per row); ``w`` and ``s``
+    may be one array holding values and state side by side."""
+    dim = g.shape[1]
     lr = np.float32(hp[0] * lr_scale)
     if kind == SGD:
         for j in range(dim):
-            w[j] -= lr * g[j]
+            w[wr, j] -= lr * g[gr, j]
     elif kind == MOMENTUM:
         mu = np.float32(hp[1])
         if hp[2] != 0.0:
             for j in range(dim):
-                v = mu * s[j] + g[j]
-                s[j] = v
-                w[j] -= lr * (g[j] + mu * v)
+                v = mu * s[sr, soff + j] + g[gr, j]
+                s[sr, soff + j] = v
+                w[wr, j] -= lr * (g[gr, j] + mu * v)
         else:
             for j in range(dim):
-                v = mu * s[j] + g[j]
-                s[j] = v
-                w[j] -= lr * v
+                v = mu * s[sr, soff + j] + g[gr, j]
+                s[sr, soff + j] = v
+                w[wr, j] -= lr * v
     elif kind == ADAGRAD:
         eps = np.float32(hp[2])
         for j in range(dim):
-            acc = s[j] + g[j] * g[j]
-            s[j] = acc
-            w[j] -= lr * g[j] / (np.sqrt(acc) + eps)
+            acc = s[sr, soff + j] + g[gr, j] * g[gr, j]
+            s[sr, soff + j] = acc
+            w[wr, j] -= lr * g[gr, j] / (np.sqrt(acc) + eps)
     elif kind == ADAM:
         b1 = hp[1]
         b2 = hp[2]
-        t = s[2 * dim] + np.float32(1.0)
-        s[2 * dim] = t
+        t = s[sr, soff + 2 * dim] + np.float32(1.0)
+        s[sr, soff + 2 * dim] = t
         c1 = np.float32(1.0 / (1.0 - b1 ** float(t)))
         c2 = np.float32(1.0 / (1.0 - b2 ** float(t)))
         b1f = np.float32(b1)
@@ -139,11 +143,11 @@ def optimizer_step(kind, hp, w, s, g, lr_scale):
         eps = np.float32(hp[3])
         one = np.float32(1.0)
         for j in range(dim):
-            m = b1f * s[j] + (one - b1f) * g[j]
-            v = b2f * s[dim + j] + (one - b2f) * g[j] * g[j]
-            s[j] = m
-            s[dim + j] = v
-            w[j] -= lr * (m * c1) / (np.sqrt(v * c2) + eps)
+            m = b1f * s[sr, soff + j] + (one - b1f) * g[gr, j]
+            v = b2f * s[sr, soff + dim + j] + (one - b2f) * g[gr, j] * g[gr, j]
+            s[sr, soff + j] = m
+            s[sr, soff + dim + j] = v
+            w[wr, j] -= lr * (m * c1) / (np.sqrt(v * c2) + eps)
     elif kind == FTRL:
         beta = np.float32(hp[1])
         l1 = np.float32(hp[2])
@@ -151,8 +155,8 @@ def optimizer_step(kind, hp, w, s, g, lr_scale):
         power = hp[4]
         neg_power = np.float32(-power)
         for j in range(dim):
-            n = s[j]
-            n_new = n + g[j] * g[j]
+            n = s[sr, soff + j]
+            n_new = n + g[gr, j] * g[gr, j]
             if power == -0.5:
                 root_old = np.sqrt(n)
                 root_new = np.sqrt(n_new)
@@ -160,14 +164,14 @@ def optimizer_step(kind, hp, w, s, g, lr_scale):
                 root_old = n**neg_power
                 root_new = n_new**neg_power
             sigma = (root_new - root_old) / lr
-            z = s[dim + j] + g[j] - sigma * w[j]
-            s[j] = n_new
-            s[dim + j] = z
+            z = s[sr, soff + dim + j] + g[gr, j] - sigma * w[wr, j]
+            s[sr, soff + j] = n_new
+            s[sr, soff + dim + j] = z
             if abs(z) <= l1:
-                w[j] = np.float32(0.0)
+                w[wr, j] = np.float32(0.0)
             else:
                 sign = np.float32(1.0) if z > 0 else np.float32(-1.0)
-                w[j] = (sign * l1 - z) / ((beta + root_new) / lr + l2)
+                w[wr, j] = (sign * l1 - z) / ((beta + root_new) / lr + l2)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
@@ -182,4 +186,4 @@ def frequency_lr_scale(count, power):
 def init_state_rows(kind, hp, out):
     """Fill each row of ``out`` with a new row's optimizer state."""
     for i in range(out.shape[0]):
-        init_state(kind, hp, out[i])
+        init_state(kind, hp, out, i, 0, out.shape[1])

@@ -8,7 +8,8 @@ count (a power of two). Both hashes are seeded, so they are independent of the r
 ``mix64(key) % num_shards``: the keys of one shard still spread over all buckets.
 
 Inserting into two full buckets walks a random cuckoo path; a walk that fails is undone, so
-a failed insert leaves the index as it was and the caller grows it.
+a failed insert leaves the index as it was and the caller grows it. Growing doubles the
+bucket count and splits each bucket in two (``rehash_doubled``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import numpy as np
 from numba import njit
 
 from ps_client.routing import mix64
+from ps_server.table.prefetch import LOOKAHEAD, prefetch_at
 
 SLOTS = 4
 SEED_A = np.uint64(0x243F6A8885A308D3)
 SEED_B = np.uint64(0x13198A2E03707344)
 MAX_KICKS = 512
+_RING = 16  # >= LOOKAHEAD, a power of two
 
 
 def new_index(num_buckets: int) -> np.ndarray:
@@ -40,18 +43,45 @@ def bucket_b(key, mask):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def probe_buckets(index, key, b1, b2):
+    """Row of ``key`` given its two buckets, or -1 when it is not in the index."""
+    for s in range(SLOTS):
+        if index[b1, s] == key and index[b1, SLOTS + s] != 0:
+            return np.int64(index[b1, SLOTS + s]) - 1
+    for s in range(SLOTS):
+        if index[b2, s] == key and index[b2, SLOTS + s] != 0:
+            return np.int64(index[b2, SLOTS + s]) - 1
+    return np.int64(-1)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def probe(index, key):
     """Row of ``key``, or -1 when it is not in the index."""
     mask = np.uint64(index.shape[0] - 1)
-    b = bucket_a(key, mask)
-    for s in range(SLOTS):
-        if index[b, s] == key and index[b, SLOTS + s] != 0:
-            return np.int64(index[b, SLOTS + s]) - 1
-    b = bucket_b(key, mask)
-    for s in range(SLOTS):
-        if index[b, s] == key and index[b, SLOTS + s] != 0:
-            return np.int64(index[b, SLOTS + s]) - 1
-    return np.int64(-1)
+    return probe_buckets(index, key, bucket_a(key, mask), bucket_b(key, mask))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def locate(index, keys, rows_out):
+    """``rows_out[i]`` = row of ``keys[i]`` or -1, with the buckets of keys ``LOOKAHEAD``
+    positions ahead already on their way into the cache."""
+    n = keys.shape[0]
+    mask = np.uint64(index.shape[0] - 1)
+    ring_a = np.empty(_RING, dtype=np.uint64)
+    ring_b = np.empty(_RING, dtype=np.uint64)
+    for i in range(n + LOOKAHEAD):
+        if i < n:
+            key = keys[i]
+            a = bucket_a(key, mask)
+            b = bucket_b(key, mask)
+            ring_a[i & (_RING - 1)] = a
+            ring_b[i & (_RING - 1)] = b
+            prefetch_at(index, a, 0)
+            prefetch_at(index, b, 0)
+        j = i - LOOKAHEAD
+        if j >= 0:
+            slot = j & (_RING - 1)
+            rows_out[j] = probe_buckets(index, keys[j], ring_a[slot], ring_b[slot])
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
@@ -131,14 +161,26 @@ def remove(index, key):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def rehash(old, new, rng):
-    """Insert every entry of ``old`` into the empty index ``new``; False if one did not fit."""
+def rehash_doubled(old, new):
+    """Move every entry of ``old`` into the empty ``new`` of twice as many buckets.
+
+    An entry sits in bucket ``h & old_mask`` of one of its two hashes; in the doubled index
+    the same hash gives ``h & new_mask``, which is that bucket or that bucket plus the old
+    bucket count. So each old bucket splits into two new ones: a sequential pass, no cuckoo
+    walks, and never a failure.
+    """
+    old_mask = np.uint64(old.shape[0] - 1)
+    new_mask = np.uint64(new.shape[0] - 1)
     for b in range(old.shape[0]):
         for s in range(SLOTS):
-            row = np.int64(old[b, SLOTS + s]) - 1
-            if row >= 0 and not insert(new, old[b, s], row, rng):
-                return False
-    return True
+            value = old[b, SLOTS + s]
+            if value == 0:
+                continue
+            key = old[b, s]
+            h = mix64(key ^ SEED_A)
+            if (h & old_mask) != np.uint64(b):
+                h = mix64(key ^ SEED_B)
+            _place_in_free_slot(new, h & new_mask, key, value)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")

@@ -133,13 +133,14 @@ class EmbeddingTable:
         dim = config.dim
         self._state_width = opt.state_width(dim) if trainable else 0
         self._storage = np.float32 if dtype == np.float32 else np.uint16
+        # one arena row = the values (dim) then the optimizer state (state_width): a step
+        # touches one contiguous stretch of memory
         self._arenas = (
-            RowArena((dim,), self._storage),
-            RowArena((self._state_width,), np.float32),
+            RowArena((dim + self._state_width,), self._storage),
             RowArena((), np.uint64),
             RowArena((rows.META_COLUMNS,), np.int64),
         )
-        self._values, self._state, self._row_keys, self._meta = (a.array for a in self._arenas)
+        self._rows, self._row_keys, self._meta = (a.array for a in self._arenas)
         self._index = cuckoo.new_index(1)
         self._max_live = self._max_live_for(1)
         self._scalars = rows.new_scalars()
@@ -148,11 +149,11 @@ class EmbeddingTable:
         self._sketch = admission.new_sketch(width)
         self._log_keys = np.zeros(0, dtype=np.uint64)
         self._log_versions = np.zeros(0, dtype=np.int64)
-        # the learned default row (and its optimizer state) exists only for "learned"
-        learned = self._init_kind == LEARNED
-        self._default_row = np.zeros(dim if learned else 0, dtype=np.float32)
-        self._default_state = np.zeros(opt.state_width(dim) if learned else 0, dtype=np.float32)
-        init_state_rows(self._opt_kind, self._hp, self._default_state[None, :])
+        # the learned default row and its optimizer state: one row, only for "learned"
+        learned = int(self._init_kind == LEARNED)
+        self._default_row = np.zeros((learned, dim), dtype=np.float32)
+        self._default_state = np.zeros((learned, opt.state_width(dim)), dtype=np.float32)
+        init_state_rows(self._opt_kind, self._hp, self._default_state)
         self._stats = dict.fromkeys(_STAT_NAMES, 0)
 
     # ------------------------------------------------------------------ properties
@@ -191,7 +192,7 @@ class EmbeddingTable:
     @property
     def capacity(self) -> int:
         """Rows the arenas hold without growing."""
-        return int(self._values.shape[0])
+        return int(self._rows.shape[0])
 
     @property
     def num_buckets(self) -> int:
@@ -231,11 +232,11 @@ class EmbeddingTable:
         with self._lock:
             if self._storage is np.float32:
                 hits = lookup.find_f32(
-                    self._index, self._values, keys, out, found, *self._init_args()
+                    self._index, self._rows, keys, out, found, *self._init_args()
                 )
             else:
                 hits = lookup.find_f16(
-                    self._index, self._values, _HALF_TO_F32, keys, out, found, *self._init_args()
+                    self._index, self._rows, _HALF_TO_F32, keys, out, found, *self._init_args()
                 )
             self._stats["lookups"] += n
             self._stats["lookup_misses"] += n - hits
@@ -252,7 +253,7 @@ class EmbeddingTable:
         out = np.empty((keys.shape[0], self.dim), dtype=np.float32)
         with self._lock:
             found_rows = self._resolve(keys, _NO_COUNTS, now)
-            lookup.gather_rows(self._values, found_rows, keys, out, *self._init_args())
+            lookup.gather_rows(self._rows, found_rows, keys, out, *self._init_args())
             self._stats["lookups"] += keys.shape[0]
             self._evict_over_limit()
         return out
@@ -277,23 +278,25 @@ class EmbeddingTable:
                 f"of table {self.name!r} (dim {self.dim}), got {grads.shape}"
             )
         grads = np.ascontiguousarray(grads)
-        bad, unique, counts, summed, n_unique = update.dedup_sum(keys, grads)
+        bad = update.first_non_finite_row(grads.view(np.uint32))
         if bad >= 0:
             raise NonFiniteGradientError(
                 f"grads of table {self.name!r}: row {bad} (key {int(keys[bad])}) is not finite"
             )
+        unique, counts, first, next_same, n_unique = update.dedup(keys)
         unique = unique[:n_unique]
         counts = counts[:n_unique]
-        summed = summed[:n_unique]
+        first = first[:n_unique]
         with self._lock:
             found_rows = self._resolve(unique, counts, now)
             updated, pending = update.apply_steps(
-                self._values,
-                self._state,
+                self._rows,
                 self._meta,
                 self._scalars,
                 found_rows,
-                summed,
+                grads,
+                first,
+                next_same,
                 counts,
                 self._opt_kind,
                 self._hp,
@@ -371,7 +374,7 @@ class EmbeddingTable:
             high = int(self._scalars[rows.HIGH])
             picked = export.rows_since(self._meta, high, since)
             meta = self._meta[picked]
-            values = self._values[picked]
+            values = self._rows[picked, : self.dim]
             if self._storage is np.uint16:
                 values = values.view(np.float16)
             if full:
@@ -392,13 +395,17 @@ class EmbeddingTable:
                 since_version=since,
             )
             if with_state:
-                delta.opt_state = self._state[picked]
+                delta.opt_state = (
+                    self._rows[picked, self.dim :]
+                    if self._trainable
+                    else np.zeros((len(picked), 0), dtype=np.float32)
+                )
                 delta.push_counts = meta[:, rows.PUSHES_COL].astype(np.uint32)
                 delta.last_update = meta[:, rows.UPDATED_COL] / 1e6
                 delta.usage = meta[:, rows.USAGE_COL].copy()
             default_version = int(self._scalars[rows.DEFAULT_VERSION])
             if self._init_kind == LEARNED and default_version > since:
-                delta.default_value = self._default_row.copy()
+                delta.default_value = self._default_row[0].copy()
                 delta.default_version = default_version
         return delta
 
@@ -424,7 +431,7 @@ class EmbeddingTable:
             while True:
                 status, start, a, s = update.upsert_rows(
                     self._index, self._max_live, self._rng, self._scalars, self._row_keys,
-                    self._meta, self._values, self._state, keys, values, versions, has_state, state,
+                    self._meta, self._rows, keys, values, versions, has_state, state,
                     pushes, last_update, usage, start, self._opt_kind, self._hp, now, self._lfu,
                 )  # fmt: skip
                 applied += a
@@ -449,7 +456,7 @@ class EmbeddingTable:
             if delta.default_value is not None and delta.default_version > int(
                 self._scalars[rows.DEFAULT_VERSION]
             ):
-                self._default_row[:] = delta.default_value
+                self._default_row[0] = delta.default_value
                 self._scalars[rows.DEFAULT_VERSION] = delta.default_version
                 self._scalars[rows.VERSION] = max(self.version, delta.default_version)
             self._stats["delta_rows_applied"] += applied
@@ -541,7 +548,7 @@ class EmbeddingTable:
 
     def _arrays(self) -> list[np.ndarray]:
         return [
-            self._values, self._state, self._row_keys, self._meta, self._index,
+            self._rows, self._row_keys, self._meta, self._index,
             self._sketch, self._log_keys,
             self._log_versions, self._default_row, self._default_state, self._scalars,
         ]  # fmt: skip
@@ -565,13 +572,14 @@ class EmbeddingTable:
     def _resolve(self, keys: np.ndarray, counts: np.ndarray, now: float) -> np.ndarray:
         """Row of each key (-1: not admitted), inserting admitted new keys."""
         found_rows = np.empty(keys.shape[0], dtype=np.int64)
+        cuckoo.locate(self._index, keys, found_rows)
         start = 0
         first_admitted = False
         inserted = rejected = 0
         while True:
             status, start, ins, rej = lookup.resolve_rows(
                 self._index, self._max_live, self._rng, self._scalars, self._row_keys,
-                self._meta, self._values, self._state, keys, counts, start, first_admitted,
+                self._meta, self._rows, keys, counts, start, first_admitted,
                 found_rows,
                 self._sketch, self._config.admit_after, self._lfu, self._init_kind,
                 self._init_params, self._seed, self._default_row, self._opt_kind, self._hp, now,
@@ -597,19 +605,15 @@ class EmbeddingTable:
             raise AssertionError(f"unknown kernel status {status}")
 
     def _grow_index(self) -> None:
-        num_buckets = self._index.shape[0] * 2
-        while True:
-            index = cuckoo.new_index(num_buckets)
-            if cuckoo.rehash(self._index, index, self._rng):
-                break
-            num_buckets *= 2
+        index = cuckoo.new_index(self._index.shape[0] * 2)
+        cuckoo.rehash_doubled(self._index, index)
         self._index = index
-        self._max_live = self._max_live_for(num_buckets)
+        self._max_live = self._max_live_for(index.shape[0])
 
     def _grow_rows(self) -> None:
-        cap = self._values.shape[0]
+        cap = self._rows.shape[0]
         new = max(cap + 1, int(cap * ARENA_GROWTH))
-        self._values, self._state, self._row_keys, self._meta = (a.grow(new) for a in self._arenas)
+        self._rows, self._row_keys, self._meta = (a.grow(new) for a in self._arenas)
 
     def _grow_log(self) -> None:
         cap = self._log_keys.shape[0]

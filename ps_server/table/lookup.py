@@ -1,7 +1,9 @@
 """Lookup kernels: find (read-only), resolve-or-insert through admission, gather rows.
 
-Misses and keys not yet admitted read the table's default vector: the initializer's vector
-for the key, or the learned default row.
+Each walks its batch in passes with software prefetch (see ``prefetch``): ``cuckoo.locate``
+finds the rows of all keys, then a second pass copies or updates rows fetched a few keys
+ahead. Misses and keys not yet admitted read the table's default vector: the initializer's
+vector for the key, or the learned default row.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from numba import njit
 from ps_server.optim.initializers import init_row
 from ps_server.optim.optimizers import init_state
 from ps_server.table.admission import count_and_estimate
-from ps_server.table.cuckoo import insert, probe
+from ps_server.table.cuckoo import bucket_a, bucket_b, insert, locate, probe
+from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_head, prefetch_row
 from ps_server.table.rows import (
     DONE,
+    HIGH,
     LIVE,
     NEED_INDEX,
     NEED_INDEX_ADMITTED,
@@ -31,59 +35,82 @@ from ps_server.table.rows import (
 )
 
 _EMPTY = np.int64(-1)
+_ROWS_AHEAD = 4
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row):
+    """``out[i] = values[rows[i], :dim]`` (float32 arena; ``dim = out.shape[1]``, state may
+    follow in the arena's later columns), or the default vector of ``keys[i]`` where
+    ``rows[i] < 0``. Returns the number of rows found."""
+    n = rows.shape[0]
+    dim = out.shape[1]
+    nbytes = dim * values.itemsize
+    hits = 0
+    for i in range(n + LOOKAHEAD):
+        if i < n and rows[i] >= 0:
+            prefetch_head(values, rows[i], nbytes)
+        j = i - LOOKAHEAD
+        if j < 0:
+            continue
+        r = rows[j]
+        if r >= 0:
+            for c in range(dim):
+                out[j, c] = values[r, c]
+            hits += 1
+        else:
+            init_row(init_kind, init_params, seed, keys[j], default_row, out, j)
+    return hits
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def gather_rows_f16(
+    values, half_to_f32, rows, keys, out, init_kind, init_params, seed, default_row
+):
+    """:func:`gather_rows` over a float16 arena stored as ``uint16`` bits, widened through
+    the 65,536-entry table ``half_to_f32``."""
+    n = rows.shape[0]
+    dim = out.shape[1]
+    hits = 0
+    for i in range(n + LOOKAHEAD):
+        if i < n and rows[i] >= 0:
+            prefetch_row(values, rows[i])
+        j = i - LOOKAHEAD
+        if j < 0:
+            continue
+        r = rows[j]
+        if r >= 0:
+            for c in range(dim):
+                out[j, c] = half_to_f32[values[r, c]]
+            hits += 1
+        else:
+            init_row(init_kind, init_params, seed, keys[j], default_row, out, j)
+    return hits
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def find_f32(index, values, keys, out, found, init_kind, init_params, seed, default_row):
     """Copy each key's row (float32 arena) into ``out``; misses get the default vector.
     Returns the number of hits."""
-    hits = 0
-    dim = values.shape[1]
+    rows = np.empty(keys.shape[0], dtype=np.int64)
+    locate(index, keys, rows)
     for i in range(keys.shape[0]):
-        r = probe(index, keys[i])
-        if r >= 0:
-            for j in range(dim):
-                out[i, j] = values[r, j]
-            found[i] = True
-            hits += 1
-        else:
-            found[i] = False
-            init_row(init_kind, init_params, seed, keys[i], default_row, out[i])
-    return hits
+        found[i] = rows[i] >= 0
+    return gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def find_f16(
     index, values, half_to_f32, keys, out, found, init_kind, init_params, seed, default_row
 ):
-    """:func:`find_f32` over a float16 arena stored as ``uint16`` bits, widened through the
-    65,536-entry table ``half_to_f32``."""
-    hits = 0
-    dim = values.shape[1]
+    """:func:`find_f32` over a float16 arena."""
+    rows = np.empty(keys.shape[0], dtype=np.int64)
+    locate(index, keys, rows)
     for i in range(keys.shape[0]):
-        r = probe(index, keys[i])
-        if r >= 0:
-            for j in range(dim):
-                out[i, j] = half_to_f32[values[r, j]]
-            found[i] = True
-            hits += 1
-        else:
-            found[i] = False
-            init_row(init_kind, init_params, seed, keys[i], default_row, out[i])
-    return hits
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row):
-    """``out[i] = values[rows[i]]``, or the default vector of ``keys[i]`` where ``rows[i] < 0``."""
-    dim = values.shape[1]
-    for i in range(rows.shape[0]):
-        r = rows[i]
-        if r >= 0:
-            for j in range(dim):
-                out[i, j] = values[r, j]
-        else:
-            init_row(init_kind, init_params, seed, keys[i], default_row, out[i])
+        found[i] = rows[i] >= 0
+    return gather_rows_f16(
+        values, half_to_f32, rows, keys, out, init_kind, init_params, seed, default_row
+    )
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -94,13 +121,12 @@ def resolve_rows(
     scalars,
     row_keys,
     meta,
-    values,
-    state,
+    arena,
     keys,
     counts,
     start,
     first_admitted,
-    rows_out,
+    rows,
     sketch,
     admit_after,
     lfu,
@@ -112,25 +138,41 @@ def resolve_rows(
     hp,
     now,
 ):
-    """Row of each key from ``start`` on, inserting admitted new keys (initialized value and
-    optimizer state, next version); ``rows_out[i] = -1`` for keys not admitted yet.
+    """Complete ``rows`` (filled by ``cuckoo.locate``) from ``start`` on: record the access
+    to each found row, insert admitted new keys (initialized value and optimizer state, next
+    version), and leave -1 for keys not admitted yet.
 
     ``now`` is in unix microseconds. Each key counts ``counts[i]`` sightings (1 each when
     ``counts`` is empty). Stops early with a status when the index or the arenas are full; the
     caller grows them and calls again from the returned position (after
     ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed admission).
+    Rows already located stay valid across growth: rows never move. ``arena`` holds each
+    row's values (``dim`` columns) followed by its optimizer state.
     Returns ``(status, position, inserted, rejected)``.
     """
-    capacity = values.shape[0]
+    capacity = arena.shape[0]
+    dim = default_row.shape[1]
+    width = arena.shape[1] - dim
+    n = keys.shape[0]
     inserted = 0
     rejected = 0
-    for i in range(start, keys.shape[0]):
+    mask = np.uint64(index.shape[0] - 1)
+    for i in range(start, n):
+        ahead = i + LOOKAHEAD
+        if ahead < n:
+            if rows[ahead] >= 0:
+                prefetch_row(meta, rows[ahead])
+            else:  # new keys are probed and inserted again: bring their buckets back
+                prefetch_at(index, bucket_a(keys[ahead], mask), 0)
+                prefetch_at(index, bucket_b(keys[ahead], mask), 0)
         key = keys[i]
         increment = 1 if counts.shape[0] == 0 else counts[i]
-        r = probe(index, key)
+        r = rows[i]
+        if r < 0:
+            r = probe(index, key)  # an earlier duplicate in this batch may have inserted it
         if r >= 0:
             touch(scalars, meta, r, increment, lfu)
-            rows_out[i] = r
+            rows[i] = r
             continue
         if scalars[LIVE] + 1 > max_live:
             return NEED_INDEX, i, inserted, rejected
@@ -138,10 +180,13 @@ def resolve_rows(
             return NEED_ROWS, i, inserted, rejected
         counted = admit_after > 1 and not (first_admitted and i == start)
         if counted and count_and_estimate(sketch, key, increment) < admit_after:
-            rows_out[i] = _EMPTY
+            rows[i] = _EMPTY
             rejected += 1
             continue
         r = take_row(scalars, row_keys)
+        upcoming = scalars[HIGH] + _ROWS_AHEAD  # new rows are mostly taken in order
+        if upcoming < capacity:
+            prefetch_row(arena, upcoming)
         if not insert(index, key, r, rng):
             give_back_row(scalars, row_keys, meta, r)
             return NEED_INDEX_ADMITTED, i, inserted, rejected
@@ -154,8 +199,8 @@ def resolve_rows(
         meta[r, PUSHES_COL] = 0
         meta[r, USAGE_COL] = 0
         touch(scalars, meta, r, increment, lfu)
-        init_row(init_kind, init_params, seed, key, default_row, values[r])
-        init_state(opt_kind, hp, state[r])
-        rows_out[i] = r
+        init_row(init_kind, init_params, seed, key, default_row, arena, r)
+        init_state(opt_kind, hp, arena, r, dim, width)
+        rows[i] = r
         inserted += 1
-    return DONE, keys.shape[0], inserted, rejected
+    return DONE, n, inserted, rejected

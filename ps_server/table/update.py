@@ -8,6 +8,7 @@ from numba import njit
 from ps_client.routing import mix64
 from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.cuckoo import insert, probe
+from ps_server.table.prefetch import prefetch_row
 from ps_server.table.rows import (
     DEFAULT_PUSHES,
     DEFAULT_VERSION,
@@ -27,33 +28,50 @@ from ps_server.table.rows import (
 )
 
 SEED_BATCH = np.uint64(0x452821E638D01377)
+
+
+STEP_LOOKAHEAD = 8  # rows ahead: each prefetch is a whole row plus its metadata
 _MAX_PUSHES = 0xFFFFFFFF  # exported as uint32
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def dedup_sum(keys, grads):
-    """Unique keys in first-seen order, their counts and summed gradients.
+def first_non_finite_row(bits):
+    """Index of the first row holding a NaN or Inf, or -1; ``bits`` is the float32 gradient
+    array viewed as ``uint32`` (a value is not finite when its exponent bits are all set)."""
+    exponent = np.uint32(0x7F800000)
+    for i in range(bits.shape[0]):
+        top = np.uint32(0)
+        for j in range(bits.shape[1]):
+            top = max(top, bits[i, j] & exponent)
+        if top == exponent:
+            return i
+    return -1
 
-    Returns ``(bad, unique, counts, summed, n_unique)``: ``bad`` is the first row holding a
-    NaN or Inf (then nothing else is meaningful), else -1; the arrays are sized ``len(keys)``,
-    valid up to ``n_unique``.
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def dedup(keys):
+    """Distinct keys in first-seen order, without copying gradients.
+
+    Returns ``(unique, counts, first, next_same, n_unique)``: ``first[u]`` is the position of
+    the first occurrence of ``unique[u]`` in ``keys``; ``next_same[i]`` the position of the
+    next occurrence of ``keys[i]`` (-1 at the last). Arrays are sized ``len(keys)``, valid up
+    to ``n_unique``.
     """
     n = keys.shape[0]
-    dim = grads.shape[1]
     unique = np.empty(n, dtype=np.uint64)
-    counts = np.zeros(n, dtype=np.int64)
-    summed = np.empty((n, dim), dtype=np.float32)
+    counts = np.empty(n, dtype=np.int64)
+    first = np.empty(n, dtype=np.int64)
+    last = np.empty(n, dtype=np.int64)
+    next_same = np.empty(n, dtype=np.int64)
     size = 1
     while size < 2 * n:
         size *= 2
     mask = np.uint64(size - 1)
-    slots = np.full(size, -1, dtype=np.int64)
+    slots = np.full(size, -1, dtype=np.int32)
     u = 0
     for i in range(n):
-        for j in range(dim):
-            if not np.isfinite(grads[i, j]):
-                return i, unique, counts, summed, 0
         key = keys[i]
+        next_same[i] = -1
         h = mix64(key ^ SEED_BATCH) & mask
         while True:
             k = slots[h]
@@ -61,27 +79,41 @@ def dedup_sum(keys, grads):
                 slots[h] = u
                 unique[u] = key
                 counts[u] = 1
-                for j in range(dim):
-                    summed[u, j] = grads[i, j]
+                first[u] = i
+                last[u] = i
                 u += 1
                 break
             if unique[k] == key:
                 counts[k] += 1
-                for j in range(dim):
-                    summed[k, j] += grads[i, j]
+                next_same[last[k]] = i
+                last[k] = i
                 break
             h = (h + np.uint64(1)) & mask
-    return -1, unique, counts, summed, u
+    return unique, counts, first, next_same, u
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _add_occurrences(grads, i, next_same, out):
+    """``out[0] = sum of grads rows i, next_same[i], ...`` (all occurrences of one key)."""
+    dim = grads.shape[1]
+    for j in range(dim):
+        out[0, j] = grads[i, j]
+    i = next_same[i]
+    while i >= 0:
+        for j in range(dim):
+            out[0, j] += grads[i, j]
+        i = next_same[i]
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def apply_steps(
-    values,
-    state,
+    arena,
     meta,
     scalars,
     rows,
     grads,
+    first,
+    next_same,
     counts,
     opt_kind,
     hp,
@@ -91,24 +123,43 @@ def apply_steps(
     default_row,
     default_state,
 ):
-    """One optimizer step per row ``rows[u] >= 0`` with gradient ``grads[u]``; each updated row
-    takes the next version. With ``learn_default``, the summed gradients of rows not admitted
-    (``rows[u] < 0``) train the default row in one step. ``now`` is in unix microseconds.
-    Returns ``(updated, pending)``."""
+    """One optimizer step per distinct key ``u`` with ``rows[u] >= 0``, its gradient the sum
+    of its occurrences in ``grads`` (``first``/``next_same`` from :func:`dedup`); each
+    updated row takes the next version. With ``learn_default``, the summed gradients of keys
+    not admitted (``rows[u] < 0``) train the default row in one step. ``now`` is in unix
+    microseconds. ``arena`` holds each row's values (``dim`` columns) and then its optimizer
+    state, so one step touches one contiguous stretch of memory. Returns
+    ``(updated, pending)``."""
     updated = 0
     pending = 0
-    dim = values.shape[1]
-    pending_grad = np.zeros(dim, dtype=np.float32)
-    for u in range(rows.shape[0]):
+    dim = grads.shape[1]
+    n = rows.shape[0]
+    summed = np.empty((1, dim), dtype=np.float32)
+    pending_grad = np.zeros((1, dim), dtype=np.float32)
+    for i in range(n + STEP_LOOKAHEAD):
+        if i < n and rows[i] >= 0:
+            r = rows[i]
+            prefetch_row(arena, r)
+            prefetch_row(meta, r)
+        u = i - STEP_LOOKAHEAD
+        if u < 0:
+            continue
         r = rows[u]
+        if counts[u] == 1:
+            g = grads
+            gr = first[u]
+        else:
+            _add_occurrences(grads, first[u], next_same, summed)
+            g = summed
+            gr = 0
         if r < 0:
             pending += 1
             if learn_default:
                 for j in range(dim):
-                    pending_grad[j] += grads[u, j]
+                    pending_grad[0, j] += g[gr, j]
             continue
         scale = frequency_lr_scale(float(meta[r, PUSHES_COL]), frequency_power)
-        optimizer_step(opt_kind, hp, values[r], state[r], grads[u], scale)
+        optimizer_step(opt_kind, hp, arena, r, arena, r, dim, g, gr, scale)
         meta[r, PUSHES_COL] = min(meta[r, PUSHES_COL] + counts[u], _MAX_PUSHES)
         meta[r, UPDATED_COL] = now
         v = scalars[VERSION] + 1
@@ -117,7 +168,7 @@ def apply_steps(
         updated += 1
     if learn_default and pending > 0:
         scale = frequency_lr_scale(float(scalars[DEFAULT_PUSHES]), frequency_power)
-        optimizer_step(opt_kind, hp, default_row, default_state, pending_grad, scale)
+        optimizer_step(opt_kind, hp, default_row, 0, default_state, 0, 0, pending_grad, 0, scale)
         scalars[DEFAULT_PUSHES] += 1
         v = scalars[VERSION] + 1
         scalars[VERSION] = v
@@ -133,8 +184,7 @@ def upsert_rows(
     scalars,
     row_keys,
     meta,
-    values,
-    state,
+    arena,
     keys,
     new_values,
     new_versions,
@@ -151,15 +201,16 @@ def upsert_rows(
 ):
     """Write delta rows whose version is newer than the held one, keeping their versions.
 
-    ``new_values`` has the arena's dtype. With ``has_state``, optimizer state, push counts and
-    update times come from the delta (when the arena has state columns); otherwise new rows
-    get fresh optimizer state and existing rows keep theirs. A non-empty ``new_usage`` sets
+    ``arena`` holds values then optimizer state per row; ``new_values`` has its dtype. With
+    ``has_state``, optimizer state, push counts and update times come from the delta (when
+    the arena has state columns); otherwise new rows get fresh optimizer state and existing
+    rows keep theirs. A non-empty ``new_usage`` sets
     eviction ranks. Times are unix microseconds. Resumable like ``resolve_rows``.
     Returns ``(status, position, applied, skipped)``.
     """
-    capacity = values.shape[0]
-    dim = values.shape[1]
-    width = state.shape[1]
+    capacity = arena.shape[0]
+    dim = new_values.shape[1]
+    width = arena.shape[1] - dim
     applied = 0
     skipped = 0
     for i in range(start, keys.shape[0]):
@@ -187,12 +238,12 @@ def upsert_rows(
             meta[r, PUSHES_COL] = 0
             meta[r, UPDATED_COL] = now
             if not has_state:
-                init_state(opt_kind, hp, state[r])
+                init_state(opt_kind, hp, arena, r, dim, width)
         for j in range(dim):
-            values[r, j] = new_values[i, j]
+            arena[r, j] = new_values[i, j]
         if has_state:
             for j in range(width):
-                state[r, j] = new_state[i, j]
+                arena[r, dim + j] = new_state[i, j]
             meta[r, PUSHES_COL] = new_push_count[i]
             meta[r, UPDATED_COL] = new_last_update[i]
         if new_usage.shape[0] != 0:

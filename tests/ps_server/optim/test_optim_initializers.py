@@ -14,7 +14,7 @@ DIM = 16
 def run(name: str, args: dict, keys: np.ndarray, seed: int, dim: int = DIM) -> np.ndarray:
     spec = INITIALIZERS[name]
     out = np.empty((len(keys), dim), np.float32)
-    default = np.arange(dim, dtype=np.float32)
+    default = np.arange(dim, dtype=np.float32)[None, :]
     init_rows(spec.kind, spec.parameters(args), np.uint64(seed), keys, default, out)
     return out
 

@@ -1,0 +1,260 @@
+"""Embedding table throughput and memory against the memory-bound ceiling and a dict.
+
+One process, dim 64 float32, a table of ``--rows`` live rows (default 1 M), batches of
+65,536 uniformly random existing keys. Each reference runs in the same process on the same
+machine state:
+
+- ``gather``: a plain Numba loop ``out[i] = arena[idx[i]]`` with precomputed row indices
+  over a dense arena of the same shape (the memory-bound ceiling of any lookup).
+- ``dict``: a Python ``dict`` from key to numpy row, read with a list comprehension.
+
+Measured: ``find`` (read-only lookups), ``find_or_insert`` of new keys (normal
+initializer; the table starts empty, so every growth of index and arenas is included),
+``apply_gradients`` with Adagrad, and memory: ``memory_bytes()`` per row against the raw
+payload (key + value + optimizer state) and against the growth of the process RSS.
+Times are CPU time of the benchmark thread (``time.thread_time``: user plus system, so page
+faults count, but waiting for a core on a shared machine does not); each throughput is the
+best of ``--repeats`` runs, and the runs of ours and of the references are interleaved so
+they see the same machine.
+
+    python benchmarks/table_bench.py --json results/table_bench.json [--rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
+
+import numba  # noqa: E402
+from numba import njit  # noqa: E402
+
+from ps_server.table import EmbeddingTable, TableConfig  # noqa: E402
+
+DIM = 64
+TARGETS = {  # ratio name -> (minimum, enforced by --check)
+    "find / gather": (0.5, True),
+    "find / dict": (5.0, False),
+    "find_or_insert new keys / gather": (0.25, True),
+    "apply_gradients adagrad / gather": (0.25, True),
+}
+MAX_BYTES_RATIO = 1.3
+
+
+@njit(nogil=True, cache=True)
+def gather(arena: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """The reference: copy rows at precomputed indices."""
+    for i in range(idx.shape[0]):
+        r = idx[i]
+        for j in range(arena.shape[1]):
+            out[i, j] = arena[r, j]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def best_rates(
+    runs: dict[str, Callable[[int], None]], batches: int, batch: int, repeats: int
+) -> dict[str, float]:
+    """Rows per second of each ``run(b)`` over ``batches`` batches, best of ``repeats``; the
+    repeats of all runs are interleaved."""
+    best = dict.fromkeys(runs, float("inf"))
+    for run in runs.values():
+        run(0)  # warm caches and compiled code
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.thread_time()
+            for b in range(batches):
+                run(b)
+            best[name] = min(best[name], time.thread_time() - start)
+    return {name: batches * batch / seconds for name, seconds in best.items()}
+
+
+def config() -> TableConfig:
+    return TableConfig(
+        name="bench", dim=DIM, optimizer="adagrad", optimizer_args={"lr": 0.05},
+        initializer="normal",
+    )  # fmt: skip
+
+
+def build_table(keys: np.ndarray, batch: int) -> tuple[EmbeddingTable, float]:
+    table = EmbeddingTable(config())
+    start = time.thread_time()
+    for lo in range(0, len(keys), batch):
+        table.find_or_insert(keys[lo : lo + batch])
+    return table, len(keys) / (time.thread_time() - start)
+
+
+def warm_up() -> None:
+    """Compile (or load) every kernel on a tiny table so no timing includes it."""
+    t = EmbeddingTable(config())
+    keys = np.arange(100, dtype=np.uint64)
+    t.find_or_insert(keys)
+    t.find(keys)
+    t.apply_gradients(keys, np.ones((100, DIM), np.float32))
+    gather(np.ones((4, DIM), np.float32), np.zeros(2, np.int64), np.empty((2, DIM), np.float32))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000, help="live rows (default 1 M)")
+    p.add_argument("--batch", type=int, default=65_536, help="keys per batch")
+    p.add_argument("--batches", type=int, default=16, help="batches per timed run")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
+    p.add_argument("--json", type=Path, help="write results here (and a .md table beside it)")
+    p.add_argument("--check", action="store_true", help="exit 1 when an enforced target fails")
+    args = p.parse_args(argv)
+    rows, batch, batches = args.rows, args.batch, args.batches
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**64, rows + rows // 50 + 100, dtype=np.uint64))
+    keys = rng.permutation(keys)[:rows]
+    queries = rng.integers(0, rows, (batches, batch))
+    query_keys = keys[queries]
+    grads = rng.standard_normal((batch, DIM), dtype=np.float32) * np.float32(0.01)
+    warm_up()
+
+    # find_or_insert of new keys, growth included: best of two builds from empty
+    gc.collect()
+    rss_before = rss_bytes()
+    table, insert_rate = build_table(keys, batch)
+    gc.collect()
+    rss_growth = rss_bytes() - rss_before
+    del table
+    gc.collect()
+    table, second_rate = build_table(keys, batch)
+    insert_rate = max(insert_rate, second_rate)
+    payload = 8 + DIM * 4 + table.state_width * 4
+    bytes_per_row = table.memory_bytes() / len(table)
+
+    arena = rng.standard_normal((rows, DIM), dtype=np.float32)
+    out = np.empty((batch, DIM), np.float32)
+    arena[:] = table.find(keys)[0]  # same values, and every page touched
+    rates = best_rates(
+        {
+            "gather": lambda b: gather(arena, queries[b], out),
+            "find": lambda b: table.find(query_keys[b]),
+            "apply_gradients adagrad": lambda b: table.apply_gradients(query_keys[b], grads),
+        },
+        batches,
+        batch,
+        args.repeats,
+    )
+    rates["find_or_insert new keys"] = insert_rate
+    rows_of = dict(zip(keys.tolist(), list(arena), strict=True))
+    dict_batches = max(1, min(batches, 3))
+    rates |= best_rates(
+        {"dict": lambda b: np.stack([rows_of[k] for k in query_keys[b].tolist()])},
+        dict_batches,
+        batch,
+        1,
+    )
+    ratios = {
+        "find / gather": rates["find"] / rates["gather"],
+        "find / dict": rates["find"] / rates["dict"],
+        "find_or_insert new keys / gather": rates["find_or_insert new keys"] / rates["gather"],
+        "apply_gradients adagrad / gather": rates["apply_gradients adagrad"] / rates["gather"],
+    }
+    memory = {
+        "rows": len(table),
+        "memory_bytes": table.memory_bytes(),
+        "bytes_per_row": bytes_per_row,
+        "payload_bytes_per_row": payload,
+        "bytes_per_row / payload": bytes_per_row / payload,
+        "rss_growth_bytes_per_row": rss_growth / rows,
+        "rss_growth / memory_bytes": rss_growth / table.memory_bytes(),
+        "load_factor": table.load_factor(),
+        "capacity": table.capacity,
+    }
+    checks = {
+        name: {"ratio": value, "target": TARGETS[name][0], "ok": value >= TARGETS[name][0]}
+        for name, value in ratios.items()
+    }
+    checks["bytes_per_row / payload"] = {
+        "ratio": memory["bytes_per_row / payload"],
+        "target": MAX_BYTES_RATIO,
+        "ok": memory["bytes_per_row / payload"] <= MAX_BYTES_RATIO,
+    }
+    result = {
+        "benchmark": "table_bench",
+        "params": {
+            "rows": rows,
+            "dim": DIM,
+            "batch": batch,
+            "batches": batches,
+            "repeats": args.repeats,
+        },  # fmt: skip
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "numba": numba.__version__,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },  # fmt: skip
+        "rows_per_second": rates,
+        "checks": checks,
+        "memory": memory,
+    }
+    markdown = render(result)
+    print(markdown)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        args.json.with_suffix(".md").write_text(markdown + "\n")
+    enforced_ok = all(
+        c["ok"] for name, c in checks.items() if name not in TARGETS or TARGETS[name][1]
+    )
+    return 0 if enforced_ok or not args.check else 1
+
+
+def render(result: dict) -> str:
+    r = result["rows_per_second"]
+    m = result["memory"]
+    p = result["params"]
+    lines = [
+        f"table_bench: {p['rows']:,} rows, dim {p['dim']}, batches of {p['batch']:,} "
+        f"random existing keys, best of {p['repeats']}",
+        "",
+        "| measurement | rows/s | reference | ratio | target |",
+        "| --- | ---: | --- | ---: | --- |",
+    ]
+    for name, ref in (
+        ("find", "gather"),
+        ("find", "dict"),
+        ("find_or_insert new keys", "gather"),
+        ("apply_gradients adagrad", "gather"),
+    ):
+        c = result["checks"][f"{name} / {ref}"]
+        mark = "ok" if c["ok"] else "MISSED"
+        lines.append(
+            f"| {name} | {r[name] / 1e6:.2f} M | {ref} {r[ref] / 1e6:.2f} M | {c['ratio']:.2f} | "
+            f">= {c['target']} {mark} |"
+        )
+    c = result["checks"]["bytes_per_row / payload"]
+    lines.append(
+        f"| memory_bytes per row | {m['bytes_per_row']:.0f} B | payload "
+        f"{m['payload_bytes_per_row']} B | {c['ratio']:.3f} | <= {c['target']} "
+        f"{'ok' if c['ok'] else 'MISSED'} |"
+    )
+    lines.append(
+        f"| RSS growth per row | {m['rss_growth_bytes_per_row']:.0f} B | memory_bytes "
+        f"{m['bytes_per_row']:.0f} B | {m['rss_growth / memory_bytes']:.3f} | reported |"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
