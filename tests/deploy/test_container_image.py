@@ -229,7 +229,10 @@ def _replay_dockerfile(root: Path) -> Image:
         if result.returncode != 0:  # first run on this machine: fill the wheelhouse, retry
             shutil.rmtree(venv, ignore_errors=True)
             download = [sys.executable, "-m", "pip", "download", "--dest", str(wheelhouse), *fill]
-            subprocess.run(download, check=True, capture_output=True, timeout=_STEP_TIMEOUT)
+            fetched = subprocess.run(
+                download, capture_output=True, text=True, timeout=_STEP_TIMEOUT
+            )
+            assert fetched.returncode == 0, f"{result.stderr}\n{fetched.stderr}"
             result = subprocess.run(
                 ["sh", "-c", command], cwd=cwd, env=offline, capture_output=True, text=True,
                 timeout=_STEP_TIMEOUT,
