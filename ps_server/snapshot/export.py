@@ -38,6 +38,7 @@ from ps_server.snapshot.format import (
     expect_int,
     expect_type,
     fsync_dir,
+    publish_files,
     read_json,
     read_npy,
     verify_file,
@@ -225,7 +226,7 @@ def _write_bundle(
     files: dict[str, FileEntry] = {}
 
     def put(rel: str, array: np.ndarray) -> str:
-        files[rel] = write_npy(work, rel, array)
+        files[rel] = write_npy(work, rel, array, publish=False)
         return rel
 
     clipped = 0
@@ -267,6 +268,7 @@ def _write_bundle(
                 "dense": dense,
             }
         )
+    publish_files(work, list(files))
     fsync_dir(work)
     manifest = {
         "format": BUNDLE_FORMAT,

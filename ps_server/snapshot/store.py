@@ -43,6 +43,7 @@ from ps_server.snapshot.format import (
     fsync_dir,
     parse_snapshot_dir_name,
     parse_work_dir_name,
+    publish_files,
     read_json,
     read_npy,
     snapshot_dir_name,
@@ -495,7 +496,7 @@ def _write_arrays(
     files: dict[str, FileEntry] = {}
 
     def put(rel: str, array: np.ndarray) -> str:
-        files[rel] = write_npy(work, rel, array)
+        files[rel] = write_npy(work, rel, array, publish=False)
         return rel
 
     table_entries = {}
@@ -525,5 +526,6 @@ def _write_arrays(
             },
             meta=dense_meta,
         )
+    publish_files(work, list(files))
     fsync_dir(work)
     return table_entries, dense_entry, files

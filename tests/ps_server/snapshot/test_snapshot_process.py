@@ -249,10 +249,6 @@ def test_sigterm_snapshot_holds_every_acknowledged_push_then_damage_falls_back(
         values, _ = client.lookup("item", acked[-1])
         np.testing.assert_array_equal(values, -2.0)
     server.kill()
-    server.start()  # the run before died: a new epoch although the snapshot is clean
-    with Client(server.address) as client:
-        assert client.epoch() != epoch
-    server.kill()
 
     final_path = max(snaps.glob("snap-*"))
     victim = max(final_path.glob("*.npy"), key=lambda p: p.stat().st_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from snapshot_helpers import SERVER, ReferenceTable, Trainer, assert_section_matches, make_dense
 
+from ps_server.snapshot import store as store_module
 from ps_server.snapshot.content import TableSnapshot
 from ps_server.snapshot.format import MANIFEST_NAME, CorruptSnapshotError
 from ps_server.snapshot.merge import merge_chain
@@ -240,11 +242,11 @@ _CRASHING_WRITER = textwrap.dedent(
     real_write = store_module.write_npy
     calls = []
 
-    def write_then_die(directory, name, array):
+    def write_then_die(directory, name, array, **kwargs):
         calls.append(name)
         if len(calls) == int(sys.argv[2]):
             os._exit(9)  # dies like SIGKILL: no cleanup, no exception handlers
-        return real_write(directory, name, array)
+        return real_write(directory, name, array, **kwargs)
 
     store_module.write_npy = write_then_die
     n = 1000
@@ -341,7 +343,7 @@ def _expected_chain(kinds: list[str], damaged: int | None) -> list[int]:
 
 
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
@@ -370,3 +372,24 @@ def test_restore_is_the_newest_intact_state_under_any_single_damage(
         assert result.lost_updates == ((expected[-1] if expected else 0) < len(kinds))
         if expected:
             assert_restores_state(trainer.store, trainer.states[expected[-1]])
+
+
+def test_failed_write_leaves_nothing_behind(two_chains, monkeypatch):
+    """A write that fails midway (disk full) removes its partial directory."""
+    real_write = store_module.write_npy
+    calls = []
+
+    def write_until_full(directory, name, array, **kwargs):
+        calls.append(name)
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(directory, name, array, **kwargs)
+
+    monkeypatch.setattr(store_module, "write_npy", write_until_full)
+    with pytest.raises(OSError, match="No space left"):
+        two_chains.snapshot("incr")
+    monkeypatch.undo()
+    store = two_chains.store
+    assert not store.work_dirs() and [s.seq for s in store.snapshots()] == [1, 2, 3, 4, 5, 6]
+    assert_restores_state(store, two_chains.states[6])
+    assert two_chains.snapshot("incr") == 7
