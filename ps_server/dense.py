@@ -17,7 +17,7 @@ import numpy as np
 
 from ps_server.errors import BadRequestError, UnknownNameError, WrongRoleError
 from ps_server.optim.initializers import INITIALIZERS, init_rows
-from ps_server.optim.optimizers import OPTIMIZERS, init_state, optimizer_step
+from ps_server.optim.optimizers import OPTIMIZERS, init_state_rows, optimizer_step
 
 if TYPE_CHECKING:
     from monolith_ps.config import DenseConfig
@@ -74,6 +74,7 @@ class DenseStore:
         for cfg in configs:
             spec = OPTIMIZERS[cfg.optimizer]
             init = INITIALIZERS[cfg.initializer]
+            # One row of ``size`` values, as the row kernels expect.
             values = np.empty((1, cfg.size), dtype=np.float32)
             key = np.array([zlib.crc32(cfg.name.encode())], dtype=np.uint64)
             init_rows(
@@ -81,14 +82,14 @@ class DenseStore:
                 init.parameters(dict(cfg.initializer_args)),
                 np.uint64(cfg.seed),
                 key,
-                np.zeros(cfg.size, dtype=np.float32),
+                np.zeros((1, cfg.size), dtype=np.float32),
                 values,
             )
-            self._values[cfg.name] = values[0]
+            self._values[cfg.name] = values
             if trainable:
                 hyper = spec.hyper_parameters(dict(cfg.optimizer_args))
-                state = np.empty(spec.state_width(cfg.size), dtype=np.float32)
-                init_state(spec.kind, hyper, state)
+                state = np.empty((1, spec.state_width(cfg.size)), dtype=np.float32)
+                init_state_rows(spec.kind, hyper, state)
                 self._states[cfg.name] = state
                 self._hyper[cfg.name] = (spec.kind, hyper)
 
@@ -115,7 +116,7 @@ class DenseStore:
             self.size_of(name)
         with self._lock:
             wanted = names or list(self._values)
-            return {name: self._values[name].copy() for name in wanted}, self._version
+            return {name: self._values[name][0].copy() for name in wanted}, self._version
 
     def push(self, grads: Mapping[str, np.ndarray]) -> int:
         """Apply one optimizer step to each named array; returns the new version.
@@ -127,10 +128,10 @@ class DenseStore:
         checked = {}
         for name, grad in grads.items():
             size = self.size_of(name)
-            grad = np.ascontiguousarray(grad, dtype=np.float32).reshape(-1)
-            if grad.shape[0] != size:
+            grad = np.ascontiguousarray(grad, dtype=np.float32).reshape(1, -1)
+            if grad.shape[1] != size:
                 raise BadRequestError(
-                    f"grads of dense array {name!r}: expected {size} values, got {grad.shape[0]}"
+                    f"grads of dense array {name!r}: expected {size} values, got {grad.shape[1]}"
                 )
             if not np.isfinite(grad).all():
                 raise BadRequestError(f"grads of dense array {name!r}: NaN or Inf")
@@ -138,15 +139,17 @@ class DenseStore:
         with self._lock:
             for name, grad in checked.items():
                 kind, hyper = self._hyper[name]
-                optimizer_step(kind, hyper, self._values[name], self._states[name], grad, 1.0)
+                optimizer_step(
+                    kind, hyper, self._values[name], 0, self._states[name], 0, 0, grad, 0, 1.0
+                )
             self._version += 1
             return self._version
 
     def export(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
         """Copies of values and optimizer states (empty on serving), and the version."""
         with self._lock:
-            values = {name: v.copy() for name, v in self._values.items()}
-            states = {name: s.copy() for name, s in self._states.items()}
+            values = {name: v[0].copy() for name, v in self._values.items()}
+            states = {name: s[0].copy() for name, s in self._states.items()}
             return values, states, self._version
 
     def load(
@@ -164,8 +167,8 @@ class DenseStore:
                 )
         with self._lock:
             for name, array in values.items():
-                self._values[name] = np.array(array, dtype=np.float32).reshape(-1)
+                self._values[name] = np.array(array, dtype=np.float32).reshape(1, -1)
             for name, state in (states or {}).items():
                 if name in self._states:
-                    self._states[name] = np.array(state, dtype=np.float32).reshape(-1)
+                    self._states[name] = np.array(state, dtype=np.float32).reshape(1, -1)
             self._version = int(version)
