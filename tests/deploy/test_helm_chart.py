@@ -309,6 +309,8 @@ def test_shard_counts_follow_values(rendering: Rendering) -> None:
             if s["metadata"]["name"] == statefulset["spec"]["serviceName"]
         )
         assert service["spec"]["clusterIP"] == "None"
+        # A pod gets its DNS name only when ready: clients never reach a restoring shard.
+        assert service["spec"]["publishNotReadyAddresses"] is False
         assert _selects(
             service["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"]
         )
