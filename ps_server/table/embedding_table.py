@@ -288,7 +288,7 @@ class EmbeddingTable:
         counts = counts[:n_unique]
         first = first[:n_unique]
         with self._lock:
-            found_rows = self._resolve(unique, counts, now)
+            found_rows = self._resolve(unique, counts, now, touch_rows=False)
             updated, pending = update.apply_steps(
                 self._rows,
                 self._meta,
@@ -305,6 +305,7 @@ class EmbeddingTable:
                 self._init_kind == LEARNED,
                 self._default_row,
                 self._default_state,
+                self._lfu,
             )
             self._stats["updates"] += updated
             self._evict_over_limit()
@@ -395,11 +396,17 @@ class EmbeddingTable:
                 since_version=since,
             )
             if with_state:
-                delta.opt_state = (
-                    self._rows[picked, self.dim :]
-                    if self._trainable
-                    else np.zeros((len(picked), 0), dtype=np.float32)
-                )
+                if self._trainable:
+                    state = self._rows[picked, self.dim :]
+                    # a row gets its optimizer state at its first push: before, report the
+                    # state it will start from
+                    fresh = meta[:, rows.PUSHES_COL] == 0
+                    initial = np.empty((int(fresh.sum()), self._state_width), dtype=np.float32)
+                    init_state_rows(self._opt_kind, self._hp, initial)
+                    state[fresh] = initial
+                else:
+                    state = np.zeros((len(picked), 0), dtype=np.float32)
+                delta.opt_state = state
                 delta.push_counts = meta[:, rows.PUSHES_COL].astype(np.uint32)
                 delta.last_update = meta[:, rows.UPDATED_COL] / 1e6
                 delta.usage = meta[:, rows.USAGE_COL].copy()
@@ -432,7 +439,7 @@ class EmbeddingTable:
                 status, start, a, s = update.upsert_rows(
                     self._index, self._max_live, self._rng, self._scalars, self._row_keys,
                     self._meta, self._rows, keys, values, versions, has_state, state,
-                    pushes, last_update, usage, start, self._opt_kind, self._hp, now, self._lfu,
+                    pushes, last_update, usage, start, now, self._lfu,
                 )  # fmt: skip
                 applied += a
                 skipped += s
@@ -569,7 +576,9 @@ class EmbeddingTable:
     def _max_live_for(num_buckets: int) -> int:
         return max(1, int(MAX_LOAD_FACTOR * num_buckets * cuckoo.SLOTS))
 
-    def _resolve(self, keys: np.ndarray, counts: np.ndarray, now: float) -> np.ndarray:
+    def _resolve(
+        self, keys: np.ndarray, counts: np.ndarray, now: int, *, touch_rows: bool = True
+    ) -> np.ndarray:
         """Row of each key (-1: not admitted), inserting admitted new keys."""
         found_rows = np.empty(keys.shape[0], dtype=np.int64)
         cuckoo.locate(self._index, keys, found_rows)
@@ -581,8 +590,8 @@ class EmbeddingTable:
                 self._index, self._max_live, self._rng, self._scalars, self._row_keys,
                 self._meta, self._rows, keys, counts, start, first_admitted,
                 found_rows,
-                self._sketch, self._config.admit_after, self._lfu, self._init_kind,
-                self._init_params, self._seed, self._default_row, self._opt_kind, self._hp, now,
+                self._sketch, self._config.admit_after, self._lfu, touch_rows, self._init_kind,
+                self._init_params, self._seed, self._default_row, now,
             )  # fmt: skip
             inserted += ins
             rejected += rej

@@ -12,7 +12,6 @@ import numpy as np
 from numba import njit
 
 from ps_server.optim.initializers import init_row
-from ps_server.optim.optimizers import init_state
 from ps_server.table.admission import count_and_estimate
 from ps_server.table.cuckoo import bucket_a, bucket_b, insert, locate, probe
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_head, prefetch_row
@@ -130,29 +129,28 @@ def resolve_rows(
     sketch,
     admit_after,
     lfu,
+    touch_rows,
     init_kind,
     init_params,
     seed,
     default_row,
-    opt_kind,
-    hp,
     now,
 ):
     """Complete ``rows`` (filled by ``cuckoo.locate``) from ``start`` on: record the access
-    to each found row, insert admitted new keys (initialized value and optimizer state, next
-    version), and leave -1 for keys not admitted yet.
+    to each found row, insert admitted new keys (initialized value, next version), and leave
+    -1 for keys not admitted yet. A new row's optimizer state is written at its first push
+    (a row with push count 0 has none yet): inserting writes only the value.
 
     ``now`` is in unix microseconds. Each key counts ``counts[i]`` sightings (1 each when
     ``counts`` is empty). Stops early with a status when the index or the arenas are full; the
     caller grows them and calls again from the returned position (after
     ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed admission).
-    Rows already located stay valid across growth: rows never move. ``arena`` holds each
-    row's values (``dim`` columns) followed by its optimizer state.
+    Rows already located stay valid across growth: rows never move. Without ``touch_rows``
+    the caller records the accesses itself (``update.apply_steps`` does, in its own pass).
+    ``arena`` holds each row's values (``dim`` columns) followed by its optimizer state.
     Returns ``(status, position, inserted, rejected)``.
     """
     capacity = arena.shape[0]
-    dim = default_row.shape[1]
-    width = arena.shape[1] - dim
     n = keys.shape[0]
     inserted = 0
     rejected = 0
@@ -161,7 +159,8 @@ def resolve_rows(
         ahead = i + LOOKAHEAD
         if ahead < n:
             if rows[ahead] >= 0:
-                prefetch_row(meta, rows[ahead])
+                if touch_rows:
+                    prefetch_row(meta, rows[ahead])
             else:  # new keys are probed and inserted again: bring their buckets back
                 prefetch_at(index, bucket_a(keys[ahead], mask), 0)
                 prefetch_at(index, bucket_b(keys[ahead], mask), 0)
@@ -171,7 +170,8 @@ def resolve_rows(
         if r < 0:
             r = probe(index, key)  # an earlier duplicate in this batch may have inserted it
         if r >= 0:
-            touch(scalars, meta, r, increment, lfu)
+            if touch_rows:
+                touch(scalars, meta, r, increment, lfu)
             rows[i] = r
             continue
         if scalars[LIVE] + 1 > max_live:
@@ -198,9 +198,9 @@ def resolve_rows(
         meta[r, UPDATED_COL] = now
         meta[r, PUSHES_COL] = 0
         meta[r, USAGE_COL] = 0
-        touch(scalars, meta, r, increment, lfu)
+        if touch_rows:
+            touch(scalars, meta, r, increment, lfu)
         init_row(init_kind, init_params, seed, key, default_row, arena, r)
-        init_state(opt_kind, hp, arena, r, dim, width)
         rows[i] = r
         inserted += 1
     return DONE, n, inserted, rejected

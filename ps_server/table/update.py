@@ -122,17 +122,20 @@ def apply_steps(
     learn_default,
     default_row,
     default_state,
+    lfu,
 ):
     """One optimizer step per distinct key ``u`` with ``rows[u] >= 0``, its gradient the sum
     of its occurrences in ``grads`` (``first``/``next_same`` from :func:`dedup`); each
-    updated row takes the next version. With ``learn_default``, the summed gradients of keys
-    not admitted (``rows[u] < 0``) train the default row in one step. ``now`` is in unix
+    updated row takes the next version and records the access (LRU/LFU); a row's first push
+    writes its initial optimizer state first. With ``learn_default``, the summed gradients of
+    keys not admitted (``rows[u] < 0``) train the default row in one step. ``now`` is in unix
     microseconds. ``arena`` holds each row's values (``dim`` columns) and then its optimizer
     state, so one step touches one contiguous stretch of memory. Returns
     ``(updated, pending)``."""
     updated = 0
     pending = 0
     dim = grads.shape[1]
+    width = arena.shape[1] - dim
     n = rows.shape[0]
     summed = np.empty((1, dim), dtype=np.float32)
     pending_grad = np.zeros((1, dim), dtype=np.float32)
@@ -158,9 +161,12 @@ def apply_steps(
                 for j in range(dim):
                     pending_grad[0, j] += g[gr, j]
             continue
+        if meta[r, PUSHES_COL] == 0:  # first push: the row gets its optimizer state now
+            init_state(opt_kind, hp, arena, r, dim, width)
         scale = frequency_lr_scale(float(meta[r, PUSHES_COL]), frequency_power)
         optimizer_step(opt_kind, hp, arena, r, arena, r, dim, g, gr, scale)
         meta[r, PUSHES_COL] = min(meta[r, PUSHES_COL] + counts[u], _MAX_PUSHES)
+        touch(scalars, meta, r, counts[u], lfu)
         meta[r, UPDATED_COL] = now
         v = scalars[VERSION] + 1
         scalars[VERSION] = v
@@ -194,8 +200,6 @@ def upsert_rows(
     new_last_update,
     new_usage,
     start,
-    opt_kind,
-    hp,
     now,
     lfu,
 ):
@@ -203,8 +207,8 @@ def upsert_rows(
 
     ``arena`` holds values then optimizer state per row; ``new_values`` has its dtype. With
     ``has_state``, optimizer state, push counts and update times come from the delta (when
-    the arena has state columns); otherwise new rows get fresh optimizer state and existing
-    rows keep theirs. A non-empty ``new_usage`` sets
+    the arena has state columns); otherwise existing rows keep theirs and new rows get theirs
+    at their first push. A non-empty ``new_usage`` sets
     eviction ranks. Times are unix microseconds. Resumable like ``resolve_rows``.
     Returns ``(status, position, applied, skipped)``.
     """
@@ -235,10 +239,8 @@ def upsert_rows(
             meta[r, USAGE_COL] = 0
             if new_usage.shape[0] == 0:
                 touch(scalars, meta, r, 1, lfu)
-            meta[r, PUSHES_COL] = 0
+            meta[r, PUSHES_COL] = 0  # optimizer state comes at the first push
             meta[r, UPDATED_COL] = now
-            if not has_state:
-                init_state(opt_kind, hp, arena, r, dim, width)
         for j in range(dim):
             arena[r, j] = new_values[i, j]
         if has_state:

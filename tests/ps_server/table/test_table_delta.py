@@ -127,3 +127,20 @@ def test_meta_import_trims_a_long_tombstone_log(make_table):
     assert small.version == big.version
     assert small.export_since(90).tombstone_keys.tolist() == list(range(40, 50))
     assert small.export_since(80).full
+
+
+def test_rows_never_pushed_export_their_initial_optimizer_state(make_table):
+    table = make_table(optimizer="adagrad", optimizer_args={"initial_accumulator": 0.3})
+    keys = np.array([1, 2], np.uint64)
+    table.find_or_insert(keys)
+    table.apply_gradients(keys[:1], np.full((1, 4), 2.0, np.float32))
+    d = table.export_since(0, with_state=True)
+    state = dict(zip(d.keys.tolist(), d.opt_state.tolist(), strict=True))
+    np.testing.assert_allclose(state[2], [0.3] * 4)
+    np.testing.assert_allclose(state[1], [0.3 + 4.0] * 4)
+    # a copy restored from the delta trains row 2 exactly like the original
+    copy = EmbeddingTable(table.config)
+    copy.apply_delta(d)
+    for t in (table, copy):
+        t.apply_gradients(keys[1:], np.ones((1, 4), np.float32))
+    np.testing.assert_array_equal(copy.find(keys)[0], table.find(keys)[0])
