@@ -37,3 +37,35 @@ def shard_of(keys: np.ndarray, num_shards: int) -> np.ndarray:
     out = np.empty(keys.shape[0], dtype=np.int64)
     _shard_of(keys, num_shards, out)
     return out
+
+
+@njit(nogil=True, cache=True)
+def _group_by_shard(keys, num_shards, order, bounds):
+    n = np.uint64(num_shards)
+    shards = np.empty(keys.shape[0], dtype=np.int64)
+    for i in range(keys.shape[0]):
+        s = np.int64(mix64(keys[i]) % n)
+        shards[i] = s
+        bounds[s + 1] += 1
+    for s in range(num_shards):
+        bounds[s + 1] += bounds[s]
+    fill = bounds[:num_shards].copy()
+    for i in range(keys.shape[0]):
+        s = shards[i]
+        order[fill[s]] = i
+        fill[s] += 1
+
+
+def split_by_shard(keys: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """Indices of ``keys`` (``int64``) owned by each shard, in input order within a shard.
+
+    ``keys[split_by_shard(keys, n)[s]]`` are the keys with ``shard_of(key, n) == s``: one
+    pass to count and one to place, no sort.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    order = np.empty(keys.shape[0], dtype=np.int64)
+    bounds = np.zeros(num_shards + 1, dtype=np.int64)
+    _group_by_shard(keys, num_shards, order, bounds)
+    return np.split(order, bounds[1:-1])

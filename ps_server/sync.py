@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import shard_of
+from ps_client.routing import shard_of, split_by_shard
 from ps_server.errors import (
     BadRequestError,
     StreamConflictError,
@@ -114,7 +114,8 @@ def export_table_chunks(
 
     A request whose epoch is not this server's (0 = the caller has none) gets every live
     row, as does one older than the tombstone log reaches: every chunk then says
-    ``full_resync``. The table is read once; chunking runs without its lock.
+    ``full_resync``. With ``route_num_shards``, each chunk holds the keys of one serving
+    shard. The table is read once; chunking runs without its lock.
     """
     table = state.table(request.table)
     same_epoch = request.epoch == state.epoch
@@ -129,8 +130,6 @@ def export_table_chunks(
         request.max_chunk_rows or default_chunk_rows,
         state.config.server.max_message_bytes,
     )
-    n, m = len(delta.keys), len(tomb_keys)
-    num_chunks = max(1, -(-max(n, m) // per_chunk))
     header = {
         "table": request.table,
         "source_shard": state.shard_index,
@@ -141,17 +140,17 @@ def export_table_chunks(
         "dim": table.dim,
         "dtype": wire.dtype_to_wire(delta.values.dtype),
     }
-    for i in range(num_chunks):
-        rows = slice(i * per_chunk, (i + 1) * per_chunk)
+    pieces = _chunk_pieces(delta.keys, tomb_keys, request.route_num_shards, per_chunk)
+    for i, (rows, tombs) in enumerate(pieces):
         chunk = ps_pb2.DeltaChunk(
             **header,
             keys=wire.encode_keys(delta.keys[rows]),
             values=wire.encode_values(delta.values[rows])[0],
             versions=wire.encode_versions(delta.versions[rows]),
-            tombstone_keys=wire.encode_keys(tomb_keys[rows]),
-            tombstone_versions=wire.encode_versions(tomb_versions[rows]),
+            tombstone_keys=wire.encode_keys(tomb_keys[tombs]),
+            tombstone_versions=wire.encode_versions(tomb_versions[tombs]),
         )
-        if i == num_chunks - 1:
+        if i == len(pieces) - 1:
             chunk.last = True
             chunk.complete_version = delta.complete_version
             if delta.default_value is not None:
@@ -160,9 +159,32 @@ def export_table_chunks(
                 )[0]
                 chunk.default_version = delta.default_version
         if metrics is not None:
-            metrics.rows_exported.labels(request.table).inc(len(delta.keys[rows]))
+            metrics.rows_exported.labels(request.table).inc(len(chunk.keys) // 8)
             metrics.bytes_exported.labels(request.table).inc(chunk.ByteSize())
         yield chunk
+
+
+_Piece = tuple[slice | np.ndarray, slice | np.ndarray]
+
+
+def _chunk_pieces(
+    keys: np.ndarray, tomb_keys: np.ndarray, route_num_shards: int, per_chunk: int
+) -> list[_Piece]:
+    """Row and tombstone selections of each chunk: consecutive slices, or, when grouping
+    by serving shard, index arrays of one shard each. Never empty: the last chunk exists."""
+    if route_num_shards <= 1:
+        count = max(1, -(-max(len(keys), len(tomb_keys)) // per_chunk))
+        return [(slice(i * per_chunk, (i + 1) * per_chunk),) * 2 for i in range(count)]
+    row_groups = split_by_shard(keys, route_num_shards)
+    tomb_groups = split_by_shard(tomb_keys, route_num_shards)
+    pieces: list[_Piece] = []
+    for rows, tombs in zip(row_groups, tomb_groups, strict=True):
+        count = -(-max(len(rows), len(tombs)) // per_chunk)
+        pieces.extend(
+            (rows[i * per_chunk : (i + 1) * per_chunk], tombs[i * per_chunk : (i + 1) * per_chunk])
+            for i in range(count)
+        )
+    return pieces or [(slice(0, 0), slice(0, 0))]
 
 
 def export_dense_chunks(

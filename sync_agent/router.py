@@ -3,8 +3,9 @@
 Training shard ``i`` of ``N`` owns keys with ``shard_of(key, N) == i``; serving shard
 ``j`` of ``M`` owns keys with ``shard_of(key, M) == j``. A key of training shard ``i``
 can only land on serving shard ``j`` when ``i`` and ``j`` agree modulo ``gcd(N, M)``
-(both are ``mix64(key)`` reduced), so such pairs are skipped without looking at rows,
-and when ``M`` divides ``N`` every row of a chunk goes to one shard untouched.
+(both are ``mix64(key)`` reduced), so such pairs are skipped without looking at rows.
+A chunk whose keys all belong to one serving shard (always when ``M`` divides ``N``, and
+for every chunk of an export asked with ``route_num_shards``) travels untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import shard_of
+from ps_client.routing import split_by_shard
 
 __all__ = ["ChunkRouter", "Destination", "can_share_keys", "chunk_rows", "is_empty"]
 
@@ -102,6 +103,8 @@ class ChunkRouter:
             cache_key = (dest.num_shards, dest.shard_index, floor)
             if cache_key not in built:
                 whole = passthrough.target(dest.num_shards)
+                if whole is None and floor == 0:
+                    whole = parts.single_shard(dest.num_shards)
                 if n + n_tomb == 0:
                     built[cache_key] = chunk
                 elif whole is not None and floor == 0:
@@ -140,13 +143,26 @@ class _RowParts:
         )
         self._splits: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
 
-    def build(self, num_shards: int, shard_index: int, floor: int) -> ps_pb2.DeltaChunk:
+    def _split(self, num_shards: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if num_shards not in self._splits:
             self._splits[num_shards] = (
-                _split_by_shard(self._keys, num_shards),
-                _split_by_shard(self._tomb_keys, num_shards),
+                split_by_shard(self._keys, num_shards),
+                split_by_shard(self._tomb_keys, num_shards),
             )
-        row_parts, tomb_parts = self._splits[num_shards]
+        return self._splits[num_shards]
+
+    def single_shard(self, num_shards: int) -> int | None:
+        """The one serving shard owning every row and tombstone, if there is one (chunks
+        exported with ``route_num_shards`` are like that and travel whole)."""
+        row_parts, tomb_parts = self._split(num_shards)
+        total = len(self._keys) + len(self._tomb_keys)
+        for shard, (rows, tombs) in enumerate(zip(row_parts, tomb_parts, strict=True)):
+            if len(rows) + len(tombs) == total:
+                return shard
+        return None
+
+    def build(self, num_shards: int, shard_index: int, floor: int) -> ps_pb2.DeltaChunk:
+        row_parts, tomb_parts = self._split(num_shards)
         rows, tombs = row_parts[shard_index], tomb_parts[shard_index]
         if floor:
             rows = rows[self._versions[rows] > floor]
@@ -160,16 +176,6 @@ class _RowParts:
             out.tombstone_keys = wire.encode_keys(self._tomb_keys[tombs])
             out.tombstone_versions = wire.encode_versions(self._tomb_versions[tombs])
         return out
-
-
-def _split_by_shard(keys: np.ndarray, num_shards: int) -> list[np.ndarray]:
-    """Row indices per serving shard, each in stream order."""
-    if num_shards == 1 or len(keys) == 0:
-        return [np.arange(len(keys))] + [np.empty(0, np.int64)] * (num_shards - 1)
-    shards = shard_of(keys, num_shards)
-    order = np.argsort(shards, kind="stable")
-    bounds = np.cumsum(np.bincount(shards, minlength=num_shards))[:-1]
-    return np.split(order, bounds)
 
 
 def _header_only(chunk: ps_pb2.DeltaChunk) -> ps_pb2.DeltaChunk:

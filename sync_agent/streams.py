@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -51,7 +52,7 @@ class StreamLimits:
     chunk_rows: int = 65536
     stream_timeout: float = 600.0
     stall_timeout: float = 30.0
-    queue_chunks: int = 4
+    queue_chunks: int = 2  # per replica: memory ~ parallel exports x replicas x 2 chunks
 
 
 @dataclasses.dataclass
@@ -189,11 +190,14 @@ def run_export(
     outcomes = [ReplicaOutcome(replica) for replica, _ in plan.replicas]
     streams: list[_ReplicaStream] = []
     received = 0
+    shard_counts = Counter(dest.num_shards for _, dest in plan.replicas)
     request = ps_pb2.ExportDeltaRequest(
         table=plan.table.table,
         since_version=plan.since_version,
         epoch=plan.epoch,
         max_chunk_rows=limits.chunk_rows,
+        # chunks of one serving shard each travel whole, without re-encoding
+        route_num_shards=shard_counts.most_common(1)[0][0] if shard_counts else 0,
     )
     export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
     try:
@@ -266,6 +270,10 @@ def run_dense_export(
                     f"asked {source.endpoint.address} for dense arrays, got a chunk of table "
                     f"{chunk.table!r} from shard {chunk.source_shard}"
                 )
+            if chunk.epoch != source.epoch:
+                raise ExportStreamError(
+                    f"{source.endpoint.address} restarted during the round; synced next round"
+                )
             received += chunk.ByteSize()
             if streams is None:
                 nothing_new = incremental and chunk.last and not chunk.dense
@@ -324,6 +332,11 @@ def _check_chunk(chunk: ps_pb2.DeltaChunk, plan: ExportPlan) -> None:
         raise ExportStreamError(
             f"asked {plan.source.endpoint.address} for table {plan.table.table!r} of shard "
             f"{plan.source.shard_index}, got table {chunk.table!r} of shard {chunk.source_shard}"
+        )
+    if chunk.epoch != plan.source.epoch:
+        raise ExportStreamError(
+            f"{plan.source.endpoint.address} restarted during the round (epoch "
+            f"{plan.source.epoch:016x} -> {chunk.epoch:016x}); it is synced next round"
         )
     if chunk.source_num_shards != plan.source.num_shards:
         raise ExportStreamError(

@@ -222,16 +222,18 @@ class SnapshotResponse(_message.Message):
     def __init__(self, path: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class ExportDeltaRequest(_message.Message):
-    __slots__ = ("table", "since_version", "epoch", "max_chunk_rows")
+    __slots__ = ("table", "since_version", "epoch", "max_chunk_rows", "route_num_shards")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     SINCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     table: str
     since_version: int
     epoch: int
     max_chunk_rows: int
-    def __init__(self, table: _Optional[str] = ..., since_version: _Optional[int] = ..., epoch: _Optional[int] = ..., max_chunk_rows: _Optional[int] = ...) -> None: ...
+    route_num_shards: int
+    def __init__(self, table: _Optional[str] = ..., since_version: _Optional[int] = ..., epoch: _Optional[int] = ..., max_chunk_rows: _Optional[int] = ..., route_num_shards: _Optional[int] = ...) -> None: ...
 
 class DeltaChunk(_message.Message):
     __slots__ = ("table", "source_shard", "source_num_shards", "epoch", "full_resync", "since_version", "dim", "dtype", "keys", "values", "versions", "tombstone_keys", "tombstone_versions", "last", "complete_version", "dense", "dense_version", "default_value", "default_version")

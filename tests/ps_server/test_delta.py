@@ -113,6 +113,28 @@ def test_export_streams_chunks_with_the_full_header_and_ends_complete(training):
     np.testing.assert_array_equal(values, expected)
 
 
+def test_export_grouped_by_serving_shard_puts_one_shard_in_each_chunk(training):
+    table = training.state.table("emb")
+    push(training, "emb", np.arange(1500, 1800, dtype=np.uint64))
+    since = table.version
+    push(training, "emb", np.arange(1500, 1700, dtype=np.uint64))
+    table.delete(np.arange(1700, 1760, dtype=np.uint64))
+    request = ps_pb2.ExportDeltaRequest(
+        table="emb", since_version=since, epoch=training.state.epoch, max_chunk_rows=16,
+        route_num_shards=3,
+    )  # fmt: skip
+    chunks = list(stub(training).ExportDelta(request, timeout=30))
+    assert [c.last for c in chunks].count(True) == 1 and chunks[-1].last
+    for c in chunks:
+        owners = set(shard_of(wire.decode_keys(c.keys), 3).tolist())
+        owners |= set(shard_of(wire.decode_keys(c.tombstone_keys), 3).tolist())
+        assert len(owners) <= 1
+        assert len(wire.decode_keys(c.keys)) <= 16
+    keys, _, tombs = rows_of(chunks)
+    assert sorted(keys.tolist()) == list(range(1500, 1700))
+    assert sorted(tombs.tolist()) == list(range(1700, 1760))
+
+
 def test_export_since_a_version_sends_only_newer_rows_and_tombstones(training):
     table = training.state.table("emb")
     push(training, "emb", np.arange(2000, 2010, dtype=np.uint64))

@@ -7,7 +7,7 @@ import pytest
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import shard_of
+from ps_client.routing import shard_of, split_by_shard
 from sync_agent.router import ChunkRouter, Destination, can_share_keys, chunk_rows, is_empty
 
 DIM = 4
@@ -151,3 +151,34 @@ def test_malformed_chunk_is_refused():
     chunk.versions = chunk.versions[:-8]
     with pytest.raises(wire.WireFormatError, match="versions"):
         ChunkRouter([Destination(2, 0)]).route(chunk)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 7])
+def test_split_by_shard_groups_indices_by_owner_in_input_order(num_shards):
+    keys = np.random.default_rng(num_shards).integers(0, 2**64 - 1, 10_000, dtype=np.uint64)
+    owner = shard_of(keys, num_shards)
+    parts = split_by_shard(keys, num_shards)
+    assert len(parts) == num_shards
+    for shard, idx in enumerate(parts):
+        np.testing.assert_array_equal(idx, np.flatnonzero(owner == shard))
+    assert [len(p) for p in split_by_shard(keys[:0], num_shards)] == [0] * num_shards
+
+
+def test_chunks_of_one_serving_shard_travel_untouched():
+    rng = np.random.default_rng(9)
+    chunk = _chunk(rng, 0, 1)
+    keys = wire.decode_keys(chunk.keys)
+    tombs = wire.decode_keys(chunk.tombstone_keys)
+    mine = shard_of(keys, 3) == 2
+    chunk.keys = wire.encode_keys(keys[mine])
+    chunk.values = wire.encode_values(wire.decode_values(chunk.values, len(keys), DIM)[mine])[0]
+    chunk.versions = wire.encode_versions(wire.decode_versions(chunk.versions, len(keys))[mine])
+    tomb_mine = shard_of(tombs, 3) == 2
+    chunk.tombstone_keys = wire.encode_keys(tombs[tomb_mine])
+    chunk.tombstone_versions = wire.encode_versions(
+        wire.decode_versions(chunk.tombstone_versions, len(tombs))[tomb_mine]
+    )
+    dests = [Destination(3, j) for j in range(3)]
+    routed = ChunkRouter(dests).route(chunk)
+    assert routed[dests[2]] is chunk
+    assert is_empty(routed[dests[0]]) and is_empty(routed[dests[1]])
