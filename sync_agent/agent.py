@@ -52,7 +52,9 @@ from sync_agent.streams import (
 __all__ = ["RoundReport", "SyncAgent", "build_discovery", "main"]
 
 _LOGGER = logging.getLogger(__name__)
-_MAX_PARALLEL_EXPORTS = 8
+# Each export holds one stream (a server thread) on every replica it feeds; staying
+# well under a server's handler threads leaves room for lookups.
+_MAX_PARALLEL_EXPORTS = 4
 _DISCOVERY_SYNC_SECONDS = 30.0
 _SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 
@@ -109,9 +111,18 @@ class SyncAgent:
 
     def run(self) -> int:
         """Rounds until stopped; with ``settings.once``, one of each. Returns the exit status."""
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, self._on_signal)
+            previous = {
+                sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+            }
+        try:
+            return self._loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _loop(self) -> int:
         next_sparse = next_dense = time.monotonic()
         failed = False
         while not self._stop.is_set():

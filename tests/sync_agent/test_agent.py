@@ -7,6 +7,8 @@ evictions included.
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
 
@@ -14,8 +16,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monolith_ps.cli import build_parser
 from ps_client.routing import shard_of
 from sync_agent.agent import SyncAgent
+from sync_agent.agent import main as agent_main
 from sync_agent.discovery.static import StaticDiscovery
 from sync_agent.settings import AgentSettings
 
@@ -199,3 +203,26 @@ def test_an_unreachable_replica_does_not_hold_back_the_others(cluster, rng, serv
         assert report.outcome == "partial"
         assert any(gone.address in e for e in report.errors)
         assert_converged(cluster)
+
+
+def test_once_runs_one_round_of_each_kind_and_reports_by_exit_status(cluster, rng, tmp_path):
+    training, serving = cluster
+    mutate(training, rng, 2)
+    training[0].state.dense.push({"mlp": np.full(32, 0.25, dtype=np.float32)})
+    config = tmp_path / "tables.json"
+    config.write_text(json.dumps(CONFIG))
+    addresses = [
+        "--training", ",".join(t.address for t in training),
+        "--serving", ",".join(r.address for replicas in serving for r in replicas),
+    ]  # fmt: skip
+    handler = signal.getsignal(signal.SIGTERM)
+    args = build_parser().parse_args(["sync-agent", "--config", str(config), *addresses, "--once"])
+    assert agent_main(args) == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run loop put it back
+    assert_converged(cluster)
+    for replicas in serving:
+        for replica in replicas:
+            assert replica.state.dense.version == training[0].state.dense.version
+    unreachable = addresses[:3] + [addresses[3] + ",127.0.0.1:9"]
+    args = build_parser().parse_args(["sync-agent", *unreachable, "--once", "--rpc-timeout", "1s"])
+    assert agent_main(args) == 1
