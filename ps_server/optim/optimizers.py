@@ -82,7 +82,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy")
 def init_state(kind, hp, s, sr, soff, dim_state):
     """Fill columns ``soff:soff + dim_state`` of row ``sr`` of ``s`` with a new row's
     optimizer state."""
@@ -102,7 +102,7 @@ def init_state(kind, hp, s, sr, soff, dim_state):
             s[sr, soff + j] = np.float32(0.0)
 
 
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy")
 def optimizer_step(kind, hp, w, wr, s, sr, soff, g, gr, lr_scale):
     """Apply one optimizer step to the first ``dim`` columns of row ``wr`` of ``w``, with
     the state from column ``soff`` of row ``sr`` of ``s`` and gradient row ``gr`` of ``g``

@@ -23,7 +23,7 @@ def new_sketch(width: int) -> np.ndarray:
     return np.zeros((DEPTH, width), dtype=np.uint16)
 
 
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy")
 def count_and_estimate(sketch, key, increment):
     """Add ``increment`` sightings of ``key`` and return its estimated count."""
     mask = np.uint64(sketch.shape[1] - 1)

@@ -122,7 +122,7 @@ def log_tombstone(scalars, log_keys, log_versions, key, version):
     scalars[LOG_COUNT] = count + 1
 
 
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+@njit(nogil=True, cache=True, error_model="numpy")
 def drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, version):
     """Remove live row ``r`` from the index, free it and log its tombstone at ``version``."""
     key = row_keys[r]
