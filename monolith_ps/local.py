@@ -196,7 +196,7 @@ class LocalCluster:
         training_shards: int = 2,
         serving_shards: int = 2,
         serving_replicas: int = 1,
-        sparse_interval: str | float = "5s",
+        sparse_interval: str | float = "2s",
         dense_interval: str | float = "60s",
         base_port: int = 0,
         snapshot_dir: str | os.PathLike[str] | None = None,

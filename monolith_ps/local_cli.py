@@ -20,7 +20,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--serving-shards", type=int, default=2, metavar="M")
     up.add_argument("--serving-replicas", type=int, default=1, metavar="R")
     up.add_argument(
-        "--sparse-interval", default="5s", metavar="DURATION", help="agent sparse interval"
+        "--sparse-interval", default="2s", metavar="DURATION", help="agent sparse interval"
     )
     up.add_argument(
         "--dense-interval", default="60s", metavar="DURATION", help="agent dense interval"

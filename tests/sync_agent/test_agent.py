@@ -20,6 +20,7 @@ from monolith_ps.cli import build_parser
 from ps_client.routing import shard_of
 from sync_agent.agent import SyncAgent
 from sync_agent.agent import main as agent_main
+from sync_agent.discovery.base import Endpoint, Role
 from sync_agent.discovery.static import StaticDiscovery
 from sync_agent.settings import AgentSettings
 
@@ -226,3 +227,42 @@ def test_once_runs_one_round_of_each_kind_and_reports_by_exit_status(cluster, rn
     unreachable = addresses[:3] + [addresses[3] + ",127.0.0.1:9"]
     args = build_parser().parse_args(["sync-agent", *unreachable, "--once", "--rpc-timeout", "1s"])
     assert agent_main(args) == 1
+
+
+class ChangingDiscovery:
+    """A Discovery whose endpoints the test changes between rounds (as pods come and go)."""
+
+    def __init__(self, training, serving):
+        self.training, self.serving = list(training), list(serving)
+
+    def endpoints(self, role):
+        addresses = self.training if role is Role.TRAINING else self.serving
+        return [Endpoint(role, a, name=a) for a in sorted(addresses)]
+
+    def close(self):
+        pass
+
+
+def test_agent_follows_replicas_as_discovery_adds_and_drops_them(cluster, server_factory):
+    training, serving = cluster
+    registry = CollectorRegistry()
+    first = serving[1][0]
+    discovery = ChangingDiscovery([t.address for t in training], [first.address])
+    with make_agent(cluster, registry) as agent:
+        agent.discovery = discovery
+        assert agent.sync_sparse().outcome == "ok"
+        newcomer = server_factory("serving", 1, N_SERVE, config=CONFIG)
+        discovery.serving = [first.address, newcomer.address]
+        report = agent.sync_sparse()
+        assert report.outcome == "ok"
+        assert report.full_resyncs == len(TABLES) * N_TRAIN  # only the new replica
+        for name in TABLES:
+            np.testing.assert_array_equal(
+                np.sort(newcomer.state.table(name).keys()), np.sort(first.state.table(name).keys())
+            )
+        discovery.serving = [newcomer.address]
+        assert agent.sync_sparse().outcome == "ok"
+    labels = {"replica": first.address, "table": TABLES[0]}
+    assert registry.get_sample_value("monolith_ps_sync_lag_versions", labels) is None
+    labels["replica"] = newcomer.address
+    assert registry.get_sample_value("monolith_ps_sync_lag_versions", labels) == 0
