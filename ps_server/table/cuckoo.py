@@ -127,11 +127,16 @@ def insert(index, key, row, rng):
     cuckoo walk found no free slot: the index must grow. ``rng`` is a one-element ``uint64``
     xorshift state."""
     mask = np.uint64(index.shape[0] - 1)
+    return insert_at(index, key, row, rng, bucket_a(key, mask), bucket_b(key, mask))
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def insert_at(index, key, row, rng, b1, b2):
+    """:func:`insert` for a key whose two buckets ``b1``, ``b2`` the caller already has."""
+    mask = np.uint64(index.shape[0] - 1)
     value = np.uint64(row + 1)
-    b1 = bucket_a(key, mask)
     if _place_in_free_slot(index, b1, key, value):
         return True
-    b2 = bucket_b(key, mask)
     if _place_in_free_slot(index, b2, key, value):
         return True
     if _move_one_aside(index, mask, b1, b2, key, value):

@@ -252,8 +252,7 @@ class EmbeddingTable:
         now = _micros(_check_now(now))
         out = np.empty((keys.shape[0], self.dim), dtype=np.float32)
         with self._lock:
-            found_rows = self._resolve(keys, _NO_COUNTS, now)
-            lookup.gather_rows(self._rows, found_rows, keys, out, *self._init_args())
+            self._resolve(keys, _NO_COUNTS, now, out=out)
             self._stats["lookups"] += keys.shape[0]
             self._evict_over_limit()
         return out
@@ -577,9 +576,18 @@ class EmbeddingTable:
         return max(1, int(MAX_LOAD_FACTOR * num_buckets * cuckoo.SLOTS))
 
     def _resolve(
-        self, keys: np.ndarray, counts: np.ndarray, now: int, *, touch_rows: bool = True
+        self,
+        keys: np.ndarray,
+        counts: np.ndarray,
+        now: int,
+        *,
+        touch_rows: bool = True,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Row of each key (-1: not admitted), inserting admitted new keys."""
+        """Row of each key (-1: not admitted), inserting admitted new keys; with ``out``,
+        also each key's vector."""
+        if out is None:
+            out = np.empty((0, self.dim), dtype=np.float32)
         found_rows = np.empty(keys.shape[0], dtype=np.int64)
         cuckoo.locate(self._index, keys, found_rows)
         start = 0
@@ -591,7 +599,7 @@ class EmbeddingTable:
                 self._meta, self._rows, keys, counts, start, first_admitted,
                 found_rows,
                 self._sketch, self._config.admit_after, self._lfu, touch_rows, self._init_kind,
-                self._init_params, self._seed, self._default_row, now,
+                self._init_params, self._seed, self._default_row, now, out,
             )  # fmt: skip
             inserted += ins
             rejected += rej

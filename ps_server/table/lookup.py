@@ -13,7 +13,7 @@ from numba import njit
 
 from ps_server.optim.initializers import init_row
 from ps_server.table.admission import count_and_estimate
-from ps_server.table.cuckoo import bucket_a, bucket_b, insert, locate, probe
+from ps_server.table.cuckoo import bucket_a, bucket_b, insert_at, locate, probe_buckets
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_head, prefetch_row
 from ps_server.table.rows import (
     DONE,
@@ -135,6 +135,7 @@ def resolve_rows(
     seed,
     default_row,
     now,
+    out,
 ):
     """Complete ``rows`` (filled by ``cuckoo.locate``) from ``start`` on: record the access
     to each found row, insert admitted new keys (initialized value, next version), and leave
@@ -148,19 +149,27 @@ def resolve_rows(
     Rows already located stay valid across growth: rows never move. Without ``touch_rows``
     the caller records the accesses itself (``update.apply_steps`` does, in its own pass).
     ``arena`` holds each row's values (``dim`` columns) followed by its optimizer state.
+    With ``out`` of ``len(keys)`` rows (find-or-insert), each key's vector is written there
+    too: its row, or the default vector while it is not admitted; pass zero rows to skip.
     Returns ``(status, position, inserted, rejected)``.
     """
     capacity = arena.shape[0]
+    dim = default_row.shape[1]
+    copy_out = out.shape[0] > 0
     n = keys.shape[0]
     inserted = 0
     rejected = 0
     mask = np.uint64(index.shape[0] - 1)
+    b1 = np.uint64(0)
+    b2 = np.uint64(0)
     for i in range(start, n):
         ahead = i + LOOKAHEAD
         if ahead < n:
             if rows[ahead] >= 0:
                 if touch_rows:
                     prefetch_row(meta, rows[ahead])
+                if copy_out:
+                    prefetch_head(arena, rows[ahead], dim * arena.itemsize)
             else:  # new keys are probed and inserted again: bring their buckets back
                 prefetch_at(index, bucket_a(keys[ahead], mask), 0)
                 prefetch_at(index, bucket_b(keys[ahead], mask), 0)
@@ -168,10 +177,16 @@ def resolve_rows(
         increment = 1 if counts.shape[0] == 0 else counts[i]
         r = rows[i]
         if r < 0:
-            r = probe(index, key)  # an earlier duplicate in this batch may have inserted it
+            # an earlier duplicate in this batch may have inserted it
+            b1 = bucket_a(key, mask)
+            b2 = bucket_b(key, mask)
+            r = probe_buckets(index, key, b1, b2)
         if r >= 0:
             if touch_rows:
                 touch(scalars, meta, r, increment, lfu)
+            if copy_out:
+                for c in range(dim):
+                    out[i, c] = arena[r, c]
             rows[i] = r
             continue
         if scalars[LIVE] + 1 > max_live:
@@ -182,12 +197,14 @@ def resolve_rows(
         if counted and count_and_estimate(sketch, key, increment) < admit_after:
             rows[i] = _EMPTY
             rejected += 1
+            if copy_out:
+                init_row(init_kind, init_params, seed, key, default_row, out, i)
             continue
         r = take_row(scalars, row_keys)
         upcoming = scalars[HIGH] + _ROWS_AHEAD  # new rows are mostly taken in order
         if upcoming < capacity:
             prefetch_row(arena, upcoming)
-        if not insert(index, key, r, rng):
+        if not insert_at(index, key, r, rng, b1, b2):
             give_back_row(scalars, row_keys, meta, r)
             return NEED_INDEX_ADMITTED, i, inserted, rejected
         scalars[LIVE] += 1
@@ -201,6 +218,9 @@ def resolve_rows(
         if touch_rows:
             touch(scalars, meta, r, increment, lfu)
         init_row(init_kind, init_params, seed, key, default_row, arena, r)
+        if copy_out:
+            for c in range(dim):
+                out[i, c] = arena[r, c]
         rows[i] = r
         inserted += 1
     return DONE, n, inserted, rejected
