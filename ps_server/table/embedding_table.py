@@ -4,12 +4,17 @@ The class validates input, owns the arenas and the index, grows them when a kern
 and raises; the kernels (``cuckoo``, ``lookup``, ``update``, ``export``, ``admission``,
 ``ps_server.optim``) do all per-key work over whole batches.
 
-Memory layout: a cuckoo index of 64-byte buckets maps keys to rows; rows live in
-contiguous arenas (values, optimizer state, key, and a 32-byte metadata line of version,
-last-update time, push count and usage). The index doubles when its load passes 0.9; the
-arenas grow by an eighth, in place (see ``arena``), so memory stays within a few tens of
-percent of the raw payload at any size. Freed rows go on a free list and are reused before
-the arenas grow.
+Memory layout: a cuckoo index of 64-byte buckets maps keys to rows; rows live in three
+contiguous arenas: values followed by optimizer state (written at a row's first push), the
+key, and a 32-byte metadata line (version, last-update time, push count, usage). The index
+doubles when its load passes 0.9; the arenas grow by an eighth, in place (see ``arena``), so
+memory stays within a few tens of percent of the raw payload at any size. Freed rows go on
+a free list and are reused before the arenas grow.
+
+Semantics worth knowing: LRU/LFU count the accesses of ``find_or_insert`` and
+``apply_gradients`` (``find`` is read-only); the TTL runs from a row's insert or last
+gradient update; ``apply_delta`` never evicts or expires (replicas follow the tombstones of
+their source instead).
 
 Thread safety: one lock per table. Every public method holds it while it touches the table;
 the kernels release the GIL, so calls on different tables run in parallel, and gradient
@@ -203,11 +208,13 @@ class EmbeddingTable:
 
     def load_factor(self) -> float:
         """Live rows over index slots."""
-        return len(self) / (self._index.shape[0] * cuckoo.SLOTS)
+        with self._lock:
+            return len(self) / (self._index.shape[0] * cuckoo.SLOTS)
 
     def memory_bytes(self) -> int:
         """Bytes of every array the table holds, allocated capacity included."""
-        return sum(a.nbytes for a in self._arrays())
+        with self._lock:
+            return sum(a.nbytes for a in self._arrays())
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: lookups, inserts, updates, rejections, removals."""
