@@ -495,8 +495,9 @@ class EmbeddingTable:
                 "default_pushes": int(s[rows.DEFAULT_PUSHES]),
                 "rng": int(self._rng[0]),
                 "sketch": self._sketch.copy(),
-                "default_row": self._default_row.copy(),
-                "default_state": self._default_state.copy(),
+                # one-dimensional: (dim,) and (state_width,) when learned, else empty
+                "default_row": self._default_row.reshape(-1).copy(),
+                "default_state": self._default_state.reshape(-1).copy(),
                 "tombstone_keys": t_keys,
                 "tombstone_versions": t_versions.astype(np.uint64),
             }
@@ -520,8 +521,8 @@ class EmbeddingTable:
             ints[k] = int(v)
         expect = {
             "sketch": (self._sketch.shape, np.uint16),
-            "default_row": (self._default_row.shape, np.float32),
-            "default_state": (self._default_state.shape, np.float32),
+            "default_row": ((self._default_row.size,), np.float32),
+            "default_state": ((self._default_state.size,), np.float32),
         }
         for k, (shape, dt) in expect.items():
             a = meta[k]
@@ -540,8 +541,8 @@ class EmbeddingTable:
             s[rows.DEFAULT_PUSHES] = ints["default_pushes"]
             self._rng[0] = np.uint64(ints["rng"] or 1)
             self._sketch[...] = meta["sketch"]
-            self._default_row[:] = meta["default_row"]
-            self._default_state[:] = meta["default_state"]
+            self._default_row.reshape(-1)[:] = meta["default_row"]
+            self._default_state.reshape(-1)[:] = meta["default_state"]
             limit = self._log_limit()
             floor = ints["log_floor"]
             if t_keys.shape[0] > limit:
