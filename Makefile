@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
 	$(BIN)/python benchmarks/service_bench.py --json results/service_bench.json
 	$(BIN)/python benchmarks/sync_bench.py --json results/sync_bench.json
+	$(BIN)/python benchmarks/snapshot_bench.py --json results/snapshot_bench.json
 
 # System packages the benchmarks compare against (Redis for service_bench.py).
 bench-deps:
