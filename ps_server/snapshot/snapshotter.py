@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from monolith_ps.logs import fields
 from ps_server.hooks import SnapshotResult
 from ps_server.snapshot.format import Manifest, ServerInfo, write_json
@@ -38,6 +36,7 @@ from ps_server.snapshot.tables import (
     SnapshotMismatchError,
     dense_section,
     load_dense,
+    load_serving_table,
     load_table,
     table_section,
 )
@@ -323,9 +322,7 @@ class ServingBootstrap:
         self.bootstrap_from = Path(bootstrap_from)
 
     def restore(self) -> None:
-        from ps_client.routing import shard_of
         from ps_server.snapshot.export import load_serving_sources
-        from ps_server.table import Delta
 
         started = time.monotonic()
         sources = load_serving_sources([self.bootstrap_from])
@@ -337,22 +334,7 @@ class ServingBootstrap:
                 if target is None:
                     _LOGGER.warning("bootstrap_table_dropped", extra=fields(table=name))
                     continue
-                mine = shard_of(table.keys, state.num_shards) == state.shard_index
-                empty = np.zeros(0, dtype=np.uint64)
-                target.apply_delta(
-                    Delta(
-                        keys=table.keys[mine],
-                        values=table.values[mine],
-                        versions=table.versions[mine],
-                        tombstone_keys=empty,
-                        tombstone_versions=empty,
-                        complete_version=table.complete_version,
-                        full=False,
-                        default_value=table.default_row,
-                        default_version=table.default_version,
-                    )
-                )
-                rows += int(np.count_nonzero(mine))
+                rows += load_serving_table(target, name, table, state.shard_index, state.num_shards)
             if source.dense is not None and state.dense is not None:
                 load_dense(state.dense, source.dense, trainable=False)
         _LOGGER.info(

@@ -17,6 +17,7 @@ from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot, Ta
 
 if TYPE_CHECKING:
     from ps_server.dense import DenseStore
+    from ps_server.snapshot.export import ServingTable
     from ps_server.table import EmbeddingTable
 
 ROW_FIELDS = ("values", "opt_state", "push_counts", "last_update")
@@ -95,6 +96,34 @@ def load_table(table: EmbeddingTable, name: str, section: TableSnapshot) -> int:
             "was its dim or optimizer changed?"
         ) from None
     return section.num_rows
+
+
+def load_serving_table(
+    target: EmbeddingTable, name: str, table: ServingTable, shard_index: int, num_shards: int
+) -> int:
+    """Load the rows of ``table`` that serving shard ``shard_index`` owns; returns how many."""
+    from ps_client.routing import shard_of
+    from ps_server.table import Delta, DeltaError
+
+    mine = shard_of(table.keys, num_shards) == shard_index
+    delta = Delta(
+        keys=table.keys[mine],
+        values=table.values[mine],
+        versions=table.versions[mine],
+        tombstone_keys=_EMPTY_KEYS,
+        tombstone_versions=_EMPTY_KEYS,
+        complete_version=table.complete_version,
+        full=False,
+        default_value=table.default_row,
+        default_version=table.default_version,
+    )
+    try:
+        target.apply_delta(delta)
+    except DeltaError as exc:
+        raise SnapshotMismatchError(
+            f"table {name!r}: the bootstrap rows do not fit the configured table ({exc})"
+        ) from None
+    return int(np.count_nonzero(mine))
 
 
 def dense_section(dense: DenseStore) -> DenseSnapshot:

@@ -229,3 +229,15 @@ def test_serving_bootstrap_takes_its_shard_from_snapshots_and_bundles(tmp_path):
             np.testing.assert_allclose(
                 serving.dense.export()[0]["mlp"], live.dense.export()[0]["mlp"], rtol=1e-6
             )
+
+
+def test_serving_bootstrap_refuses_rows_that_do_not_fit(tmp_path):
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path / "snaps")
+    snapshotter.restore()
+    _train(live, np.random.default_rng(10))
+    snapshotter.close(final=True)
+    wider = {**CONFIG, "tables": [{**CONFIG["tables"][0], "dim": 16}, CONFIG["tables"][1]]}
+    serving = _state(wider, role="serving", shard=0, shards=1)
+    with pytest.raises(SnapshotMismatchError, match="table 'user': the bootstrap rows do not fit"):
+        ServingBootstrap(serving, tmp_path / "snaps").restore()
