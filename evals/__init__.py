@@ -1,0 +1,1 @@
+"""Reproductions of the Monolith paper's experiments on a local monolith-ps cluster."""

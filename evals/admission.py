@@ -1,0 +1,161 @@
+"""Frequency admission: table rows (memory) vs AUC (Monolith, section 2.2).
+
+A table with ``admit_after: N`` gives a feature ID a row only once the ID has been seen
+N times (counted in a count-min sketch); until then lookups get the initializer's
+vector and the ID's gradients are dropped. Each threshold trains once through the
+stream's first 80% (time order) and is scored on the rest through the serving PS,
+with several seeds. Rows and bytes are what the training shards hold at the end.
+
+    python -m evals.admission [--admit-after 1,2,3,5] [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evals import common
+from evals.common import EvalCluster
+
+NAME = "admission"
+TITLE = "Frequency admission: rows vs AUC"
+_METRICS = ("rows", "memory_bytes", "test_auc", "test_auc_seen_users", "train_auc",
+            "found")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    events = common.load_stream(args.limit)
+    train_events, test_events = common.time_split(events, args.test_fraction)
+    seen = common.seen_users(train_events, test_events)
+    work = common.workdir(args, NAME)
+    runs = []
+    for seed in range(args.seeds):
+        for threshold in args.admit_after:
+            config = common.base_config(seed=seed, admit_after=threshold)
+            with EvalCluster(config, work / f"seed{seed}-admit{threshold}") as cluster:
+                result = common.time_split_run(
+                    cluster, train_events, test_events, seen, args.batch_size
+                )
+            runs.append({"seed": seed, "admit_after": threshold, **result})
+            common.say(
+                args,
+                f"seed {seed} admit_after {threshold}: rows {result['rows']}, "
+                f"test AUC {result['test_auc']:.4f}",
+            )
+    summary = common.summarize_runs(runs, "admit_after", _METRICS)
+    base = summary[0]
+    for entry in summary:
+        entry["rows_vs_first"] = entry["rows_mean"] / base["rows_mean"]
+        entry["delta_auc_vs_first"] = entry["test_auc_mean"] - base["test_auc_mean"]
+        entry["rows_per_table"] = {
+            table: sum(r["training_rows"][table] for r in runs if r["admit_after"] == entry[
+                "admit_after"]) / entry["seeds"]
+            for table in runs[0]["training_rows"]
+        }  # fmt: skip
+    return {
+        "experiment": NAME,
+        "command": common.command_line(f"evals.{NAME}", args.argv),
+        "date": common.now_iso(),
+        "machine": common.machine(),
+        "seconds": time.monotonic() - started,
+        "events": len(events),
+        "test_fraction": args.test_fraction,
+        "seeds": args.seeds,
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    tables = list(doc["summary"][0]["rows_per_table"])
+    header = [
+        "admit_after",
+        "rows (all tables)",
+        "rows vs admit_after 1",
+        *(f"{t} rows" for t in tables),
+        "table bytes",
+        "test AUC (mean ± sd)",
+        "Δ test AUC",
+        "test AUC, users seen in training",
+        "progressive AUC (training part)",
+        "test keys with a row",
+    ]
+    rows = [
+        [
+            s["admit_after"],
+            f"{s['rows_mean']:.0f}",
+            f"{s['rows_vs_first']:.0%}",
+            *(f"{s['rows_per_table'][t]:.0f}" for t in tables),
+            f"{s['memory_bytes_mean'] / 1e6:.2f} MB",
+            common.pm(s, "test_auc"),
+            f"{s['delta_auc_vs_first']:+.4f}",
+            common.pm(s, "test_auc_seen_users"),
+            common.pm(s, "train_auc"),
+            f"{s['found_mean']:.1%}",
+        ]
+        for s in doc["summary"]
+    ]
+    split = round(100 * (1 - doc["test_fraction"]))
+    return "\n".join(
+        [
+            common.document_header(TITLE, doc),
+            "",
+            f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
+            f"rest through the serving PS; {doc['seeds']} seeds. Rows and bytes: the training "
+            "shards at the end of training.",
+            "",
+            common.markdown_table(header, rows),
+        ]
+    )
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in doc["summary"]:
+        ax.errorbar(s["rows_mean"], s["test_auc_mean"], yerr=s["test_auc_sd"], fmt="o",
+                    capsize=4, color="tab:blue")  # fmt: skip
+        ax.annotate(f"admit_after={s['admit_after']}", (s["rows_mean"], s["test_auc_mean"]),
+                    textcoords="offset points", xytext=(6, 6), fontsize=8)  # fmt: skip
+    ax.set_xlabel("rows held by the training shards")
+    ax.set_ylabel("test AUC (serving PS)")
+    ax.set_title(TITLE)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
+    common.add_common_arguments(p, limit=None)
+    p.add_argument(
+        "--admit-after",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2, 3, 5],
+        help="thresholds to compare (default 1,2,3,5)",
+    )
+    p.add_argument("--seeds", type=int, default=2, help="seeds per threshold (default 2)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if any(n < 1 for n in args.admit_after):
+        raise SystemExit("--admit-after: thresholds must be >= 1")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    doc = run(args)
+    text = markdown(doc)
+    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

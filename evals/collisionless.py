@@ -1,0 +1,239 @@
+"""Collisionless embedding tables against hashed ones (Monolith, section 2.1 and 4.2).
+
+Our tables give every feature ID its own row. The common alternative is a fixed-size
+table: IDs are hashed into buckets and IDs that share a bucket share a row. Here the
+hashing is applied to the feature IDs before they reach the PS (``hash_keys``), with
+bucket counts of 1/10, 1/4 and 1x the number of distinct IDs of each hashed table
+(``user`` and ``movie``, the high-cardinality ID features; genres and context buckets
+have under a hundred IDs each). Each variant trains once through the stream's first
+80% (time order) and is scored on the last 20% through the serving PS, with several
+seeds (initializers and hash salts): mean and spread of the test AUC, and the paired
+difference to the collisionless run of the same seed.
+
+    python -m evals.collisionless [--seeds 3] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evals import common
+from evals.common import EvalCluster
+
+NAME = "collisionless"
+TITLE = "Collisionless vs hashed embedding tables"
+_FRACTIONS = (1.0, 0.25, 0.1)  # buckets per distinct ID
+
+
+def variants(
+    events: Any, tables: Sequence[str], fractions: Sequence[float]
+) -> list[dict[str, Any]]:
+    """The collisionless variant, then one hashed variant per fraction."""
+    distinct = {t: common.distinct_keys(events, t) for t in tables}
+    out = [{"name": "collisionless", "fraction": None, "buckets": {}, "distinct": distinct}]
+    for fraction in fractions:
+        buckets = {t: max(1, math.ceil(fraction * n)) for t, n in distinct.items()}
+        label = "1x" if fraction == 1.0 else f"1/{round(1 / fraction)}"
+        out.append(
+            {"name": f"hashed {label}", "fraction": fraction, "buckets": buckets,
+             "distinct": distinct}
+        )  # fmt: skip
+    return out
+
+
+def apply_variant(events: Any, variant: dict[str, Any], seed: int) -> Any:
+    """``events`` with the variant's tables' IDs hashed into its buckets (salted by seed)."""
+    if not variant["buckets"]:
+        return events
+    buckets = variant["buckets"]
+
+    def transform(table: str, keys: np.ndarray) -> np.ndarray:
+        if table not in buckets:
+            return keys
+        salt = (seed + 1) * 0x9E3779B97F4A7C15 + zlib.crc32(table.encode())
+        return common.hash_keys(keys, buckets[table], salt)
+
+    return events.map_keys(transform)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    events = common.load_stream(args.limit)
+    tables = [t for t in args.hashed_tables.split(",") if t]
+    runs = []
+    work = common.workdir(args, NAME)
+    all_variants = variants(events, tables, args.fractions)
+    seen = common.seen_users(*common.time_split(events, args.test_fraction))
+    for seed in range(args.seeds):
+        for variant in all_variants:
+            hashed = apply_variant(events, variant, seed)
+            train_events, test_events = common.time_split(hashed, args.test_fraction)
+            config = common.base_config(seed=seed)
+            folder = work / f"seed{seed}-{variant['name'].replace(' ', '_').replace('/', '_')}"
+            with EvalCluster(config, folder) as cluster:
+                result = common.time_split_run(
+                    cluster, train_events, test_events, seen, args.batch_size
+                )
+            run_doc = {"seed": seed, "variant": variant["name"], **result}
+            runs.append(run_doc)
+            common.say(
+                args,
+                f"seed {seed} {variant['name']:>14}: test AUC {run_doc['test_auc']:.4f}, "
+                f"rows {result['rows']}",
+            )
+    summary = summarize(runs, all_variants)
+    return {
+        "experiment": NAME,
+        "command": common.command_line(f"evals.{NAME}", args.argv),
+        "date": common.now_iso(),
+        "machine": common.machine(),
+        "seconds": time.monotonic() - started,
+        "events": len(events),
+        "test_fraction": args.test_fraction,
+        "seeds": args.seeds,
+        "hashed_tables": tables,
+        "variants": all_variants,
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+_METRICS = ("test_auc", "test_auc_seen_users", "test_auc_new_users", "train_auc", "rows",
+            "test_logloss")  # fmt: skip
+
+
+def summarize(runs: list[dict[str, Any]], all_variants: list[dict[str, Any]]) -> list[dict]:
+    """Per variant: mean and spread of each metric, and the paired test AUC difference to
+    the collisionless run of the same seed."""
+    base = {r["seed"]: r["test_auc"] for r in runs if r["variant"] == "collisionless"}
+    summary = common.summarize_runs(runs, "variant", _METRICS)
+    for entry, variant in zip(summary, all_variants, strict=True):
+        mine = [r for r in runs if r["variant"] == variant["name"]]
+        deltas = [r["test_auc"] - base[r["seed"]] for r in mine if r["seed"] in base]
+        entry["delta_auc_mean"], entry["delta_auc_sd"] = common.mean_and_spread(deltas)
+        entry["worse_in_seeds"] = sum(d < 0 for d in deltas)
+        entry["buckets"] = variant["buckets"]
+    return summary
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    tables = doc["hashed_tables"]
+    distinct = doc["variants"][0]["distinct"]
+    header = [
+        "variant",
+        *(f"{t} rows or buckets" for t in tables),
+        "rows (all tables)",
+        "test AUC (mean ± sd)",
+        "Δ AUC vs collisionless (paired)",
+        "seeds worse",
+        "test AUC, users seen in training",
+        "test AUC, new users",
+        "progressive AUC (training part)",
+    ]
+    rows = []
+    for s in doc["summary"]:
+        sizes = [str(s["buckets"].get(t, f"{distinct[t]} (one per ID)")) for t in tables]
+        delta = (
+            "—"
+            if s["variant"] == "collisionless"
+            else f"{s['delta_auc_mean']:+.4f} ± {s['delta_auc_sd']:.4f}"
+        )
+        rows.append(
+            [
+                s["variant"],
+                *sizes,
+                f"{s['rows_mean']:.0f}",
+                common.pm(s, "test_auc"),
+                delta,
+                f"{s['worse_in_seeds']}/{s['seeds']}" if s["variant"] != "collisionless" else "—",
+                common.pm(s, "test_auc_seen_users"),
+                common.pm(s, "test_auc_new_users"),
+                common.pm(s, "train_auc"),
+            ]
+        )
+    split = round(100 * (1 - doc["test_fraction"]))
+    return "\n".join(
+        [
+            common.document_header(TITLE, doc),
+            "",
+            f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
+            f"rest through the serving PS; {doc['seeds']} seeds (initializers and hash salts). "
+            f"Hashed tables: {', '.join(tables)}.",
+            "",
+            common.markdown_table(header, rows),
+        ]
+    )
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    plt = common.pyplot()
+    names = [s["variant"] for s in doc["summary"]]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    series = (
+        ("test_auc", "test, all events", "tab:red"),
+        ("test_auc_seen_users", "test, users seen in training", "tab:blue"),
+        ("train_auc", "progressive, training part", "tab:green"),
+    )
+    for offset, (metric, label, color) in zip((-0.08, 0.0, 0.08), series, strict=True):
+        x = np.arange(len(names)) + offset
+        for i, name in enumerate(names):
+            values = [r[metric] for r in doc["runs"] if r["variant"] == name]
+            ax.scatter([x[i]] * len(values), values, color=color, alpha=0.35, s=12)
+        means = [s[f"{metric}_mean"] for s in doc["summary"]]
+        sds = [s[f"{metric}_sd"] for s in doc["summary"]]
+        ax.errorbar(x, means, yerr=sds, fmt="o-", color=color, capsize=4, label=label)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names)
+    ax.set_ylabel("AUC (mean ± sd over seeds)")
+    ax.set_title(TITLE)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
+    common.add_common_arguments(p, limit=None)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--fractions",
+        type=lambda s: [float(eval_fraction(x)) for x in s.split(",")],
+        default=list(_FRACTIONS),
+        help="hashed table sizes as fractions of the distinct IDs, e.g. 1,1/4,1/10",
+    )
+    p.add_argument("--hashed-tables", default="user,movie", help="tables whose IDs are hashed")
+    return p
+
+
+def eval_fraction(text: str) -> float:
+    """``"1/4"`` or ``"0.25"`` as a float."""
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    doc = run(args)
+    text = markdown(doc)
+    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
