@@ -9,21 +9,26 @@ wherever it arrives.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from monolith_ps.v1 import ps_pb2
 
 __all__ = [
     "KEY_DTYPE",
+    "LookupAnswer",
     "WireFormatError",
     "decode_found",
     "decode_keys",
+    "decode_lookup_response",
     "decode_values",
     "decode_versions",
     "dtype_from_wire",
     "dtype_to_wire",
     "encode_found",
     "encode_keys",
+    "encode_lookup_response",
     "encode_values",
     "encode_versions",
 ]
@@ -117,3 +122,125 @@ def decode_found(buf: bytes, n: int, field: str = "found") -> np.ndarray:
 def encode_found(found: np.ndarray) -> bytes:
     """One byte a key: 1 where found."""
     return np.ascontiguousarray(found, dtype=np.bool_).tobytes()
+
+
+class LookupAnswer(NamedTuple):
+    """One ``TableValues`` of a ``LookupResponse``, its byte fields as views (no copies)."""
+
+    table: str
+    dim: int
+    dtype: int
+    values: memoryview
+    found: memoryview
+
+
+# TableValues field numbers (see ps.proto).
+_TV_TABLE, _TV_DIM, _TV_DTYPE, _TV_VALUES, _TV_FOUND = 1, 2, 3, 4, 5
+_LOOKUP_RESPONSE_TABLES = 1
+_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+
+
+def _varint(data: memoryview, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise WireFormatError("LookupResponse: truncated or overlong varint")
+        byte = data[i]
+        i += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, i
+        shift += 7
+
+
+def _fields(data: memoryview):  # noqa: ANN202 - a generator of (number, wire type, value)
+    """Protobuf fields of a message: varints as ints, length-delimited fields as views."""
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == _VARINT:
+            value, i = _varint(data, i)
+        elif wire_type == _LEN:
+            length, i = _varint(data, i)
+            if i + length > len(data):
+                raise WireFormatError("LookupResponse: a field runs past the end of the message")
+            value, i = data[i : i + length], i + length
+        elif wire_type in (_FIXED64, _FIXED32):
+            i += 8 if wire_type == _FIXED64 else 4
+            value = None
+        else:
+            raise WireFormatError(f"LookupResponse: unsupported wire type {wire_type}")
+        if i > len(data):
+            raise WireFormatError("LookupResponse: a field runs past the end of the message")
+        yield number, wire_type, value
+
+
+def decode_lookup_response(data: bytes) -> list[LookupAnswer]:
+    """Parse a serialized ``LookupResponse`` without copying its value bytes.
+
+    The generated class would copy each ``values`` field twice (into its arena, then
+    into a new ``bytes``); a lookup answer is almost all values, so the client reads
+    the wire bytes in place. Unknown fields are skipped, as protobuf does.
+    """
+    answers = []
+    view = memoryview(data)
+    for number, wire_type, entry in _fields(view):
+        if number != _LOOKUP_RESPONSE_TABLES or wire_type != _LEN:
+            continue
+        table, dim, dtype = "", 0, 0
+        values = found = view[0:0]
+        for field, field_type, value in _fields(entry):
+            if field == _TV_TABLE and field_type == _LEN:
+                table = bytes(value).decode("utf-8")
+            elif field == _TV_DIM and field_type == _VARINT:
+                dim = value & 0xFFFFFFFF
+            elif field == _TV_DTYPE and field_type == _VARINT:
+                dtype = value
+            elif field == _TV_VALUES and field_type == _LEN:
+                values = value
+            elif field == _TV_FOUND and field_type == _LEN:
+                found = value
+        answers.append(LookupAnswer(table, dim, dtype, values, found))
+    return answers
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_lookup_response(
+    answers: list[tuple[str, int, np.ndarray, np.ndarray | None]],
+) -> bytes:
+    """A serialized ``LookupResponse`` of ``(table, dim, values, found)`` answers.
+
+    Byte for byte what the generated class would write, with each values array copied
+    once (from its own buffer into the message) instead of three times.
+    """
+    parts: list[bytes | memoryview] = []
+    for table, dim, values, found in answers:
+        wire_dtype = dtype_to_wire(values.dtype)
+        little = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+        payload = memoryview(little.reshape(-1).view(np.uint8))
+        name = table.encode("utf-8")
+        head = []
+        if name:
+            head += [b"\x0a", _varint_bytes(len(name)), name]
+        if dim:
+            head += [b"\x10", _varint_bytes(dim)]
+        if wire_dtype:
+            head += [b"\x18", _varint_bytes(wire_dtype)]
+        tail: list[bytes] = []
+        if payload.nbytes:
+            head += [b"\x22", _varint_bytes(payload.nbytes)]
+        if found is not None and found.size:
+            mask = encode_found(found)
+            tail = [b"\x2a", _varint_bytes(len(mask)), mask]
+        size = sum(len(p) for p in head) + payload.nbytes + sum(len(p) for p in tail)
+        parts += [b"\x0a", _varint_bytes(size), *head, payload, *tail]
+    return b"".join(parts)

@@ -45,6 +45,7 @@ _LOGGER = logging.getLogger(__name__)
 
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _DEFAULT_MAX_BATCH_KEYS = 1 << 20
+_LOOKUP_METHOD = "/monolith_ps.v1.ParameterServer/Lookup"
 _MESSAGE_FILL = 0.9  # of the size limit a request or answer may use; the rest is framing
 _ROLE_NAMES = {ps_pb2.ROLE_TRAINING: "training", ps_pb2.ROLE_SERVING: "serving"}
 
@@ -245,6 +246,17 @@ class PSClient:
             for a in self.addresses
         ]
         self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
+        # Lookup answers are read in place (wire.decode_lookup_response), not through
+        # the generated class, which would copy every row twice.
+        self._lookups = [
+            ch.unary_unary(
+                _LOOKUP_METHOD,
+                request_serializer=ps_pb2.LookupRequest.SerializeToString,
+                response_deserializer=wire.decode_lookup_response,
+                _registered_method=True,
+            )
+            for ch in self._channels
+        ]
         self._views = [
             ps_pb2.ShardView(shard_index=i, num_shards=self.num_shards)
             for i in range(self.num_shards)
@@ -298,12 +310,9 @@ class PSClient:
         keys = [_as_keys(keys_by_table[name], name) for name in tables]
         shapes = [np.shape(keys_by_table[name]) for name in tables]
         routed = [_route(k, self.num_shards) for k in keys]
-        itemsizes = [np.dtype(spec.dtype).itemsize for spec in specs]
-        row_bytes = [
-            max(8, spec.dim * size + (1 if with_found or shards[0].role == "serving" else 0))
-            for spec, size in zip(specs, itemsizes, strict=True)
-        ]
-
+        # Answers carry float32 values (serving widens float16 storage) and a found byte.
+        found_byte = 1 if shards[0].role == "serving" else 0
+        row_bytes = [max(8, spec.dim * 4 + found_byte) for spec in specs]
         calls, pieces = [], []
         for shard in range(self.num_shards):
             sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
@@ -321,18 +330,18 @@ class PSClient:
                 pieces.append(spans)
         responses = self._call_all("Lookup", calls, timeout)
         parts: list[list[tuple[int, int, np.ndarray, np.ndarray | None]]] = [[] for _ in tables]
-        for (shard, _), response, message in zip(calls, responses, pieces, strict=True):
-            if len(response.tables) != len(message):
+        for (shard, _), answers, message in zip(calls, responses, pieces, strict=True):
+            if len(answers) != len(message):
                 raise ServerError(
-                    f"Lookup on {self.addresses[shard]}: {len(response.tables)} tables "
+                    f"Lookup on {self.addresses[shard]}: {len(answers)} tables "
                     f"answered, {len(message)} asked"
                 )
-            for answer, (t, start, stop) in zip(response.tables, message, strict=True):
+            for answer, (t, start, stop) in zip(answers, message, strict=True):
                 n = stop - start
                 rows = wire.decode_values(
                     answer.values, n, specs[t].dim, answer.dtype, field=f"values of {tables[t]}"
                 )
-                mask = wire.decode_found(answer.found, n) if answer.found else None
+                mask = wire.decode_found(answer.found, n) if len(answer.found) else None
                 parts[t].append((start, stop, rows, mask))
         out = {}
         for t, name in enumerate(tables):
@@ -519,12 +528,20 @@ class PSClient:
                         f"{method} on {self.addresses[shard]}: deadline passed after "
                         f"{attempt - 1} attempts"
                     )
-                rpc = getattr(self._stubs[shard], method)
-                future = rpc.future(
-                    request,
-                    timeout=min(remaining, self._attempt_timeout),
-                    wait_for_ready=attempt > 1,
+                rpc = (
+                    self._lookups[shard]
+                    if method == "Lookup"
+                    else getattr(self._stubs[shard], method)
                 )
+                options = {
+                    "timeout": min(remaining, self._attempt_timeout),
+                    "wait_for_ready": attempt > 1,
+                }
+                if len(pending) == 1:
+                    # A lone call blocks in this thread: no hand-off from gRPC's poller.
+                    future = _Completed.call(rpc, request, options)
+                else:
+                    future = rpc.future(request, **options)
                 started.append((i, future))
             failed = []
             for i, future in started:
@@ -564,6 +581,28 @@ class PSClient:
             pending = [i for i, _, _ in failed]
             attempt += 1
         return results
+
+
+class _Completed:
+    """A finished call with the interface of a gRPC future (``result()``)."""
+
+    __slots__ = ("_error", "_response")
+
+    def __init__(self, response: Any, error: grpc.RpcError | None) -> None:
+        self._response = response
+        self._error = error
+
+    @classmethod
+    def call(cls, rpc: Any, request: Any, options: dict[str, Any]) -> _Completed:
+        try:
+            return cls(rpc(request, **options), None)
+        except grpc.RpcError as err:
+            return cls(None, err)
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._response
 
 
 def _shard_info(address: str, r: ps_pb2.DescribeTablesResponse) -> ShardInfo:

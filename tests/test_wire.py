@@ -59,3 +59,57 @@ def test_wrong_lengths_raise_wire_format_error(call, message):
     with pytest.raises(wire.WireFormatError, match=message):
         call()
     assert issubclass(wire.WireFormatError, ValueError)
+
+
+def test_lookup_response_decodes_in_place_like_protobuf(rng):
+    tables = []
+    for i, dtype in enumerate([np.float32, np.float16, np.float32]):
+        values = rng.standard_normal((i + 2, 3)).astype(dtype)
+        payload, wire_dtype = wire.encode_values(values)
+        found = wire.encode_found(rng.random(i + 2) < 0.5) if i != 1 else b""
+        tables.append(
+            ps_pb2.TableValues(
+                table=f"t{i}-é", dim=3, dtype=wire_dtype, values=payload, found=found
+            )
+        )
+    data = ps_pb2.LookupResponse(tables=tables).SerializeToString()
+    answers = wire.decode_lookup_response(data)
+    assert len(answers) == 3
+    for answer, expected in zip(answers, tables, strict=True):
+        assert (answer.table, answer.dim, answer.dtype) == (expected.table, 3, expected.dtype)
+        assert bytes(answer.values) == expected.values
+        assert bytes(answer.found) == expected.found
+        assert isinstance(answer.values, memoryview)
+    assert wire.decode_lookup_response(b"") == []
+
+
+def test_lookup_response_skips_unknown_fields_and_refuses_truncation():
+    entry = ps_pb2.TableValues(table="t", dim=2, values=b"\x00" * 8).SerializeToString()
+    # unknown varint field 9, unknown fixed32 field 10 and fixed64 field 11 in the entry
+    entry += b"\x48\x05" + b"\x55" + b"\x00" * 4 + b"\x59" + b"\x00" * 8
+    data = b"\x0a" + bytes([len(entry)]) + entry + b"\x10\x07"  # + unknown top-level field
+    (answer,) = wire.decode_lookup_response(data)
+    assert (answer.table, answer.dim, bytes(answer.values)) == ("t", 2, b"\x00" * 8)
+    assert ps_pb2.LookupResponse.FromString(data).tables[0].table == "t"
+    for bad in (data[:-3], b"\x0a\x80", b"\x0a\x05abc", b"\x0b"):
+        with pytest.raises(wire.WireFormatError, match="LookupResponse"):
+            wire.decode_lookup_response(bad)
+
+
+@pytest.mark.parametrize("with_found", [False, True])
+def test_lookup_response_encodes_byte_for_byte_like_protobuf(rng, with_found):
+    answers, messages = [], []
+    for i, (dtype, n) in enumerate([(np.float32, 3), (np.float16, 200), (np.float32, 0)]):
+        values = rng.standard_normal((n, 5)).astype(dtype)
+        found = rng.random(n) < 0.5 if with_found else None
+        answers.append((f"table-{i}", 5, values, found))
+        payload, wire_dtype = wire.encode_values(values)
+        messages.append(
+            ps_pb2.TableValues(
+                table=f"table-{i}", dim=5, dtype=wire_dtype, values=payload,
+                found=wire.encode_found(found) if with_found else b"",
+            )
+        )  # fmt: skip
+    expected = ps_pb2.LookupResponse(tables=messages).SerializeToString()
+    assert wire.encode_lookup_response(answers) == expected
+    assert wire.encode_lookup_response([]) == b""

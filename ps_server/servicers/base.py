@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import ClassVar
 
 import grpc
@@ -53,7 +54,9 @@ def check_view(state: ShardState, view: ps_pb2.ShardView) -> None:
 
 
 def decode_key_batches(
-    state: ShardState, entries: list, answer_bytes_per_row: dict[str, int] | None = None
+    state: ShardState,
+    entries: list,
+    answer_bytes_per_row: Callable[[EmbeddingTable], int] | None = None,
 ) -> list[KeyBatch]:
     """Each entry's table and keys, after every check of the whole request passed.
 
@@ -75,7 +78,7 @@ def decode_key_batches(
             check_ownership(state, keys, entry.table)
         total_keys += keys.size
         if answer_bytes_per_row is not None:
-            answer_bytes += keys.size * answer_bytes_per_row[entry.table]
+            answer_bytes += keys.size * answer_bytes_per_row(table)
         batches.append((entry.table, table, keys))
     if total_keys > limits.max_batch_keys:
         raise BatchTooLargeError(

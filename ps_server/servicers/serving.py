@@ -14,6 +14,7 @@ from ps_server.metrics import ServerMetrics
 from ps_server.servicers.base import BaseServicer, check_view, decode_key_batches
 from ps_server.state import ShardState
 from ps_server.sync import DeltaReceiver, SyncMetrics
+from ps_server.table import EmbeddingTable
 
 __all__ = ["ServingServicer"]
 
@@ -21,6 +22,12 @@ _WRITES_REFUSED = (
     "{rpc} refused: this is a serving server; gradients go to the training servers "
     "and reach serving through the sync agent"
 )
+
+
+def _answer_row_bytes(table: EmbeddingTable) -> int:
+    """Bytes a row takes in a Lookup answer: float32 values (``find`` widens float16
+    storage) and one found byte."""
+    return table.dim * 4 + 1
 
 
 class ServingServicer(BaseServicer):
@@ -35,27 +42,15 @@ class ServingServicer(BaseServicer):
         self.delta_receiver = DeltaReceiver(state, SyncMetrics(metrics.registry))
 
     @rpc_errors
-    def Lookup(
-        self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.LookupResponse:
+    def Lookup(self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext) -> bytes:
+        """A serialized LookupResponse with found masks (the server sends bytes as they are)."""
         check_view(self.state, request.view)
-        # value bytes plus one found byte a row
-        row_bytes = {name: t.dim * t.dtype.itemsize + 1 for name, t in self.state.tables.items()}
-        batches = decode_key_batches(self.state, request.tables, row_bytes)
-        response = ps_pb2.LookupResponse()
+        batches = decode_key_batches(self.state, request.tables, _answer_row_bytes)
+        answers = []
         for name, table, keys in batches:
             values, found = table.find(keys)
-            payload, dtype = wire.encode_values(values)
-            response.tables.append(
-                ps_pb2.TableValues(
-                    table=name,
-                    dim=table.dim,
-                    dtype=dtype,
-                    values=payload,
-                    found=wire.encode_found(found),
-                )
-            )
-        return response
+            answers.append((name, table.dim, values, found))
+        return wire.encode_lookup_response(answers)
 
     @rpc_errors
     def Push(
@@ -77,6 +72,15 @@ class ServingServicer(BaseServicer):
             "ExportDelta refused: this is a serving server; deltas are exported by training servers"
         )
         yield  # a generator, as every streaming servicer method
+
+    @rpc_errors
+    def Expire(
+        self, request: ps_pb2.ExpireRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.ExpireResponse:
+        raise WrongRoleError(
+            "Expire refused: this is a serving server; rows expire on the training servers "
+            "and their tombstones reach serving through the sync agent"
+        )
 
     @rpc_errors
     def ApplyDelta(

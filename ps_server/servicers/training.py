@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -20,11 +22,17 @@ from ps_server.servicers.base import (
 )
 from ps_server.state import ShardState
 from ps_server.sync import SyncMetrics, export_dense_chunks, export_table_chunks
+from ps_server.table import EmbeddingTable
 
 __all__ = ["TrainingServicer"]
 
 _FLOAT32_BYTES = 4
 _SERVING_ONLY = "{rpc} refused: this is a training server; deltas are applied on serving servers"
+
+
+def _answer_row_bytes(table: EmbeddingTable) -> int:
+    """Bytes a row takes in a Lookup answer (float32 values)."""
+    return table.dim * _FLOAT32_BYTES
 
 
 class TrainingServicer(BaseServicer):
@@ -42,21 +50,13 @@ class TrainingServicer(BaseServicer):
         self._sync_metrics = SyncMetrics(metrics.registry)
 
     @rpc_errors
-    def Lookup(
-        self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.LookupResponse:
+    def Lookup(self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext) -> bytes:
+        """A serialized LookupResponse (the server sends bytes as they are)."""
         check_view(self.state, request.view)
-        row_bytes = {name: t.dim * _FLOAT32_BYTES for name, t in self.state.tables.items()}
-        batches = decode_key_batches(self.state, request.tables, row_bytes)
-        response = ps_pb2.LookupResponse()
-        for name, table, keys in batches:
-            values = table.find_or_insert(keys)
-            response.tables.append(
-                ps_pb2.TableValues(
-                    table=name, dim=table.dim, dtype=ps_pb2.DTYPE_FLOAT32, values=values.tobytes()
-                )
-            )
-        return response
+        batches = decode_key_batches(self.state, request.tables, _answer_row_bytes)
+        return wire.encode_lookup_response(
+            [(name, table.dim, table.find_or_insert(keys), None) for name, table, keys in batches]
+        )
 
     @rpc_errors
     def Push(
@@ -125,6 +125,22 @@ class TrainingServicer(BaseServicer):
         yield from export_table_chunks(
             self.state, request, self.state.config.sync.chunk_rows, self._sync_metrics
         )
+
+    @rpc_errors
+    def Expire(
+        self, request: ps_pb2.ExpireRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.ExpireResponse:
+        if not math.isfinite(request.now) or request.now < 0:
+            raise BadRequestError(
+                f"now must be unix seconds >= 0 (0 = the server's clock), got {request.now}"
+            )
+        now = request.now or time.time()
+        expired = sum(
+            table.expire(now)
+            for table in list(self.state.tables.values())
+            if table.config.ttl_seconds
+        )
+        return ps_pb2.ExpireResponse(rows_expired=expired)
 
     @rpc_errors
     def ApplyDelta(

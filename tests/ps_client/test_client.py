@@ -185,6 +185,7 @@ def test_lookup_keeps_the_shape_and_order_of_the_keys(server):
         empty = client.lookup("user_id", np.array([], dtype=np.uint64))
         future = client.lookup_async("user_id", keys)
         assert rows.shape == (2, 3, 8) and rows.dtype == np.float32
+        assert rows.flags.writeable and rows.flags.c_contiguous
         np.testing.assert_array_equal(rows.reshape(6, 8), flat)
         np.testing.assert_array_equal(rows[0, 0], rows[0, 2])
         np.testing.assert_array_equal(future.result(timeout=30), rows)
