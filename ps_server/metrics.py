@@ -60,6 +60,12 @@ _TABLE_COUNTERS = {
         "monolith_ps_delta_tombstones_applied",
         "Delta tombstones (deletes, expiries, evictions on training) applied by sync.",
     ),
+    "cold_hits": (
+        "monolith_ps_rows_cold_hits",
+        "Keys looked up whose row was in the cold tier (over rows_looked_up: cold-hit rate).",
+    ),
+    "promoted": ("monolith_ps_rows_promoted", "Rows moved from the cold tier to the hot tier."),
+    "demoted": ("monolith_ps_rows_demoted", "Rows moved from the hot tier to the cold tier."),
 }
 UNKNOWN_TABLE_LABEL = "_unknown"
 
@@ -128,7 +134,21 @@ class TableCollector(Collector):
         version = GaugeMetricFamily(
             "monolith_ps_table_version", "The table's change counter.", labels=["table"]
         )
+        tier_rows = GaugeMetricFamily(
+            "monolith_ps_table_tier_rows",
+            "Live rows per tier (hot, cold).",
+            labels=["table", "tier"],
+        )
+        tier_bytes = GaugeMetricFamily(
+            "monolith_ps_table_tier_bytes",
+            "Bytes per tier: hot arrays in memory, cold files on disk, capacity included.",
+            labels=["table", "tier"],
+        )
         for name, table in tables.items():
+            tiers = table.tier_stats()
+            for tier in ("hot", "cold"):
+                tier_rows.add_metric([name, tier], float(tiers[f"{tier}_rows"]))
+                tier_bytes.add_metric([name, tier], float(tiers[f"{tier}_bytes"]))
             stats = table.stats()
             for key, family in counters.items():
                 family.add_metric([name], float(stats.get(key, 0)))
@@ -137,7 +157,7 @@ class TableCollector(Collector):
             memory.add_metric([name], float(table.memory_bytes()))
             version.add_metric([name], float(table.version))
         yield from counters.values()
-        yield from (rows, load, memory, version)
+        yield from (rows, load, memory, version, tier_rows, tier_bytes)
         info = GaugeMetricFamily(
             "monolith_ps_server_info",
             "Constant 1, labelled with what this server is.",

@@ -56,6 +56,8 @@ class TableConfig:
     seed: int = 0
     tombstone_log_size: int = 1_000_000
     sketch_width: int = 1 << 18
+    memory_budget_bytes: int | None = None
+    cold_dir: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -143,6 +145,15 @@ def _validate(c: TableConfig) -> None:
     w = c.sketch_width
     if not _is_int(w) or w < 64 or w > 1 << 30 or w & (w - 1):
         fail("sketch_width", "must be a power of two from 64 to 2**30", w)
+    budget = c.memory_budget_bytes
+    if budget is not None and (not _is_int(budget) or budget < 1):
+        fail("memory_budget_bytes", "must be null or a positive integer", budget)
+    if c.cold_dir is not None and (not isinstance(c.cold_dir, str) or not c.cold_dir):
+        fail("cold_dir", "must be null or a non-empty directory path", c.cold_dir)
+    if budget is not None and c.cold_dir is None:
+        fail("cold_dir", "is required with memory_budget_bytes (where cold rows go)", None)
+    if budget is None and c.cold_dir is not None:
+        fail("memory_budget_bytes", "is required with cold_dir (when rows go cold)", None)
 
 
 def _validate_args(

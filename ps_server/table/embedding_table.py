@@ -32,8 +32,9 @@ import numpy as np
 
 from ps_server.optim.initializers import INITIALIZERS, LEARNED
 from ps_server.optim.optimizers import OPTIMIZERS, init_state_rows
-from ps_server.table import admission, cuckoo, export, lookup, rows, update
+from ps_server.table import admission, cuckoo, export, lookup, rows, tiers, update
 from ps_server.table.arena import RowArena
+from ps_server.table.cold import SHARED_SCALARS, ColdTier
 from ps_server.table.config import TableConfig
 from ps_server.table.delta import Delta
 from ps_server.table.errors import (
@@ -65,7 +66,15 @@ _STAT_NAMES = (
     "delta_rows_applied",
     "delta_rows_skipped",
     "delta_tombstones_applied",
+    "cold_hits",
+    "promoted",
+    "demoted",
 )
+# hot bytes a row costs beyond its arena row: key, metadata line, and its share of the
+# index (64-byte buckets of 4 slots, filled between 45% and 90%)
+_ROW_OVERHEAD = 8 + 8 * rows.META_COLUMNS + 36
+_MIN_RELEASE = 4 << 20
+_MAX_RELEASE = 64 << 20
 _META_INTS = ("version", "tick", "log_floor", "default_version", "default_pushes", "rng")
 _META_ARRAYS = ("sketch", "default_row", "default_state", "tombstone_keys", "tombstone_versions")
 
@@ -160,6 +169,15 @@ class EmbeddingTable:
         self._default_state = np.zeros((learned, opt.state_width(dim)), dtype=np.float32)
         init_state_rows(self._opt_kind, self._hp, self._default_state)
         self._stats = dict.fromkeys(_STAT_NAMES, 0)
+        # the cold tier, with a memory budget: rows past ``_hot_limit`` go there
+        self._cold: ColdTier | None = None
+        self._hot_limit = 0
+        self._release_bytes = 0
+        budget = config.memory_budget_bytes
+        if budget is not None:
+            self._cold = ColdTier(config.cold_dir, dim + self._state_width, self._storage)
+            self._hot_limit = max(1, budget // self._hot_row_bytes())
+            self._release_bytes = min(_MAX_RELEASE, max(_MIN_RELEASE, budget // 4))
 
     # ------------------------------------------------------------------ properties
 
@@ -204,17 +222,36 @@ class EmbeddingTable:
         return int(self._index.shape[0])
 
     def __len__(self) -> int:
-        return int(self._scalars[rows.LIVE])
+        cold = 0 if self._cold is None else len(self._cold)
+        return int(self._scalars[rows.LIVE]) + cold
 
     def load_factor(self) -> float:
-        """Live rows over index slots."""
+        """Live rows over index slots (of the hot tier's index)."""
         with self._lock:
-            return len(self) / (self._index.shape[0] * cuckoo.SLOTS)
+            return int(self._scalars[rows.LIVE]) / (self._index.shape[0] * cuckoo.SLOTS)
 
     def memory_bytes(self) -> int:
-        """Bytes of every array the table holds, allocated capacity included."""
+        """Bytes of every array the table holds in memory, allocated capacity included (the
+        cold tier's files are not memory: see :meth:`tier_stats`)."""
         with self._lock:
-            return sum(a.nbytes for a in self._arrays())
+            cold = 0 if self._cold is None else self._cold.memory_bytes()
+            return sum(a.nbytes for a in self._arrays()) + cold
+
+    def tier_stats(self) -> dict[str, int]:
+        """Rows and bytes per tier. ``hot_bytes`` counts the hot tier's arrays (capacity
+        included), ``cold_bytes`` the cold tier's files, ``cold_memory_bytes`` its index;
+        ``hot_row_limit`` is the rows the budget allows (0: no tiers). The movement counters
+        (``promoted``, ``demoted``, ``cold_hits``) are in :meth:`stats`."""
+        with self._lock:
+            cold = self._cold
+            return {
+                "hot_rows": int(self._scalars[rows.LIVE]),
+                "cold_rows": 0 if cold is None else len(cold),
+                "hot_bytes": sum(a.nbytes for a in self._arrays()),
+                "cold_bytes": 0 if cold is None else cold.file_bytes(),
+                "cold_memory_bytes": 0 if cold is None else cold.memory_bytes(),
+                "hot_row_limit": self._hot_limit,
+            }
 
     def stats(self) -> dict[str, int]:
         """Counters since creation: lookups, inserts, updates, rejections, removals."""
@@ -225,7 +262,14 @@ class EmbeddingTable:
         """Live keys (``uint64``), in row order."""
         with self._lock:
             high = int(self._scalars[rows.HIGH])
-            return self._row_keys[:high][self._meta[:high, rows.VERSION_COL] != 0]
+            hot = self._row_keys[:high][self._meta[:high, rows.VERSION_COL] != 0]
+            cold = self._cold
+            if cold is None or len(cold) == 0:
+                return hot
+            high = cold.high
+            keys = np.concatenate([hot, cold.keys[:high][cold.meta[:high, rows.VERSION_COL] != 0]])
+            cold.release()
+            return keys
 
     # ------------------------------------------------------------------ lookups
 
@@ -245,6 +289,8 @@ class EmbeddingTable:
                 hits = lookup.find_f16(
                     self._index, self._rows, _HALF_TO_F32, keys, out, found, *self._init_args()
                 )
+            if hits < n and self._cold is not None and len(self._cold):
+                hits += self._find_cold(keys, out, found)
             self._stats["lookups"] += n
             self._stats["lookup_misses"] += n - hits
         return out, found
@@ -259,9 +305,11 @@ class EmbeddingTable:
         now = _micros(_check_now(now))
         out = np.empty((keys.shape[0], self.dim), dtype=np.float32)
         with self._lock:
+            self._promote(keys, for_lookup=True)
             self._resolve(keys, _NO_COUNTS, now, out=out)
             self._stats["lookups"] += keys.shape[0]
             self._evict_over_limit()
+            self._demote_over_budget()
         return out
 
     # ------------------------------------------------------------------ training
@@ -294,6 +342,7 @@ class EmbeddingTable:
         counts = counts[:n_unique]
         first = first[:n_unique]
         with self._lock:
+            self._promote(unique)
             found_rows = self._resolve(unique, counts, now, touch_rows=False)
             updated, pending = update.apply_steps(
                 self._rows,
@@ -315,6 +364,7 @@ class EmbeddingTable:
             )
             self._stats["updates"] += updated
             self._evict_over_limit()
+            self._demote_over_budget()
         return int(updated), int(pending)
 
     # ------------------------------------------------------------------ removal
@@ -323,6 +373,7 @@ class EmbeddingTable:
         """Delete the present keys (each leaves a tombstone); returns how many were deleted."""
         keys = _check_keys(keys)
         with self._lock:
+            self._promote(keys)
             deleted = self._run_removal(
                 lambda start: export.delete_keys(
                     self._index,
@@ -361,6 +412,22 @@ class EmbeddingTable:
                     start,
                 )  # fmt: skip
             )
+            if self._cold is not None and len(self._cold):
+                cold = self._cold
+                expired += self._run_cold_removal(
+                    lambda start: export.expire_rows(
+                        cold.index,
+                        cold.scalars,
+                        cold.keys,
+                        cold.meta,
+                        self._log_keys,
+                        self._log_versions,
+                        self._log_limit(),
+                        cutoff,
+                        start,
+                    )  # fmt: skip
+                )
+                cold.release()
             self._stats["expired"] += expired
         return expired
 
@@ -380,8 +447,19 @@ class EmbeddingTable:
             since = 0 if full else version
             high = int(self._scalars[rows.HIGH])
             picked = export.rows_since(self._meta, high, since)
+            row_keys = self._row_keys[picked]
             meta = self._meta[picked]
             values = self._rows[picked, : self.dim]
+            state = self._rows[picked, self.dim :] if with_state and self._trainable else None
+            cold = self._cold
+            if cold is not None and len(cold):
+                cold_picked = export.rows_since(cold.meta, cold.high, since)
+                row_keys = np.concatenate([row_keys, cold.keys[cold_picked]])
+                meta = np.concatenate([meta, cold.meta[cold_picked]])
+                values = np.concatenate([values, cold.arena[cold_picked, : self.dim]])
+                if state is not None:
+                    state = np.concatenate([state, cold.arena[cold_picked, self.dim :]])
+                cold.release()
             if self._storage is np.uint16:
                 values = values.view(np.float16)
             if full:
@@ -392,7 +470,7 @@ class EmbeddingTable:
                     self._scalars, self._log_keys, self._log_versions, since
                 )
             delta = Delta(
-                keys=self._row_keys[picked],
+                keys=row_keys,
                 values=values,
                 versions=meta[:, rows.VERSION_COL].astype(np.uint64),
                 tombstone_keys=t_keys,
@@ -402,8 +480,7 @@ class EmbeddingTable:
                 since_version=since,
             )
             if with_state:
-                if self._trainable:
-                    state = self._rows[picked, self.dim :]
+                if state is not None:
                     # a row gets its optimizer state at its first push: before, report the
                     # state it will start from
                     fresh = meta[:, rows.PUSHES_COL] == 0
@@ -411,7 +488,7 @@ class EmbeddingTable:
                     init_state_rows(self._opt_kind, self._hp, initial)
                     state[fresh] = initial
                 else:
-                    state = np.zeros((len(picked), 0), dtype=np.float32)
+                    state = np.zeros((len(row_keys), 0), dtype=np.float32)
                 delta.opt_state = state
                 delta.push_counts = meta[:, rows.PUSHES_COL].astype(np.uint32)
                 delta.last_update = meta[:, rows.UPDATED_COL] / 1e6
@@ -438,20 +515,32 @@ class EmbeddingTable:
             pushes = np.zeros(0, dtype=np.int64)
             last_update = np.zeros(0, dtype=np.int64)
         now = _micros(time.time())
+        n = keys.shape[0]
         with self._lock:
             applied = skipped = 0
-            start = 0
-            while True:
-                status, start, a, s = update.upsert_rows(
-                    self._index, self._max_live, self._rng, self._scalars, self._row_keys,
-                    self._meta, self._rows, keys, values, versions, has_state, state,
-                    pushes, last_update, usage, start, now, self._lfu,
-                )  # fmt: skip
-                applied += a
-                skipped += s
-                if status == rows.DONE:
-                    break
-                self._grow(status)
+            # with tiers, in chunks: the hot tier never holds more than a chunk over budget
+            step = n if self._cold is None else max(256, self._hot_limit // 8)
+            for lo in range(0, n, max(step, 1)):
+                part = slice(lo, lo + step)
+                chunk = keys[part]
+                self._promote(chunk)
+                start = 0
+                while True:
+                    status, start, a, s = update.upsert_rows(
+                        self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                        self._meta, self._rows, chunk, values[part], versions[part], has_state,
+                        state[part] if has_state else state,
+                        pushes[part] if has_state else pushes,
+                        last_update[part] if has_state else last_update,
+                        usage[part] if usage.shape[0] else usage, start, now, self._lfu,
+                    )  # fmt: skip
+                    applied += a
+                    skipped += s
+                    if status == rows.DONE:
+                        break
+                    self._grow(status)
+                self._demote_over_budget()
+            self._promote(t_keys)
             deleted = self._run_removal(
                 lambda start: export.apply_tombstones(
                     self._index,
@@ -475,6 +564,7 @@ class EmbeddingTable:
             self._stats["delta_rows_applied"] += applied
             self._stats["delta_rows_skipped"] += skipped
             self._stats["delta_tombstones_applied"] += deleted
+            self._demote_over_budget()
         return int(applied), int(skipped), int(deleted)
 
     # ------------------------------------------------------------------ metadata
@@ -671,10 +761,32 @@ class EmbeddingTable:
             return
         excess = len(self) - max_rows
         high = int(self._scalars[rows.HIGH])
-        live = self._meta[:high, rows.VERSION_COL] != 0
-        usage = np.where(live, self._meta[:high, rows.USAGE_COL], _I64_MAX)
-        victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
+        usage = _usage_ranks(self._meta, high)
+        cold = self._cold
+        if cold is not None and len(cold):
+            usage = np.concatenate([usage, _usage_ranks(cold.meta, cold.high)])
+        total = usage.shape[0]
+        victims = (
+            np.argpartition(usage, excess - 1)[:excess] if excess < total else np.arange(total)
+        )
         victims = victims[np.argsort(usage[victims], kind="stable")]
+        if total > high:
+            cold_victims = victims[victims >= high] - high
+            victims = victims[victims < high]
+            self._stats["evicted"] += self._run_cold_removal(
+                lambda start: export.evict_rows(
+                    cold.index,
+                    cold.scalars,
+                    cold.keys,
+                    cold.meta,
+                    self._log_keys,
+                    self._log_versions,
+                    self._log_limit(),
+                    cold_victims,
+                    start,
+                )  # fmt: skip
+            )
+            cold.release()
         evicted = self._run_removal(
             lambda start: export.evict_rows(
                 self._index,
@@ -689,6 +801,101 @@ class EmbeddingTable:
             )  # fmt: skip
         )
         self._stats["evicted"] += evicted
+
+    # ------------------------------------------------------------------ tiers
+
+    def _hot_row_bytes(self) -> int:
+        return (self.dim + self._state_width) * np.dtype(self._storage).itemsize + _ROW_OVERHEAD
+
+    def _find_cold(self, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
+        """Fill the hot misses of :meth:`find` from the cold tier, in place (read-only: the
+        rows stay cold); returns the cold hits."""
+        cold = self._cold
+        missed = np.flatnonzero(~found)
+        cold_rows = np.empty(missed.shape[0], dtype=np.int64)
+        cuckoo.locate(cold.index, keys[missed], cold_rows)
+        hit = cold_rows >= 0
+        at = missed[hit]
+        k = at.shape[0]
+        if k == 0:
+            return 0
+        sub = np.empty((k, self.dim), dtype=np.float32)
+        if self._storage is np.float32:
+            lookup.gather_rows(cold.arena, cold_rows[hit], keys[at], sub, *self._init_args())
+        else:
+            lookup.gather_rows_f16(
+                cold.arena, _HALF_TO_F32, cold_rows[hit], keys[at], sub, *self._init_args()
+            )
+        out[at] = sub
+        found[at] = True
+        self._stats["cold_hits"] += k
+        cold.note_touched(k, self._release_bytes)
+        return k
+
+    def _promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:
+        """Bring the cold rows among ``keys`` into the hot tier."""
+        cold = self._cold
+        if cold is None or len(cold) == 0 or keys.shape[0] == 0:
+            return
+        cold_rows = np.empty(keys.shape[0], dtype=np.int64)
+        cuckoo.locate(cold.index, keys, cold_rows)
+        promoted = 0
+        start = 0
+        while True:
+            status, start, n = tiers.promote_rows(
+                self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                self._meta, self._rows, cold.index, cold.scalars, cold.keys, cold.meta,
+                cold.arena, keys, cold_rows, start,
+            )  # fmt: skip
+            promoted += n
+            if status == rows.DONE:
+                break
+            self._grow(status)
+        self._stats["promoted"] += promoted
+        if for_lookup:
+            self._stats["cold_hits"] += promoted
+        cold.note_touched(promoted, self._release_bytes)
+
+    def _demote_over_budget(self) -> None:
+        """Past the hot row limit, move the least recently used hot rows (lowest usage rank)
+        to the cold tier, down to 7/8 of the limit so demotion runs once per many batches."""
+        cold = self._cold
+        live = int(self._scalars[rows.LIVE])
+        if cold is None or live <= self._hot_limit:
+            return
+        excess = live - (self._hot_limit - self._hot_limit // 8)
+        high = int(self._scalars[rows.HIGH])
+        usage = _usage_ranks(self._meta, high)
+        victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
+        demoted = 0
+        start = 0
+        while True:
+            status, start, n = tiers.demote_rows(
+                self._index, self._scalars, self._row_keys, self._meta, self._rows,
+                cold.index, cold.max_live, self._rng, cold.scalars, cold.keys, cold.meta,
+                cold.arena, victims, start,
+            )  # fmt: skip
+            demoted += n
+            if status == rows.DONE:
+                break
+            cold.grow(status)
+        self._stats["demoted"] += demoted
+        cold.note_touched(demoted, self._release_bytes)
+
+    def _run_cold_removal(self, call: Any) -> int:
+        """:meth:`_run_removal` for a removal kernel over the cold tier: the cold scalars
+        take the table's version, clock and tombstone-log fields for the call."""
+        cold_scalars = self._cold.scalars
+        removed = 0
+        start = 0
+        while True:
+            cold_scalars[SHARED_SCALARS] = self._scalars[SHARED_SCALARS]
+            status, start, n = call(start)
+            self._scalars[SHARED_SCALARS] = cold_scalars[SHARED_SCALARS]
+            removed += int(n)
+            if status == rows.DONE:
+                return removed
+            self._grow(status)
 
     def _check_delta(self, delta: Any) -> tuple[Any, ...]:
         if not isinstance(delta, Delta):
@@ -781,6 +988,11 @@ class EmbeddingTable:
                 raise DeltaError("delta.usage must not be negative")
             usage = np.ascontiguousarray(usage)
         return keys, values, versions, t_keys, t_versions, state, pushes, last_update, usage
+
+
+def _usage_ranks(meta: np.ndarray, high: int) -> np.ndarray:
+    """Usage rank of rows below ``high``; free rows rank last."""
+    return np.where(meta[:high, rows.VERSION_COL] != 0, meta[:high, rows.USAGE_COL], _I64_MAX)
 
 
 def _check_versions(versions: Any, n: int, what: str) -> np.ndarray:

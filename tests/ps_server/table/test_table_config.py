@@ -15,7 +15,7 @@ FULL = {
     "initializer": "normal", "initializer_args": {"std": 0.01}, "admit_after": 3,
     "ttl_seconds": 86400.0, "max_rows": 1000, "eviction": "lfu", "serving_dtype": "float16",
     "lr_frequency_power": 0.5, "seed": 2**64 - 1, "tombstone_log_size": 1000,
-    "sketch_width": 1024,
+    "sketch_width": 1024, "memory_budget_bytes": 1 << 30, "cold_dir": "/var/lib/mps/cold",
 }  # fmt: skip
 
 
@@ -58,6 +58,10 @@ BAD = [
     ({"seed": 2**64}, r"\.seed: must be an integer from 0 to 2\*\*64 - 1"),
     ({"tombstone_log_size": 0}, r"\.tombstone_log_size: must be a positive integer"),
     ({"sketch_width": 1000}, r"\.sketch_width: must be a power of two"),
+    ({"memory_budget_bytes": 0}, r"\.memory_budget_bytes: must be null or a positive integer"),
+    ({"cold_dir": ""}, r"\.cold_dir: must be null or a non-empty directory path"),
+    ({"cold_dir": None}, r"\.cold_dir: is required with memory_budget_bytes"),
+    ({"memory_budget_bytes": None}, r"\.memory_budget_bytes: is required with cold_dir"),
     ({"colour": "red"}, r"tables\[user_id\]\.colour: unknown field"),
 ]  # fmt: skip
 
