@@ -42,6 +42,7 @@ from sync_agent.router import can_share_keys
 from sync_agent.settings import AgentSettings, SettingsError
 from sync_agent.streams import (
     ReplicaOutcome,
+    StopSignal,
     StreamLimits,
     SyncStoppedError,
     error_text,
@@ -61,16 +62,32 @@ _SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 
 @dataclasses.dataclass
 class RoundReport:
-    """What one round did; ``outcome`` is ok, partial (some streams failed), failed or stopped."""
+    """What one round did.
+
+    ``outcome``: ok; partial (something failed, the rest was synced); failed (every
+    stream failed, or no training shard or no replica answered); stopped.
+    """
 
     kind: str
     outcome: str = "ok"
+    training_shards: int = 0  # that answered
+    replicas: int = 0  # that answered
     streams_ok: int = 0
     streams_failed: int = 0
     rows_applied: int = 0
     full_resyncs: int = 0
     seconds: float = 0.0
     errors: list[str] = dataclasses.field(default_factory=list)
+
+    def merge(self, other: RoundReport) -> None:
+        """Add the streams, rows and errors of ``other`` (a replica synced apart)."""
+        self.streams_ok += other.streams_ok
+        self.streams_failed += other.streams_failed
+        self.rows_applied += other.rows_applied
+        self.full_resyncs += other.full_resyncs
+        self.errors.extend(other.errors)
+        if other.outcome == "stopped":
+            self.outcome = "stopped"
 
 
 class SyncAgent:
@@ -99,11 +116,18 @@ class SyncAgent:
             stream_timeout=settings.stream_timeout,
             stall_timeout=settings.stall_timeout,
         )
-        self._stop = threading.Event()
+        self._stop = StopSignal()
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=_MAX_PARALLEL_EXPORTS, thread_name_prefix="sync-export"
         )
-        self._isolated: set[str] = set()  # replicas that failed last round sync on their own
+        # Replicas that failed recently sync on their own, in the background: a round
+        # waits for none of them, and each has at most one such sync in flight.
+        self._background_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_MAX_PARALLEL_EXPORTS, thread_name_prefix="sync-isolated"
+        )
+        self._lock = threading.Lock()  # _isolated and _background, shared with those syncs
+        self._isolated: set[str] = set()
+        self._background: dict[str, concurrent.futures.Future[RoundReport]] = {}
         self._behind_since: dict[tuple[str, str], float] = {}
         self._known_replicas: dict[str, list[str]] = {}
 
@@ -129,7 +153,8 @@ class SyncAgent:
             now = time.monotonic()
             if now >= next_sparse:
                 next_sparse = now + self.settings.sparse_interval
-                failed |= self.sync_sparse().outcome not in ("ok", "stopped")
+                report = self.sync_sparse(wait_background=self.settings.once)
+                failed |= report.outcome not in ("ok", "stopped")
             if self._stop.is_set():
                 break
             now = time.monotonic()
@@ -150,6 +175,7 @@ class SyncAgent:
         """Stop, and release channels, threads and discovery."""
         self._stop.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._background_pool.shutdown(wait=True, cancel_futures=True)
         self._channels.close()
         self.discovery.close()
 
@@ -165,28 +191,32 @@ class SyncAgent:
 
     # ------------------------------------------------------------------ rounds
 
-    def sync_sparse(self) -> RoundReport:
-        """One sparse round: every table of every training shard to every replica."""
+    def sync_sparse(self, wait_background: bool = False) -> RoundReport:
+        """One sparse round: every table of every training shard to every replica.
+
+        Replicas that failed recently are synced in the background and the round does not
+        wait for them, unless ``wait_background`` (then their results join the report).
+        """
         report = RoundReport("sparse")
         started = time.monotonic()
         training, replicas = self._read_cluster(report)
+        with self._lock:
+            isolated = tuple(self._isolated)
         plans = [
             plan
             for shard in training
             for table in shard.tables
-            for plan in plan_exports(shard, table, replicas, tuple(self._isolated))
+            for plan in plan_exports(shard, table, replicas, isolated)
         ]
+        apart: dict[str, list[ExportPlan]] = {}
+        for plan in plans:
+            if plan.isolated:
+                apart.setdefault(plan.replicas[0][0].name, []).append(plan)
+        background = [self._start_background(name, group) for name, group in apart.items()]
         outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
         try:
             for plan, (plan_outcomes, received) in self._run_parallel(
-                plans,
-                lambda plan: run_export(
-                    plan,
-                    self._channels.stub(plan.source.endpoint.address),
-                    self._serving_stub,
-                    self._limits,
-                    self._stop,
-                ),
+                [p for p in plans if not p.isolated], self._export
             ):
                 self.metrics.bytes_exported.labels(
                     str(plan.source.shard_index), plan.table.table
@@ -194,8 +224,64 @@ class SyncAgent:
                 outcomes.extend((plan, o) for o in plan_outcomes)
         except SyncStoppedError:
             report.outcome = "stopped"
-        self._record_sparse(report, training, replicas, outcomes)
+        planned = {replica.name for plan in plans for replica, _ in plan.replicas}
+        self._record_sparse(report, training, replicas, outcomes, planned)
+        if wait_background:
+            for future in background:
+                if future is not None:
+                    report.merge(future.result())
         return self._finish(report, started)
+
+    def _export(self, plan: ExportPlan) -> tuple[list[ReplicaOutcome], int]:
+        return run_export(
+            plan,
+            self._channels.stub(plan.source.endpoint.address),
+            self._serving_stub,
+            self._limits,
+            self._stop,
+        )
+
+    def _start_background(
+        self, name: str, plans: list[ExportPlan]
+    ) -> concurrent.futures.Future[RoundReport] | None:
+        """Sync one isolated replica apart; None while its previous such sync still runs."""
+        with self._lock:
+            if name in self._background:
+                return None
+            future = self._background_pool.submit(self._sync_apart, name, plans)
+            self._background[name] = future
+        return future
+
+    def _sync_apart(self, name: str, plans: list[ExportPlan]) -> RoundReport:
+        report = RoundReport("sparse")
+        outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
+        try:
+            for plan in plans:
+                plan_outcomes, received = self._export(plan)
+                self.metrics.bytes_exported.labels(
+                    str(plan.source.shard_index), plan.table.table
+                ).inc(received)
+                outcomes.extend((plan, o) for o in plan_outcomes)
+        except SyncStoppedError:
+            report.outcome = "stopped"
+        for plan, outcome in outcomes:
+            self._count_outcome(report, outcome, plan.table.table, plan.source.shard_index)
+        recovered = report.outcome == "ok" and all(o.ok for _, o in outcomes)
+        with self._lock:
+            if recovered:
+                self._isolated.discard(name)
+            self._background.pop(name, None)
+        _LOGGER.info(
+            "replica_synced_apart",
+            extra=fields(
+                replica=name,
+                recovered=recovered,
+                streams_ok=report.streams_ok,
+                streams_failed=report.streams_failed,
+                rows_applied=report.rows_applied,
+            ),
+        )
+        return report
 
     def sync_dense(self) -> RoundReport:
         """One dense round: training shard 0's dense arrays to every replica behind it."""
@@ -252,12 +338,14 @@ class SyncAgent:
         for endpoint, result in states:
             if isinstance(result, str):
                 self._error(report, "sync_state", endpoint.name, result)
-                self._isolated.add(endpoint.name)
+                with self._lock:
+                    self._isolated.add(endpoint.name)
             else:
                 replicas.append(result)
         training = self._check_training_topology(training, report)
         self.metrics.training_shards.set(len(training))
         self.metrics.replicas.set(len(replicas))
+        report.training_shards, report.replicas = len(training), len(replicas)
         self._forget_gone_replicas({e.name for e in serving_eps})
         return training, replicas
 
@@ -362,22 +450,26 @@ class SyncAgent:
         training: list[TrainingShard],
         replicas: list[ReplicaState],
         outcomes: list[tuple[ExportPlan, ReplicaOutcome]],
+        planned: set[str],
     ) -> None:
         applied: dict[tuple[str, str, int], int] = {}
-        failed_replicas: set[str] = set()
+        failed: set[str] = set()
         for plan, outcome in outcomes:
             self._count_outcome(report, outcome, plan.table.table, plan.source.shard_index)
             if outcome.ok:
                 applied[(outcome.replica.name, plan.table.table, plan.source.shard_index)] = (
                     outcome.complete_version
                 )
-            else:
-                failed_replicas.add(outcome.replica.name)
-        for replica in replicas:
-            if replica.name in failed_replicas:
-                self._isolated.add(replica.name)
-            else:
-                self._isolated.discard(replica.name)
+            elif outcome.stage != "stopped":
+                failed.add(outcome.replica.name)
+        succeeded = {o.replica.name for _, o in outcomes if o.ok} - failed
+        with self._lock:
+            self._isolated |= failed
+            self._isolated -= succeeded
+            # up to date, nothing planned, nothing in flight: no longer needs keeping apart
+            self._isolated -= {
+                r.name for r in replicas if r.name not in planned and r.name not in self._background
+            }
         self._update_lag(training, replicas, applied)
 
     def _count_outcome(
@@ -453,7 +545,8 @@ class SyncAgent:
     def _forget_gone_replicas(self, present: set[str]) -> None:
         for name in [n for n in self._known_replicas if n not in present]:
             self.metrics.forget_replica(name, self._known_replicas.pop(name))
-            self._isolated.discard(name)
+            with self._lock:
+                self._isolated.discard(name)
 
     def _error(self, report: RoundReport, stage: str, server: str, message: str) -> None:
         report.errors.append(f"{stage} {server}: {message}")
@@ -463,7 +556,9 @@ class SyncAgent:
     def _finish(self, report: RoundReport, started: float) -> RoundReport:
         report.seconds = time.monotonic() - started
         if report.outcome != "stopped" and report.errors:
-            report.outcome = "partial" if report.streams_ok else "failed"
+            nothing_done = report.streams_ok == 0 and report.streams_failed > 0
+            unreachable = not (report.training_shards and report.replicas)
+            report.outcome = "failed" if nothing_done or unreachable else "partial"
         self.metrics.rounds.labels(report.kind, report.outcome).inc()
         self.metrics.round_seconds.labels(report.kind).observe(report.seconds)
         _LOGGER.info(

@@ -91,6 +91,7 @@ class ExportPlan:
     full: bool
     since_version: int
     replicas: tuple[tuple[ReplicaState, Destination], ...] = field(default=())
+    isolated: bool = False  # one replica that failed recently, synced apart from the rest
 
     @property
     def epoch(self) -> int:
@@ -148,7 +149,8 @@ def plan_exports(
     Replicas that need a full resync share one full export, those behind share one
     incremental export, and up-to-date replicas (or ones that cannot own any of the
     shard's keys) get nothing. A replica named in ``isolated`` (it failed or stalled
-    recently) gets an export of its own, so it cannot hold the others back again.
+    recently) gets exports of its own (``ExportPlan.isolated``), so it cannot hold the
+    others back again.
     """
     shared: dict[bool, list[tuple[ReplicaState, Destination, int]]] = {True: [], False: []}
     plans: list[ExportPlan] = []
@@ -164,7 +166,7 @@ def plan_exports(
         floor = 0 if full or cursor is None else cursor.version
         dest = Destination(replica.num_shards, replica.shard_index, floor)
         if replica.name in isolated:
-            plans.append(ExportPlan(source, table, full, floor, ((replica, dest),)))
+            plans.append(ExportPlan(source, table, full, floor, ((replica, dest),), True))
         else:
             shared[full].append((replica, dest, floor))
     for full, members in shared.items():

@@ -9,6 +9,7 @@ move and the next round resends from where it stands.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -26,6 +27,7 @@ from sync_agent.router import ChunkRouter, is_empty
 
 __all__ = [
     "ReplicaOutcome",
+    "StopSignal",
     "StreamLimits",
     "SyncStoppedError",
     "error_text",
@@ -35,10 +37,58 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 _END = object()
+_POLL_SECONDS = 0.25  # how often a blocked send looks at the stop signal
 
 
 class SyncStoppedError(Exception):
     """The agent was asked to stop while a stream was running."""
+
+
+class StopSignal:
+    """The agent's stop request: ``set`` also cancels every gRPC call registered with it, so
+    a stream blocked on a slow server ends at once instead of at its deadline.
+
+    >>> stop = StopSignal()
+    >>> with stop.cancelling(call):  # call.cancel() if stop.set() runs meanwhile
+    ...     consume(call)
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.RLock()  # set() may run in a signal handler on this thread
+        self._calls: set[grpc.Future] = set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def set(self) -> None:
+        self._event.set()
+        with self._lock:
+            calls = list(self._calls)
+        for call in calls:
+            call.cancel()
+
+    def register(self, call: grpc.Future) -> None:
+        """Cancel ``call`` when stop is requested (at once if it already was)."""
+        with self._lock:
+            self._calls.add(call)
+        if self._event.is_set():
+            call.cancel()
+
+    def unregister(self, call: grpc.Future) -> None:
+        with self._lock:
+            self._calls.discard(call)
+
+    @contextlib.contextmanager
+    def cancelling(self, call: grpc.Future) -> Iterator[None]:
+        self.register(call)
+        try:
+            yield
+        finally:
+            self.unregister(call)
 
 
 class ExportStreamError(RuntimeError):
@@ -79,13 +129,16 @@ class _ReplicaStream:
         stub: ps_pb2_grpc.ParameterServerStub,
         outcome: ReplicaOutcome,
         limits: StreamLimits,
+        stop: StopSignal,
     ) -> None:
         self.outcome = outcome
         self._limits = limits
+        self._stop = stop
         self._queue: queue.Queue[object] = queue.Queue(maxsize=limits.queue_chunks)
         self._ended = False  # the end marker is queued: no more chunks
         self._settled = False  # the outcome is final
         self._future = stub.ApplyDelta.future(self._requests(), timeout=limits.stream_timeout)
+        stop.register(self._future)
 
     def _end_now(self) -> None:
         """Drop queued chunks and queue the end marker, unblocking gRPC's sending thread."""
@@ -108,38 +161,50 @@ class _ReplicaStream:
     def alive(self) -> bool:
         return not self._settled and not self._ended and not self._future.done()
 
+    def _put(self, item: object) -> bool:
+        """Queue ``item`` within ``stall_timeout``; False (stream cut) if the replica stalls."""
+        deadline = time.monotonic() + self._limits.stall_timeout
+        while True:
+            try:
+                self._queue.put(item, timeout=min(_POLL_SECONDS, self._limits.stall_timeout))
+                return True
+            except queue.Full:
+                if self._stop.is_set() or self._future.done():
+                    return False
+                if time.monotonic() >= deadline:
+                    self.abandon(
+                        "stalled",
+                        f"took no chunk for {self._limits.stall_timeout:g}s; stream cut, "
+                        "cursor kept",
+                    )
+                    return False
+
     def send(self, chunk: ps_pb2.DeltaChunk) -> None:
         """Queue a chunk; cut the stream if the replica takes none for ``stall_timeout``."""
-        if not self.alive:
-            return
-        try:
-            self._queue.put(chunk, timeout=self._limits.stall_timeout)
-        except queue.Full:
-            self.abandon(
-                "stalled",
-                f"took no chunk for {self._limits.stall_timeout:g}s; stream cut, cursor kept",
-            )
-            return
-        self.outcome.bytes_sent += chunk.ByteSize()
+        if self.alive and self._put(chunk):
+            self.outcome.bytes_sent += chunk.ByteSize()
 
-    def finish(self, deadline: float) -> None:
-        """End the request stream after the last chunk and wait for the replica's answer."""
+    def end(self) -> None:
+        """Queue the end of the request stream after the last chunk."""
+        if self._settled or self._ended:
+            return
+        if self._future.done():  # answered (or failed) already: just release the sender
+            self._end_now()
+        elif self._put(_END):
+            self._ended = True
+        elif not self._future.done():
+            self.abandon("stalled", "did not take the last chunk; stream cut, cursor kept")
+        else:
+            self._end_now()
+
+    def wait_answer(self, deadline: float) -> None:
+        """Wait for the replica's answer to an ended stream, until ``deadline``."""
         if self._settled:
             return
-        if not self._ended:
-            if self._future.done():  # answered (or failed) already: just release the sender
-                self._end_now()
-            else:
-                try:
-                    self._queue.put(_END, timeout=self._limits.stall_timeout)
-                except queue.Full:
-                    self.abandon("stalled", "did not take the last chunk; stream cut, cursor kept")
-                    return
-                self._ended = True
         try:
             response = self._future.result(timeout=max(0.0, deadline - time.monotonic()))
         except grpc.FutureTimeoutError:
-            self.abandon("apply", "no answer before the stream deadline")
+            self.abandon("stalled", "no answer in time after the last chunk; cursor not read")
             return
         except grpc.FutureCancelledError:
             self._settle("apply", "cancelled")
@@ -148,6 +213,7 @@ class _ReplicaStream:
             self._settle("apply", error_text(exc))
             return
         self._settled = True
+        self._stop.unregister(self._future)
         self.outcome.ok = True
         self.outcome.rows_applied = response.rows_applied
         self.outcome.rows_skipped = response.rows_skipped
@@ -167,10 +233,23 @@ class _ReplicaStream:
 
     def _settle(self, stage: str, error: str) -> None:
         self._settled = True
+        self._stop.unregister(self._future)
         if not self._ended:
             self._end_now()
         if not self.outcome.stage:
             self.outcome.stage, self.outcome.error = stage, error
+
+
+def _finish(streams: Sequence[_ReplicaStream], limits: StreamLimits, deadline: float) -> None:
+    """End every stream first, then collect the answers: a slow replica delays no other's end.
+
+    A replica has ``stall_timeout`` after its last chunk to answer (never past ``deadline``).
+    """
+    for stream in streams:
+        stream.end()
+    answer_by = min(deadline, time.monotonic() + limits.stall_timeout)
+    for stream in streams:
+        stream.wait_answer(answer_by)
 
 
 def run_export(
@@ -178,7 +257,7 @@ def run_export(
     training_stub: ps_pb2_grpc.ParameterServerStub,
     serving_stub: Callable[[ReplicaState], ps_pb2_grpc.ParameterServerStub],
     limits: StreamLimits,
-    stop: threading.Event,
+    stop: StopSignal,
 ) -> tuple[list[ReplicaOutcome], int]:
     """Run one export plan; returns each replica's outcome and the bytes received from training.
 
@@ -200,6 +279,7 @@ def run_export(
         route_num_shards=shard_counts.most_common(1)[0][0] if shard_counts else 0,
     )
     export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
+    stop.register(export)
     try:
         last = None
         for chunk in export:
@@ -209,7 +289,7 @@ def run_export(
             received += chunk.ByteSize()
             if not streams:
                 streams = [
-                    _ReplicaStream(serving_stub(replica), outcome, limits)
+                    _ReplicaStream(serving_stub(replica), outcome, limits, stop)
                     for (replica, _), outcome in zip(plan.replicas, outcomes, strict=True)
                 ]
             routed = router.route(chunk)
@@ -225,13 +305,18 @@ def run_export(
             raise ExportStreamError("export stream ended without its last chunk")
         for stream in streams:
             stream.outcome.complete_version = last.complete_version
-            stream.finish(deadline)
+        _finish(streams, limits, deadline)
     except (grpc.RpcError, ExportStreamError, ValueError) as exc:
+        if stop.is_set():
+            raise SyncStoppedError from exc
         _export_failed(exc, plan.source, plan.table.table, outcomes)
     finally:
+        stop.unregister(export)
         export.cancel()
         for stream in streams:
             stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
+    if stop.is_set():
+        raise SyncStoppedError
     return outcomes, received
 
 
@@ -241,7 +326,7 @@ def run_dense_export(
     training_stub: ps_pb2_grpc.ParameterServerStub,
     serving_stub: Callable[[ReplicaState], ps_pb2_grpc.ParameterServerStub],
     limits: StreamLimits,
-    stop: threading.Event,
+    stop: StopSignal,
 ) -> tuple[list[ReplicaOutcome], int]:
     """Copy training shard 0's dense arrays to every replica not already at its version.
 
@@ -260,6 +345,7 @@ def run_dense_export(
     outcomes: list[ReplicaOutcome] = []
     received = 0
     export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
+    stop.register(export)
     try:
         last = None
         for chunk in export:
@@ -285,7 +371,7 @@ def run_dense_export(
                 ]
                 outcomes = [ReplicaOutcome(r, full_resync=True) for r in targets]
                 streams = [
-                    _ReplicaStream(serving_stub(r), o, limits)
+                    _ReplicaStream(serving_stub(r), o, limits, stop)
                     for r, o in zip(targets, outcomes, strict=True)
                 ]
             for stream in streams:
@@ -297,13 +383,18 @@ def run_dense_export(
             raise ExportStreamError("dense export stream ended without its last chunk")
         for stream in streams or ():
             stream.outcome.complete_version = last.dense_version
-            stream.finish(deadline)
+        _finish(streams or [], limits, deadline)
     except (grpc.RpcError, ExportStreamError, ValueError) as exc:
+        if stop.is_set():
+            raise SyncStoppedError from exc
         _export_failed(exc, source, "", outcomes)
     finally:
+        stop.unregister(export)
         export.cancel()
         for stream in streams or ():
             stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
+    if stop.is_set():
+        raise SyncStoppedError
     return outcomes, received
 
 

@@ -11,12 +11,16 @@ import json
 import signal
 import threading
 import time
+from concurrent import futures
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from monolith_ps.cli import build_parser
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client.routing import shard_of
 from sync_agent.agent import SyncAgent
 from sync_agent.agent import main as agent_main
@@ -189,7 +193,7 @@ def test_two_agents_at_once_lose_and_duplicate_nothing(cluster, rng):
         # A stream that met the other agent's stream was refused (ABORTED) and moved no
         # cursor; one more round finishes whatever was left.
         assert all(r.outcome in ("ok", "partial") for r in reports)
-        assert first.sync_sparse().outcome == "ok"
+        assert first.sync_sparse(wait_background=True).outcome == "ok"
     assert_converged(cluster)
 
 
@@ -266,3 +270,109 @@ def test_agent_follows_replicas_as_discovery_adds_and_drops_them(cluster, server
     assert registry.get_sample_value("monolith_ps_sync_lag_versions", labels) is None
     labels["replica"] = newcomer.address
     assert registry.get_sample_value("monolith_ps_sync_lag_versions", labels) == 0
+
+
+class _StuckReplica(ps_pb2_grpc.ParameterServerServicer):
+    """A serving replica that takes one chunk of a stream and then never reads again.
+
+    ``unreachable_rounds``: its first GetSyncState calls fail, as an unreachable server's.
+    """
+
+    def __init__(self, shard_index: int = 0, num_shards: int = 1, unreachable_rounds: int = 0):
+        self.release = threading.Event()
+        self.in_stream = threading.Event()
+        self.ended = threading.Event()  # its stream ended (the agent finished or cancelled it)
+        self._shard = (shard_index, num_shards)
+        self._unreachable = unreachable_rounds
+
+    def GetSyncState(self, request, context):  # noqa: ANN001, ANN201
+        if self._unreachable > 0:
+            self._unreachable -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "unreachable for now")
+        return ps_pb2.GetSyncStateResponse(shard_index=self._shard[0], num_shards=self._shard[1])
+
+    def ApplyDelta(self, request_iterator, context):  # noqa: ANN001, ANN201
+        context.add_callback(self.ended.set)
+        next(request_iterator)
+        self.in_stream.set()
+        self.release.wait(120)
+        return ps_pb2.ApplyDeltaResponse()
+
+
+def _serve_stuck(stuck: _StuckReplica) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    ps_pb2_grpc.add_ParameterServerServicer_to_server(stuck, server)
+    health_servicer = health.HealthServicer()
+    health_servicer.set("monolith_ps.v1.ParameterServer", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def _agent_for(training, serving_addresses, **overrides) -> SyncAgent:
+    options = {"chunk_rows": 8, "stall_timeout": 600.0, "stream_timeout": 600.0, **overrides}
+    settings = AgentSettings(
+        training=tuple(t.address for t in training), serving=tuple(serving_addresses), **options
+    )
+    return SyncAgent(settings, StaticDiscovery(settings.training, settings.serving))
+
+
+def test_a_stalled_replica_is_cut_and_the_replicas_sharing_its_export_finish(
+    cluster, server_factory
+):
+    training, _ = cluster
+    stuck = _StuckReplica(0, N_SERVE)
+    server, port = _serve_stuck(stuck)
+    fresh = server_factory("serving", 0, N_SERVE, config=CONFIG)
+    try:
+        with _agent_for(training, [f"127.0.0.1:{port}", fresh.address], stall_timeout=1.0) as agent:
+            report = agent.sync_sparse()
+        assert report.outcome == "partial"
+        assert report.streams_ok == len(TABLES) * N_TRAIN  # every stream of the fresh replica
+        assert any("stalled" in e and str(port) in e for e in report.errors), report.errors
+        for name in TABLES:
+            want = np.concatenate([t.state.table(name).keys() for t in training])
+            want = want[shard_of(want, N_SERVE) == 0]
+            np.testing.assert_array_equal(np.sort(fresh.state.table(name).keys()), np.sort(want))
+    finally:
+        stuck.release.set()
+        server.stop(0)
+
+
+def test_rounds_do_not_wait_for_a_replica_that_failed_before(cluster, rng):
+    training, serving = cluster
+    stuck = _StuckReplica(0, N_SERVE, unreachable_rounds=1)
+    server, port = _serve_stuck(stuck)
+    healthy = [r.address for replicas in serving for r in replicas]
+    try:
+        with _agent_for(training, [f"127.0.0.1:{port}", *healthy]) as agent:
+            first = agent.sync_sparse()
+            assert first.outcome == "partial"  # the stuck replica did not answer: kept apart
+            mutate(training, rng, 2)
+            second = agent.sync_sparse()
+            # The round is over while the kept-apart replica's own sync still hangs.
+            assert second.outcome == "ok", second.errors
+            assert stuck.in_stream.wait(30) and not stuck.ended.is_set()
+            assert_converged(cluster)
+        assert stuck.ended.wait(30)  # closing the agent cancelled the hanging stream
+    finally:
+        stuck.release.set()
+        server.stop(0)
+
+
+def test_stop_cancels_a_round_stuck_on_a_replica(cluster):
+    training, _ = cluster
+    stuck = _StuckReplica()
+    server, port = _serve_stuck(stuck)
+    try:
+        with _agent_for(training, [f"127.0.0.1:{port}"]) as agent:
+            threading.Thread(
+                target=lambda: stuck.in_stream.wait(30) and agent.stop(), daemon=True
+            ).start()
+            report = agent.sync_sparse()  # would wait out the 600 s timeouts if not cancelled
+            assert report.outcome == "stopped", report.errors
+            assert stuck.ended.wait(30)
+    finally:
+        stuck.release.set()
+        server.stop(0)
