@@ -366,7 +366,12 @@ class PSClient:
     def push_many(
         self, grads_by_table: Mapping[str, tuple[Any, Any]], *, timeout: float | None = None
     ) -> PushResult:
-        """``push`` of several tables in one request per shard."""
+        """``push`` of several tables in one request per shard.
+
+        Each shard applies its part on its own: retries (same ``request_id``) never
+        apply a part twice, but if a shard refuses its part for good, the other shards
+        may already have applied theirs.
+        """
         self._topology()
         tables = list(grads_by_table)
         specs = [self._table_info(name) for name in tables]

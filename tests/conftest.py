@@ -66,7 +66,7 @@ def write_config(path: Path, config: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def wait_for_serving(address: str, timeout: float = 60.0) -> None:
+def wait_for_serving(address: str, timeout: float = 120.0) -> None:
     """Block until the gRPC health service at ``address`` answers SERVING."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
@@ -155,7 +155,7 @@ class ServerProcess:
     def events(self) -> list[str]:
         return [line.get("event", "") for line in self._log_lines]
 
-    def start(self, port: int | None = None, wait: bool = True, timeout: float = 60.0) -> None:
+    def start(self, port: int | None = None, wait: bool = True, timeout: float = 120.0) -> None:
         """Start (on ``port``, or the last one, or a free one) and wait for SERVING."""
         port = port if port is not None else (self.port or 0)
         cmd = [sys.executable, "-m", "monolith_ps.cli", "server", *self.args]
