@@ -48,7 +48,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     timing.add_argument(
         "--stall-timeout",
         metavar="DURATION",
-        help="cut a replica's stream when it takes no chunk for this long (default: 30s)",
+        help="cut a replica's stream when it takes no chunk, or does not answer after the "
+        "last one, for this long; it is then synced apart (default: 30s)",
     )
     timing.add_argument(
         "--stream-timeout",
