@@ -221,6 +221,18 @@ class SnapshotResponse(_message.Message):
     seconds: float
     def __init__(self, path: _Optional[str] = ..., bytes: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
+class ExpireRequest(_message.Message):
+    __slots__ = ("now",)
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    now: float
+    def __init__(self, now: _Optional[float] = ...) -> None: ...
+
+class ExpireResponse(_message.Message):
+    __slots__ = ("rows_expired",)
+    ROWS_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    rows_expired: int
+    def __init__(self, rows_expired: _Optional[int] = ...) -> None: ...
+
 class ExportDeltaRequest(_message.Message):
     __slots__ = ("table", "since_version", "epoch", "max_chunk_rows", "route_num_shards")
     TABLE_FIELD_NUMBER: _ClassVar[int]

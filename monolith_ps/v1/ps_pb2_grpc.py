@@ -66,6 +66,11 @@ class ParameterServerStub:
                 request_serializer=monolith__ps_dot_v1_dot_ps__pb2.ExportDeltaRequest.SerializeToString,
                 response_deserializer=monolith__ps_dot_v1_dot_ps__pb2.DeltaChunk.FromString,
                 _registered_method=True)
+        self.Expire = channel.unary_unary(
+                '/monolith_ps.v1.ParameterServer/Expire',
+                request_serializer=monolith__ps_dot_v1_dot_ps__pb2.ExpireRequest.SerializeToString,
+                response_deserializer=monolith__ps_dot_v1_dot_ps__pb2.ExpireResponse.FromString,
+                _registered_method=True)
         self.PullDense = channel.unary_unary(
                 '/monolith_ps.v1.ParameterServer/PullDense',
                 request_serializer=monolith__ps_dot_v1_dot_ps__pb2.PullDenseRequest.SerializeToString,
@@ -126,6 +131,12 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Expire(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PullDense(self, request, context):
         """Training: the live arrays. Serving: the copies synced from training.
         """
@@ -178,6 +189,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.ExportDelta,
                     request_deserializer=monolith__ps_dot_v1_dot_ps__pb2.ExportDeltaRequest.FromString,
                     response_serializer=monolith__ps_dot_v1_dot_ps__pb2.DeltaChunk.SerializeToString,
+            ),
+            'Expire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Expire,
+                    request_deserializer=monolith__ps_dot_v1_dot_ps__pb2.ExpireRequest.FromString,
+                    response_serializer=monolith__ps_dot_v1_dot_ps__pb2.ExpireResponse.SerializeToString,
             ),
             'PullDense': grpc.unary_unary_rpc_method_handler(
                     servicer.PullDense,
@@ -359,6 +375,33 @@ class ParameterServer:
             '/monolith_ps.v1.ParameterServer/ExportDelta',
             monolith__ps_dot_v1_dot_ps__pb2.ExportDeltaRequest.SerializeToString,
             monolith__ps_dot_v1_dot_ps__pb2.DeltaChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Expire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/monolith_ps.v1.ParameterServer/Expire',
+            monolith__ps_dot_v1_dot_ps__pb2.ExpireRequest.SerializeToString,
+            monolith__ps_dot_v1_dot_ps__pb2.ExpireResponse.FromString,
             options,
             channel_credentials,
             insecure,
