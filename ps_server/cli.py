@@ -26,21 +26,28 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-shards", required=True, type=int)
     parser.add_argument("--config", required=True, help="tables config, YAML or JSON")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
-    parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one")
     parser.add_argument(
-        "--metrics-port", type=int, default=9090, help="Prometheus /metrics port; 0 picks one"
+        "--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="Prometheus /metrics port (default 9090; 0 picks a free one)",
     )
     parser.add_argument("--snapshot-dir", help="write snapshots here and restore from it")
     parser.add_argument("--bootstrap-from", help="start from this snapshot directory")
     parser.add_argument("--tls-cert", help="PEM certificate; with --tls-key serves TLS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="PEM CA bundle; clients must present a cert")
-    parser.add_argument("--log-format", choices=("json", "text"), default="text")
+    parser.add_argument(
+        "--log-format", choices=("json", "text"), default="text", help="one event a line"
+    )
     parser.add_argument(
         "--grace-seconds",
         type=float,
         default=10.0,
-        help="on SIGTERM, how long in-flight RPCs may finish",
+        help="on SIGTERM, how long in-flight RPCs may finish (default 10)",
     )
 
 
