@@ -1,0 +1,172 @@
+"""Hot and cold tiers: a table far over its memory budget behaves exactly like an unbounded
+one (lookups, pushes, deletes, expiry, eviction, deltas, snapshots), checked step by step
+against an unbounded table and a dict of live keys and update times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ps_server.optim.optimizers import OPTIMIZERS
+from ps_server.table import ConfigError, EmbeddingTable, TableConfig
+from tests.ps_server.table.conftest import fingerprint
+
+TTL = 40.0
+KEY_SPACE = 900
+
+
+def _pair(tmp_path, budget: int = 6000, trainable: bool = True, **fields: Any):
+    fields = {"name": "t", "dim": 4, **fields}
+    tiered = EmbeddingTable(
+        TableConfig(memory_budget_bytes=budget, cold_dir=str(tmp_path), **fields),
+        trainable=trainable,
+    )
+    plain = EmbeddingTable(TableConfig(**fields), trainable=trainable)
+    return tiered, plain
+
+
+def _without_stats(table: EmbeddingTable) -> tuple:
+    return fingerprint(table)[:-1]
+
+
+def _run_random_operations(tiered: EmbeddingTable, plain: EmbeddingTable, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    updated: dict[int, float] = {}  # the reference: live key -> last insert or push time
+    untiered = replace(tiered.config, memory_budget_bytes=None, cold_dir=None)
+    replica = EmbeddingTable(untiered, trainable=False)
+    synced = 0
+    now = 1000.0
+    # the dict follows every row only without admission and eviction
+    exact_reference = tiered.config.admit_after == 1 and tiered.config.max_rows is None
+    for _ in range(60):
+        now += float(rng.integers(1, 4))
+        keys = rng.integers(0, KEY_SPACE, int(rng.integers(1, 120))).astype(np.uint64)
+        op = rng.choice(["lookup", "push", "push", "find", "delete", "expire", "sync"])
+        if op == "lookup":
+            out = tiered.find_or_insert(keys, now=now)
+            np.testing.assert_array_equal(out, plain.find_or_insert(keys, now=now))
+        elif op == "push":
+            grads = rng.standard_normal((keys.size, tiered.dim)).astype(np.float32)
+            got = tiered.apply_gradients(keys, grads, now=now)
+            assert got == plain.apply_gradients(keys, grads, now=now)
+        elif op == "find":
+            out, found = tiered.find(keys)
+            want_out, want_found = plain.find(keys)
+            np.testing.assert_array_equal(out, want_out)
+            np.testing.assert_array_equal(found, want_found)
+            if exact_reference:
+                np.testing.assert_array_equal(found, [int(k) in updated for k in keys])
+        elif op == "delete":
+            assert tiered.delete(keys) == plain.delete(keys)
+        elif op == "expire":
+            assert tiered.expire(now) == plain.expire(now)
+        else:
+            delta = tiered.export_since(synced)
+            replica.apply_delta(delta)
+            synced = delta.complete_version
+            np.testing.assert_array_equal(np.sort(replica.keys()), np.sort(tiered.keys()))
+        if op == "lookup" and tiered.config.admit_after == 1:
+            for k in keys.tolist():
+                updated.setdefault(k, now)  # a lookup does not restart the TTL
+        elif op == "push" and tiered.config.admit_after == 1:
+            updated.update(dict.fromkeys(keys.tolist(), now))
+        elif op == "delete":
+            for k in keys.tolist():
+                updated.pop(k, None)
+        elif op == "expire":
+            updated = {k: t for k, t in updated.items() if t >= now - TTL}
+        if exact_reference:
+            assert sorted(tiered.keys().tolist()) == sorted(updated)
+        assert tiered.version == plain.version and len(tiered) == len(plain)
+    assert _without_stats(tiered) == _without_stats(plain)
+    tiers = tiered.tier_stats()
+    stats = tiered.stats()
+    assert tiers["cold_rows"] > 0 and tiers["hot_rows"] <= tiers["hot_row_limit"]
+    assert stats["promoted"] > 0 and stats["demoted"] > 0
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_random_operations_match_an_unbounded_table(optimizer, tmp_path):
+    tiered, plain = _pair(tmp_path, optimizer=optimizer, ttl_seconds=TTL)
+    _run_random_operations(tiered, plain, seed=len(optimizer))
+
+
+@pytest.mark.parametrize("eviction", ["lru", "lfu"])
+def test_eviction_and_admission_see_both_tiers(eviction, tmp_path):
+    tiered, plain = _pair(
+        tmp_path,
+        optimizer="adagrad",
+        initializer="learned",
+        max_rows=150,
+        eviction=eviction,
+        admit_after=2,
+        sketch_width=1024,
+        ttl_seconds=TTL,
+    )
+    _run_random_operations(tiered, plain, seed=7)
+    assert tiered.stats()["evicted"] == plain.stats()["evicted"] > 0
+
+
+def test_serving_table_fed_by_deltas_matches(tmp_path):
+    source = EmbeddingTable(TableConfig(name="t", dim=8, optimizer="adam"))
+    tiered, plain = _pair(tmp_path, budget=3000, trainable=False, dim=8, serving_dtype="float16")
+    rng = np.random.default_rng(3)
+    synced = 0
+    for step in range(12):
+        keys = rng.integers(0, 2000, 300).astype(np.uint64)
+        source.apply_gradients(keys, rng.standard_normal((300, 8)).astype(np.float32))
+        if step % 3 == 2:
+            source.delete(keys[:40])
+        delta = source.export_since(synced)
+        synced = delta.complete_version
+        assert tiered.apply_delta(delta) == plain.apply_delta(delta)
+        probe = rng.integers(0, 2200, 500).astype(np.uint64)
+        out, found = tiered.find(probe)
+        want_out, want_found = plain.find(probe)
+        np.testing.assert_array_equal(out, want_out)
+        np.testing.assert_array_equal(found, want_found)
+    assert _without_stats(tiered) == _without_stats(plain)
+    assert tiered.tier_stats()["cold_rows"] > 0 and tiered.stats()["cold_hits"] > 0
+
+
+def test_snapshot_round_trip_restores_both_tiers(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    source, _ = _pair(tmp_path / "a", optimizer="ftrl")
+    rng = np.random.default_rng(5)
+    for _ in range(10):
+        keys = rng.integers(0, 3000, 256).astype(np.uint64)
+        source.apply_gradients(keys, rng.standard_normal((256, 4)).astype(np.float32))
+    source.delete(np.arange(100, dtype=np.uint64))
+    assert source.tier_stats()["cold_rows"] > source.tier_stats()["hot_rows"] > 0
+    restored, _ = _pair(tmp_path / "b", optimizer="ftrl")
+    restored.apply_delta(source.export_since(0, with_state=True))
+    restored.import_meta(source.export_meta())
+    assert _without_stats(restored) == _without_stats(source)
+    tiers = restored.tier_stats()
+    assert tiers["cold_rows"] > 0 and 0 < tiers["hot_rows"] <= tiers["hot_row_limit"]
+    keys = rng.integers(0, 3000, 256).astype(np.uint64)
+    grads = rng.standard_normal((256, 4)).astype(np.float32)
+    assert restored.apply_gradients(keys, grads, now=5.0) == source.apply_gradients(
+        keys, grads, now=5.0
+    )
+    np.testing.assert_array_equal(restored.find(keys)[0], source.find(keys)[0])
+
+
+def test_an_unusable_cold_dir_is_a_config_error(tmp_path):
+    config = TableConfig(
+        name="t", dim=4, memory_budget_bytes=1 << 20, cold_dir=str(tmp_path / "missing")
+    )
+    with pytest.raises(ConfigError, match=r"cold_dir .*missing.*cannot create a file"):
+        EmbeddingTable(config)
+
+
+def test_tier_stats_and_memory_without_tiers(make_table):
+    table = make_table()
+    table.find_or_insert(np.arange(10, dtype=np.uint64))
+    tiers = table.tier_stats()
+    assert (tiers["hot_rows"], tiers["cold_rows"], tiers["hot_row_limit"]) == (10, 0, 0)
+    assert tiers["hot_bytes"] == table.memory_bytes()
