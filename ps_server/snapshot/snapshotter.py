@@ -34,10 +34,12 @@ from ps_server.snapshot.metrics import SnapshotMetrics
 from ps_server.snapshot.store import RestoreResult, SnapshotStore
 from ps_server.snapshot.tables import (
     SnapshotMismatchError,
+    dense_chunk,
     dense_section,
     load_dense,
     load_serving_table,
     load_table,
+    serving_chunk,
     table_section,
 )
 from ps_server.state import new_epoch
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from ps_server.metrics import ServerMetrics
     from ps_server.server import ServerSettings
     from ps_server.state import ShardState
+    from ps_server.sync import DeltaReceiver
 
 __all__ = ["NoValidSnapshotError", "TrainingSnapshotter", "make_snapshotter"]
 
@@ -315,11 +318,18 @@ class TrainingSnapshotter:
 
 
 class ServingBootstrap:
-    """A serving server's start from ``--bootstrap-from``: its shard of every source's rows."""
+    """A serving server's start from ``--bootstrap-from``: its shard of every source's rows.
+
+    With ``delta_receiver`` (the serving servicer's, set by the server) the rows go in as
+    one full-resync stream per table and training shard, so the sync cursors start at the
+    sources' epochs and versions and the agent continues with deltas; without it they are
+    loaded into the tables directly.
+    """
 
     def __init__(self, state: ShardState, bootstrap_from: str | Path) -> None:
         self.state = state
         self.bootstrap_from = Path(bootstrap_from)
+        self.delta_receiver: DeltaReceiver | None = None
 
     def restore(self) -> None:
         from ps_server.snapshot.export import load_serving_sources
@@ -334,18 +344,42 @@ class ServingBootstrap:
                 if target is None:
                     _LOGGER.warning("bootstrap_table_dropped", extra=fields(table=name))
                     continue
-                rows += load_serving_table(target, name, table, state.shard_index, state.num_shards)
-            if source.dense is not None and state.dense is not None:
+                if self.delta_receiver is None:
+                    rows += load_serving_table(
+                        target, name, table, state.shard_index, state.num_shards
+                    )
+                    continue
+                chunk = serving_chunk(
+                    name, table, source.server, state.shard_index, state.num_shards
+                )
+                self._apply(chunk, f"table {name!r}")
+                rows += len(chunk.keys) // 8
+            if source.dense is None or state.dense is None:
+                continue
+            if self.delta_receiver is None:
                 load_dense(state.dense, source.dense, trainable=False)
+            else:
+                known = {info.name for info in state.dense.describe()}
+                self._apply(dense_chunk(source.dense, source.server, known), "dense arrays")
         _LOGGER.info(
             "bootstrap_done",
             extra=fields(
                 source=str(self.bootstrap_from),
                 shards=len(sources),
                 rows=rows,
+                cursors=self.delta_receiver is not None,
                 seconds=round(time.monotonic() - started, 3),
             ),
         )
+
+    def _apply(self, chunk: Any, what: str) -> None:
+        assert self.delta_receiver is not None
+        try:
+            self.delta_receiver.apply_stream([chunk])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise SnapshotMismatchError(
+                f"{what}: the bootstrap rows do not fit the configured table ({exc})"
+            ) from None
 
     def start(self) -> None:
         """Serving servers write no snapshots."""

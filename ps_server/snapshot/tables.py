@@ -16,8 +16,10 @@ import numpy as np
 from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot, TableSnapshot
 
 if TYPE_CHECKING:
+    from monolith_ps.v1 import ps_pb2
     from ps_server.dense import DenseStore
     from ps_server.snapshot.export import ServingTable
+    from ps_server.snapshot.format import ServerInfo
     from ps_server.table import EmbeddingTable
 
 ROW_FIELDS = ("values", "opt_state", "push_counts", "last_update")
@@ -124,6 +126,59 @@ def load_serving_table(
             f"table {name!r}: the bootstrap rows do not fit the configured table ({exc})"
         ) from None
     return int(np.count_nonzero(mine))
+
+
+def serving_chunk(
+    name: str, table: ServingTable, source: ServerInfo, shard_index: int, num_shards: int
+) -> ps_pb2.DeltaChunk:
+    """The rows of ``table`` that serving shard ``shard_index`` owns, as the one chunk of a
+    full-resync stream from training shard ``source``: applied through the server's sync
+    receiver, it also sets the sync cursor to the source's epoch and complete version."""
+    from monolith_ps import wire
+    from monolith_ps.v1 import ps_pb2
+    from ps_client.routing import shard_of
+
+    mine = shard_of(table.keys, num_shards) == shard_index
+    values = table.values[mine]
+    chunk = ps_pb2.DeltaChunk(
+        table=name,
+        source_shard=source.shard_index,
+        source_num_shards=source.num_shards,
+        epoch=source.epoch,
+        full_resync=True,
+        since_version=0,
+        dim=table.values.shape[1],
+        dtype=wire.dtype_to_wire(values.dtype),
+        keys=wire.encode_keys(table.keys[mine]),
+        values=wire.encode_values(values)[0],
+        versions=wire.encode_versions(table.versions[mine]),
+        last=True,
+        complete_version=table.complete_version,
+    )
+    if table.default_row is not None:
+        default = np.ascontiguousarray(table.default_row, dtype=np.float32)
+        chunk.default_value = wire.encode_values(default)[0]
+        chunk.default_version = table.default_version
+    return chunk
+
+
+def dense_chunk(snapshot: DenseSnapshot, source: ServerInfo, known: set[str]) -> ps_pb2.DeltaChunk:
+    """The dense values the config declares, as a one-chunk dense sync stream."""
+    from monolith_ps.v1 import ps_pb2
+
+    return ps_pb2.DeltaChunk(
+        source_shard=source.shard_index,
+        source_num_shards=source.num_shards,
+        epoch=source.epoch,
+        full_resync=True,
+        dense=[
+            ps_pb2.DenseArray(name=n, values=np.ascontiguousarray(a, dtype="<f4").tobytes())
+            for n, a in snapshot.arrays.items()
+            if n in known
+        ],
+        dense_version=snapshot.version,
+        last=True,
+    )
 
 
 def dense_section(dense: DenseStore) -> DenseSnapshot:

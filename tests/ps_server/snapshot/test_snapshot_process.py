@@ -301,6 +301,7 @@ def test_serving_server_starts_from_an_exported_bundle(process_factory, tmp_path
         _train_step(client, np.random.default_rng(3))
         client.lookup("user", keys)
         trained, _ = client.lookup("user", keys)
+        epoch = client.epoch()
     training.signal(signal.SIGTERM)
     assert training.wait(timeout=60) == 0
 
@@ -322,5 +323,10 @@ def test_serving_server_starts_from_an_exported_bundle(process_factory, tmp_path
     with Client(serving.address) as client:
         values, found = client.lookup("user", keys[mine])
         _, found_untrained = client.lookup("user", untrained)
+        sync = client.stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=30)
     assert found.all() and not found_untrained.any()
     np.testing.assert_array_equal(values, trained[mine].astype(np.float16))
+    # The sync agent continues from the bundle's versions instead of resyncing in full.
+    cursors = {(c.table, c.source_shard): c for c in sync.cursors}
+    assert set(cursors) == {("user", 0), ("item", 0)}
+    assert all(c.epoch == epoch and c.version > 0 for c in cursors.values())

@@ -241,3 +241,31 @@ def test_serving_bootstrap_refuses_rows_that_do_not_fit(tmp_path):
     serving = _state(wider, role="serving", shard=0, shards=1)
     with pytest.raises(SnapshotMismatchError, match="table 'user': the bootstrap rows do not fit"):
         ServingBootstrap(serving, tmp_path / "snaps").restore()
+
+
+def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
+    from ps_server.sync import DeltaReceiver
+
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path / "snaps")
+    snapshotter.restore()
+    _train(live, np.random.default_rng(11))
+    snapshotter.close(final=True)
+    export_bundle([tmp_path / "snaps"], tmp_path / "bundle")
+    user = live.tables["user"].export_since(0)
+    for source in (tmp_path / "snaps", tmp_path / "bundle"):
+        serving = _state(role="serving", shard=1, shards=2)
+        bootstrap = ServingBootstrap(serving, source)
+        bootstrap.delta_receiver = receiver = DeltaReceiver(serving)
+        bootstrap.restore()
+        state = receiver.sync_state()
+        cursors = {(c.table, c.source_shard): c for c in state.cursors}
+        assert set(cursors) == {("user", 0), ("item", 0)}
+        for name, cursor in cursors.items():
+            assert cursor.epoch == live.epoch and cursor.source_num_shards == 1
+            assert cursor.version == live.tables[name[0]].version
+        assert (state.dense_epoch, state.dense_version) == (live.epoch, live.dense.version)
+        mine = shard_of(user.keys, 2) == 1
+        values, found = serving.tables["user"].find(user.keys[mine])
+        assert found.all()
+        np.testing.assert_array_equal(values, user.values[mine])
