@@ -33,7 +33,15 @@ from ps_server.servicers import servicer_for
 from ps_server.state import ShardState
 from ps_server.table import EmbeddingTable
 
-__all__ = ["SERVICE_NAME", "PSServer", "ServerSettings", "ServerTLS", "create_server", "serve"]
+__all__ = [
+    "SERVICE_NAME",
+    "PSServer",
+    "PreEncodedResponses",
+    "ServerSettings",
+    "ServerTLS",
+    "create_server",
+    "serve",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +86,22 @@ class ServerSettings:
     grace_seconds: float = 10.0
 
 
+class PreEncodedResponses(grpc.ServerInterceptor):
+    """Lets an RPC return its response already serialized (``bytes``), as Lookup does to
+    copy its rows once; any other response goes through the generated serializer."""
+
+    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
+        handler = continuation(handler_call_details)
+        if handler is None or handler.response_serializer is None:
+            return handler
+        serialize = handler.response_serializer
+
+        def serialize_unless_bytes(response: object) -> bytes:
+            return response if isinstance(response, bytes) else serialize(response)
+
+        return handler._replace(response_serializer=serialize_unless_bytes)
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -111,13 +135,20 @@ class PSServer:
                 # A serving bootstrap loads its rows through the sync receiver, so the
                 # sync cursors start at the versions it loaded.
                 self.snapshotter.delta_receiver = getattr(self.servicer, "delta_receiver", None)
+            if hasattr(self.snapshotter, "delta_receiver"):
+                # A serving bootstrap loads its rows through the sync receiver, so the
+                # sync cursors start at the versions it loaded.
+                self.snapshotter.delta_receiver = getattr(self.servicer, "delta_receiver", None)
 
         server_config = settings.config.server
         max_bytes = server_config.max_message_bytes
         workers = server_config.max_workers or max(8, 4 * (os.cpu_count() or 1))
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ps-rpc"),
-            interceptors=[RpcMetricsInterceptor(self.metrics, self.state.tables_view)],
+            interceptors=[
+                RpcMetricsInterceptor(self.metrics, self.state.tables_view),
+                PreEncodedResponses(),
+            ],
             options=[
                 ("grpc.max_send_message_length", max_bytes),
                 ("grpc.max_receive_message_length", max_bytes),
