@@ -135,10 +135,6 @@ class PSServer:
                 # A serving bootstrap loads its rows through the sync receiver, so the
                 # sync cursors start at the versions it loaded.
                 self.snapshotter.delta_receiver = getattr(self.servicer, "delta_receiver", None)
-            if hasattr(self.snapshotter, "delta_receiver"):
-                # A serving bootstrap loads its rows through the sync receiver, so the
-                # sync cursors start at the versions it loaded.
-                self.snapshotter.delta_receiver = getattr(self.servicer, "delta_receiver", None)
 
         server_config = settings.config.server
         max_bytes = server_config.max_message_bytes
