@@ -352,7 +352,10 @@ class DeltaReceiver:
         for chunk in _with_first(first, stream):
             table = self._state.table(name)
             self._check_header(first, chunk, table)
-            delta = self._decode(chunk, table)
+            # Everything at or below the cursor is applied already, deletions included: a
+            # row from an older export must not bring back a key deleted since.
+            delta = self._decode(chunk, table, floor=cursor.version)
+            counts.skipped += len(chunk.keys) // wire.KEY_DTYPE.itemsize - len(delta)
             with self._table_locks[name]:
                 counts.add(self._state.table(name).apply_delta(delta))
             self._count_chunk(chunk, counts)
@@ -469,7 +472,8 @@ class DeltaReceiver:
                     f"{getattr(chunk, field)!r}); one stream carries one table of one shard"
                 )
 
-    def _decode(self, chunk: ps_pb2.DeltaChunk, table: EmbeddingTable) -> Delta:
+    def _decode(self, chunk: ps_pb2.DeltaChunk, table: EmbeddingTable, floor: int = 0) -> Delta:
+        """The chunk as a Delta, checked; rows and tombstones at or below ``floor`` left out."""
         keys = wire.decode_keys(chunk.keys)
         tomb_keys = wire.decode_keys(chunk.tombstone_keys, "tombstone_keys")
         values = wire.decode_values(chunk.values, len(keys), table.dim, chunk.dtype)
@@ -479,6 +483,12 @@ class DeltaReceiver:
         )
         self._check_owned(keys, "rows")
         self._check_owned(tomb_keys, "tombstones")
+        if floor and len(versions) and versions.min() <= floor:
+            newer = versions > floor
+            keys, values, versions = keys[newer], values[newer], versions[newer]
+        if floor and len(tomb_versions) and tomb_versions.min() <= floor:
+            newer = tomb_versions > floor
+            tomb_keys, tomb_versions = tomb_keys[newer], tomb_versions[newer]
         default_value = None
         if chunk.default_version:
             default_value = wire.decode_values(

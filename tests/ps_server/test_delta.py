@@ -397,6 +397,24 @@ def test_a_second_stream_for_the_same_table_and_source_is_aborted(training, serv
         feed.put(None)
 
 
+def test_an_older_export_cannot_bring_back_a_deleted_row(training, serving):
+    table = training.state.table("emb")
+    push(training, "emb", [15_000, 15_001])
+    apply(serving, export(training, "emb", epoch=0))
+    since = table.version
+    push(training, "emb", [15_000])
+    older = export(training, "emb", since=since)  # taken before the delete below
+    table.delete(np.array([15_000], dtype=np.uint64))
+    apply(serving, export(training, "emb", since=since))  # carries the tombstone
+    assert not lookup(serving, "emb", [15_000])[1].any()
+    # A second agent's stream from the older export arrives late: its row is not newer
+    # than what the cursor already covers, so the key stays deleted.
+    response = apply(serving, older)
+    assert response.rows_applied == 0 and response.rows_skipped == 1
+    assert not lookup(serving, "emb", [15_000])[1].any()
+    assert cursors(serving)[("emb", 0)].version == table.version
+
+
 def test_a_stale_full_resync_is_refused(training, serving):
     push(training, "emb", [14_000])
     old = export(training, "emb", epoch=0)
