@@ -337,6 +337,11 @@ class PSClient:
                     f"answered, {len(message)} asked"
                 )
             for answer, (t, start, stop) in zip(answers, message, strict=True):
+                if answer.table != tables[t]:
+                    raise ServerError(
+                        f"Lookup on {self.addresses[shard]}: answered table {answer.table!r} "
+                        f"where {tables[t]!r} was asked"
+                    )
                 n = stop - start
                 rows = wire.decode_values(
                     answer.values, n, specs[t].dim, answer.dtype, field=f"values of {tables[t]}"
