@@ -10,6 +10,7 @@ of sync chosen by the experiment instead of a timer, so runs are repeatable.
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import dataclasses
 import datetime
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import yaml
 
@@ -35,6 +37,7 @@ from examples.movielens.model import FactorizationMachine
 from examples.movielens.stream import DEFAULT_CONFIG, ServingScorer, SyncWaiter, build_model
 from monolith_ps.config import parse_config
 from monolith_ps.local import LocalCluster
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import PSClient
 from ps_client.fid import SLOT_BITS, make_fid
 from ps_client.routing import shard_of
@@ -43,6 +46,7 @@ from ps_client.trainer import StepResult, Trainer, TrainerStats
 __all__ = [
     "REPO_ROOT",
     "EvalCluster",
+    "StreamClock",
     "SyncFailedError",
     "TrainResult",
     "add_common_arguments",
@@ -247,12 +251,51 @@ class EvalCluster:
                 totals[name] = totals.get(name, 0) + table.num_rows
         return totals
 
+    def expire(self, now: float) -> int:
+        """Run the TTL expiry of every training shard against ``now`` (unix seconds) through
+        the Expire RPC; returns the rows dropped."""
+        expired = 0
+        for address in self.local.training_addresses:
+            with grpc.insecure_channel(address) as channel:
+                stub = ps_pb2_grpc.ParameterServerStub(channel)
+                reply = stub.Expire(ps_pb2.ExpireRequest(now=now), timeout=60)
+                expired += int(reply.rows_expired)
+        return expired
+
     def memory_bytes(self) -> int:
         """Bytes the training shards' tables hold (rows, optimizer state, index)."""
         return sum(t.memory_bytes for s in self.training.describe() for t in s.tables.values())
 
 
 # ---------------------------------------------------------------------- training
+
+
+class StreamClock:
+    """Maps the stream's time to the servers' wall clock, batch by batch.
+
+    Servers stamp a row's last update with their own clock (this machine's). Training
+    runs batch after batch, so both the stream time of a batch (its last event) and the
+    wall time at which it began increase: the rows last updated in batches that ended
+    before stream time ``T`` were all stamped before the wall time at which the first
+    batch ending at or after ``T`` began. ``wall_time_at(T)`` is that moment, so the
+    servers' "last update before wall time w" is "last update before stream time T",
+    at the granularity of a batch. Wrap the batches with ``batches``.
+    """
+
+    def __init__(self) -> None:
+        self._wall: list[float] = []
+        self._stream: list[int] = []
+
+    def batches(self, events: Events, batch_size: int) -> Iterable[Events]:
+        for batch in events.batches(batch_size):
+            self._wall.append(time.time())
+            self._stream.append(int(batch.timestamps[-1]))
+            yield batch
+
+    def wall_time_at(self, stream_time: float) -> float:
+        """The wall time at which training reached ``stream_time`` (now, if not yet)."""
+        j = bisect.bisect_left(self._stream, stream_time)
+        return self._wall[j] if j < len(self._wall) else time.time()
 
 
 @dataclasses.dataclass
@@ -309,15 +352,17 @@ def time_split_run(
     batch_size: int = 256,
     windows: int = 1,
     after_window: Callable[[int, Events], None] | None = None,
+    batches: Callable[[Events, int], Iterable[Events]] | None = None,
 ) -> dict[str, Any]:
     """Train on ``train_events`` (in ``windows`` parts, calling ``after_window`` after each),
     sync serving, score ``test_events`` through serving. ``seen`` marks the test events
-    whose user was in the training part. Returns AUCs, log loss, rows and memory."""
+    whose user was in the training part; ``batches`` as for ``train``. Returns AUCs, log
+    loss, rows and memory."""
     parts = train_events.windows(windows) if windows > 1 else [train_events]
     trained = []
     train_seconds = 0.0
     for i, part in enumerate(parts):
-        result = train(cluster, part, batch_size)
+        result = train(cluster, part, batch_size, batches)
         trained.append(result.predictions)
         train_seconds += result.stats.seconds
         if after_window is not None:
@@ -386,6 +431,11 @@ def machine() -> str:
         f"{platform.system()} {platform.machine()}, {cpus} CPUs, "
         f"Python {platform.python_version()}{load}"
     )
+
+
+def utc_date(timestamp: float) -> str:
+    """``YYYY-MM-DD`` of a unix time, in UTC."""
+    return datetime.datetime.fromtimestamp(float(timestamp), datetime.UTC).strftime("%Y-%m-%d")
 
 
 def now_iso() -> str:

@@ -1,0 +1,214 @@
+"""Expirable embeddings: a TTL in stream time vs rows kept and AUC (Monolith, section 2.2).
+
+A table with ``ttl_seconds`` drops rows not updated for that long. The stream replays
+22 years of ratings in a minute, so the TTL is counted in the stream's time: the
+training part (first 80%, time order) is trained in windows, and after each window
+every training shard runs its expiry (the Expire RPC) as of the window's last event.
+Servers stamp updates with their wall clock; ``StreamClock`` maps the stream's time to
+it, batch by batch. Expired rows leave tombstones that the sync agent carries to
+serving; the rest of the stream is then scored through the serving PS.
+
+    python -m evals.expiry [--ttl-days 0,730,365,90,30] [--seeds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from evals import common
+from evals.common import EvalCluster, StreamClock
+
+NAME = "expiry"
+TITLE = "Expiry: TTL in stream time vs rows and AUC"
+_DAY = 86400.0
+_METRICS = ("rows", "rows_window_mean", "memory_bytes", "test_auc", "test_auc_seen_users",
+            "train_auc", "found", "expired")  # fmt: skip
+
+
+def ttl_name(days: float) -> str:
+    return "none" if not days else f"{days:g} days"
+
+
+def run_one(
+    args: argparse.Namespace, ttl_days: float, seed: int, work: Path, split: tuple
+) -> dict[str, Any]:
+    train_events, test_events, seen = split
+    ttl = ttl_days * _DAY
+    config = common.base_config(seed=seed, **({"ttl_seconds": ttl} if ttl else {}))
+    clock = StreamClock()
+    rows_over_time: list[int] = []
+    expired_total = 0
+    with EvalCluster(config, work / f"seed{seed}-ttl{ttl_days:g}d") as cluster:
+
+        def after_window(i: int, window: Any) -> None:
+            nonlocal expired_total
+            if ttl:
+                stream_now = float(window.timestamps[-1])
+                expired_total += cluster.expire(clock.wall_time_at(stream_now - ttl) + ttl)
+            rows_over_time.append(sum(cluster.rows("training").values()))
+
+        result = common.time_split_run(
+            cluster,
+            train_events,
+            test_events,
+            seen,
+            args.batch_size,
+            windows=args.windows,
+            after_window=after_window,
+            batches=clock.batches,
+        )
+    return {
+        "seed": seed,
+        "ttl_days": ttl_days,
+        **result,
+        "expired": expired_total,
+        "rows_over_time": rows_over_time,
+        "rows_window_mean": sum(rows_over_time) / len(rows_over_time),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    events = common.load_stream(args.limit)
+    train_events, test_events = common.time_split(events, args.test_fraction)
+    split = (train_events, test_events, common.seen_users(train_events, test_events))
+    work = common.workdir(args, NAME)
+    runs = []
+    for seed in range(args.seeds):
+        for days in args.ttl_days:
+            result = run_one(args, days, seed, work, split)
+            runs.append(result)
+            common.say(
+                args,
+                f"seed {seed} TTL {ttl_name(days)}: rows {result['rows']}, "
+                f"expired {result['expired']}, test AUC {result['test_auc']:.4f}",
+            )
+    summary = common.summarize_runs(runs, "ttl_days", _METRICS)
+    base = summary[0]
+    for entry in summary:
+        entry["rows_vs_first"] = entry["rows_mean"] / base["rows_mean"]
+        entry["delta_auc_vs_first"] = entry["test_auc_mean"] - base["test_auc_mean"]
+    return {
+        "experiment": NAME,
+        "command": common.command_line(f"evals.{NAME}", args.argv),
+        "date": common.now_iso(),
+        "machine": common.machine(),
+        "seconds": time.monotonic() - started,
+        "events": len(events),
+        "test_fraction": args.test_fraction,
+        "windows": args.windows,
+        "seeds": args.seeds,
+        "window_end_dates": [
+            common.utc_date(w.timestamps[-1]) for w in train_events.windows(args.windows)
+        ],
+        "summary": summary,
+        "runs": runs,
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    header = [
+        "TTL (stream time)",
+        "rows at the end",
+        "vs no TTL",
+        "rows, mean over windows",
+        "rows expired",
+        "test AUC",
+        "Δ test AUC",
+        "test AUC, users seen in training",
+        "progressive AUC (training part)",
+        "test keys with a row",
+    ]
+    rows = [
+        [
+            ttl_name(s["ttl_days"]),
+            f"{s['rows_mean']:.0f}",
+            f"{s['rows_vs_first']:.0%}",
+            f"{s['rows_window_mean_mean']:.0f}",
+            f"{s['expired_mean']:.0f}",
+            common.pm(s, "test_auc"),
+            f"{s['delta_auc_vs_first']:+.4f}",
+            common.pm(s, "test_auc_seen_users"),
+            common.pm(s, "train_auc"),
+            f"{s['found_mean']:.1%}",
+        ]
+        for s in doc["summary"]
+    ]
+    split = round(100 * (1 - doc["test_fraction"]))
+    return "\n".join(
+        [
+            common.document_header(TITLE, doc),
+            "",
+            f"{doc['events']} ratings in time order: train on the first {split}% in "
+            f"{doc['windows']} windows, expiring after each as of its last event, then test on "
+            f"the rest through the serving PS; {doc['seeds']} seed(s). Rows: all tables of the "
+            "training shards.",
+            "",
+            common.markdown_table(header, rows),
+        ]
+    )
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    plt = common.pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for s in doc["summary"]:
+        mine = [r for r in doc["runs"] if r["ttl_days"] == s["ttl_days"]]
+        left.plot(
+            range(1, doc["windows"] + 1),
+            mine[0]["rows_over_time"],
+            "o-",
+            ms=3,
+            label=f"TTL {ttl_name(s['ttl_days'])}",
+        )
+        right.errorbar(s["rows_mean"], s["test_auc_mean"], yerr=s["test_auc_sd"], fmt="o",
+                       capsize=4, color="tab:blue")  # fmt: skip
+        right.annotate(ttl_name(s["ttl_days"]), (s["rows_mean"], s["test_auc_mean"]),
+                       textcoords="offset points", xytext=(6, 6), fontsize=8)  # fmt: skip
+    left.set_xlabel("training window (after its expiry)")
+    left.set_ylabel("rows held by the training shards")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.set_xlabel("rows at the end of training")
+    right.set_ylabel("test AUC (serving PS)")
+    right.grid(alpha=0.3)
+    fig.suptitle(TITLE)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
+    common.add_common_arguments(p, limit=None)
+    p.add_argument(
+        "--ttl-days",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[0.0, 730.0, 365.0, 90.0, 30.0],
+        help="TTLs in days of stream time, 0 = none (default 0,730,365,90,30)",
+    )
+    p.add_argument("--windows", type=int, default=16, help="training windows (default 16)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per TTL (default 1)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if any(d < 0 for d in args.ttl_days):
+        raise SystemExit("--ttl-days: TTLs must be >= 0 days")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    doc = run(args)
+    text = markdown(doc)
+    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
