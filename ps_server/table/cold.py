@@ -10,8 +10,10 @@ its tier), so a killed process leaves nothing behind on disk.
 The kernels touch the mappings like any array; pages they fault in count towards the
 process's resident memory until :meth:`ColdTier.release` drops them from the mapping (the
 data stays in the file and the page cache). The table releases after every operation that
-may have mapped more than ``release_bytes`` of cold pages, so resident memory stays within the hot
-budget plus that window.
+may have mapped more than ``release_bytes`` of cold pages, and works through many cold rows
+in chunks of that size with a release after each, so resident memory stays within the hot
+budget plus that window. Whole-tier scans (export, expiry, eviction ranks, ``keys``) map
+what they read and release at their end.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from ps_server.table.errors import ConfigError
 
 GROWTH = 1.5
 # resident bytes one row access may map: a read fault maps up to 16 neighbouring pages that
-# are in the page cache ("fault-around"), in each of the three arenas
-TOUCH_CHARGE = 3 * 16 * 4096
+# are in the page cache ("fault-around", 64 KiB by default), and a row touches up to four
+# pages (an arena row across a page boundary, its key, its metadata line)
+TOUCH_CHARGE = 4 * 16 * 4096
 _MIN_ROWS = 1024
 # scalars the cold tier shares with the table (version, clocks, tombstone log):
 # copied in before and out after a removal kernel runs over the cold tier
@@ -129,6 +132,11 @@ class ColdTier:
             self.arena, self.keys, self.meta = (a.grow(new) for a in self._arenas)
         else:  # pragma: no cover - tier kernels return only the codes above
             raise AssertionError(f"unknown kernel status {status}")
+
+    @staticmethod
+    def chunk_rows(release_bytes: int) -> int:
+        """Cold rows one chunk of a batch may touch before the pages must be released."""
+        return max(1, release_bytes // TOUCH_CHARGE)
 
     def note_touched(self, nrows: int, release_bytes: int) -> None:
         """Count ``nrows`` rows of cold pages faulted in; release them past the window."""

@@ -816,20 +816,25 @@ class EmbeddingTable:
         cuckoo.locate(cold.index, keys[missed], cold_rows)
         hit = cold_rows >= 0
         at = missed[hit]
+        cold_rows = cold_rows[hit]
         k = at.shape[0]
-        if k == 0:
-            return 0
-        sub = np.empty((k, self.dim), dtype=np.float32)
-        if self._storage is np.float32:
-            lookup.gather_rows(cold.arena, cold_rows[hit], keys[at], sub, *self._init_args())
-        else:
-            lookup.gather_rows_f16(
-                cold.arena, _HALF_TO_F32, cold_rows[hit], keys[at], sub, *self._init_args()
-            )
-        out[at] = sub
+        step = cold.chunk_rows(self._release_bytes)
+        for lo in range(0, k, step):
+            part = slice(lo, lo + step)
+            sub = np.empty((cold_rows[part].shape[0], self.dim), dtype=np.float32)
+            if self._storage is np.float32:
+                lookup.gather_rows(
+                    cold.arena, cold_rows[part], keys[at[part]], sub, *self._init_args()
+                )
+            else:
+                lookup.gather_rows_f16(
+                    cold.arena, _HALF_TO_F32, cold_rows[part], keys[at[part]], sub,
+                    *self._init_args(),
+                )  # fmt: skip
+            out[at[part]] = sub
+            cold.note_touched(sub.shape[0], self._release_bytes)
         found[at] = True
         self._stats["cold_hits"] += k
-        cold.note_touched(k, self._release_bytes)
         return k
 
     def _promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:
@@ -839,22 +844,28 @@ class EmbeddingTable:
             return
         cold_rows = np.empty(keys.shape[0], dtype=np.int64)
         cuckoo.locate(cold.index, keys, cold_rows)
+        hits = np.flatnonzero(cold_rows >= 0)
         promoted = 0
-        start = 0
-        while True:
-            status, start, n = tiers.promote_rows(
-                self._index, self._max_live, self._rng, self._scalars, self._row_keys,
-                self._meta, self._rows, cold.index, cold.scalars, cold.keys, cold.meta,
-                cold.arena, keys, cold_rows, start,
-            )  # fmt: skip
-            promoted += n
-            if status == rows.DONE:
-                break
-            self._grow(status)
+        step = cold.chunk_rows(self._release_bytes)
+        for lo in range(0, hits.shape[0], step):
+            part = hits[lo : lo + step]
+            chunk_keys = keys[part]
+            chunk_rows = cold_rows[part]
+            start = 0
+            while True:
+                status, start, n = tiers.promote_rows(
+                    self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                    self._meta, self._rows, cold.index, cold.scalars, cold.keys, cold.meta,
+                    cold.arena, chunk_keys, chunk_rows, start,
+                )  # fmt: skip
+                promoted += n
+                if status == rows.DONE:
+                    break
+                self._grow(status)
+            cold.note_touched(part.shape[0], self._release_bytes)
         self._stats["promoted"] += promoted
         if for_lookup:
             self._stats["cold_hits"] += promoted
-        cold.note_touched(promoted, self._release_bytes)
 
     def _demote_over_budget(self) -> None:
         """Past the hot row limit, move the least recently used hot rows (lowest usage rank)
@@ -868,19 +879,22 @@ class EmbeddingTable:
         usage = _usage_ranks(self._meta, high)
         victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
         demoted = 0
-        start = 0
-        while True:
-            status, start, n = tiers.demote_rows(
-                self._index, self._scalars, self._row_keys, self._meta, self._rows,
-                cold.index, cold.max_live, self._rng, cold.scalars, cold.keys, cold.meta,
-                cold.arena, victims, start,
-            )  # fmt: skip
-            demoted += n
-            if status == rows.DONE:
-                break
-            cold.grow(status)
+        step = cold.chunk_rows(self._release_bytes)
+        for lo in range(0, victims.shape[0], step):
+            part = victims[lo : lo + step]
+            start = 0
+            while True:
+                status, start, n = tiers.demote_rows(
+                    self._index, self._scalars, self._row_keys, self._meta, self._rows,
+                    cold.index, cold.max_live, self._rng, cold.scalars, cold.keys, cold.meta,
+                    cold.arena, part, start,
+                )  # fmt: skip
+                demoted += n
+                if status == rows.DONE:
+                    break
+                cold.grow(status)
+            cold.note_touched(part.shape[0], self._release_bytes)
         self._stats["demoted"] += demoted
-        cold.note_touched(demoted, self._release_bytes)
 
     def _run_cold_removal(self, call: Any) -> int:
         """:meth:`_run_removal` for a removal kernel over the cold tier: the cold scalars
