@@ -1,0 +1,186 @@
+"""Tiered tables: lookups over Zipf-distributed keys against the all-in-memory table.
+
+One process, dim 64 float32 with Adagrad state (512 payload bytes a row), ``--rows`` live
+rows (default 200,000). Keys are drawn Zipf(``--exponent``, default 1.1) over the rows in a
+random order (so hot keys are spread over the table), in batches of 8,192. For each memory
+budget (1/8, 1/4, 1/2 of the table's in-memory bytes) a tiered table is filled like the
+reference, warmed up with the same traffic, then timed:
+
+- ``find_or_insert``: the training lookup; cold rows it touches are promoted, and the hot
+  tier demotes its least recently used rows past the budget.
+- ``find``: the serving lookup; read-only, cold rows are read where they lie.
+
+The reference is an all-in-memory table of the same config and rows, timed in the same run,
+interleaved with ours. Times are CPU time of the benchmark thread (``time.thread_time``:
+page faults count, waiting for a core on a shared machine does not); each figure is the
+best of ``--repeats``. Reported per budget: rows/s and ratio to the reference, cold-hit rate
+(keys served from the cold tier over keys looked up), promotions and demotions per lookup,
+the table's memory (hot tier and cold index) and the process's resident memory.
+
+    python benchmarks/tier_bench.py --json results/tier_bench.json [--rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
+
+from ps_server.table import EmbeddingTable, TableConfig  # noqa: E402
+
+DIM = 64
+BATCH = 8192
+FRACTIONS = (0.125, 0.25, 0.5)
+GOAL = 0.5  # find_or_insert rows/s over the reference, at budget 1/4
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def zipf_batches(rows: int, exponent: float, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` batches of keys ``0..rows-1`` whose popularity ranks follow Zipf."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(rows).astype(np.uint64)
+    out = []
+    for _ in range(count):
+        ranks = rng.zipf(exponent, BATCH * 2)
+        ranks = ranks[ranks <= rows][:BATCH]
+        while ranks.shape[0] < BATCH:  # rare: the tail fell past the table
+            more = rng.zipf(exponent, BATCH)
+            ranks = np.concatenate([ranks, more[more <= rows]])[:BATCH]
+        out.append(order[ranks - 1])
+    return out
+
+
+def fill(table: EmbeddingTable, rows: int) -> None:
+    for lo in range(0, rows, BATCH):  # a batch larger than the hot limit overshoots it
+        table.find_or_insert(np.arange(lo, min(lo + BATCH, rows), dtype=np.uint64), now=1.0)
+
+
+def timed(call, batches: list[np.ndarray]) -> float:
+    """Rows per second of ``call`` over ``batches`` (thread CPU time)."""
+    start = time.thread_time()
+    for keys in batches:
+        call(keys)
+    return sum(b.shape[0] for b in batches) / max(time.thread_time() - start, 1e-9)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--exponent", type=float, default=1.1)
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    base = TableConfig(name="t", dim=DIM, optimizer="adagrad")
+    reference = EmbeddingTable(base)
+    fill(reference, args.rows)
+    # the table's in-memory bytes per row, as the budget counts them
+    per_row = reference._hot_row_bytes()  # noqa: SLF001 - the budget's own unit
+    data_bytes = per_row * args.rows
+    warm = zipf_batches(args.rows, args.exponent, args.batches, seed=1)
+    measured = zipf_batches(args.rows, args.exponent, args.batches, seed=2)
+    for keys in warm:
+        reference.find_or_insert(keys, now=2.0)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tier-bench-") as cold_dir:
+        for fraction in FRACTIONS:
+            budget = int(data_bytes * fraction)
+            config = TableConfig(
+                name="t", dim=DIM, optimizer="adagrad", memory_budget_bytes=budget,
+                cold_dir=cold_dir,
+            )  # fmt: skip
+            table = EmbeddingTable(config)
+            fill(table, args.rows)
+            for keys in warm:
+                table.find_or_insert(keys, now=2.0)
+            before = table.stats()
+            best: dict[str, float] = {}
+            for _ in range(args.repeats):
+                for name, t in (("reference", reference), ("tiered", table)):
+                    gc.collect()
+                    foi = timed(lambda k, t=t: t.find_or_insert(k, now=3.0), measured)
+                    find = timed(t.find, measured)
+                    best[f"{name} find_or_insert"] = max(best.get(f"{name} find_or_insert", 0), foi)
+                    best[f"{name} find"] = max(best.get(f"{name} find", 0), find)
+            after = table.stats()
+            looked_up = after["lookups"] - before["lookups"]
+            tiers = table.tier_stats()
+            results.append(
+                {
+                    "budget_fraction": fraction,
+                    "budget_bytes": budget,
+                    **{f"{k} rows/s": round(v) for k, v in best.items()},
+                    "find_or_insert ratio": best["tiered find_or_insert"]
+                    / best["reference find_or_insert"],
+                    "find ratio": best["tiered find"] / best["reference find"],
+                    "cold-hit rate": (after["cold_hits"] - before["cold_hits"]) / looked_up,
+                    "promoted per lookup": (after["promoted"] - before["promoted"]) / looked_up,
+                    "demoted per lookup": (after["demoted"] - before["demoted"]) / looked_up,
+                    "hot rows": tiers["hot_rows"],
+                    "cold rows": tiers["cold_rows"],
+                    "table memory MB": (tiers["hot_bytes"] + tiers["cold_memory_bytes"]) / 1e6,
+                    "process RSS MB": _rss() / 1e6,
+                }
+            )
+            del table
+            gc.collect()
+    report = {
+        "rows": args.rows,
+        "dim": DIM,
+        "exponent": args.exponent,
+        "batch": BATCH,
+        "all-in-memory table MB": reference.memory_bytes() / 1e6,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "budgets": results,
+        "goal": f"find_or_insert ratio >= {GOAL} at budget 1/4",
+    }
+    print(
+        f"{args.rows} rows, dim {DIM}, Zipf {args.exponent}, all-in-memory table "
+        f"{report['all-in-memory table MB']:.0f} MB\n"
+    )
+    print(
+        "| budget | find_or_insert rows/s (ratio) | find rows/s (ratio) | cold-hit rate "
+        "| promoted/lookup | table MB | RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| 1/{round(1 / r['budget_fraction'])} "
+            f"| {r['tiered find_or_insert rows/s'] / 1e6:.2f} M ({r['find_or_insert ratio']:.2f}) "
+            f"| {r['tiered find rows/s'] / 1e6:.2f} M ({r['find ratio']:.2f}) "
+            f"| {r['cold-hit rate']:.3f} | {r['promoted per lookup']:.3f} "
+            f"| {r['table memory MB']:.0f} | {r['process RSS MB']:.0f} |"
+        )
+    ref = results[0]
+    print(
+        f"\nreference (all in memory): find_or_insert "
+        f"{ref['reference find_or_insert rows/s'] / 1e6:.2f} M rows/s, find "
+        f"{ref['reference find rows/s'] / 1e6:.2f} M rows/s"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
