@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from monolith_ps.logs import fields
 
@@ -24,6 +25,7 @@ __all__ = [
     "StreamConflictError",
     "SyncCursorError",
     "TopologyMismatchError",
+    "UndecodableRequests",
     "UnknownNameError",
     "WrongRoleError",
     "abort_with",
@@ -132,3 +134,64 @@ def rpc_errors(method: _Method) -> _Method:
             abort_with(context, exc, name)
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Undecodable:
+    """Stands in for a request body that did not parse as its message."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.error = error
+
+
+class UndecodableRequests(grpc.ServerInterceptor):
+    """A request body that does not parse as its message gets INVALID_ARGUMENT naming the
+    message type; gRPC itself would answer INTERNAL. In a client stream, reading the bad
+    message raises ``BadRequestError``, which the RPC's ``rpc_errors`` turns into the same."""
+
+    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+
+        def lenient(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except DecodeError as exc:
+                return _Undecodable(exc)
+
+        method = handler_call_details.method
+        if handler.unary_unary or handler.unary_stream:
+            kind = "unary_unary" if handler.unary_unary else "unary_stream"
+            behavior = getattr(handler, kind)
+
+            def checked(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    _refuse_undecodable(context, method, request)
+                return behavior(request, context)
+
+            return handler._replace(request_deserializer=lenient, **{kind: checked})
+        if handler.stream_unary:
+            behavior = handler.stream_unary
+
+            def checked_stream(requests: Any, context: grpc.ServicerContext) -> Any:
+                return behavior(_decoded_or_refused(requests, method), context)
+
+            return handler._replace(request_deserializer=lenient, stream_unary=checked_stream)
+        return handler
+
+
+def _refuse_undecodable(context: grpc.ServicerContext, method: str, request: _Undecodable) -> None:
+    message = f"{method}: the request is not a valid protobuf message: {request.error}"
+    _LOGGER.info("rpc_refused", extra=fields(method=method, code="INVALID_ARGUMENT"))
+    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _decoded_or_refused(requests: Any, method: str) -> Any:
+    for i, request in enumerate(requests):
+        if isinstance(request, _Undecodable):
+            raise BadRequestError(
+                f"{method}: message {i} of the stream is not a valid protobuf message: "
+                f"{request.error}"
+            )
+        yield request

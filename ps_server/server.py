@@ -27,6 +27,7 @@ from monolith_ps.config import ClusterConfig
 from monolith_ps.logs import fields
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_server.dense import DenseStore
+from ps_server.errors import UndecodableRequests
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
 from ps_server.servicers import servicer_for
@@ -144,6 +145,7 @@ class PSServer:
             interceptors=[
                 RpcMetricsInterceptor(self.metrics, self.state.tables_view),
                 PreEncodedResponses(),
+                UndecodableRequests(),
             ],
             options=[
                 ("grpc.max_send_message_length", max_bytes),
