@@ -112,8 +112,8 @@ def first_touch_seconds(nbytes: int) -> float:
     """CPU seconds to fault in ``nbytes`` of new memory the way the table's arenas are
     (reserved address space, huge pages): the floor under inserting that many bytes."""
     arena = RowArena((1024,), np.float32)
-    pages = arena.grow(-(-nbytes // 4096))
     start = time.thread_time()
+    pages = arena.grow(-(-nbytes // 4096))  # growing may commit the pages itself
     pages[:, 0] = 1.0
     return time.thread_time() - start
 

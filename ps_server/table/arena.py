@@ -22,7 +22,9 @@ HUGE_PAGE = 2 << 20
 RESERVE_BYTES = 32 << 30  # per arena, virtual
 RESERVE_ROWS = 1 << 28
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
 _CAN_RESERVE = sys.platform.startswith("linux")
+_PAGE = mmap.PAGESIZE
 
 
 class RowArena:
@@ -33,6 +35,8 @@ class RowArena:
         self._dtype = np.dtype(dtype)
         self._row_bytes = self._dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
         self._block: np.ndarray | None = None  # uint8 view of the reservation
+        self._mapping: mmap.mmap | None = None  # the reservation, when there is one
+        self._offset = 0  # of the block in the mapping
         self.array = np.zeros((0, *row_shape), dtype=self._dtype)
 
     @property
@@ -52,13 +56,35 @@ class RowArena:
             want = max(
                 need, 2 * self._block_size(), min(RESERVE_BYTES, RESERVE_ROWS * self._row_bytes)
             )
-            block = _reserve(want)
-            self._block = np.zeros(need, dtype=np.uint8) if block is None else block
+            reserved = _reserve(want)
+            if reserved is None:
+                self._mapping, self._offset = None, 0
+                self._block = np.zeros(need, dtype=np.uint8)
+            else:
+                self._mapping, self._offset, self._block = reserved
+                self._populate(0, need)
             self.array = self._view(rows)
             self.array[: old.shape[0]] = old
         else:
+            self._populate(self.capacity * self._row_bytes, need)
             self.array = self._view(rows)
         return self.array
+
+    def _populate(self, start: int, stop: int) -> None:
+        """Commit bytes ``[start, stop)`` of the block in one call, so the kernel fills the
+        pages in a batch instead of taking one fault per page at first touch. Best effort:
+        kernels without ``MADV_POPULATE_WRITE`` leave the pages to first touch."""
+        global _MADV_POPULATE_WRITE
+        if self._mapping is None or _MADV_POPULATE_WRITE is None:
+            return
+        lo = (self._offset + start) // _PAGE * _PAGE
+        hi = self._offset + stop
+        if hi <= lo:
+            return
+        try:
+            self._mapping.madvise(_MADV_POPULATE_WRITE, lo, hi - lo)
+        except OSError:
+            _MADV_POPULATE_WRITE = None
 
     def _block_size(self) -> int:
         return 0 if self._block is None else int(self._block.shape[0])
@@ -68,9 +94,10 @@ class RowArena:
         return raw.view(self._dtype).reshape((rows, *self._row_shape))
 
 
-def _reserve(nbytes: int) -> np.ndarray | None:
-    """A zero-filled, 2 MiB-aligned uint8 block of ``nbytes`` reserved address space, or
-    None where address space cannot be reserved (the caller then allocates exactly)."""
+def _reserve(nbytes: int) -> tuple[mmap.mmap, int, np.ndarray] | None:
+    """A zero-filled, 2 MiB-aligned uint8 block of ``nbytes`` reserved address space, with
+    its mapping and its offset there, or None where address space cannot be reserved (the
+    caller then allocates exactly)."""
     if _CAN_RESERVE:
         try:
             m = mmap.mmap(
@@ -85,5 +112,5 @@ def _reserve(nbytes: int) -> np.ndarray | None:
                 m.madvise(mmap.MADV_HUGEPAGE)
             whole = np.frombuffer(m, dtype=np.uint8)
             offset = -whole.ctypes.data % HUGE_PAGE
-            return whole[offset : offset + nbytes]
+            return m, offset, whole[offset : offset + nbytes]
     return None
