@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/service_bench.py --json results/service_bench.json
 	$(BIN)/python benchmarks/sync_bench.py --json results/sync_bench.json
 	$(BIN)/python benchmarks/snapshot_bench.py --json results/snapshot_bench.json
+	$(BIN)/python benchmarks/load_test.py --json results/load_test.json
 
 # System packages the benchmarks compare against (Redis for service_bench.py).
 bench-deps:
