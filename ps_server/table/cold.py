@@ -25,7 +25,7 @@ import weakref
 
 import numpy as np
 
-from ps_server.table import cuckoo, rows
+from ps_server.table import cuckoo, rows, tiers
 from ps_server.table.errors import ConfigError
 
 GROWTH = 1.5
@@ -34,6 +34,9 @@ GROWTH = 1.5
 # pages (an arena row across a page boundary, its key, its metadata line)
 TOUCH_CHARGE = 4 * 16 * 4096
 _MIN_ROWS = 1024
+# cold rows freed by promotions that the in-memory stack holds before they go on the free
+# list (in the files) in one pass: 256 KiB
+FREED_STACK = 1 << 15
 # scalars the cold tier shares with the table (version, clocks, tombstone log):
 # copied in before and out after a removal kernel runs over the cold tier
 SHARED_SCALARS = np.array(
@@ -102,6 +105,8 @@ class ColdTier:
         self.index = cuckoo.new_index(1)
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
+        self.freed = np.zeros(FREED_STACK, dtype=np.int64)
+        self.freed_count = np.zeros(1, dtype=np.int64)
         self.row_bytes = sum(a.row_bytes for a in self._arenas)
         self.touched_bytes = 0
 
@@ -116,8 +121,14 @@ class ColdTier:
         return sum(a.file_bytes for a in self._arenas)
 
     def memory_bytes(self) -> int:
-        """Bytes the cold tier keeps in memory (its index and scalars)."""
-        return int(self.index.nbytes + self.scalars.nbytes)
+        """Bytes the cold tier keeps in memory (its index, freed-row stack and scalars)."""
+        return int(self.index.nbytes + self.freed.nbytes + self.scalars.nbytes)
+
+    def settle(self) -> None:
+        """Mark the rows on the freed stack free in the files: call before scanning the
+        cold rows (a row there still looks live in its metadata)."""
+        if self.freed_count[0]:
+            tiers.release_freed(self.scalars, self.keys, self.meta, self.freed, self.freed_count)
 
     def grow(self, status: int) -> None:
         """Grow what a tier kernel's ``status`` asks for (index or files)."""

@@ -266,6 +266,7 @@ class EmbeddingTable:
             cold = self._cold
             if cold is None or len(cold) == 0:
                 return hot
+            cold.settle()
             high = cold.high
             keys = np.concatenate([hot, cold.keys[:high][cold.meta[:high, rows.VERSION_COL] != 0]])
             cold.release()
@@ -414,6 +415,7 @@ class EmbeddingTable:
             )
             if self._cold is not None and len(self._cold):
                 cold = self._cold
+                cold.settle()
                 expired += self._run_cold_removal(
                     lambda start: export.expire_rows(
                         cold.index,
@@ -453,6 +455,7 @@ class EmbeddingTable:
             state = self._rows[picked, self.dim :] if with_state and self._trainable else None
             cold = self._cold
             if cold is not None and len(cold):
+                cold.settle()
                 cold_picked = export.rows_since(cold.meta, cold.high, since)
                 row_keys = np.concatenate([row_keys, cold.keys[cold_picked]])
                 meta = np.concatenate([meta, cold.meta[cold_picked]])
@@ -764,6 +767,7 @@ class EmbeddingTable:
         usage = _usage_ranks(self._meta, high)
         cold = self._cold
         if cold is not None and len(cold):
+            cold.settle()
             usage = np.concatenate([usage, _usage_ranks(cold.meta, cold.high)])
         total = usage.shape[0]
         victims = (
@@ -856,7 +860,7 @@ class EmbeddingTable:
                 status, start, n = tiers.promote_rows(
                     self._index, self._max_live, self._rng, self._scalars, self._row_keys,
                     self._meta, self._rows, cold.index, cold.scalars, cold.keys, cold.meta,
-                    cold.arena, chunk_keys, chunk_rows, start,
+                    cold.arena, cold.freed, cold.freed_count, chunk_keys, chunk_rows, start,
                 )  # fmt: skip
                 promoted += n
                 if status == rows.DONE:
@@ -887,7 +891,7 @@ class EmbeddingTable:
                 status, start, n = tiers.demote_rows(
                     self._index, self._scalars, self._row_keys, self._meta, self._rows,
                     cold.index, cold.max_live, self._rng, cold.scalars, cold.keys, cold.meta,
-                    cold.arena, part, start,
+                    cold.arena, cold.freed, cold.freed_count, part, start,
                 )  # fmt: skip
                 demoted += n
                 if status == rows.DONE:

@@ -3,8 +3,14 @@ memory-mapped file), keeping their values, optimizer state, metadata and version
 
 Both tiers have the same layout (a cuckoo index, an arena row of values then state, the
 key, a metadata line) and their own ``scalars`` (live rows, high-water mark, free list); a
-key lives in at most one tier. Moving a row is not a change to the table: its version,
-push count, update time and usage stay as they were. Both kernels are resumable: they stop
+key lives in at most one tier. Cold rows freed by a promotion go on an in-memory stack
+(``freed``, its length in ``freed_count[0]``) instead of the cold free list, so a promotion
+only reads the cold files (a write to a file mapping costs a page fault that dirties the
+page); demotions take their rows from that stack first, and :func:`release_freed` hands
+what is left to the free list before anything scans the cold rows.
+
+Moving a row is not a change to the table: its version, push count, update time and usage
+stay as they were. Both kernels are resumable: they stop
 with a status when the destination's index or arenas must grow and continue from the
 returned position.
 """
@@ -35,6 +41,28 @@ def _copy_row(src_arena, src_meta, s, dst_arena, dst_meta, d):
         dst_meta[d, c] = src_meta[s, c]
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _free_cold_row(cold_scalars, cold_keys, cold_meta, freed, freed_count, c):
+    """Free cold row ``c`` onto the in-memory stack, or the free list when it is full."""
+    n = freed_count[0]
+    if n < freed.shape[0]:
+        freed[n] = c
+        freed_count[0] = n + 1
+    else:
+        give_back_row(cold_scalars, cold_keys, cold_meta, c)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def release_freed(cold_scalars, cold_keys, cold_meta, freed, freed_count):
+    """Put the cold rows on the in-memory stack on the cold free list (marking them free in
+    the metadata, as scans expect); returns how many."""
+    n = freed_count[0]
+    for i in range(n):
+        give_back_row(cold_scalars, cold_keys, cold_meta, freed[i])
+    freed_count[0] = 0
+    return n
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def promote_rows(
     hot_index,
@@ -49,6 +77,8 @@ def promote_rows(
     cold_keys,
     cold_meta,
     cold_arena,
+    freed,
+    freed_count,
     keys,
     cold_rows,
     start,
@@ -78,7 +108,7 @@ def promote_rows(
         hot_keys[h] = key
         hot_scalars[LIVE] += 1
         remove(cold_index, key)
-        give_back_row(cold_scalars, cold_keys, cold_meta, c)
+        _free_cold_row(cold_scalars, cold_keys, cold_meta, freed, freed_count, c)
         cold_scalars[LIVE] -= 1
         promoted += 1
     return DONE, keys.shape[0], promoted
@@ -98,6 +128,8 @@ def demote_rows(
     cold_keys,
     cold_meta,
     cold_arena,
+    freed,
+    freed_count,
     victims,
     start,
 ):
@@ -112,12 +144,17 @@ def demote_rows(
             continue
         if cold_scalars[LIVE] + 1 > cold_max_live:
             return NEED_INDEX, i, demoted
-        if not has_free_row(cold_scalars, cold_capacity):
+        n = freed_count[0]
+        if n > 0:
+            c = freed[n - 1]
+            freed_count[0] = n - 1
+        elif has_free_row(cold_scalars, cold_capacity):
+            c = take_row(cold_scalars, cold_keys)
+        else:
             return NEED_ROWS, i, demoted
         key = hot_keys[h]
-        c = take_row(cold_scalars, cold_keys)
         if not insert(cold_index, key, c, rng):
-            give_back_row(cold_scalars, cold_keys, cold_meta, c)
+            _free_cold_row(cold_scalars, cold_keys, cold_meta, freed, freed_count, c)
             return NEED_INDEX, i, demoted
         _copy_row(hot_arena, hot_meta, h, cold_arena, cold_meta, c)
         cold_keys[c] = key
