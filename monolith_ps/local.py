@@ -19,7 +19,7 @@ pick a free port (learned from its start-up log line and kept across restarts);
 shard by shard, replicas together), the metrics ports right after them, and the agent's
 metrics port last. Stopping sends SIGTERM to the agent, then the servers, waits
 ``stop_timeout`` seconds and SIGKILLs whatever is left, so no process outlives the
-cluster; children also receive SIGTERM if the process that started them dies.
+cluster; children also receive SIGTERM if the process that started them dies (Linux).
 """
 
 from __future__ import annotations
@@ -53,10 +53,21 @@ class LocalClusterError(RuntimeError):
     """A process of the local cluster failed to start or become ready; names its log."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child when the thread that started it exits."""
+def _run_child(argv: list[str]) -> int:
+    """Entry point of every cluster process: ``<launcher pid> <mps arguments...>``.
+
+    Asks Linux to SIGTERM this process when the launcher dies, then runs ``mps``. Done
+    here, after exec, because code run between fork and exec (``preexec_fn``) is not safe
+    in a launcher whose gRPC threads are running.
+    """
+    launcher, mps_args = int(argv[0]), argv[1:]
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:
+        return 1  # the launcher died before we could ask to follow it
+    from monolith_ps.cli import main
+
+    return main(mps_args)
 
 
 class ManagedProcess:
@@ -101,7 +112,7 @@ class ManagedProcess:
         """Start the process; its stderr goes to the log file, line by line."""
         if self.running():
             raise LocalClusterError(f"{self.name} is already running (pid {self.pid})")
-        cmd = [self.python, "-m", "monolith_ps.cli", *self.args, *extra]
+        cmd = [self.python, "-m", "monolith_ps.local", str(os.getpid()), *self.args, *extra]
         with self._event:
             self._events = {}
         env = dict(os.environ)
@@ -113,7 +124,6 @@ class ManagedProcess:
             stderr=subprocess.PIPE,
             env=env,
             start_new_session=True,  # Ctrl-C reaches only the launcher, which stops us in order
-            preexec_fn=_die_with_parent,
         )
         self._reader = threading.Thread(
             target=self._read_log, args=(self.proc,), name=f"log-{self.name}", daemon=True
@@ -517,3 +527,7 @@ def _describe(cluster: LocalCluster) -> str:
     )
     lines.append("Ctrl-C stops every process.")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(_run_child(sys.argv[1:]))

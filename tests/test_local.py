@@ -41,7 +41,8 @@ def _children_of_config(config_path: Path) -> list[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        mine = str(config_path).encode() in cmdline and b"local" not in cmdline
+        role = b"server" in cmdline or b"sync-agent" in cmdline  # not the launcher itself
+        mine = str(config_path).encode() in cmdline and role
         if mine and "State:\tZ" not in status:
             pids.append(int(entry.name))
     return pids
