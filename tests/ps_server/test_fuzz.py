@@ -310,6 +310,7 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
+    derandomize=True,  # the same cases every run: a failure is reproducible, never a flake
 )
 
 
