@@ -71,20 +71,8 @@ class RowArena:
         return self.array
 
     def _populate(self, start: int, stop: int) -> None:
-        """Commit bytes ``[start, stop)`` of the block in one call, so the kernel fills the
-        pages in a batch instead of taking one fault per page at first touch. Best effort:
-        kernels without ``MADV_POPULATE_WRITE`` leave the pages to first touch."""
-        global _MADV_POPULATE_WRITE
-        if self._mapping is None or _MADV_POPULATE_WRITE is None:
-            return
-        lo = (self._offset + start) // _PAGE * _PAGE
-        hi = self._offset + stop
-        if hi <= lo:
-            return
-        try:
-            self._mapping.madvise(_MADV_POPULATE_WRITE, lo, hi - lo)
-        except OSError:
-            _MADV_POPULATE_WRITE = None
+        if self._mapping is not None:
+            _populate(self._mapping, self._offset + start, self._offset + stop)
 
     def _block_size(self) -> int:
         return 0 if self._block is None else int(self._block.shape[0])
@@ -92,6 +80,33 @@ class RowArena:
     def _view(self, rows: int) -> np.ndarray:
         raw = self._block[: rows * self._row_bytes]
         return raw.view(self._dtype).reshape((rows, *self._row_shape))
+
+
+def committed_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zero-filled C-contiguous array with its pages committed up front (on huge pages
+    where the kernel has them), for arrays written all over at once, such as a new index."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    reserved = _reserve(nbytes) if nbytes >= HUGE_PAGE else None
+    if reserved is None:
+        return np.zeros(shape, dtype=dtype)
+    mapping, offset, block = reserved
+    _populate(mapping, offset, offset + nbytes)
+    return block.view(dtype).reshape(shape)
+
+
+def _populate(mapping: mmap.mmap, start: int, stop: int) -> None:
+    """Commit bytes ``[start, stop)`` of ``mapping`` in one call, so the kernel fills the
+    pages in a batch instead of taking one fault per page at first touch. Best effort:
+    kernels without ``MADV_POPULATE_WRITE`` leave the pages to first touch."""
+    global _MADV_POPULATE_WRITE
+    lo = start // _PAGE * _PAGE
+    if _MADV_POPULATE_WRITE is None or stop <= lo:
+        return
+    try:
+        mapping.madvise(_MADV_POPULATE_WRITE, lo, stop - lo)
+    except OSError:
+        _MADV_POPULATE_WRITE = None
 
 
 def _reserve(nbytes: int) -> tuple[mmap.mmap, int, np.ndarray] | None:

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit
 
 from ps_client.routing import mix64
+from ps_server.table.arena import committed_zeros
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at
 
 SLOTS = 4
@@ -28,8 +29,9 @@ _RING = 16  # >= LOOKAHEAD, a power of two
 
 
 def new_index(num_buckets: int) -> np.ndarray:
-    """An empty index of ``num_buckets`` (a power of two) buckets."""
-    return np.zeros((num_buckets, 2 * SLOTS), dtype=np.uint64)
+    """An empty index of ``num_buckets`` (a power of two) buckets, its memory committed: a
+    new index is filled all over at once (by a rehash)."""
+    return committed_zeros((num_buckets, 2 * SLOTS), np.uint64)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")

@@ -34,7 +34,7 @@ from ps_server.table.rows import (
 )
 
 _EMPTY = np.int64(-1)
-_ROWS_AHEAD = 4
+_ROWS_AHEAD = 8
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -203,7 +203,7 @@ def resolve_rows(
         r = take_row(scalars, row_keys)
         upcoming = scalars[HIGH] + _ROWS_AHEAD  # new rows are mostly taken in order
         if upcoming < capacity:
-            prefetch_row(arena, upcoming)
+            prefetch_head(arena, upcoming, dim * arena.itemsize)
         if not insert_at(index, key, r, rng, b1, b2):
             give_back_row(scalars, row_keys, meta, r)
             return NEED_INDEX_ADMITTED, i, inserted, rejected
