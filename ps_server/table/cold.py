@@ -1,13 +1,16 @@
-"""The cold tier of a table: rows in memory-mapped files, their keys in a cuckoo index.
+"""The cold tier of a table: rows in a memory-mapped file, their keys in a cuckoo index.
 
-The cold tier has the hot tier's layout (see ``embedding_table``): an arena row of values
-then optimizer state, the key, and the metadata line, each arena a file in ``cold_dir``
-mapped shared, plus a cuckoo index and its own live/high-water/free-list scalars in memory
-(about 18-36 bytes a cold row). The files are unlinked as soon as they are opened: the cold
-tier is a cache of the table, not its durable copy (snapshots export every row, whatever
-its tier), so a killed process leaves nothing behind on disk.
+The cold tier holds the hot tier's rows (see ``embedding_table``): the metadata line, the
+key, and an arena row of values then optimizer state, packed into one record of a file in
+``cold_dir`` mapped shared (so touching a cold row faults one or two pages, not one per
+array), seen through strided views with the hot tier's shapes; plus a cuckoo index and its
+own live/high-water/free-list scalars in memory (about 18-36 bytes a cold row).
 
-The kernels touch the mappings like any array; pages they fault in count towards the
+The file is unlinked as soon as it is opened: the cold tier is a cache of the table, not
+its durable copy (snapshots export every row, whatever its tier), so a killed process
+leaves nothing behind on disk.
+
+The kernels touch the mapping like any array; pages they fault in count towards the
 process's resident memory until :meth:`ColdTier.release` drops them from the mapping (the
 data stays in the file and the page cache). The table releases after every operation that
 may have mapped more than ``release_bytes`` of cold pages, and works through many cold rows
@@ -30,9 +33,9 @@ from ps_server.table.errors import ConfigError
 
 GROWTH = 1.5
 # resident bytes one row access may map: a read fault maps up to 16 neighbouring pages that
-# are in the page cache ("fault-around", 64 KiB by default), and a row touches up to four
-# pages (an arena row across a page boundary, its key, its metadata line)
-TOUCH_CHARGE = 4 * 16 * 4096
+# are in the page cache ("fault-around", 64 KiB by default), and a record spans at most two
+# pages
+TOUCH_CHARGE = 2 * 16 * 4096
 _MIN_ROWS = 1024
 # cold rows freed by promotions that the in-memory stack holds before they go on the free
 # list (in the files) in one pass: 256 KiB
@@ -96,18 +99,18 @@ class ColdTier:
     """Cold rows of one table: arenas in ``directory``, index and scalars in memory."""
 
     def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
-        self._arenas = (
-            FileArena(directory, (row_width,), storage),
-            FileArena(directory, (), np.uint64),
-            FileArena(directory, (rows.META_COLUMNS,), np.int64),
-        )
-        self.arena, self.keys, self.meta = (a.array for a in self._arenas)
+        self._meta_bytes = 8 * rows.META_COLUMNS
+        self._storage = np.dtype(storage)
+        self._arena_bytes = row_width * self._storage.itemsize
+        record = self._meta_bytes + 8 + self._arena_bytes
+        self._file = FileArena(directory, (record + -record % 8,), np.uint8)
+        self.arena, self.keys, self.meta = self._views(self._file.array)
         self.index = cuckoo.new_index(1)
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
         self.freed = np.zeros(FREED_STACK, dtype=np.int64)
         self.freed_count = np.zeros(1, dtype=np.int64)
-        self.row_bytes = sum(a.row_bytes for a in self._arenas)
+        self.row_bytes = self._file.row_bytes
         self.touched_bytes = 0
 
     def __len__(self) -> int:
@@ -118,7 +121,7 @@ class ColdTier:
         return int(self.scalars[rows.HIGH])
 
     def file_bytes(self) -> int:
-        return sum(a.file_bytes for a in self._arenas)
+        return self._file.file_bytes
 
     def memory_bytes(self) -> int:
         """Bytes the cold tier keeps in memory (its index, freed-row stack and scalars)."""
@@ -140,7 +143,7 @@ class ColdTier:
         elif status == rows.NEED_ROWS:
             cap = self.arena.shape[0]
             new = max(_MIN_ROWS, int(cap * GROWTH))
-            self.arena, self.keys, self.meta = (a.grow(new) for a in self._arenas)
+            self.arena, self.keys, self.meta = self._views(self._file.grow(new))
         else:  # pragma: no cover - tier kernels return only the codes above
             raise AssertionError(f"unknown kernel status {status}")
 
@@ -156,9 +159,16 @@ class ColdTier:
             self.release()
 
     def release(self) -> None:
-        for a in self._arenas:
-            a.release()
+        self._file.release()
         self.touched_bytes = 0
+
+    def _views(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The arena, key and metadata views of a ``(rows, record bytes)`` uint8 array."""
+        m, k = self._meta_bytes, self._meta_bytes + 8
+        meta = records[:, :m].view(np.int64)
+        keys = records[:, m:k].view(np.uint64)[:, 0]
+        arena = records[:, k : k + self._arena_bytes].view(self._storage)
+        return arena, keys, meta
 
 
 def max_live_for(num_buckets: int, load: float = 0.9) -> int:
