@@ -32,21 +32,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = common.load_stream(args.limit)
     train_events, test_events = common.time_split(events, args.test_fraction)
     seen = common.seen_users(train_events, test_events)
-    work = common.workdir(args, NAME)
     runs = []
-    for seed in range(args.seeds):
-        for threshold in args.admit_after:
-            config = common.base_config(seed=seed, admit_after=threshold)
-            with EvalCluster(config, work / f"seed{seed}-admit{threshold}") as cluster:
-                result = common.time_split_run(
-                    cluster, train_events, test_events, seen, args.batch_size
+    with common.workdir(args, NAME) as work:
+        for seed in range(args.seeds):
+            for threshold in args.admit_after:
+                config = common.base_config(seed=seed, admit_after=threshold)
+                with EvalCluster(
+                    config, work / f"seed{seed}-admit{threshold}", args.training_shards
+                ) as cluster:
+                    result = common.time_split_run(
+                        cluster, train_events, test_events, seen, args.batch_size
+                    )
+                runs.append({"seed": seed, "admit_after": threshold, **result})
+                common.say(
+                    args,
+                    f"seed {seed} admit_after {threshold}: rows {result['rows']}, "
+                    f"test AUC {result['test_auc']:.4f}",
                 )
-            runs.append({"seed": seed, "admit_after": threshold, **result})
-            common.say(
-                args,
-                f"seed {seed} admit_after {threshold}: rows {result['rows']}, "
-                f"test AUC {result['test_auc']:.4f}",
-            )
     summary = common.summarize_runs(runs, "admit_after", _METRICS)
     base = summary[0]
     for entry in summary:

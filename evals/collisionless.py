@@ -70,26 +70,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = common.load_stream(args.limit)
     tables = [t for t in args.hashed_tables.split(",") if t]
     runs = []
-    work = common.workdir(args, NAME)
     all_variants = variants(events, tables, args.fractions)
     seen = common.seen_users(*common.time_split(events, args.test_fraction))
-    for seed in range(args.seeds):
-        for variant in all_variants:
-            hashed = apply_variant(events, variant, seed)
-            train_events, test_events = common.time_split(hashed, args.test_fraction)
-            config = common.base_config(seed=seed)
-            folder = work / f"seed{seed}-{variant['name'].replace(' ', '_').replace('/', '_')}"
-            with EvalCluster(config, folder) as cluster:
-                result = common.time_split_run(
-                    cluster, train_events, test_events, seen, args.batch_size
+    with common.workdir(args, NAME) as work:
+        for seed in range(args.seeds):
+            for variant in all_variants:
+                hashed = apply_variant(events, variant, seed)
+                train_events, test_events = common.time_split(hashed, args.test_fraction)
+                config = common.base_config(seed=seed)
+                folder = work / f"seed{seed}-{variant['name'].replace(' ', '_').replace('/', '_')}"
+                with EvalCluster(config, folder, args.training_shards) as cluster:
+                    result = common.time_split_run(
+                        cluster, train_events, test_events, seen, args.batch_size
+                    )
+                run_doc = {"seed": seed, "variant": variant["name"], **result}
+                runs.append(run_doc)
+                common.say(
+                    args,
+                    f"seed {seed} {variant['name']:>14}: test AUC {run_doc['test_auc']:.4f}, "
+                    f"rows {result['rows']}",
                 )
-            run_doc = {"seed": seed, "variant": variant["name"], **result}
-            runs.append(run_doc)
-            common.say(
-                args,
-                f"seed {seed} {variant['name']:>14}: test AUC {run_doc['test_auc']:.4f}, "
-                f"rows {result['rows']}",
-            )
     summary = summarize(runs, all_variants)
     return {
         "experiment": NAME,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -19,11 +20,12 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,12 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _U64_MASK = (1 << 64) - 1
+# A restarted server is noticed within a second, as PSClient does.
+_RECONNECT_QUICKLY = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 
 # ---------------------------------------------------------------------- data
@@ -174,6 +182,8 @@ class EvalCluster:
         )
         self.training: PSClient | None = None
         self.serving: list[PSClient] = []
+        self._channels: list[grpc.Channel] = []
+        self._admin: list[ps_pb2_grpc.ParameterServerStub] = []  # training shards, by index
         self.syncs = 0
         self.sync_seconds = 0.0
 
@@ -186,6 +196,10 @@ class EvalCluster:
         try:
             self.training = PSClient(self.local.training_addresses, role="training")
             self.serving = [PSClient([a], role="serving") for a in self.serving_addresses]
+            self._channels = [
+                grpc.insecure_channel(a, _RECONNECT_QUICKLY) for a in self.local.training_addresses
+            ]
+            self._admin = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
         except BaseException:
             self.close()
             raise
@@ -198,7 +212,9 @@ class EvalCluster:
         for client in [self.training, *self.serving]:
             if client is not None:
                 client.close()
-        self.training, self.serving = None, []
+        for channel in self._channels:
+            channel.close()
+        self.training, self.serving, self._channels, self._admin = None, [], [], []
         self.local.stop()
 
     def sync(self, replicas: Sequence[int] | None = None, timeout: float = 120.0) -> float:
@@ -254,13 +270,27 @@ class EvalCluster:
     def expire(self, now: float) -> int:
         """Run the TTL expiry of every training shard against ``now`` (unix seconds) through
         the Expire RPC; returns the rows dropped."""
-        expired = 0
-        for address in self.local.training_addresses:
-            with grpc.insecure_channel(address) as channel:
-                stub = ps_pb2_grpc.ParameterServerStub(channel)
-                reply = stub.Expire(ps_pb2.ExpireRequest(now=now), timeout=60)
-                expired += int(reply.rows_expired)
-        return expired
+        request = ps_pb2.ExpireRequest(now=now)
+        return sum(
+            int(stub.Expire(request, timeout=60, wait_for_ready=True).rows_expired)
+            for stub in self._admin
+        )
+
+    def snapshot(self, full: bool, shards: Sequence[int] | None = None) -> float:
+        """Write a snapshot on training shards ``shards`` (default: all) through the Snapshot
+        RPC; returns the seconds the servers took."""
+        shards = range(len(self._admin)) if shards is None else shards
+        request = ps_pb2.SnapshotRequest(full=full)
+        return sum(
+            self._admin[i].Snapshot(request, timeout=120, wait_for_ready=True).seconds
+            for i in shards
+        )
+
+    def rows_of_shard(self, shard: int) -> int:
+        """Live rows of training shard ``shard``, all tables."""
+        request = ps_pb2.DescribeTablesRequest()
+        reply = self._admin[shard].DescribeTables(request, timeout=60, wait_for_ready=True)
+        return sum(t.num_rows for t in reply.tables)
 
     def memory_bytes(self) -> int:
         """Bytes the training shards' tables hold (rows, optimizer state, index)."""
@@ -501,6 +531,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, limit: int | None) -> 
         help=f"use the first N ratings of the stream (default {limit or 'all'})",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="training batch (256)")
+    parser.add_argument(
+        "--training-shards", type=int, default=2, help="training PS shards (default 2)"
+    )
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "results")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="cluster configs and logs (default: temp)"
@@ -508,13 +541,25 @@ def add_common_arguments(parser: argparse.ArgumentParser, limit: int | None) -> 
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def workdir(args: argparse.Namespace, name: str) -> Path:
-    """Where an eval's clusters keep their configs, logs and snapshots."""
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace, name: str, in_memory: bool = False) -> Iterator[Path]:
+    """Where an eval's clusters keep their configs, logs and snapshots: ``--workdir/<name>``,
+    or a temporary folder, removed when the eval succeeds and kept (with a message saying
+    where) when it fails. ``in_memory`` puts a temporary folder on ``/dev/shm`` when there is
+    one, so that snapshots' fsyncs cost nothing."""
     if args.workdir is not None:
         path = Path(args.workdir) / name
         path.mkdir(parents=True, exist_ok=True)
-        return path
-    return Path(tempfile.mkdtemp(prefix=f"mps-eval-{name}-"))
+        yield path
+        return
+    base = "/dev/shm" if in_memory and os.path.isdir("/dev/shm") else None
+    path = Path(tempfile.mkdtemp(prefix=f"mps-eval-{name}-", dir=base))
+    try:
+        yield path
+    except BaseException:
+        print(f"{name}: failed; cluster logs kept in {path}", file=sys.stderr, flush=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def say(args: argparse.Namespace, message: str) -> None:

@@ -43,7 +43,9 @@ def run_one(
     clock = StreamClock()
     rows_over_time: list[int] = []
     expired_total = 0
-    with EvalCluster(config, work / f"seed{seed}-ttl{ttl_days:g}d") as cluster:
+    with EvalCluster(
+        config, work / f"seed{seed}-ttl{ttl_days:g}d", args.training_shards
+    ) as cluster:
 
         def after_window(i: int, window: Any) -> None:
             nonlocal expired_total
@@ -77,17 +79,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = common.load_stream(args.limit)
     train_events, test_events = common.time_split(events, args.test_fraction)
     split = (train_events, test_events, common.seen_users(train_events, test_events))
-    work = common.workdir(args, NAME)
     runs = []
-    for seed in range(args.seeds):
-        for days in args.ttl_days:
-            result = run_one(args, days, seed, work, split)
-            runs.append(result)
-            common.say(
-                args,
-                f"seed {seed} TTL {ttl_name(days)}: rows {result['rows']}, "
-                f"expired {result['expired']}, test AUC {result['test_auc']:.4f}",
-            )
+    with common.workdir(args, NAME) as work:
+        for seed in range(args.seeds):
+            for days in args.ttl_days:
+                result = run_one(args, days, seed, work, split)
+                runs.append(result)
+                common.say(
+                    args,
+                    f"seed {seed} TTL {ttl_name(days)}: rows {result['rows']}, "
+                    f"expired {result['expired']}, test AUC {result['test_auc']:.4f}",
+                )
     summary = common.summarize_runs(runs, "ttl_days", _METRICS)
     base = summary[0]
     for entry in summary:

@@ -47,9 +47,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     last_sync = {k: 0 for k in intervals}
     per_window: list[dict[str, Any]] = []
     scored: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in intervals}
-    with EvalCluster(
-        common.base_config(), common.workdir(args, NAME), serving_replicas=len(intervals)
-    ) as cluster:
+    with (
+        common.workdir(args, NAME) as work,
+        EvalCluster(
+            common.base_config(), work, args.training_shards, serving_replicas=len(intervals)
+        ) as cluster,
+    ):
         for i, (window, following) in enumerate(zip(windows[:-1], windows[1:], strict=True)):
             trained = common.train(cluster, window, args.batch_size)
             due = [r for r, k in enumerate(intervals) if is_due(k, i)]

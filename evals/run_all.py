@@ -1,0 +1,88 @@
+"""``make evals``: every eval in turn, then the latest tables into ``evals/README.md``.
+
+Each eval writes ``results/<name>.json``, ``.md`` and ``.png``; this runner times them,
+goes on past a failing one (and exits non-zero at the end), and replaces the part of the
+README between its result markers with the Markdown tables of this run.
+
+    python -m evals.run_all [--results results] [--only collisionless,expiry]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from evals import admission, collisionless, common, expiry, fault_snapshot, sync_interval
+
+EVALS = {
+    module.NAME: module
+    for module in (collisionless, sync_interval, admission, expiry, fault_snapshot)
+}
+README = Path(__file__).resolve().parent / "README.md"
+START = "<!-- latest results: written by python -m evals.run_all -->"
+END = "<!-- end of latest results -->"
+
+
+def update_readme(readme: Path, tables: Sequence[str], footer: str) -> None:
+    """Replace the text between the result markers of ``readme`` with ``tables``."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} lacks the result markers {START!r} ... {END!r}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    body = "\n\n".join([footer, *(t.strip() for t in tables)])
+    readme.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evals.run_all", description=__doc__.split("\n")[0])
+    p.add_argument("--results", type=Path, default=common.REPO_ROOT / "results")
+    p.add_argument("--only", default="", help="comma-separated evals to run (default: all)")
+    p.add_argument("--readme", type=Path, default=README, help="README to update")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = p.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(EVALS)
+    unknown = sorted(set(names) - set(EVALS))
+    if unknown:
+        p.error(f"unknown eval {unknown[0]!r} (known: {', '.join(EVALS)})")
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    failed: list[str] = []
+    for name in names:
+        t0 = time.monotonic()
+        print(f"== {name}", file=sys.stderr, flush=True)
+        extra = ["--quiet"] if args.quiet else []
+        try:
+            EVALS[name].main(["--results", str(args.results), *extra])
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        seconds[name] = time.monotonic() - t0
+        print(f"== {name}: {seconds[name]:.0f} s", file=sys.stderr, flush=True)
+    total = time.monotonic() - started
+    tables = [
+        (args.results / f"{name}.md").read_text()
+        for name in EVALS
+        if (args.results / f"{name}.md").is_file() and name not in failed
+    ]
+    timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+    footer = (
+        f"`make evals` (`python -m evals.run_all`) on {common.now_iso()} ({common.machine()}): "
+        f"{total:.0f} s in all ({timing})."
+        + (f" Failed, so not shown: {', '.join(failed)}." if failed else "")
+    )
+    if not args.only:
+        update_readme(args.readme, tables, footer)
+    print(footer)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
