@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -38,6 +39,7 @@ __all__ = [
     "SERVICE_NAME",
     "PSServer",
     "PreEncodedResponses",
+    "StartupGate",
     "ServerSettings",
     "ServerTLS",
     "create_server",
@@ -85,6 +87,48 @@ class ServerSettings:
     bootstrap_from: str | None = None
     tls: ServerTLS | None = None
     grace_seconds: float = 10.0
+
+
+class StartupGate(grpc.ServerInterceptor):
+    """Refuses ParameterServer RPCs with UNAVAILABLE (which clients retry) until the server
+    is ready: while a snapshot is restored, a push must not land in a half-loaded table.
+    Health checks and reflection answer throughout."""
+
+    _MESSAGE = "server is starting (restoring state, loading kernels); retry shortly"
+
+    def __init__(self, ready: threading.Event) -> None:
+        self._ready = ready
+
+    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
+        handler = continuation(handler_call_details)
+        if (
+            handler is None
+            or self._ready.is_set()
+            or not handler_call_details.method.startswith(f"/{SERVICE_NAME}/")
+        ):
+            return handler
+
+        def refuse(request: object, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._MESSAGE)
+
+        def refuse_stream(request: object, context: grpc.ServicerContext) -> Iterator[None]:
+            context.abort(grpc.StatusCode.UNAVAILABLE, self._MESSAGE)
+            yield  # a generator, as streaming handlers are
+
+        kind = {
+            "unary_unary": (refuse, grpc.unary_unary_rpc_method_handler),
+            "unary_stream": (refuse_stream, grpc.unary_stream_rpc_method_handler),
+            "stream_unary": (refuse, grpc.stream_unary_rpc_method_handler),
+            "stream_stream": (refuse_stream, grpc.stream_stream_rpc_method_handler),
+        }
+        for name, (behavior, make) in kind.items():
+            if getattr(handler, name) is not None:
+                return make(
+                    behavior,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler
 
 
 class PreEncodedResponses(grpc.ServerInterceptor):
@@ -137,6 +181,7 @@ class PSServer:
                 # sync cursors start at the versions it loaded.
                 self.snapshotter.delta_receiver = getattr(self.servicer, "delta_receiver", None)
 
+        self._ready = threading.Event()
         server_config = settings.config.server
         max_bytes = server_config.max_message_bytes
         workers = server_config.max_workers or max(8, 4 * (os.cpu_count() or 1))
@@ -144,6 +189,7 @@ class PSServer:
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ps-rpc"),
             interceptors=[
                 RpcMetricsInterceptor(self.metrics, self.state.tables_view),
+                StartupGate(self._ready),
                 PreEncodedResponses(),
                 UndecodableRequests(),
             ],
@@ -213,6 +259,7 @@ class PSServer:
             self._start_expiry_sweep()
         if self.snapshotter is not None:
             self.snapshotter.start()
+        self._ready.set()
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOGGER.info("server_ready", extra=fields(port=self.port, epoch=f"{self.state.epoch:016x}"))

@@ -230,6 +230,7 @@ class RecordingSnapshotter:
         self.settings = settings
         self.calls: list[tuple[str, object]] = []
         self.health_during_restore = None
+        self.push_during_restore = None
         self.address: str | None = None
 
     def restore(self):
@@ -237,6 +238,10 @@ class RecordingSnapshotter:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=5
             )
+            try:
+                ps_pb2_grpc.ParameterServerStub(channel).Push(ps_pb2.PushRequest(), timeout=5)
+            except grpc.RpcError as err:
+                self.push_during_restore = (err.code(), err.details())
         self.health_during_restore = reply.status
         self.state.epoch = 42
         self.calls.append(("restore", None))
@@ -266,6 +271,9 @@ def test_snapshot_seam_restores_before_serving_and_snapshots_last(server_factory
     snapshotter.address = server.address
     server.start()
     assert snapshotter.health_during_restore == health_pb2.HealthCheckResponse.NOT_SERVING
+    # Data RPCs wait for the restore: UNAVAILABLE, which clients retry.
+    code, details = snapshotter.push_during_restore
+    assert code == grpc.StatusCode.UNAVAILABLE and "server is starting" in details
     assert stub_of(server).DescribeTables(ps_pb2.DescribeTablesRequest()).epoch == 42
     reply = stub_of(server).Snapshot(ps_pb2.SnapshotRequest(full=True))
     assert (reply.path, reply.bytes, reply.seconds) == (f"{tmp_path}/full-1", 123, 0.5)
