@@ -24,7 +24,7 @@ class RetryPolicy:
     0.048...
     """
 
-    max_attempts: int = 8
+    max_attempts: int = 30  # with the 2 s cap, about a minute: the call's timeout binds first
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     multiplier: float = 2.0
