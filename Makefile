@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADAPTERS_STAMP := $(VENV)/.installed-adapters
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 
-.PHONY: all install lint format test proto bench bench-deps demo clean
+.PHONY: all install lint format test proto bench bench-deps demo evals clean
 
 all: lint test
 
@@ -52,6 +52,11 @@ bench-deps:
 # Real-time training on MovieLens through a local cluster: results/demo.json, .md, _auc.png
 demo: $(STAMP)
 	$(BIN)/python -m examples.movielens.demo --results results
+
+# The Monolith paper's experiments on a local cluster: results/<eval>.json, .md, .png and
+# the tables in evals/README.md
+evals: $(STAMP)
+	$(BIN)/python -m evals.run_all --results results
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .ruff_cache build dist *.egg-info

@@ -118,16 +118,30 @@ def markdown(doc: dict[str, Any]) -> str:
 
 def plot(doc: dict[str, Any], path: Path) -> None:
     plt = common.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in doc["summary"]:
-        ax.errorbar(s["rows_mean"], s["test_auc_mean"], yerr=s["test_auc_sd"], fmt="o",
-                    capsize=4, color="tab:blue")  # fmt: skip
-        ax.annotate(f"admit_after={s['admit_after']}", (s["rows_mean"], s["test_auc_mean"]),
-                    textcoords="offset points", xytext=(6, 6), fontsize=8)  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rows = [s["rows_mean"] for s in doc["summary"]]
+    series = (
+        ("test_auc", "test, all events", "tab:red"),
+        ("test_auc_seen_users", "test, users seen in training", "tab:blue"),
+        ("train_auc", "progressive, training part", "tab:green"),
+    )
+    for metric, label, color in series:
+        means = [s[f"{metric}_mean"] for s in doc["summary"]]
+        sds = [s[f"{metric}_sd"] for s in doc["summary"]]
+        ax.errorbar(rows, means, yerr=sds, fmt="o-", capsize=4, color=color, label=label)
+    for i, s in enumerate(doc["summary"]):
+        ax.annotate(
+            f"admit_after={s['admit_after']}",
+            (s["rows_mean"], s["train_auc_mean"]),
+            textcoords="offset points",
+            xytext=(6, 8 + 10 * (i % 2)),
+            fontsize=8,
+        )
     ax.set_xlabel("rows held by the training shards")
-    ax.set_ylabel("test AUC (serving PS)")
+    ax.set_ylabel("AUC (mean ± sd over seeds)")
     ax.set_title(TITLE)
     ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -8,7 +8,7 @@ Servers stamp updates with their wall clock; ``StreamClock`` maps the stream's t
 it, batch by batch. Expired rows leave tombstones that the sync agent carries to
 serving; the rest of the stream is then scored through the serving PS.
 
-    python -m evals.expiry [--ttl-days 0,730,365,90,30] [--seeds 1]
+    python -m evals.expiry [--ttl-days 0,730,365,90,30] [--seeds 2]
 """
 
 from __future__ import annotations
@@ -93,8 +93,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary = common.summarize_runs(runs, "ttl_days", _METRICS)
     base = summary[0]
     for entry in summary:
+        mine = [r for r in runs if r["ttl_days"] == entry["ttl_days"]]
         entry["rows_vs_first"] = entry["rows_mean"] / base["rows_mean"]
         entry["delta_auc_vs_first"] = entry["test_auc_mean"] - base["test_auc_mean"]
+        entry["rows_per_table"] = {
+            table: sum(r["training_rows"][table] for r in mine) / len(mine)
+            for table in mine[0]["training_rows"]
+        }
     return {
         "experiment": NAME,
         "command": common.command_line(f"evals.{NAME}", args.argv),
@@ -118,6 +123,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "TTL (stream time)",
         "rows at the end",
         "vs no TTL",
+        "user rows",
+        "movie rows",
         "rows, mean over windows",
         "rows expired",
         "test AUC",
@@ -131,6 +138,8 @@ def markdown(doc: dict[str, Any]) -> str:
             ttl_name(s["ttl_days"]),
             f"{s['rows_mean']:.0f}",
             f"{s['rows_vs_first']:.0%}",
+            f"{s['rows_per_table']['user']:.0f}",
+            f"{s['rows_per_table']['movie']:.0f}",
             f"{s['rows_window_mean_mean']:.0f}",
             f"{s['expired_mean']:.0f}",
             common.pm(s, "test_auc"),
@@ -148,7 +157,7 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
             f"{doc['events']} ratings in time order: train on the first {split}% in "
             f"{doc['windows']} windows, expiring after each as of its last event, then test on "
-            f"the rest through the serving PS; {doc['seeds']} seed(s). Rows: all tables of the "
+            f"the rest through the serving PS; {doc['seeds']} seeds. Rows: all tables of the "
             "training shards.",
             "",
             common.markdown_table(header, rows),
@@ -195,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
         help="TTLs in days of stream time, 0 = none (default 0,730,365,90,30)",
     )
     p.add_argument("--windows", type=int, default=16, help="training windows (default 16)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per TTL (default 1)")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per TTL (default 2)")
     p.add_argument("--test-fraction", type=float, default=0.2)
     return p
 

@@ -86,7 +86,7 @@ def test_admission_keeps_fewer_rows_as_the_threshold_grows(tmp_path):
 
 
 def test_expiry_in_stream_time_drops_rows_and_serving_follows(tmp_path):
-    doc, _ = run_eval(expiry, tmp_path, "--ttl-days", "0,30", "--windows", "3")
+    doc, _ = run_eval(expiry, tmp_path, "--ttl-days", "0,30", "--windows", "3", "--seeds", "1")
     none, month = doc["runs"]
     assert none["expired"] == 0 and month["expired"] > 0
     assert month["rows"] < none["rows"]
