@@ -61,7 +61,10 @@ def test_object_arrays_are_refused(tmp_path):
 
 def test_object_npy_file_is_never_loaded(tmp_path):
     path = tmp_path / "o.npy"
-    np.save(path, np.array([1, "x"], dtype=object), allow_pickle=True)
+    with path.open("wb") as f:  # an object-dtype header; its payload would be a pickle stream
+        header = {"descr": "|O", "fortran_order": False, "shape": (2,)}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(b"\x80\x04not-a-real-pickle.")
     data = path.read_bytes()
     entry = FileEntry(bytes=len(data), crc32=zlib.crc32(data), dtype="|O", shape=(2,))
     with pytest.raises(CorruptSnapshotError, match="object arrays"):
