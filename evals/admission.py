@@ -1,4 +1,4 @@
-"""Frequency admission: table rows (memory) vs AUC (Monolith, section 2.2).
+"""Frequency admission: table rows (memory) vs AUC (Monolith: feature filtering).
 
 A table with ``admit_after: N`` gives a feature ID a row only once the ID has been seen
 N times (counted in a count-min sketch); until then lookups get the initializer's

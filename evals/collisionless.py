@@ -1,4 +1,4 @@
-"""Collisionless embedding tables against hashed ones (Monolith, section 2.1 and 4.2).
+"""Collisionless embedding tables against hashed ones (Monolith: embedding collisions).
 
 Our tables give every feature ID its own row. The common alternative is a fixed-size
 table: IDs are hashed into buckets and IDs that share a bucket share a row. Here the

@@ -1,4 +1,4 @@
-"""Expirable embeddings: a TTL in stream time vs rows kept and AUC (Monolith, section 2.2).
+"""Expirable embeddings: a TTL in stream time vs rows kept and AUC (Monolith: expiry).
 
 A table with ``ttl_seconds`` drops rows not updated for that long. The stream replays
 22 years of ratings in a minute, so the TTL is counted in the stream's time: the

@@ -1,5 +1,5 @@
 """A training shard killed mid-stream and restored from its last snapshot, for snapshot
-intervals from a day to a year of stream time (Monolith, section 4.4).
+intervals from a day to a year of stream time (Monolith: fault tolerance, snapshot frequency).
 
 Online training over the stream in windows; from the kill on, after each window the sync
 agent runs a round and serving scores the next window (before the kill every run is the

@@ -1,4 +1,4 @@
-"""Sync interval vs serving quality (Monolith, section 4.3, figures 10 and 11).
+"""Sync interval vs serving quality (Monolith: real-time training, parameter sync).
 
 One online training run over the stream, cut into windows. Beside it, one serving
 replica per sync interval k (in windows): after each window's training, the sync agent
