@@ -99,7 +99,7 @@ def test_a_killed_shard_restores_its_snapshot_and_loses_only_what_came_after(tmp
     doc, markdown = run_eval(
         fault_snapshot,
         tmp_path,
-        *("--windows", "3", "--intervals-days", "7", "--crash-at", "0.5"),
+        *("--windows", "2", "--intervals-days", "7", "--crash-at", "0.3"),
         shards=2,
     )
     base, killed = doc["runs"]
