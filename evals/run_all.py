@@ -34,7 +34,10 @@ def update_readme(readme: Path, tables: Sequence[str], footer: str) -> None:
         raise ValueError(f"{readme} lacks the result markers {START!r} ... {END!r}")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    body = "\n\n".join([footer, *(t.strip() for t in tables)])
+    # Each table's "## title" goes one level down, under the README's "Latest results".
+    body = "\n\n".join(
+        [footer, *("#" + t.strip() if t.startswith("## ") else t.strip() for t in tables)]
+    )
     readme.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}")
 
 

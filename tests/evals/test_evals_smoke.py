@@ -122,6 +122,7 @@ def test_the_readme_gets_the_tables_between_its_markers(tmp_path):
     run_all.update_readme(readme, ["## A\n\n| x |\n|---|\n| 1 |\n"], "made by `make evals`")
     text = readme.read_text()
     assert "old" not in text and "| 1 |" in text and "made by `make evals`" in text
+    assert "\n### A\n" in text  # each eval's title goes under the README's own heading
     assert text.startswith("# Evals\n\nintro") and text.endswith("## After\n")
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="markers"):
