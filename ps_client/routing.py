@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+MAX_SHARDS = 1 << 16
+"""The most shards a cluster may have; bounds every per-shard array a request can size."""
+
 
 @njit(inline="always", cache=True)
 def mix64(x):
@@ -62,10 +65,14 @@ def split_by_shard(keys: np.ndarray, num_shards: int) -> list[np.ndarray]:
     ``keys[split_by_shard(keys, n)[s]]`` are the keys with ``shard_of(key, n) == s``: one
     pass to count and one to place, no sort.
     """
-    if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    _check_num_shards(num_shards)
     keys = np.ascontiguousarray(keys, dtype=np.uint64)
     order = np.empty(keys.shape[0], dtype=np.int64)
     bounds = np.zeros(num_shards + 1, dtype=np.int64)
     _group_by_shard(keys, num_shards, order, bounds)
     return np.split(order, bounds[1:-1])
+
+
+def _check_num_shards(num_shards: int) -> None:
+    if not 1 <= num_shards <= MAX_SHARDS:
+        raise ValueError(f"num_shards must be in 1..{MAX_SHARDS}, got {num_shards}")

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import shard_of, split_by_shard
+from ps_client.routing import MAX_SHARDS, shard_of, split_by_shard
 from ps_server.errors import (
     BadRequestError,
     StreamConflictError,
@@ -117,6 +117,11 @@ def export_table_chunks(
     ``full_resync``. With ``route_num_shards``, each chunk holds the keys of one serving
     shard. The table is read once; chunking runs without its lock.
     """
+    if request.route_num_shards > MAX_SHARDS:
+        raise BadRequestError(
+            f"route_num_shards: {request.route_num_shards} is more than the {MAX_SHARDS} "
+            "shards a cluster may have"
+        )
     table = state.table(request.table)
     same_epoch = request.epoch == state.epoch
     delta = table.export_since(request.since_version if same_epoch else 0)

@@ -12,7 +12,7 @@ import pytest
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.routing import shard_of
+from ps_client.routing import MAX_SHARDS, shard_of
 
 DIM = 4
 CONFIG = {
@@ -445,3 +445,11 @@ def test_dense_arrays_sync_on_their_own_stream(training, serving):
     )
     up_to_date = export(training, "", since=dense.version)
     assert len(up_to_date) == 1 and not up_to_date[0].dense
+
+
+def test_export_routed_to_more_shards_than_a_cluster_may_have_is_refused(training):
+    request = ps_pb2.ExportDeltaRequest(table="emb", route_num_shards=MAX_SHARDS + 1)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub(training).ExportDelta(request, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "route_num_shards" in info.value.details()
