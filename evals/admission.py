@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from evals import common
-from evals.common import EvalCluster
 
 NAME = "admission"
 TITLE = "Frequency admission: rows vs AUC"
@@ -32,39 +31,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = common.load_stream(args.limit)
     train_events, test_events = common.time_split(events, args.test_fraction)
     seen = common.seen_users(train_events, test_events)
-    runs = []
-    with common.workdir(args, NAME) as work:
-        for seed in range(args.seeds):
-            for threshold in args.admit_after:
-                config = common.base_config(seed=seed, admit_after=threshold)
-                with EvalCluster(
-                    config, work / f"seed{seed}-admit{threshold}", args.training_shards
-                ) as cluster:
-                    result = common.time_split_run(
-                        cluster, train_events, test_events, seen, args.batch_size
-                    )
-                runs.append({"seed": seed, "admit_after": threshold, **result})
-                common.say(
-                    args,
-                    f"seed {seed} admit_after {threshold}: rows {result['rows']}, "
-                    f"test AUC {result['test_auc']:.4f}",
-                )
+
+    def run_one(seed: int, threshold: int, work: Path) -> dict[str, Any]:
+        config = common.base_config(seed=seed, admit_after=threshold)
+        folder = work / f"seed{seed}-admit{threshold}"
+        result = common.train_and_score(args, config, folder, train_events, test_events, seen)
+        return {"seed": seed, "admit_after": threshold, **result}
+
+    runs = common.seeded_runs(
+        args,
+        NAME,
+        args.admit_after,
+        run_one,
+        lambda r: f"admit_after {r['admit_after']}: rows {r['rows']}, test AUC {r['test_auc']:.4f}",
+    )
     summary = common.summarize_runs(runs, "admit_after", _METRICS)
-    base = summary[0]
-    for entry in summary:
-        entry["rows_vs_first"] = entry["rows_mean"] / base["rows_mean"]
-        entry["delta_auc_vs_first"] = entry["test_auc_mean"] - base["test_auc_mean"]
-        entry["rows_per_table"] = {
-            table: sum(r["training_rows"][table] for r in runs if r["admit_after"] == entry[
-                "admit_after"]) / entry["seeds"]
-            for table in runs[0]["training_rows"]
-        }  # fmt: skip
+    common.compare_with_first(summary, runs, "admit_after")
     return {
-        "experiment": NAME,
-        "command": common.command_line(f"evals.{NAME}", args.argv),
-        "date": common.now_iso(),
-        "machine": common.machine(),
-        "seconds": time.monotonic() - started,
+        **common.run_info(NAME, args, started),
         "events": len(events),
         "test_fraction": args.test_fraction,
         "seeds": args.seeds,
@@ -103,29 +87,19 @@ def markdown(doc: dict[str, Any]) -> str:
         for s in doc["summary"]
     ]
     split = round(100 * (1 - doc["test_fraction"]))
-    return "\n".join(
-        [
-            common.document_header(TITLE, doc),
-            "",
-            f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
-            f"rest through the serving PS; {doc['seeds']} seeds. Rows and bytes: the training "
-            "shards at the end of training.",
-            "",
-            common.markdown_table(header, rows),
-        ]
+    description = (
+        f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
+        f"rest through the serving PS; {doc['seeds']} seeds. Rows and bytes: the training "
+        "shards at the end of training."
     )
+    return common.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = [s["rows_mean"] for s in doc["summary"]]
-    series = (
-        ("test_auc", "test, all events", "tab:red"),
-        ("test_auc_seen_users", "test, users seen in training", "tab:blue"),
-        ("train_auc", "progressive, training part", "tab:green"),
-    )
-    for metric, label, color in series:
+    for metric, label, color in common.AUC_SERIES:
         means = [s[f"{metric}_mean"] for s in doc["summary"]]
         sds = [s[f"{metric}_sd"] for s in doc["summary"]]
         ax.errorbar(rows, means, yerr=sds, fmt="o-", capsize=4, color=color, label=label)
@@ -139,38 +113,29 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("rows held by the training shards")
     ax.set_ylabel("AUC (mean ± sd over seeds)")
-    ax.set_title(TITLE)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.finish_axes(ax, TITLE, legend="best")
+    common.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
-    common.add_common_arguments(p, limit=None)
+    p = common.eval_parser(NAME, __doc__)
     p.add_argument(
         "--admit-after",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[1, 2, 3, 5],
         help="thresholds to compare (default 1,2,3,5)",
     )
-    p.add_argument("--seeds", type=int, default=2, help="seeds per threshold (default 2)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    common.add_seed_arguments(p, seeds=2, per="threshold")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def check(args: argparse.Namespace) -> None:
     if any(n < 1 for n in args.admit_after):
         raise SystemExit("--admit-after: thresholds must be >= 1")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    doc = run(args)
-    text = markdown(doc)
-    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
-    print(text)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from evals import common
-from evals.common import EvalCluster
 
 NAME = "collisionless"
 TITLE = "Collisionless vs hashed embedding tables"
@@ -69,34 +68,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     events = common.load_stream(args.limit)
     tables = [t for t in args.hashed_tables.split(",") if t]
-    runs = []
     all_variants = variants(events, tables, args.fractions)
     seen = common.seen_users(*common.time_split(events, args.test_fraction))
-    with common.workdir(args, NAME) as work:
-        for seed in range(args.seeds):
-            for variant in all_variants:
-                hashed = apply_variant(events, variant, seed)
-                train_events, test_events = common.time_split(hashed, args.test_fraction)
-                config = common.base_config(seed=seed)
-                folder = work / f"seed{seed}-{variant['name'].replace(' ', '_').replace('/', '_')}"
-                with EvalCluster(config, folder, args.training_shards) as cluster:
-                    result = common.time_split_run(
-                        cluster, train_events, test_events, seen, args.batch_size
-                    )
-                run_doc = {"seed": seed, "variant": variant["name"], **result}
-                runs.append(run_doc)
-                common.say(
-                    args,
-                    f"seed {seed} {variant['name']:>14}: test AUC {run_doc['test_auc']:.4f}, "
-                    f"rows {result['rows']}",
-                )
+
+    def run_one(seed: int, variant: dict[str, Any], work: Path) -> dict[str, Any]:
+        hashed = apply_variant(events, variant, seed)
+        train_events, test_events = common.time_split(hashed, args.test_fraction)
+        config = common.base_config(seed=seed)
+        folder = work / f"seed{seed}-{variant['name'].replace(' ', '_').replace('/', '_')}"
+        result = common.train_and_score(args, config, folder, train_events, test_events, seen)
+        return {"seed": seed, "variant": variant["name"], **result}
+
+    runs = common.seeded_runs(
+        args,
+        NAME,
+        all_variants,
+        run_one,
+        lambda r: f"{r['variant']:>14}: test AUC {r['test_auc']:.4f}, rows {r['rows']}",
+    )
     summary = summarize(runs, all_variants)
     return {
-        "experiment": NAME,
-        "command": common.command_line(f"evals.{NAME}", args.argv),
-        "date": common.now_iso(),
-        "machine": common.machine(),
-        "seconds": time.monotonic() - started,
+        **common.run_info(NAME, args, started),
         "events": len(events),
         "test_fraction": args.test_fraction,
         "seeds": args.seeds,
@@ -161,29 +153,19 @@ def markdown(doc: dict[str, Any]) -> str:
             ]
         )
     split = round(100 * (1 - doc["test_fraction"]))
-    return "\n".join(
-        [
-            common.document_header(TITLE, doc),
-            "",
-            f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
-            f"rest through the serving PS; {doc['seeds']} seeds (initializers and hash salts). "
-            f"Hashed tables: {', '.join(tables)}.",
-            "",
-            common.markdown_table(header, rows),
-        ]
+    description = (
+        f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
+        f"rest through the serving PS; {doc['seeds']} seeds (initializers and hash salts). "
+        f"Hashed tables: {', '.join(tables)}."
     )
+    return common.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
     plt = common.pyplot()
     names = [s["variant"] for s in doc["summary"]]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    series = (
-        ("test_auc", "test, all events", "tab:red"),
-        ("test_auc_seen_users", "test, users seen in training", "tab:blue"),
-        ("train_auc", "progressive, training part", "tab:green"),
-    )
-    for offset, (metric, label, color) in zip((-0.08, 0.0, 0.08), series, strict=True):
+    for offset, (metric, label, color) in zip((-0.08, 0.0, 0.08), common.AUC_SERIES, strict=True):
         x = np.arange(len(names)) + offset
         for i, name in enumerate(names):
             values = [r[metric] for r in doc["runs"] if r["variant"] == name]
@@ -194,19 +176,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
     ax.set_ylabel("AUC (mean ± sd over seeds)")
-    ax.set_title(TITLE)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.finish_axes(ax, TITLE, legend="best")
+    common.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
-    common.add_common_arguments(p, limit=None)
-    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p = common.eval_parser(NAME, __doc__)
+    common.add_seed_arguments(p, seeds=3, per="variant")
     p.add_argument(
         "--fractions",
         type=lambda s: [float(eval_fraction(x)) for x in s.split(",")],
@@ -226,13 +202,7 @@ def eval_fraction(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    doc = run(args)
-    text = markdown(doc)
-    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
-    print(text)
-    return 0
+    return common.run_eval(NAME, argv, parser(), run, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -46,13 +46,20 @@ from ps_client.routing import shard_of
 from ps_client.trainer import StepResult, Trainer, TrainerStats
 
 __all__ = [
+    "AUC_SERIES",
     "REPO_ROOT",
     "EvalCluster",
     "StreamClock",
     "SyncFailedError",
     "TrainResult",
     "add_common_arguments",
+    "add_seed_arguments",
     "base_config",
+    "compare_with_first",
+    "document",
+    "eval_parser",
+    "finish_axes",
+    "found_fraction",
     "hash_keys",
     "load_stream",
     "log_loss",
@@ -60,9 +67,14 @@ __all__ = [
     "markdown_table",
     "mean_and_spread",
     "roc_auc",
+    "run_eval",
+    "run_info",
+    "save_figure",
     "say",
+    "seeded_runs",
     "time_split",
     "train",
+    "train_and_score",
     "write_results",
 ]
 
@@ -407,13 +419,50 @@ def time_split_run(
         "test_auc_new_users": roc_auc(labels[~seen], predictions[~seen]),
         "test_logloss": log_loss(labels, predictions),
         "train_auc": roc_auc(train_events.labels, np.concatenate(trained)),
-        "found": scored.keys_found / max(scored.keys_asked, 1),
+        "found": found_fraction(scored),
         "training_rows": training_rows,
         "rows": sum(training_rows.values()),
         "serving_rows": sum(cluster.rows("serving").values()),
         "memory_bytes": cluster.memory_bytes(),
         "train_seconds": train_seconds,
     }
+
+
+def found_fraction(scored: Any) -> float:
+    """The share of the looked-up keys that serving had a row for."""
+    return scored.keys_found / max(scored.keys_asked, 1)
+
+
+def train_and_score(
+    args: argparse.Namespace,
+    config: Mapping[str, Any],
+    folder: Path,
+    train_events: Events,
+    test_events: Events,
+    seen: np.ndarray,
+) -> dict[str, Any]:
+    """``time_split_run`` on a cluster of its own, made for this one run."""
+    with EvalCluster(config, folder, args.training_shards) as cluster:
+        return time_split_run(cluster, train_events, test_events, seen, args.batch_size)
+
+
+def seeded_runs(
+    args: argparse.Namespace,
+    name: str,
+    variants: Sequence[Any],
+    run_one: Callable[[int, Any, Path], dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """``run_one(seed, variant, workdir)`` for every seed of ``--seeds`` and every variant,
+    in that order, saying ``describe(result)`` after each; returns the results."""
+    runs = []
+    with workdir(args, name) as work:
+        for seed in range(args.seeds):
+            for variant in variants:
+                result = run_one(seed, variant, work)
+                runs.append(result)
+                say(args, f"seed {seed} {describe(result)}")
+    return runs
 
 
 def summarize_runs(
@@ -429,6 +478,22 @@ def summarize_runs(
             entry[f"{metric}_mean"], entry[f"{metric}_sd"] = mean, sd
         out.append(entry)
     return out
+
+
+def compare_with_first(
+    summary: Sequence[dict[str, Any]], runs: Sequence[Mapping[str, Any]], key: str
+) -> None:
+    """Add to each summary entry its rows and test AUC against the first entry's, and its
+    mean rows per table."""
+    base = summary[0]
+    for entry in summary:
+        mine = [r for r in runs if r[key] == entry[key]]
+        entry["rows_vs_first"] = entry["rows_mean"] / base["rows_mean"]
+        entry["delta_auc_vs_first"] = entry["test_auc_mean"] - base["test_auc_mean"]
+        entry["rows_per_table"] = {
+            table: sum(r["training_rows"][table] for r in mine) / len(mine)
+            for table in mine[0]["training_rows"]
+        }
 
 
 def pm(entry: Mapping[str, Any], metric: str, digits: int = 4) -> str:
@@ -489,6 +554,31 @@ def write_results(
     return paths
 
 
+def run_info(name: str, args: argparse.Namespace, started: float) -> dict[str, Any]:
+    """The fields every result starts with: the eval, its command line, date, machine, and
+    the seconds since ``started`` (a ``time.monotonic()``)."""
+    return {
+        "experiment": name,
+        "command": command_line(f"evals.{name}", args.argv),
+        "date": now_iso(),
+        "machine": machine(),
+        "seconds": time.monotonic() - started,
+    }
+
+
+def document(
+    title: str,
+    doc: Mapping[str, Any],
+    description: str,
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+) -> str:
+    """A result's Markdown: its header, what was run, and its table."""
+    return "\n".join(
+        [document_header(title, doc), "", description, "", markdown_table(header, rows)]
+    )
+
+
 def document_header(title: str, doc: Mapping[str, Any]) -> str:
     """The title line and how a result was made (command, date, machine, seconds)."""
     return (
@@ -505,6 +595,28 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# What the AUC plots show: metric, label, colour.
+AUC_SERIES = (
+    ("test_auc", "test, all events", "tab:red"),
+    ("test_auc_seen_users", "test, users seen in training", "tab:blue"),
+    ("train_auc", "progressive, training part", "tab:green"),
+)
+
+
+def finish_axes(ax: Any, title: str, legend: str) -> None:
+    """Title, light grid and a small legend at ``legend`` (a matplotlib location)."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=8)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Lay out ``fig``, write it to ``path`` as a PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
 
 
 def _jsonable(value: Any) -> Any:
@@ -539,6 +651,45 @@ def add_common_arguments(parser: argparse.ArgumentParser, limit: int | None) -> 
         "--workdir", type=Path, default=None, help="cluster configs and logs (default: temp)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def add_seed_arguments(parser: argparse.ArgumentParser, seeds: int, per: str) -> None:
+    """``--seeds`` (runs per ``per``) and ``--test-fraction``, for the evals that train on
+    the first part of the stream and test on the rest."""
+    parser.add_argument(
+        "--seeds", type=int, default=seeds, help=f"seeds per {per} (default {seeds})"
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+
+
+def eval_parser(name: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of eval ``name`` (described by the first line of ``doc``), with the flags
+    every eval takes."""
+    parser = argparse.ArgumentParser(prog=f"python -m evals.{name}", description=doc.split("\n")[0])
+    add_common_arguments(parser, limit=None)
+    return parser
+
+
+def run_eval(
+    name: str,
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], Path], None],
+    check: Callable[[argparse.Namespace], None] | None = None,
+) -> int:
+    """An eval's ``main``: parse ``argv``, ``check`` the flags (it raises ``SystemExit``),
+    run, write ``<name>.json``, ``.md`` and ``.png`` under ``--results``, print the table."""
+    args = parser.parse_args(argv)
+    if check is not None:
+        check(args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    doc = run(args)
+    text = markdown(doc)
+    write_results(args.results, name, doc, text, lambda path: plot(doc, path))
+    print(text)
+    return 0
 
 
 @contextlib.contextmanager

@@ -79,33 +79,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events = common.load_stream(args.limit)
     train_events, test_events = common.time_split(events, args.test_fraction)
     split = (train_events, test_events, common.seen_users(train_events, test_events))
-    runs = []
-    with common.workdir(args, NAME) as work:
-        for seed in range(args.seeds):
-            for days in args.ttl_days:
-                result = run_one(args, days, seed, work, split)
-                runs.append(result)
-                common.say(
-                    args,
-                    f"seed {seed} TTL {ttl_name(days)}: rows {result['rows']}, "
-                    f"expired {result['expired']}, test AUC {result['test_auc']:.4f}",
-                )
+    runs = common.seeded_runs(
+        args,
+        NAME,
+        args.ttl_days,
+        lambda seed, days, work: run_one(args, days, seed, work, split),
+        lambda r: (
+            f"TTL {ttl_name(r['ttl_days'])}: rows {r['rows']}, "
+            f"expired {r['expired']}, test AUC {r['test_auc']:.4f}"
+        ),
+    )
     summary = common.summarize_runs(runs, "ttl_days", _METRICS)
-    base = summary[0]
-    for entry in summary:
-        mine = [r for r in runs if r["ttl_days"] == entry["ttl_days"]]
-        entry["rows_vs_first"] = entry["rows_mean"] / base["rows_mean"]
-        entry["delta_auc_vs_first"] = entry["test_auc_mean"] - base["test_auc_mean"]
-        entry["rows_per_table"] = {
-            table: sum(r["training_rows"][table] for r in mine) / len(mine)
-            for table in mine[0]["training_rows"]
-        }
+    common.compare_with_first(summary, runs, "ttl_days")
     return {
-        "experiment": NAME,
-        "command": common.command_line(f"evals.{NAME}", args.argv),
-        "date": common.now_iso(),
-        "machine": common.machine(),
-        "seconds": time.monotonic() - started,
+        **common.run_info(NAME, args, started),
         "events": len(events),
         "test_fraction": args.test_fraction,
         "windows": args.windows,
@@ -151,18 +138,13 @@ def markdown(doc: dict[str, Any]) -> str:
         for s in doc["summary"]
     ]
     split = round(100 * (1 - doc["test_fraction"]))
-    return "\n".join(
-        [
-            common.document_header(TITLE, doc),
-            "",
-            f"{doc['events']} ratings in time order: train on the first {split}% in "
-            f"{doc['windows']} windows, expiring after each as of its last event, then test on "
-            f"the rest through the serving PS; {doc['seeds']} seeds. Rows: all tables of the "
-            "training shards.",
-            "",
-            common.markdown_table(header, rows),
-        ]
+    description = (
+        f"{doc['events']} ratings in time order: train on the first {split}% in "
+        f"{doc['windows']} windows, expiring after each as of its last event, then test on "
+        f"the rest through the serving PS; {doc['seeds']} seeds. Rows: all tables of the "
+        "training shards."
     )
+    return common.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -189,14 +171,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     right.set_ylabel("test AUC (serving PS)")
     right.grid(alpha=0.3)
     fig.suptitle(TITLE)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
-    common.add_common_arguments(p, limit=None)
+    p = common.eval_parser(NAME, __doc__)
     p.add_argument(
         "--ttl-days",
         type=lambda s: [float(x) for x in s.split(",")],
@@ -204,21 +183,17 @@ def parser() -> argparse.ArgumentParser:
         help="TTLs in days of stream time, 0 = none (default 0,730,365,90,30)",
     )
     p.add_argument("--windows", type=int, default=16, help="training windows (default 16)")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per TTL (default 2)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    common.add_seed_arguments(p, seeds=2, per="TTL")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def check(args: argparse.Namespace) -> None:
     if any(d < 0 for d in args.ttl_days):
         raise SystemExit("--ttl-days: TTLs must be >= 0 days")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    doc = run(args)
-    text = markdown(doc)
-    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
-    print(text)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ def run_one(
         schedule = FaultSchedule(cluster, days, crash_event if crashes else None, args.shard)
         per_window = []
         scored = []
-        for i, (window, following) in enumerate(zip(windows[:-1], windows[1:], strict=True)):
+        for i, (window, following) in enumerate(pairwise(windows)):
             trained = common.train(cluster, window, args.batch_size, schedule.batches)
             if schedule.trained < crash_event:
                 # Up to the kill every run is the same, batch for batch: nothing to compare.
@@ -149,7 +150,7 @@ def run_one(
                     "window": i,
                     "train_auc": trained.auc(window.labels),
                     "serving_auc": common.roc_auc(following.labels, result.predictions),
-                    "found": result.keys_found / max(result.keys_asked, 1),
+                    "found": common.found_fraction(result),
                 }
             )
     if crashes and schedule.crash is None:
@@ -220,11 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for result in runs:
         del result["predictions"]
     return {
-        "experiment": NAME,
-        "command": common.command_line(f"evals.{NAME}", args.argv),
-        "date": common.now_iso(),
-        "machine": common.machine(),
-        "seconds": time.monotonic() - started,
+        **common.run_info(NAME, args, started),
         "events": len(events),
         "windows": args.windows,
         "window_events": len(windows[0]),
@@ -269,22 +266,17 @@ def markdown(doc: dict[str, Any]) -> str:
         for s in doc["summary"]
     ]
     scored = doc["windows"] - 1 - doc["crash_window"]
-    return "\n".join(
-        [
-            common.document_header(TITLE, doc),
-            "",
-            f"{doc['events']} ratings in {doc['windows']} windows of ~{doc['window_events']}. "
-            f"Training shard {doc['killed_shard']} of {doc['training_shards']} is killed "
-            f"(SIGKILL) before event {doc['crash_event']} (stream date {doc['crash_date']}, "
-            f"window {doc['crash_window']}) and restarted from its newest snapshot; from then "
-            "on, serving is synced after every window and scores the next one. AUC over the "
-            f"{scored} windows scored after the kill. Events lost: "
-            "trained after the shard's last snapshot; rows lost: the shard's rows then minus "
-            "after the restore.",
-            "",
-            common.markdown_table(header, rows),
-        ]
+    description = (
+        f"{doc['events']} ratings in {doc['windows']} windows of ~{doc['window_events']}. "
+        f"Training shard {doc['killed_shard']} of {doc['training_shards']} is killed "
+        f"(SIGKILL) before event {doc['crash_event']} (stream date {doc['crash_date']}, "
+        f"window {doc['crash_window']}) and restarted from its newest snapshot; from then "
+        "on, serving is synced after every window and scores the next one. AUC over the "
+        f"{scored} windows scored after the kill. Events lost: "
+        "trained after the shard's last snapshot; rows lost: the shard's rows then minus "
+        "after the restore."
     )
+    return common.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -298,17 +290,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax.axvline(doc["crash_window"] + 0.5, color="tab:red", ls=":", label="kill -9 of a shard")
     ax.set_xlabel("scored window, from the kill on (served by the model of the window before)")
     ax.set_ylabel("serving AUC of the window")
-    ax.set_title(TITLE)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.finish_axes(ax, TITLE, legend="lower right")
+    common.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
-    common.add_common_arguments(p, limit=None)
+    p = common.eval_parser(NAME, __doc__)
     p.add_argument("--windows", type=int, default=10, help="stream windows (default 10)")
     p.add_argument(
         "--intervals-days",
@@ -324,20 +311,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def check(args: argparse.Namespace) -> None:
     if any(d < 0 for d in args.intervals_days):
         raise SystemExit("--intervals-days: intervals must be >= 0 days")
     if not 0 <= args.shard < args.training_shards:
         raise SystemExit(f"--shard: must be a training shard, 0 to {args.training_shards - 1}")
     if not 0.0 < args.crash_at < 1.0:
         raise SystemExit("--crash-at: must be a fraction in (0, 1)")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    doc = run(args)
-    text = markdown(doc)
-    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
-    print(text)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

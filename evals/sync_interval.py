@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             common.base_config(), work, args.training_shards, serving_replicas=len(intervals)
         ) as cluster,
     ):
-        for i, (window, following) in enumerate(zip(windows[:-1], windows[1:], strict=True)):
+        for i, (window, following) in enumerate(pairwise(windows)):
             trained = common.train(cluster, window, args.batch_size)
             due = [r for r, k in enumerate(intervals) if is_due(k, i)]
             sync_seconds = cluster.sync(due)
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     scored[k].append((following.labels, result.predictions))
                 row["serving"][str(k)] = {
                     "auc": common.roc_auc(following.labels, result.predictions),
-                    "found": result.keys_found / max(result.keys_asked, 1),
+                    "found": common.found_fraction(result),
                     "windows_behind": i - last_sync[k],
                 }
             per_window.append(row)
@@ -107,11 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for s in summary:
         s["delta_auc_vs_shortest"] = s["auc_all_events"] - best
     return {
-        "experiment": NAME,
-        "command": common.command_line(f"evals.{NAME}", args.argv),
-        "date": common.now_iso(),
-        "machine": common.machine(),
-        "seconds": time.monotonic() - started,
+        **common.run_info(NAME, args, started),
         "events": len(events),
         "windows": args.windows,
         "window_events": len(windows[0]),
@@ -144,18 +141,13 @@ def markdown(doc: dict[str, Any]) -> str:
         ]
         for s in doc["summary"]
     ]
-    return "\n".join(
-        [
-            common.document_header(TITLE, doc),
-            "",
-            f"{doc['events']} ratings in {doc['windows']} windows of ~{doc['window_events']}; "
-            f"one training run, one serving replica per schedule, each scoring the next window "
-            f"(windows 2 to {doc['windows'] - 1}) after the agent's round. {doc['agent_rounds']} "
-            f"agent rounds took {doc['agent_seconds']:.0f} s in all.",
-            "",
-            common.markdown_table(header, rows),
-        ]
+    description = (
+        f"{doc['events']} ratings in {doc['windows']} windows of ~{doc['window_events']}; "
+        f"one training run, one serving replica per schedule, each scoring the next window "
+        f"(windows 2 to {doc['windows'] - 1}) after the agent's round. {doc['agent_rounds']} "
+        f"agent rounds took {doc['agent_seconds']:.0f} s in all."
     )
+    return common.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -169,17 +161,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.plot(windows, aucs, style, ms=3, label=f"{s['name']} ({s['auc_all_events']:.4f})")
     ax.set_xlabel("scored window (served by the model synced before it)")
     ax.set_ylabel("serving AUC of the window")
-    ax.set_title(TITLE)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    common.finish_axes(ax, TITLE, legend="lower right")
+    common.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m evals.{NAME}", description=__doc__.split("\n")[0])
-    common.add_common_arguments(p, limit=None)
+    p = common.eval_parser(NAME, __doc__)
     p.add_argument("--windows", type=int, default=20, help="stream windows (default 20)")
     p.add_argument(
         "--intervals",
@@ -190,16 +177,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def check(args: argparse.Namespace) -> None:
     if any(k < 1 for k in args.intervals):
         raise SystemExit("--intervals: every interval must be >= 1 window")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    doc = run(args)
-    text = markdown(doc)
-    common.write_results(args.results, NAME, doc, text, lambda path: plot(doc, path))
-    print(text)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":
