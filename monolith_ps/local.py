@@ -36,13 +36,13 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from monolith_ps.logs import fields
 
-__all__ = ["LocalCluster", "LocalClusterError", "ManagedProcess"]
+__all__ = ["LocalCluster", "LocalClusterError", "ManagedProcess", "tee_json_log"]
 
 _LOGGER = logging.getLogger(__name__)
 _ROLES = ("training", "serving", "agent")
@@ -51,6 +51,23 @@ _PR_SET_PDEATHSIG = 1
 
 class LocalClusterError(RuntimeError):
     """A process of the local cluster failed to start or become ready; names its log."""
+
+
+def tee_json_log(
+    stream: IO[bytes], log_path: str | os.PathLike[str], on_line: Callable[[Any], None]
+) -> None:
+    """Append a process's JSON-lines output (its stderr) to ``log_path`` line by line as it
+    comes, handing each line that parses as JSON to ``on_line``; closes ``stream`` at its
+    end. Lines that are not JSON are logged all the same."""
+    with stream, open(log_path, "ab") as log:
+        for raw in stream:
+            log.write(raw)
+            log.flush()
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            on_line(line)
 
 
 def _run_child(argv: list[str]) -> int:
@@ -132,20 +149,15 @@ class ManagedProcess:
 
     def _read_log(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None
-        with proc.stderr, open(self.log_path, "ab") as log:
-            for raw in proc.stderr:
-                log.write(raw)
-                log.flush()
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(line, dict) and "event" in line:
-                    with self._event:
-                        self._events.setdefault(line["event"], line)
-                        self._event.notify_all()
+        tee_json_log(proc.stderr, self.log_path, self._note_event)
         with self._event:
             self._event.notify_all()
+
+    def _note_event(self, line: Any) -> None:
+        if isinstance(line, dict) and "event" in line:
+            with self._event:
+                self._events.setdefault(line["event"], line)
+                self._event.notify_all()
 
     def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
         """The first log line of ``event`` since the last start (raises if the process dies)."""

@@ -8,6 +8,7 @@ Both bind 127.0.0.1 port 0 and stop everything they started.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
+
+from monolith_ps.local import tee_json_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".numba_cache"))
@@ -180,20 +183,15 @@ class ServerProcess:
 
     def _read_log(self, proc: subprocess.Popen[bytes], started: threading.Event) -> None:
         assert proc.stderr is not None
-        with proc.stderr, open(self.log_path, "ab") as log:
-            for raw in proc.stderr:
-                log.write(raw)
-                log.flush()
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue
-                self._log_lines.append(line)
-                if line.get("event") == "server_started":
-                    self.port = int(line["port"])
-                    self.metrics_port = int(line["metrics_port"])
-                    started.set()
+        tee_json_log(proc.stderr, self.log_path, functools.partial(self._note_line, started))
         started.set()
+
+    def _note_line(self, started: threading.Event, line: Any) -> None:
+        self._log_lines.append(line)
+        if line.get("event") == "server_started":
+            self.port = int(line["port"])
+            self.metrics_port = int(line["metrics_port"])
+            started.set()
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
