@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
@@ -367,15 +368,21 @@ class SyncAgent:
             return f"not ready: health {status}"
         return ""
 
-    def _describe(self, endpoint: Endpoint) -> TrainingShard | str:
+    def _ask_ready(self, endpoint: Endpoint, method: str, request: Message) -> Message | str:
+        """The reply of RPC ``method`` from a server that reports SERVING, or why there is
+        none (a str)."""
         if problem := self._not_ready(endpoint):
             return problem
         try:
-            response = self._channels.stub(endpoint.address).DescribeTables(
-                ps_pb2.DescribeTablesRequest(), timeout=self.settings.rpc_timeout
-            )
+            call = getattr(self._channels.stub(endpoint.address), method)
+            return call(request, timeout=self.settings.rpc_timeout)
         except grpc.RpcError as exc:
             return error_text(exc)
+
+    def _describe(self, endpoint: Endpoint) -> TrainingShard | str:
+        response = self._ask_ready(endpoint, "DescribeTables", ps_pb2.DescribeTablesRequest())
+        if isinstance(response, str):
+            return response
         if response.role != ps_pb2.ROLE_TRAINING:
             return f"discovered as training but reports role {ps_pb2.Role.Name(response.role)}"
         return TrainingShard(
@@ -388,14 +395,9 @@ class SyncAgent:
         )
 
     def _sync_state(self, endpoint: Endpoint) -> ReplicaState | str:
-        if problem := self._not_ready(endpoint):
-            return problem
-        try:
-            response = self._channels.stub(endpoint.address).GetSyncState(
-                ps_pb2.GetSyncStateRequest(), timeout=self.settings.rpc_timeout
-            )
-        except grpc.RpcError as exc:
-            return error_text(exc)
+        response = self._ask_ready(endpoint, "GetSyncState", ps_pb2.GetSyncStateRequest())
+        if isinstance(response, str):
+            return response
         if response.num_shards < 1 or response.shard_index >= response.num_shards:
             return f"reports shard {response.shard_index} of {response.num_shards}"
         return replica_state_from_proto(endpoint, response)
