@@ -1,5 +1,9 @@
 """Admission filter: a count-min sketch that says how often a key has been seen.
 
+A sighting is one occurrence of a key in a training lookup (``find_or_insert``), duplicates
+in a batch included, as a frequency filter counts occurrences in the examples; a push only
+reads the count, so the usual lookup-then-push step counts each occurrence once.
+
 The sketch is a ``uint16`` array of shape ``(DEPTH, width)`` (``width`` a power of two).
 Counting uses the conservative update (only the smallest counters grow), which keeps the
 overestimate of a count-min sketch low; counters saturate at 65535. A key may be admitted
@@ -44,16 +48,22 @@ def count_and_estimate(sketch, key, increment):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def estimate(sketch, key):
+    """Estimated count of ``key``, without counting it."""
+    mask = np.uint64(sketch.shape[1] - 1)
+    h = mix64(key ^ SEED_SKETCH)
+    lo = h & np.uint64(0xFFFFFFFF)
+    step = (h >> np.uint64(32)) | np.uint64(1)
+    low = np.int64(_SATURATED)
+    for d in range(DEPTH):
+        c = np.int64(sketch[d, (lo + np.uint64(d) * step) & mask])
+        if c < low:
+            low = c
+    return low
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def estimate_counts(sketch, keys, out):
     """Estimated count of each key, without counting (for tests and tools)."""
-    mask = np.uint64(sketch.shape[1] - 1)
     for i in range(keys.shape[0]):
-        h = mix64(keys[i] ^ SEED_SKETCH)
-        lo = h & np.uint64(0xFFFFFFFF)
-        step = (h >> np.uint64(32)) | np.uint64(1)
-        low = np.int64(_SATURATED)
-        for d in range(DEPTH):
-            c = np.int64(sketch[d, (lo + np.uint64(d) * step) & mask])
-            if c < low:
-                low = c
-        out[i] = low
+        out[i] = estimate(sketch, keys[i])

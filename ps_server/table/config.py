@@ -39,6 +39,9 @@ class TableConfig:
 
     ``name`` and ``dim`` are required; everything else has a default. Construction
     validates every field and raises :class:`ConfigError` naming the field.
+    ``admit_after``: a key gets a row at its ``admit_after``-th occurrence in training
+    lookups (pushes do not count; 1 admits every key at once), counted in a count-min
+    sketch of ``sketch_width`` counters per row.
     """
 
     name: str

@@ -11,10 +11,11 @@ doubles when its load passes 0.9; the arenas grow by an eighth, in place (see ``
 memory stays within a few tens of percent of the raw payload at any size. Freed rows go on
 a free list and are reused before the arenas grow.
 
-Semantics worth knowing: LRU/LFU count the accesses of ``find_or_insert`` and
-``apply_gradients`` (``find`` is read-only); the TTL runs from a row's insert or last
-gradient update; ``apply_delta`` never evicts or expires (replicas follow the tombstones of
-their source instead).
+Semantics worth knowing: admission counts the occurrences of a key in ``find_or_insert``
+only, so a lookup-then-push step counts each once (``apply_gradients`` never admits a key);
+LRU/LFU count the accesses of ``find_or_insert`` and ``apply_gradients`` (``find`` is
+read-only); the TTL runs from a row's insert or last gradient update; ``apply_delta`` never
+evicts or expires (replicas follow the tombstones of their source instead).
 
 Thread safety: one lock per table. Every public method holds it while it touches the table;
 the kernels release the GIL, so calls on different tables run in parallel, and gradient
@@ -299,15 +300,17 @@ class EmbeddingTable:
     def find_or_insert(self, keys: np.ndarray, *, now: float | None = None) -> np.ndarray:
         """Rows of ``keys`` as float32 ``(n, dim)``, inserting new keys once admitted.
 
-        Keys not admitted yet get the default vector and are only counted. With ``max_rows``,
-        the table then evicts down to it (LRU or LFU)."""
+        Each occurrence of a key without a row counts one sighting (duplicates in ``keys``
+        each count); a key gets its row at its ``admit_after``-th sighting, before that it
+        gets the default vector. With ``max_rows``, the table then evicts down to it (LRU or
+        LFU)."""
         self._require_trainable("find_or_insert")
         keys = _check_keys(keys)
         now = _micros(_check_now(now))
         out = np.empty((keys.shape[0], self.dim), dtype=np.float32)
         with self._lock:
             self._promote(keys, for_lookup=True)
-            self._resolve(keys, _NO_COUNTS, now, out=out)
+            self._resolve(keys, now, count_sightings=True, out=out)
             self._stats["lookups"] += keys.shape[0]
             self._evict_over_limit()
             self._demote_over_budget()
@@ -320,8 +323,11 @@ class EmbeddingTable:
     ) -> tuple[int, int]:
         """Apply one optimizer step per distinct key (gradients of duplicates summed).
 
-        Keys not admitted yet are counted (and their gradients train the learned default row,
-        with ``initializer="learned"``). Returns ``(rows_updated, rows_pending_admission)``."""
+        Pushes never count sightings (lookups do) and never admit a key: a key not admitted
+        yet gets no row, and its gradient trains the learned default row with
+        ``initializer="learned"`` and is dropped otherwise. A key already admitted whose row
+        was removed (evicted, expired, deleted) gets it back. Returns ``(rows_updated,
+        rows_pending_admission)``."""
         self._require_trainable("apply_gradients")
         keys = _check_keys(keys)
         now = _micros(_check_now(now))
@@ -344,7 +350,7 @@ class EmbeddingTable:
         first = first[:n_unique]
         with self._lock:
             self._promote(unique)
-            found_rows = self._resolve(unique, counts, now, touch_rows=False)
+            found_rows = self._resolve(unique, now, count_sightings=False, touch_rows=False)
             updated, pending = update.apply_steps(
                 self._rows,
                 self._meta,
@@ -679,14 +685,15 @@ class EmbeddingTable:
     def _resolve(
         self,
         keys: np.ndarray,
-        counts: np.ndarray,
         now: int,
         *,
+        count_sightings: bool,
         touch_rows: bool = True,
         out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Row of each key (-1: not admitted), inserting admitted new keys; with ``out``,
-        also each key's vector."""
+        """Row of each key (-1: not admitted), inserting admitted new keys; with
+        ``count_sightings``, each occurrence of a key without a row counts toward admission.
+        With ``out``, also each key's vector."""
         if out is None:
             out = np.empty((0, self.dim), dtype=np.float32)
         found_rows = np.empty(keys.shape[0], dtype=np.int64)
@@ -697,7 +704,7 @@ class EmbeddingTable:
         while True:
             status, start, ins, rej = lookup.resolve_rows(
                 self._index, self._max_live, self._rng, self._scalars, self._row_keys,
-                self._meta, self._rows, keys, counts, start, first_admitted,
+                self._meta, self._rows, keys, count_sightings, start, first_admitted,
                 found_rows,
                 self._sketch, self._config.admit_after, self._lfu, touch_rows, self._init_kind,
                 self._init_params, self._seed, self._default_row, now, out,

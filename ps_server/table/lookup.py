@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from ps_server.optim.initializers import init_row
-from ps_server.table.admission import count_and_estimate
+from ps_server.table.admission import count_and_estimate, estimate
 from ps_server.table.cuckoo import bucket_a, bucket_b, insert_at, locate, probe_buckets
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_head, prefetch_row
 from ps_server.table.rows import (
@@ -122,7 +122,7 @@ def resolve_rows(
     meta,
     arena,
     keys,
-    counts,
+    count_sightings,
     start,
     first_admitted,
     rows,
@@ -142,12 +142,15 @@ def resolve_rows(
     -1 for keys not admitted yet. A new row's optimizer state is written at its first push
     (a row with push count 0 has none yet): inserting writes only the value.
 
-    ``now`` is in unix microseconds. Each key counts ``counts[i]`` sightings (1 each when
-    ``counts`` is empty). Stops early with a status when the index or the arenas are full; the
-    caller grows them and calls again from the returned position (after
-    ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed admission).
-    Rows already located stay valid across growth: rows never move. Without ``touch_rows``
-    the caller records the accesses itself (``update.apply_steps`` does, in its own pass).
+    ``now`` is in unix microseconds. With ``count_sightings`` (a training lookup), each
+    occurrence of a key without a row counts one sighting in ``sketch``, duplicates included;
+    without it (a push), the sketch is only read, so a key is admitted only by lookups. With
+    ``admit_after`` 1 every key is admitted at once. Stops early with a status when the index
+    or the arenas are full; the caller grows them and calls again from the returned position
+    (after ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed
+    admission). Rows already located stay valid across growth: rows never move. Without
+    ``touch_rows`` the caller records the accesses itself (``update.apply_steps`` does, in
+    its own pass).
     ``arena`` holds each row's values (``dim`` columns) followed by its optimizer state.
     With ``out`` of ``len(keys)`` rows (find-or-insert), each key's vector is written there
     too: its row, or the default vector while it is not admitted; pass zero rows to skip.
@@ -174,7 +177,6 @@ def resolve_rows(
                 prefetch_at(index, bucket_a(keys[ahead], mask), 0)
                 prefetch_at(index, bucket_b(keys[ahead], mask), 0)
         key = keys[i]
-        increment = 1 if counts.shape[0] == 0 else counts[i]
         r = rows[i]
         if r < 0:
             # an earlier duplicate in this batch may have inserted it
@@ -183,7 +185,7 @@ def resolve_rows(
             r = probe_buckets(index, key, b1, b2)
         if r >= 0:
             if touch_rows:
-                touch(scalars, meta, r, increment, lfu)
+                touch(scalars, meta, r, 1, lfu)
             if copy_out:
                 for c in range(dim):
                     out[i, c] = arena[r, c]
@@ -193,13 +195,14 @@ def resolve_rows(
             return NEED_INDEX, i, inserted, rejected
         if not has_free_row(scalars, capacity):
             return NEED_ROWS, i, inserted, rejected
-        counted = admit_after > 1 and not (first_admitted and i == start)
-        if counted and count_and_estimate(sketch, key, increment) < admit_after:
-            rows[i] = _EMPTY
-            rejected += 1
-            if copy_out:
-                init_row(init_kind, init_params, seed, key, default_row, out, i)
-            continue
+        if admit_after > 1 and not (first_admitted and i == start):
+            seen = count_and_estimate(sketch, key, 1) if count_sightings else estimate(sketch, key)
+            if seen < admit_after:
+                rows[i] = _EMPTY
+                rejected += 1
+                if copy_out:
+                    init_row(init_kind, init_params, seed, key, default_row, out, i)
+                continue
         r = take_row(scalars, row_keys)
         upcoming = scalars[HIGH] + _ROWS_AHEAD  # new rows are mostly taken in order
         if upcoming < capacity:
@@ -216,7 +219,7 @@ def resolve_rows(
         meta[r, PUSHES_COL] = 0
         meta[r, USAGE_COL] = 0
         if touch_rows:
-            touch(scalars, meta, r, increment, lfu)
+            touch(scalars, meta, r, 1, lfu)
         init_row(init_kind, init_params, seed, key, default_row, arena, r)
         if copy_out:
             for c in range(dim):

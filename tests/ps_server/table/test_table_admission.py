@@ -1,4 +1,5 @@
-"""Admission: a key gets a row only once seen ``admit_after`` times; the learned default."""
+"""Admission: a key gets a row once looked up ``admit_after`` times (pushes never count); the
+learned default."""
 
 from __future__ import annotations
 
@@ -26,16 +27,45 @@ def test_duplicates_in_a_batch_count_each_sighting(make_table):
     np.testing.assert_array_equal(values[0], values[2])
 
 
-def test_pushes_to_unadmitted_keys_only_count(make_table):
+def test_pushes_never_count_or_admit(make_table):
     table = make_table(admit_after=3, initializer="zeros")
     keys = np.array([1, 2], np.uint64)
     grads = np.ones((2, 4), np.float32)
-    assert table.apply_gradients(keys, grads) == (0, 2)
+    for _ in range(5):
+        assert table.apply_gradients(keys, grads) == (0, 2)
     assert len(table) == 0 and table.version == 0
-    assert table.apply_gradients(keys, grads) == (0, 2)
-    # third sighting admits: the row starts from the initializer and takes this step only
+    table.find_or_insert(keys)
+    table.find_or_insert(keys)
+    assert len(table) == 0, "pushes counted as sightings"
+    table.find_or_insert(keys)  # the third lookup admits: rows start from the initializer
     assert table.apply_gradients(keys, grads) == (2, 0)
     np.testing.assert_allclose(table.find(keys)[0], -0.5 * np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("admit_after", [1, 2, 3, 5])
+def test_lookup_then_push_admits_at_the_threshold_batch(make_table, admit_after):
+    """The training step looks a batch up, then pushes its gradients: each batch is one
+    sighting per occurrence, so a key gets its row at exactly its ``admit_after``-th batch."""
+    table = make_table(admit_after=admit_after, sketch_width=1 << 12)
+    batch = np.array([10, 11, 12, 11], np.uint64)  # 11 occurs twice: two sightings a batch
+    twice = np.array([11], np.uint64)
+    grads = np.ones((4, 4), np.float32)
+    for step in range(1, admit_after + 1):
+        table.find_or_insert(batch)
+        admitted = [10, 11, 12] if step >= admit_after else [11] if 2 * step >= admit_after else []
+        assert sorted(table.keys().tolist()) == admitted, f"batch {step}"
+        assert table.apply_gradients(batch, grads) == (len(admitted), 3 - len(admitted))
+    assert table.find(twice)[1].all()
+
+
+def test_a_push_gives_back_the_row_of_an_admitted_key(make_table):
+    table = make_table(admit_after=2, initializer="zeros")
+    key = np.array([4], np.uint64)
+    table.find_or_insert(key)
+    table.find_or_insert(key)
+    assert table.delete(key) == 1
+    assert table.apply_gradients(key, np.ones((1, 4), np.float32)) == (1, 0)
+    np.testing.assert_allclose(table.find(key)[0], -0.5 * np.ones((1, 4)))
 
 
 def test_many_keys_are_rejected_exactly_below_threshold(make_table, rng):
@@ -59,7 +89,10 @@ def test_learned_default_row_trains_on_unadmitted_gradients(make_table):
     learned = -0.1 * np.array([1, 2, 0, 0], np.float32)
     np.testing.assert_allclose(table.find(np.array([99], np.uint64))[0][0], learned)
     np.testing.assert_allclose(table.find_or_insert(np.array([5], np.uint64))[0], learned)
-    # key 2 has been seen twice, this makes three: its new row starts from the learned default
+    # pushes do not count: key 2 needs three sightings in lookups (each duplicate counts),
+    # and its new row starts from the learned default
+    table.find_or_insert(np.array([2, 2], np.uint64))
+    assert not table.find(np.array([2], np.uint64))[1].any()
     table.find_or_insert(np.array([2], np.uint64))
     row, found = table.find(np.array([2], np.uint64))
     assert found.all()

@@ -44,15 +44,16 @@ def _run_random_operations(tiered: EmbeddingTable, plain: EmbeddingTable, seed: 
     for _ in range(60):
         now += float(rng.integers(1, 4))
         keys = rng.integers(0, KEY_SPACE, int(rng.integers(1, 120))).astype(np.uint64)
-        op = rng.choice(["lookup", "push", "push", "find", "delete", "expire", "sync"])
-        if op == "lookup":
+        # a training step is a lookup then a push of the same keys
+        op = rng.choice(["lookup", "push", "step", "find", "delete", "expire", "sync"])
+        if op in ("lookup", "step"):
             out = tiered.find_or_insert(keys, now=now)
             np.testing.assert_array_equal(out, plain.find_or_insert(keys, now=now))
-        elif op == "push":
+        if op in ("push", "step"):
             grads = rng.standard_normal((keys.size, tiered.dim)).astype(np.float32)
             got = tiered.apply_gradients(keys, grads, now=now)
             assert got == plain.apply_gradients(keys, grads, now=now)
-        elif op == "find":
+        if op == "find":
             out, found = tiered.find(keys)
             want_out, want_found = plain.find(keys)
             np.testing.assert_array_equal(out, want_out)
@@ -63,7 +64,7 @@ def _run_random_operations(tiered: EmbeddingTable, plain: EmbeddingTable, seed: 
             assert tiered.delete(keys) == plain.delete(keys)
         elif op == "expire":
             assert tiered.expire(now) == plain.expire(now)
-        else:
+        elif op == "sync":
             delta = tiered.export_since(synced)
             replica.apply_delta(delta)
             synced = delta.complete_version
@@ -71,7 +72,7 @@ def _run_random_operations(tiered: EmbeddingTable, plain: EmbeddingTable, seed: 
         if op == "lookup" and tiered.config.admit_after == 1:
             for k in keys.tolist():
                 updated.setdefault(k, now)  # a lookup does not restart the TTL
-        elif op == "push" and tiered.config.admit_after == 1:
+        elif op in ("push", "step") and tiered.config.admit_after == 1:
             updated.update(dict.fromkeys(keys.tolist(), now))
         elif op == "delete":
             for k in keys.tolist():
