@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import fingerprint
+from table_helpers import fingerprint
 
 from ps_server.table import (
     Delta,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import fingerprint
+from table_helpers import fingerprint
 
 from ps_server.table import Delta, EmbeddingTable
 

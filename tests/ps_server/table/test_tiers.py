@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from table_helpers import fingerprint
 
 from ps_server.optim.optimizers import OPTIMIZERS
 from ps_server.table import ConfigError, EmbeddingTable, TableConfig
-from tests.ps_server.table.conftest import fingerprint
 
 TTL = 40.0
 KEY_SPACE = 900
