@@ -927,16 +927,9 @@ class EmbeddingTable:
             raise DeltaError(f"expected a Delta, got {type(delta).__name__}")
         keys = _check_keys(delta.keys, "delta.keys")
         n = keys.shape[0]
-        values = delta.values
-        if (
-            not isinstance(values, np.ndarray)
-            or values.dtype.kind != "f"
-            or values.shape != (n, self.dim)
-        ):
-            raise DeltaError(
-                f"delta.values must be a float array of shape ({n}, {self.dim}) for table "
-                f"{self.name!r}, got {_describe(values)}"
-            )
+        values = _check_delta_array(
+            delta, "values", (n, self.dim), "f", "a float array", f" for table {self.name!r}"
+        )
         if not np.isfinite(values).all():
             raise DeltaError("delta.values contains NaN or Inf")
         values = np.ascontiguousarray(values, dtype=self._dtype)
@@ -947,37 +940,16 @@ class EmbeddingTable:
         t_versions = _check_versions(delta.tombstone_versions, t_keys.shape[0], "tombstone")
         state = pushes = last_update = None
         if delta.opt_state is not None and self._trainable:
-            state = delta.opt_state
-            if (
-                not isinstance(state, np.ndarray)
-                or state.dtype != np.float32
-                or state.shape != (n, self._state_width)
-            ):
-                raise DeltaError(
-                    f"delta.opt_state must be a float32 array of shape ({n}, "
-                    f"{self._state_width}) for optimizer {self._config.optimizer!r}, got "
-                    f"{_describe(state)}"
-                )
-            pushes = delta.push_counts
-            last_update = delta.last_update
-            if (
-                not isinstance(pushes, np.ndarray)
-                or pushes.shape != (n,)
-                or pushes.dtype.kind != "u"
-            ):
-                raise DeltaError(
-                    f"delta.push_counts must be an unsigned array of shape ({n},), got "
-                    f"{_describe(pushes)}"
-                )
-            if (
-                not isinstance(last_update, np.ndarray)
-                or last_update.shape != (n,)
-                or last_update.dtype.kind != "f"
-            ):
-                raise DeltaError(
-                    f"delta.last_update must be a float array of shape ({n},), got "
-                    f"{_describe(last_update)}"
-                )
+            state = _check_delta_array(
+                delta,
+                "opt_state",
+                (n, self._state_width),
+                np.float32,
+                "a float32 array",
+                f" for optimizer {self._config.optimizer!r}",
+            )
+            pushes = _check_delta_array(delta, "push_counts", (n,), "u", "an unsigned array")
+            last_update = _check_delta_array(delta, "last_update", (n,), "f", "a float array")
             if not np.isfinite(last_update).all():
                 raise DeltaError("delta.last_update contains NaN or Inf")
             state = np.ascontiguousarray(state)
@@ -989,12 +961,7 @@ class EmbeddingTable:
                     f"delta carries a learned default row, but table {self.name!r} uses the "
                     f"{self._config.initializer!r} initializer"
                 )
-            dv = delta.default_value
-            if not isinstance(dv, np.ndarray) or dv.shape != (self.dim,) or dv.dtype.kind != "f":
-                raise DeltaError(
-                    f"delta.default_value must be a float array of shape ({self.dim},), got "
-                    f"{_describe(dv)}"
-                )
+            _check_delta_array(delta, "default_value", (self.dim,), "f", "a float array")
             dver = delta.default_version
             if (
                 isinstance(dver, bool)
@@ -1004,11 +971,7 @@ class EmbeddingTable:
                 raise DeltaError(f"delta.default_version must be a positive integer, got {dver!r}")
         usage = _NO_COUNTS
         if delta.usage is not None:
-            usage = delta.usage
-            if not isinstance(usage, np.ndarray) or usage.shape != (n,) or usage.dtype != np.int64:
-                raise DeltaError(
-                    f"delta.usage must be an int64 array of shape ({n},), got {_describe(usage)}"
-                )
+            usage = _check_delta_array(delta, "usage", (n,), np.int64, "an int64 array")
             if n and usage.min() < 0:
                 raise DeltaError("delta.usage must not be negative")
             usage = np.ascontiguousarray(usage)
@@ -1018,6 +981,28 @@ class EmbeddingTable:
 def _usage_ranks(meta: np.ndarray, high: int) -> np.ndarray:
     """Usage rank of rows below ``high``; free rows rank last."""
     return np.where(meta[:high, rows.VERSION_COL] != 0, meta[:high, rows.USAGE_COL], _I64_MAX)
+
+
+def _check_delta_array(
+    delta: Delta,
+    field: str,
+    shape: tuple[int, ...],
+    dtype: str | type,
+    description: str,
+    context: str = "",
+) -> np.ndarray:
+    """``delta.<field>`` if it is an array of ``shape`` and of ``dtype`` (a dtype, or a
+    dtype kind such as ``"f"``), else a DeltaError naming the field and what it got."""
+    a = getattr(delta, field)
+    if isinstance(a, np.ndarray) and a.shape == shape and _dtype_matches(a.dtype, dtype):
+        return a
+    raise DeltaError(
+        f"delta.{field} must be {description} of shape {shape}{context}, got {_describe(a)}"
+    )
+
+
+def _dtype_matches(actual: np.dtype, wanted: str | type) -> bool:
+    return actual.kind == wanted if isinstance(wanted, str) else actual == wanted
 
 
 def _check_versions(versions: Any, n: int, what: str) -> np.ndarray:
