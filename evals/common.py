@@ -282,11 +282,7 @@ class EvalCluster:
     def expire(self, now: float) -> int:
         """Run the TTL expiry of every training shard against ``now`` (unix seconds) through
         the Expire RPC; returns the rows dropped."""
-        request = ps_pb2.ExpireRequest(now=now)
-        return sum(
-            int(stub.Expire(request, timeout=60, wait_for_ready=True).rows_expired)
-            for stub in self._admin
-        )
+        return self.training.expire(now, timeout=60)
 
     def snapshot(self, full: bool, shards: Sequence[int] | None = None) -> float:
         """Write a snapshot on training shards ``shards`` (default: all) through the Snapshot

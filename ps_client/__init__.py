@@ -5,7 +5,15 @@
 >>> rows = c.lookup("user_id", make_fid(1, user_ids))  # doctest: +SKIP
 """
 
-from ps_client.client import ClientTLS, PSClient, PushResult, ShardInfo, TableInfo
+from ps_client.client import (
+    ClientTLS,
+    PSClient,
+    PushResult,
+    ShardInfo,
+    SyncCursor,
+    SyncState,
+    TableInfo,
+)
 from ps_client.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -33,6 +41,8 @@ __all__ = [
     "ServerError",
     "ServerUnavailableError",
     "ShardInfo",
+    "SyncCursor",
+    "SyncState",
     "TableInfo",
     "TopologyError",
     "UnknownTableError",

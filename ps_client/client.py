@@ -39,7 +39,15 @@ from ps_client.errors import (
 from ps_client.kernels import route_keys, segment_sum
 from ps_client.retry import RetryPolicy
 
-__all__ = ["ClientTLS", "PSClient", "PushResult", "ShardInfo", "TableInfo"]
+__all__ = [
+    "ClientTLS",
+    "PSClient",
+    "PushResult",
+    "ShardInfo",
+    "SyncCursor",
+    "SyncState",
+    "TableInfo",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -117,6 +125,30 @@ class PushResult:
     rows_updated: int
     rows_pending_admission: int
     duplicate_requests: int  # shard requests the servers had already applied
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncCursor:
+    """How far a serving server has applied one table of one training shard."""
+
+    table: str
+    source_shard: int
+    source_num_shards: int
+    epoch: int
+    version: int  # fully applied up to this version
+    applied_at_unix: float  # when the cursor last moved
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncState:
+    """What one serving server has applied (``GetSyncState``)."""
+
+    address: str
+    shard_index: int
+    num_shards: int
+    cursors: tuple[SyncCursor, ...]
+    dense_version: int
+    dense_epoch: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,15 +474,21 @@ class PSClient:
         return self._executor.submit(self.push, table, keys, grads, **kwargs)
 
     def pull_dense(
-        self, names: Sequence[str] | None = None, *, timeout: float | None = None
-    ) -> dict[str, np.ndarray]:
-        """Dense arrays (all when ``names`` is None) from shard 0."""
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        with_version: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        """Dense arrays (all when ``names`` is None) from shard 0, and with
+        ``with_version`` the version they are at: ``(arrays, version)``."""
         self._topology()
         request = ps_pb2.PullDenseRequest(names=list(names or ()))
         (response,) = self._call_all("PullDense", [(0, request)], timeout)
-        return {
+        arrays = {
             a.name: np.frombuffer(a.values, dtype="<f4").astype(np.float32) for a in response.arrays
         }
+        return (arrays, int(response.version)) if with_version else arrays
 
     def push_dense(self, grads: Mapping[str, Any], *, timeout: float | None = None) -> int:
         """Apply gradients to dense arrays on shard 0, once; returns their new version."""
@@ -472,6 +510,22 @@ class PSClient:
         calls = [(s, ps_pb2.DescribeTablesRequest()) for s in range(self.num_shards)]
         responses = self._call_all("DescribeTables", calls, timeout)
         return [_shard_info(a, r) for a, r in zip(self.addresses, responses, strict=True)]
+
+    def sync_state(self, *, timeout: float | None = None) -> list[SyncState]:
+        """What every (serving) server has applied: its cursors per table and training
+        shard, and its dense version and epoch. Training servers refuse it."""
+        calls = [(s, ps_pb2.GetSyncStateRequest()) for s in range(self.num_shards)]
+        responses = self._call_all("GetSyncState", calls, timeout)
+        return [_sync_state(a, r) for a, r in zip(self.addresses, responses, strict=True)]
+
+    def expire(self, now: float = 0.0, *, timeout: float | None = None) -> int:
+        """Drop the rows whose TTL has passed at ``now`` (unix seconds; 0 = each server's
+        clock) on every (training) server; returns the rows dropped in all."""
+        if not np.isfinite(now) or now < 0:
+            raise ValueError(f"now must be unix seconds >= 0 (0 = the server's clock), got {now}")
+        calls = [(s, ps_pb2.ExpireRequest(now=now)) for s in range(self.num_shards)]
+        responses = self._call_all("Expire", calls, timeout)
+        return sum(int(r.rows_expired) for r in responses)
 
     def close(self) -> None:
         """Close the channels; the client cannot be used afterwards."""
@@ -645,6 +699,27 @@ def _shard_info(address: str, r: ps_pb2.DescribeTablesResponse) -> ShardInfo:
         server_version=r.server_version,
         max_message_bytes=r.max_message_bytes or _DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_keys=r.max_batch_keys or _DEFAULT_MAX_BATCH_KEYS,
+    )
+
+
+def _sync_state(address: str, r: ps_pb2.GetSyncStateResponse) -> SyncState:
+    return SyncState(
+        address=address,
+        shard_index=r.shard_index,
+        num_shards=r.num_shards,
+        cursors=tuple(
+            SyncCursor(
+                table=c.table,
+                source_shard=c.source_shard,
+                source_num_shards=c.source_num_shards,
+                epoch=c.epoch,
+                version=c.version,
+                applied_at_unix=c.applied_at_unix,
+            )
+            for c in r.cursors
+        ),
+        dense_version=r.dense_version,
+        dense_epoch=r.dense_epoch,
     )
 
 

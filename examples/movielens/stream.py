@@ -18,13 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
 from examples.movielens.data import CONTEXT_FIELDS, PAD_KEY, Events
 from examples.movielens.metrics import log_loss, roc_auc
 from examples.movielens.model import FactorizationMachine, Field
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_client.client import PSClient
 from ps_client.trainer import ProgressBar, StepResult, Trainer, UniqueKeys
 from sync_agent.router import can_share_keys
 
@@ -151,15 +150,12 @@ class SyncWaiter:
         self.with_dense = with_dense
         self.poll_interval = poll_interval
         self._training_shards = 0
-        self._channels = [grpc.insecure_channel(a) for a in serving_addresses]
-        self._serving = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
-        self._dense_stub = ps_pb2_grpc.ParameterServerStub(
-            grpc.insecure_channel(training.addresses[0])
-        )
+        # One client per replica: replicas of one shard all say "shard i of n".
+        self._serving = [PSClient([a]) for a in serving_addresses]
 
     def close(self) -> None:
-        for channel in self._channels:
-            channel.close()
+        for client in self._serving:
+            client.close()
 
     def _targets(self) -> tuple[dict[tuple[str, int], tuple[int, int]], int]:
         """(table, training shard) -> (epoch, version), and the training dense version."""
@@ -171,8 +167,7 @@ class SyncWaiter:
                 targets[(name, shard.shard_index)] = (shard.epoch, shard.tables[name].version)
         dense_version = 0
         if self.with_dense:
-            pulled = self._dense_stub.PullDense(ps_pb2.PullDenseRequest(names=["bias"]), timeout=10)
-            dense_version = int(pulled.version)
+            _, dense_version = self.training.pull_dense(["bias"], with_version=True, timeout=10)
         return targets, dense_version
 
     def _behind(
@@ -181,8 +176,8 @@ class SyncWaiter:
         """Versions still missing (sparse, dense) over all replicas, and the first gap."""
         sparse = dense = 0
         first = ""
-        for replica, stub in enumerate(self._serving):
-            state = stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=10)
+        for replica, client in enumerate(self._serving):
+            (state,) = client.sync_state(timeout=10)
             cursors = {(c.table, c.source_shard): c for c in state.cursors}
             for key, (epoch, version) in targets.items():
                 if version == 0 or not can_share_keys(

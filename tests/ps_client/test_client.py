@@ -3,15 +3,20 @@ feature IDs, and its behaviour against real in-process servers."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
 
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import (
     InvalidRequestError,
     PreconditionError,
     PSClient,
     RetryPolicy,
+    SyncCursor,
+    SyncState,
     TopologyError,
     UnknownTableError,
     make_fid,
@@ -261,3 +266,57 @@ def test_from_config_takes_the_message_limit_from_the_cluster_file(server, tmp_p
         assert client.addresses == (server.address,)
         assert client._max_message_bytes == 100000
         assert client.lookup("user_id", np.array([1], np.uint64)).shape == (1, 8)
+
+
+def test_pull_dense_with_version_returns_the_version_of_the_arrays(server):
+    with PSClient([server.address]) as client:
+        _, before = client.pull_dense(["mlp"], with_version=True)
+        pushed = client.push_dense({"mlp": np.ones(16, np.float32)})
+        arrays, version = client.pull_dense(["mlp"], with_version=True)
+        plain = client.pull_dense(["mlp"])
+    assert version == pushed == before + 1
+    assert isinstance(plain, dict) and list(plain) == ["mlp"]
+    np.testing.assert_array_equal(plain["mlp"], arrays["mlp"])
+
+
+def test_sync_state_reports_what_a_serving_server_applied(server, server_factory):
+    serving = server_factory("serving")
+    keys = np.array([7, 8, 9], dtype=np.uint64)
+    with PSClient([server.address]) as training:
+        training.push("item_id", keys, np.ones((3, 4), np.float32))
+        dense_version = training.push_dense({"mlp": np.ones(16, np.float32)})
+        (shard,) = training.describe()
+        with PSClient([serving.address], role="serving") as client:
+            (empty,) = client.sync_state()
+            source = ps_pb2_grpc.ParameterServerStub(grpc.insecure_channel(server.address))
+            target = ps_pb2_grpc.ParameterServerStub(grpc.insecure_channel(serving.address))
+            for table in ("item_id", ""):  # a full export of a table, then of the dense arrays
+                request = ps_pb2.ExportDeltaRequest(table=table)
+                target.ApplyDelta(source.ExportDelta(request, timeout=30), timeout=30)
+            (state,) = client.sync_state()
+            with pytest.raises(PreconditionError, match="serving server"):
+                client.expire()
+        with pytest.raises(PreconditionError, match="GetSyncState"):
+            training.sync_state()
+    assert empty == SyncState(serving.address, 0, 1, (), 0, 0)
+    assert isinstance(state, SyncState)
+    (cursor,) = state.cursors
+    assert isinstance(cursor, SyncCursor)
+    assert (cursor.table, cursor.source_shard, cursor.source_num_shards) == ("item_id", 0, 1)
+    assert (cursor.epoch, cursor.version) == (shard.epoch, shard.tables["item_id"].version)
+    assert cursor.applied_at_unix > 0
+    assert state.dense_version == dense_version
+    assert state.dense_epoch != 0
+
+
+def test_expire_drops_rows_past_their_ttl_on_every_shard(server_factory):
+    config = {"tables": [{"name": "t", "dim": 4, "optimizer": "sgd", "ttl_seconds": 60}]}
+    servers = [server_factory("training", i, 2, config=config) for i in range(2)]
+    keys = np.arange(1, 201, dtype=np.uint64)
+    with PSClient([s.address for s in servers]) as client:
+        client.push("t", keys, np.ones((200, 4), np.float32))
+        assert client.expire() == 0  # nothing is 60 s old yet
+        with pytest.raises(ValueError, match="now must be unix seconds"):
+            client.expire(-1.0)
+        assert client.expire(time.time() + 3600) == 200
+        assert sum(s.tables["t"].num_rows for s in client.describe()) == 0
