@@ -302,6 +302,11 @@ class DeltaReceiver:
 
     # ------------------------------------------------------------------ streams
 
+    def active_streams(self) -> frozenset[tuple[str, int]]:
+        """``(table, source shard)`` of the delta streams being applied now."""
+        with self._lock:
+            return frozenset(self._active)
+
     def apply_stream(self, chunks: Iterable[ps_pb2.DeltaChunk]) -> ps_pb2.ApplyDeltaResponse:
         """Apply one ``ApplyDelta`` stream; raises (changing no cursor) when it is refused
         or ends before its last chunk."""

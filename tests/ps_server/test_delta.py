@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -381,17 +382,17 @@ def test_a_second_stream_for_the_same_table_and_source_is_aborted(training, serv
     first_chunk.last = False
     future = stub(serving).ApplyDelta.future(requests(), timeout=30)
     feed.put(first_chunk)
+    receiver = serving.servicer.delta_receiver
     try:
-        for _ in range(100):  # until the first stream holds its claim
-            try:
-                apply(serving, chunks)
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.ABORTED
-                assert "in progress" in exc.details()
-                break
-            threading.Event().wait(0.02)
-        else:
-            pytest.fail("the second stream was never refused")
+        deadline = time.monotonic() + 20
+        while ("emb", first_chunk.source_shard) not in receiver.active_streams():
+            assert time.monotonic() < deadline, "the first stream never started"
+            assert not future.done(), future.exception()
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            apply(serving, chunks)
+        assert err.value.code() == grpc.StatusCode.ABORTED
+        assert "in progress" in err.value.details()
     finally:
         future.cancel()
         feed.put(None)
