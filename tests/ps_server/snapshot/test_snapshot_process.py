@@ -161,8 +161,9 @@ def test_kill9_restart_is_exact_and_training_continues_as_if_never_stopped(
 
 
 def test_kill9_at_random_moments_during_snapshots(process_factory, tmp_path):
-    """Snapshots every 50 ms under pushes; SIGKILL at random; every restart must find the
-    newest complete snapshot intact and serve exactly what it holds."""
+    """Snapshots every 50 ms under pushes; SIGKILL at random (6 times, or up to 16 until one
+    kill lands inside a write); every restart must find the newest complete snapshot intact
+    and serve exactly what it holds."""
     config = {**CONFIG, "snapshot": {"full_interval": 0.3, "incremental_interval": 0.05, "keep": 2}}
     snaps = tmp_path / "snaps"
     server = process_factory("training", config=config, extra_args=("--snapshot-dir", str(snaps)))
@@ -170,7 +171,7 @@ def test_kill9_at_random_moments_during_snapshots(process_factory, tmp_path):
     rng = np.random.default_rng(5)
     kills_mid_write = 0
     expected: MergedSnapshot | None = None
-    for _ in range(6):
+    for kills in range(1, 17):  # at least 6 kills, more until one lands inside a write
         with Client(server.address) as client:
             if expected is not None:
                 for name, section in expected.tables.items():
@@ -191,6 +192,8 @@ def test_kill9_at_random_moments_during_snapshots(process_factory, tmp_path):
         assert result.skipped == [] and [s.seq for s in result.chain][-1:] == finished[-1:]
         expected = merge_chain(result.chain) if result.chain else None
         server.start()
+        if kills >= 6 and kills_mid_write:
+            break
     assert kills_mid_write >= 1, "no kill landed inside a snapshot write"
 
 
