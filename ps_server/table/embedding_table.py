@@ -381,19 +381,7 @@ class EmbeddingTable:
         keys = _check_keys(keys)
         with self._lock:
             self._promote(keys)
-            deleted = self._run_removal(
-                lambda start: export.delete_keys(
-                    self._index,
-                    self._scalars,
-                    self._row_keys,
-                    self._meta,
-                    self._log_keys,
-                    self._log_versions,
-                    self._log_limit(),
-                    keys,
-                    start,
-                )  # fmt: skip
-            )
+            deleted = self._run_removal(export.delete_keys, keys)
             self._stats["deleted"] += deleted
         return deleted
 
@@ -406,19 +394,7 @@ class EmbeddingTable:
             return 0
         cutoff = _micros(now - ttl)
         with self._lock:
-            expired = self._run_removal(
-                lambda start: export.expire_rows(
-                    self._index,
-                    self._scalars,
-                    self._row_keys,
-                    self._meta,
-                    self._log_keys,
-                    self._log_versions,
-                    self._log_limit(),
-                    cutoff,
-                    start,
-                )  # fmt: skip
-            )
+            expired = self._run_removal(export.expire_rows, cutoff)
             if self._cold is not None and len(self._cold):
                 cold = self._cold
                 cold.settle()
@@ -550,20 +526,7 @@ class EmbeddingTable:
                     self._grow(status)
                 self._demote_over_budget()
             self._promote(t_keys)
-            deleted = self._run_removal(
-                lambda start: export.apply_tombstones(
-                    self._index,
-                    self._scalars,
-                    self._row_keys,
-                    self._meta,
-                    self._log_keys,
-                    self._log_versions,
-                    self._log_limit(),
-                    t_keys,
-                    t_versions,
-                    start,
-                )  # fmt: skip
-            )
+            deleted = self._run_removal(export.apply_tombstones, t_keys, t_versions)
             if delta.default_value is not None and delta.default_version > int(
                 self._scalars[rows.DEFAULT_VERSION]
             ):
@@ -753,13 +716,24 @@ class EmbeddingTable:
         self._log_keys, self._log_versions = keys, versions
         self._scalars[rows.LOG_START] = 0
 
-    def _run_removal(self, call: Any) -> int:
-        """Run a resumable removal kernel ``call(start)``, growing the tombstone log on
-        demand; returns the rows it removed."""
+    def _run_removal(self, kernel: Any, *args: Any) -> int:
+        """Run a resumable removal kernel over the hot tier, ``kernel(index, scalars,
+        row_keys, meta, log_keys, log_versions, log_limit, *args, start)``, growing the
+        tombstone log on demand; returns the rows it removed."""
         removed = 0
         start = 0
         while True:
-            status, start, n = call(start)
+            status, start, n = kernel(
+                self._index,
+                self._scalars,
+                self._row_keys,
+                self._meta,
+                self._log_keys,
+                self._log_versions,
+                self._log_limit(),
+                *args,
+                start,
+            )
             removed += int(n)
             if status == rows.DONE:
                 return removed
@@ -798,19 +772,7 @@ class EmbeddingTable:
                 )  # fmt: skip
             )
             cold.release()
-        evicted = self._run_removal(
-            lambda start: export.evict_rows(
-                self._index,
-                self._scalars,
-                self._row_keys,
-                self._meta,
-                self._log_keys,
-                self._log_versions,
-                self._log_limit(),
-                victims,
-                start,
-            )  # fmt: skip
-        )
+        evicted = self._run_removal(export.evict_rows, victims)
         self._stats["evicted"] += evicted
 
     # ------------------------------------------------------------------ tiers
