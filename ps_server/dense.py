@@ -140,7 +140,7 @@ class DenseStore:
             for name, grad in checked.items():
                 kind, hyper = self._hyper[name]
                 optimizer_step(
-                    kind, hyper, self._values[name], 0, self._states[name], 0, 0, grad, 0, 1.0
+                    kind, hyper, self._values[name][0], self._states[name][0], grad[0], 1.0
                 )
             self._version += 1
             return self._version

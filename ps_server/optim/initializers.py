@@ -61,7 +61,7 @@ def key_stream_seed(key, seed):
     return mix64(np.uint64(key) ^ mix64(np.uint64(seed) ^ _INIT_SEED))
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def init_row(kind, params, seed, key, default_row, out, row):
     """Write the initial value of ``key``'s row into the first ``dim`` columns of row ``row``
     of ``out`` (float32); ``default_row`` is ``(1, dim)`` (learned tables) or ``(0, dim)``."""

@@ -1,8 +1,9 @@
 """Row optimizers: SGD, Momentum, Adagrad, Adam and FTRL.
 
-Each optimizer updates one embedding row of ``w`` (float32, ``dim`` wide) in place from a
-gradient row of ``g`` and a state row of ``s`` (float32, ``state_width(dim)`` wide); rows are
-addressed by index into the 2-D arrays, so a step creates no array views. Hyper-parameters travel
+Each optimizer updates one embedding row ``w`` (float32, ``dim`` wide) in place from a
+gradient row ``g`` and a state row ``s`` (float32, ``state_width(dim)`` wide), all 1-D views
+(in the table's hot kernels, compiled without reference counting, a view costs nothing).
+Hyper-parameters travel
 as a float64 array in the order of the spec's ``args``; ``lr_scale`` multiplies the learning
 rate (frequency-aware scaling). :func:`optimizer_step` dispatches on the optimizer's kind.
 
@@ -82,60 +83,54 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def init_state(kind, hp, s, sr, soff, dim_state):
-    """Fill columns ``soff:soff + dim_state`` of row ``sr`` of ``s`` with a new row's
-    optimizer state."""
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def init_state(kind, hp, s):
+    """Fill the state row ``s`` with a new row's optimizer state."""
     if kind == ADAGRAD:
-        acc = np.float32(hp[1])
-        for j in range(dim_state):
-            s[sr, soff + j] = acc
+        s[:] = np.float32(hp[1])
     elif kind == FTRL:
-        half = dim_state // 2
-        acc = np.float32(hp[5])
-        for j in range(half):
-            s[sr, soff + j] = acc
-        for j in range(half, dim_state):
-            s[sr, soff + j] = np.float32(0.0)
+        half = s.shape[0] // 2
+        s[:half] = np.float32(hp[5])
+        s[half:] = np.float32(0.0)
     else:
-        for j in range(dim_state):
-            s[sr, soff + j] = np.float32(0.0)
+        s[:] = np.float32(0.0)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def optimizer_step(kind, hp, w, wr, s, sr, soff, g, gr, lr_scale):
-    """Apply one optimizer step to the first ``dim`` columns of row ``wr`` of ``w``, with
-    the state from column ``soff`` of row ``sr`` of ``s`` and gradient row ``gr`` of ``g``
-    (``dim = g.shape[1]``). Arrays are indexed in place (no views per row); ``w`` and ``s``
-    may be one array holding values and state side by side."""
-    dim = g.shape[1]
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def optimizer_step(kind, hp, w, s, g, lr_scale):
+    """Apply one optimizer step to the values row ``w`` with state row ``s`` and gradient
+    row ``g`` (1-D views, ``dim = g.shape[0]``). Each loop runs over one row's contiguous
+    columns, so the compiler turns it into vector instructions."""
+    dim = g.shape[0]
     lr = np.float32(hp[0] * lr_scale)
     if kind == SGD:
         for j in range(dim):
-            w[wr, j] -= lr * g[gr, j]
+            w[j] -= lr * g[j]
     elif kind == MOMENTUM:
         mu = np.float32(hp[1])
         if hp[2] != 0.0:
             for j in range(dim):
-                v = mu * s[sr, soff + j] + g[gr, j]
-                s[sr, soff + j] = v
-                w[wr, j] -= lr * (g[gr, j] + mu * v)
+                v = mu * s[j] + g[j]
+                s[j] = v
+                w[j] -= lr * (g[j] + mu * v)
         else:
             for j in range(dim):
-                v = mu * s[sr, soff + j] + g[gr, j]
-                s[sr, soff + j] = v
-                w[wr, j] -= lr * v
+                v = mu * s[j] + g[j]
+                s[j] = v
+                w[j] -= lr * v
     elif kind == ADAGRAD:
         eps = np.float32(hp[2])
         for j in range(dim):
-            acc = s[sr, soff + j] + g[gr, j] * g[gr, j]
-            s[sr, soff + j] = acc
-            w[wr, j] -= lr * g[gr, j] / (np.sqrt(acc) + eps)
+            acc = s[j] + g[j] * g[j]
+            s[j] = acc
+            w[j] -= lr * g[j] / (np.sqrt(acc) + eps)
     elif kind == ADAM:
         b1 = hp[1]
         b2 = hp[2]
-        t = s[sr, soff + 2 * dim] + np.float32(1.0)
-        s[sr, soff + 2 * dim] = t
+        first = s[:dim]
+        second = s[dim : 2 * dim]
+        t = s[2 * dim] + np.float32(1.0)
+        s[2 * dim] = t
         c1 = np.float32(1.0 / (1.0 - b1 ** float(t)))
         c2 = np.float32(1.0 / (1.0 - b2 ** float(t)))
         b1f = np.float32(b1)
@@ -143,35 +138,37 @@ def optimizer_step(kind, hp, w, wr, s, sr, soff, g, gr, lr_scale):
         eps = np.float32(hp[3])
         one = np.float32(1.0)
         for j in range(dim):
-            m = b1f * s[sr, soff + j] + (one - b1f) * g[gr, j]
-            v = b2f * s[sr, soff + dim + j] + (one - b2f) * g[gr, j] * g[gr, j]
-            s[sr, soff + j] = m
-            s[sr, soff + dim + j] = v
-            w[wr, j] -= lr * (m * c1) / (np.sqrt(v * c2) + eps)
+            m = b1f * first[j] + (one - b1f) * g[j]
+            v = b2f * second[j] + (one - b2f) * g[j] * g[j]
+            first[j] = m
+            second[j] = v
+            w[j] -= lr * (m * c1) / (np.sqrt(v * c2) + eps)
     elif kind == FTRL:
         beta = np.float32(hp[1])
         l1 = np.float32(hp[2])
         l2 = np.float32(hp[3])
-        power = hp[4]
-        neg_power = np.float32(-power)
+        square_root = hp[4] == -0.5
+        neg_power = np.float32(-hp[4])
+        acc = s[:dim]
+        linear = s[dim : 2 * dim]
         for j in range(dim):
-            n = s[sr, soff + j]
-            n_new = n + g[gr, j] * g[gr, j]
-            if power == -0.5:
+            n = acc[j]
+            n_new = n + g[j] * g[j]
+            if square_root:
                 root_old = np.sqrt(n)
                 root_new = np.sqrt(n_new)
             else:
                 root_old = n**neg_power
                 root_new = n_new**neg_power
             sigma = (root_new - root_old) / lr
-            z = s[sr, soff + dim + j] + g[gr, j] - sigma * w[wr, j]
-            s[sr, soff + j] = n_new
-            s[sr, soff + dim + j] = z
+            z = linear[j] + g[j] - sigma * w[j]
+            acc[j] = n_new
+            linear[j] = z
             if abs(z) <= l1:
-                w[wr, j] = np.float32(0.0)
+                w[j] = np.float32(0.0)
             else:
                 sign = np.float32(1.0) if z > 0 else np.float32(-1.0)
-                w[wr, j] = (sign * l1 - z) / ((beta + root_new) / lr + l2)
+                w[j] = (sign * l1 - z) / ((beta + root_new) / lr + l2)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
@@ -186,4 +183,4 @@ def frequency_lr_scale(count, power):
 def init_state_rows(kind, hp, out):
     """Fill each row of ``out`` with a new row's optimizer state."""
     for i in range(out.shape[0]):
-        init_state(kind, hp, out, i, 0, out.shape[1])
+        init_state(kind, hp, out[i])

@@ -19,6 +19,7 @@ from numba import njit
 
 from ps_client.routing import mix64
 from ps_server.table.arena import committed_zeros
+from ps_server.table.jit import hot_kernel
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at
 
 SLOTS = 4
@@ -97,6 +98,15 @@ def _place_in_free_slot(index, b, key, value):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _free_slots(index, b):
+    free = 0
+    for s in range(SLOTS):
+        if index[b, SLOTS + s] == 0:
+            free += 1
+    return free
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _other_bucket(index, b, s, mask):
     """The bucket a resident of slot ``s`` of bucket ``b`` could move to."""
     resident = index[b, s]
@@ -104,14 +114,31 @@ def _other_bucket(index, b, s, mask):
     return bucket_b(resident, mask) if h1 == b else h1
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _prefetch_alternates(index, mask, b1, b2):
+    """Start fetching the eight buckets the residents of ``b1`` and ``b2`` could move to."""
+    for k in range(2 * SLOTS):
+        b = b1 if k < SLOTS else b2
+        prefetch_at(index, _other_bucket(index, b, k % SLOTS, mask), 0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def prefetch_displacement(index, key, mask):
+    """When both buckets of ``key`` (already in cache) are full, start fetching the buckets
+    their residents could move to, so that inserting ``key`` a few keys later does not wait
+    for them. Batch kernels call it between prefetching a key's buckets and inserting it."""
+    b1 = bucket_a(key, mask)
+    b2 = bucket_b(key, mask)
+    if _free_slots(index, b1) == 0 and _free_slots(index, b2) == 0:
+        _prefetch_alternates(index, mask, b1, b2)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _move_one_aside(index, mask, b1, b2, key, value):
     """Both buckets of ``key`` are full: if some resident's other bucket has room, move it
     there and take its slot. The eight candidate buckets are fetched together, so this costs
     about one memory round trip instead of a chain of them."""
-    for k in range(2 * SLOTS):
-        b = b1 if k < SLOTS else b2
-        prefetch_at(index, _other_bucket(index, b, k % SLOTS, mask), 0)
+    _prefetch_alternates(index, mask, b1, b2)
     for k in range(2 * SLOTS):
         b = b1 if k < SLOTS else b2
         s = k % SLOTS
@@ -123,31 +150,50 @@ def _move_one_aside(index, mask, b1, b2, key, value):
     return False
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def insert(index, key, row, rng):
+def new_walk(seed: int) -> np.ndarray:
+    """The state of the cuckoo walks of one index: element 0 is the xorshift state that
+    picks the slots to kick, the rest records a walk's path so a failed walk can be undone.
+    Kernels that insert take it as an argument instead of allocating the path themselves:
+    they are compiled without Numba's runtime (see ``jit``)."""
+    walk = np.zeros(1 + MAX_KICKS, dtype=np.uint64)
+    walk[0] = np.uint64(seed) or np.uint64(1)
+    return walk
+
+
+@hot_kernel
+def insert(index, key, row, walk):
     """Add ``key -> row`` (the key must be absent). False, with the index unchanged, when the
-    cuckoo walk found no free slot: the index must grow. ``rng`` is a one-element ``uint64``
-    xorshift state."""
+    cuckoo walk found no free slot: the index must grow. ``walk`` is from :func:`new_walk`."""
     mask = np.uint64(index.shape[0] - 1)
-    return insert_at(index, key, row, rng, bucket_a(key, mask), bucket_b(key, mask))
+    return insert_at(index, key, row, walk, bucket_a(key, mask), bucket_b(key, mask))
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def insert_at(index, key, row, rng, b1, b2):
-    """:func:`insert` for a key whose two buckets ``b1``, ``b2`` the caller already has."""
-    mask = np.uint64(index.shape[0] - 1)
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def insert_at(index, key, row, walk, b1, b2):
+    """:func:`insert` for a key whose two buckets ``b1``, ``b2`` the caller already has.
+
+    The key goes to the emptier of its two buckets (the power of two choices keeps buckets
+    from filling up, so few inserts need the cuckoo walk); only when both are full does
+    :func:`_displace` move residents."""
     value = np.uint64(row + 1)
+    if _free_slots(index, b2) > _free_slots(index, b1):
+        b1, b2 = b2, b1
     if _place_in_free_slot(index, b1, key, value):
         return True
-    if _place_in_free_slot(index, b2, key, value):
-        return True
+    return _displace(index, key, value, walk, b1, b2)
+
+
+@hot_kernel
+def _displace(index, key, value, walk, b1, b2):
+    """Both buckets of ``key`` are full: move one resident aside, or else walk a random
+    cuckoo path of at most ``MAX_KICKS`` kicks. A walk that fails is undone (False)."""
+    mask = np.uint64(index.shape[0] - 1)
     if _move_one_aside(index, mask, b1, b2, key, value):
         return True
-    path_bucket = np.empty(MAX_KICKS, dtype=np.uint64)
-    path_slot = np.empty(MAX_KICKS, dtype=np.int64)
+    slots = np.uint64(SLOTS)
     cur_key = key
     cur_value = value
-    x = rng[0]
+    x = walk[0]
     b = b2 if x & np.uint64(1) else b1
     for k in range(MAX_KICKS):
         x ^= x << np.uint64(13)
@@ -158,19 +204,18 @@ def insert_at(index, key, row, rng, b1, b2):
         old_value = index[b, SLOTS + s]
         index[b, s] = cur_key
         index[b, SLOTS + s] = cur_value
-        path_bucket[k] = b
-        path_slot[k] = s
+        walk[1 + k] = b * slots + np.uint64(s)
         cur_key = old_key
         cur_value = old_value
         h1 = bucket_a(cur_key, mask)
         b = bucket_b(cur_key, mask) if b == h1 else h1
         if _place_in_free_slot(index, b, cur_key, cur_value):
-            rng[0] = x
+            walk[0] = x
             return True
-    rng[0] = x
+    walk[0] = x
     for k in range(MAX_KICKS - 1, -1, -1):
-        b = path_bucket[k]
-        s = path_slot[k]
+        b = walk[1 + k] // slots
+        s = np.int64(walk[1 + k] % slots)
         placed_key = index[b, s]
         placed_value = index[b, SLOTS + s]
         index[b, s] = cur_key

@@ -159,7 +159,7 @@ class EmbeddingTable:
         self._index = cuckoo.new_index(1)
         self._max_live = self._max_live_for(1)
         self._scalars = rows.new_scalars()
-        self._rng = np.array([(0x9E3779B97F4A7C15 ^ config.seed) or 1], dtype=np.uint64)
+        self._walk = cuckoo.new_walk(0x9E3779B97F4A7C15 ^ config.seed)
         width = config.sketch_width if config.admit_after > 1 else 1
         self._sketch = admission.new_sketch(width)
         self._log_keys = np.zeros(0, dtype=np.uint64)
@@ -368,6 +368,7 @@ class EmbeddingTable:
                 self._default_row,
                 self._default_state,
                 self._lfu,
+                np.empty((2, self.dim), dtype=np.float32),
             )
             self._stats["updates"] += updated
             self._evict_over_limit()
@@ -512,7 +513,7 @@ class EmbeddingTable:
                 start = 0
                 while True:
                     status, start, a, s = update.upsert_rows(
-                        self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                        self._index, self._max_live, self._walk, self._scalars, self._row_keys,
                         self._meta, self._rows, chunk, values[part], versions[part], has_state,
                         state[part] if has_state else state,
                         pushes[part] if has_state else pushes,
@@ -555,7 +556,7 @@ class EmbeddingTable:
                 "log_floor": int(s[rows.LOG_FLOOR]),
                 "default_version": int(s[rows.DEFAULT_VERSION]),
                 "default_pushes": int(s[rows.DEFAULT_PUSHES]),
-                "rng": int(self._rng[0]),
+                "rng": int(self._walk[0]),
                 "sketch": self._sketch.copy(),
                 # one-dimensional: (dim,) and (state_width,) when learned, else empty
                 "default_row": self._default_row.reshape(-1).copy(),
@@ -601,7 +602,7 @@ class EmbeddingTable:
             s[rows.TICK] = max(int(s[rows.TICK]), ints["tick"])
             s[rows.DEFAULT_VERSION] = ints["default_version"]
             s[rows.DEFAULT_PUSHES] = ints["default_pushes"]
-            self._rng[0] = np.uint64(ints["rng"] or 1)
+            self._walk[0] = np.uint64(ints["rng"] or 1)
             self._sketch[...] = meta["sketch"]
             self._default_row.reshape(-1)[:] = meta["default_row"]
             self._default_state.reshape(-1)[:] = meta["default_state"]
@@ -660,13 +661,12 @@ class EmbeddingTable:
         if out is None:
             out = np.empty((0, self.dim), dtype=np.float32)
         found_rows = np.empty(keys.shape[0], dtype=np.int64)
-        cuckoo.locate(self._index, keys, found_rows)
         start = 0
         first_admitted = False
         inserted = rejected = 0
         while True:
             status, start, ins, rej = lookup.resolve_rows(
-                self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                self._index, self._max_live, self._walk, self._scalars, self._row_keys,
                 self._meta, self._rows, keys, count_sightings, start, first_admitted,
                 found_rows,
                 self._sketch, self._config.admit_after, self._lfu, touch_rows, self._init_kind,
@@ -827,7 +827,7 @@ class EmbeddingTable:
             start = 0
             while True:
                 status, start, n = tiers.promote_rows(
-                    self._index, self._max_live, self._rng, self._scalars, self._row_keys,
+                    self._index, self._max_live, self._walk, self._scalars, self._row_keys,
                     self._meta, self._rows, cold.index, cold.scalars, cold.keys, cold.meta,
                     cold.arena, cold.freed, cold.freed_count, chunk_keys, chunk_rows, start,
                 )  # fmt: skip
@@ -859,7 +859,7 @@ class EmbeddingTable:
             while True:
                 status, start, n = tiers.demote_rows(
                     self._index, self._scalars, self._row_keys, self._meta, self._rows,
-                    cold.index, cold.max_live, self._rng, cold.scalars, cold.keys, cold.meta,
+                    cold.index, cold.max_live, self._walk, cold.scalars, cold.keys, cold.meta,
                     cold.arena, cold.freed, cold.freed_count, part, start,
                 )  # fmt: skip
                 demoted += n

@@ -1,9 +1,10 @@
 """Lookup kernels: find (read-only), resolve-or-insert through admission, gather rows.
 
-Each walks its batch in passes with software prefetch (see ``prefetch``): ``cuckoo.locate``
-finds the rows of all keys, then a second pass copies or updates rows fetched a few keys
-ahead. Misses and keys not yet admitted read the table's default vector: the initializer's
-vector for the key, or the learned default row.
+Each walks its batch with software prefetch (see ``prefetch``): ``find`` in two passes
+(``cuckoo.locate`` finds the rows of all keys, then a second pass copies rows fetched a few
+keys ahead), ``resolve_rows`` in one pass of three staggered stages. Misses and keys not yet
+admitted read the table's default vector: the initializer's vector for the key, or the
+learned default row.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from numba import njit
 
 from ps_server.optim.initializers import init_row
 from ps_server.table.admission import count_and_estimate, estimate
-from ps_server.table.cuckoo import bucket_a, bucket_b, insert_at, locate, probe_buckets
+from ps_server.table.cuckoo import (
+    bucket_a,
+    bucket_b,
+    insert_at,
+    locate,
+    prefetch_displacement,
+    probe,
+    probe_buckets,
+)
+from ps_server.table.jit import hot_kernel
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_head, prefetch_row
 from ps_server.table.rows import (
     DONE,
@@ -34,7 +44,9 @@ from ps_server.table.rows import (
 )
 
 _EMPTY = np.int64(-1)
-_ROWS_AHEAD = 8
+_BUCKETS_AHEAD = 16  # keys ahead whose buckets resolve_rows fetches
+_PROBE_AHEAD = 8  # keys ahead it probes, fetching their rows
+_NEW_ROWS_AHEAD = 8  # rows past the arena's high-water mark it fetches for inserts
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -112,11 +124,11 @@ def find_f16(
     )
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def resolve_rows(
     index,
     max_live,
-    rng,
+    walk,
     scalars,
     row_keys,
     meta,
@@ -137,10 +149,16 @@ def resolve_rows(
     now,
     out,
 ):
-    """Complete ``rows`` (filled by ``cuckoo.locate``) from ``start`` on: record the access
-    to each found row, insert admitted new keys (initialized value, next version), and leave
-    -1 for keys not admitted yet. A new row's optimizer state is written at its first push
-    (a row with push count 0 has none yet): inserting writes only the value.
+    """Fill ``rows`` from ``start`` on with each key's row: record the access to each found
+    row, insert admitted new keys (initialized value, next version), and leave -1 for keys
+    not admitted yet. A new row's optimizer state is written at its first push (a row with
+    push count 0 has none yet): inserting writes only the value.
+
+    One pass in three stages per key, each ahead of the next: fetch the key's two buckets
+    (``_BUCKETS_AHEAD`` keys ahead), probe them and fetch what the key will need, its row or,
+    when both buckets are full, the buckets its neighbours could move to
+    (``_PROBE_AHEAD`` keys ahead), then resolve it. A key missing at the probe is probed
+    again when resolved: an earlier duplicate in the batch may have inserted it since.
 
     ``now`` is in unix microseconds. With ``count_sightings`` (a training lookup), each
     occurrence of a key without a row counts one sighting in ``sketch``, duplicates included;
@@ -148,7 +166,7 @@ def resolve_rows(
     ``admit_after`` 1 every key is admitted at once. Stops early with a status when the index
     or the arenas are full; the caller grows them and calls again from the returned position
     (after ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed
-    admission). Rows already located stay valid across growth: rows never move. Without
+    admission). Rows already found stay valid across growth: rows never move. Without
     ``touch_rows`` the caller records the accesses itself (``update.apply_steps`` does, in
     its own pass).
     ``arena`` holds each row's values (``dim`` columns) followed by its optimizer state.
@@ -158,30 +176,35 @@ def resolve_rows(
     """
     capacity = arena.shape[0]
     dim = default_row.shape[1]
+    value_bytes = dim * arena.itemsize
     copy_out = out.shape[0] > 0
     n = keys.shape[0]
     inserted = 0
     rejected = 0
     mask = np.uint64(index.shape[0] - 1)
-    b1 = np.uint64(0)
-    b2 = np.uint64(0)
-    for i in range(start, n):
-        ahead = i + LOOKAHEAD
-        if ahead < n:
-            if rows[ahead] >= 0:
+    for i in range(start - _BUCKETS_AHEAD, n):
+        fetch = i + _BUCKETS_AHEAD
+        if fetch < n:
+            prefetch_at(index, bucket_a(keys[fetch], mask), 0)
+            prefetch_at(index, bucket_b(keys[fetch], mask), 0)
+        ahead = i + _PROBE_AHEAD
+        if start <= ahead < n:
+            r = probe(index, keys[ahead])
+            rows[ahead] = r
+            if r >= 0:
                 if touch_rows:
-                    prefetch_row(meta, rows[ahead])
+                    prefetch_row(meta, r)
                 if copy_out:
-                    prefetch_head(arena, rows[ahead], dim * arena.itemsize)
-            else:  # new keys are probed and inserted again: bring their buckets back
-                prefetch_at(index, bucket_a(keys[ahead], mask), 0)
-                prefetch_at(index, bucket_b(keys[ahead], mask), 0)
+                    prefetch_head(arena, r, value_bytes)
+            else:
+                prefetch_displacement(index, keys[ahead], mask)
+        if i < start:
+            continue
         key = keys[i]
+        b1 = bucket_a(key, mask)
+        b2 = bucket_b(key, mask)
         r = rows[i]
         if r < 0:
-            # an earlier duplicate in this batch may have inserted it
-            b1 = bucket_a(key, mask)
-            b2 = bucket_b(key, mask)
             r = probe_buckets(index, key, b1, b2)
         if r >= 0:
             if touch_rows:
@@ -204,10 +227,10 @@ def resolve_rows(
                     init_row(init_kind, init_params, seed, key, default_row, out, i)
                 continue
         r = take_row(scalars, row_keys)
-        upcoming = scalars[HIGH] + _ROWS_AHEAD  # new rows are mostly taken in order
+        upcoming = scalars[HIGH] + _NEW_ROWS_AHEAD  # new rows are mostly taken in order
         if upcoming < capacity:
-            prefetch_head(arena, upcoming, dim * arena.itemsize)
-        if not insert_at(index, key, r, rng, b1, b2):
+            prefetch_head(arena, upcoming, value_bytes)
+        if not insert_at(index, key, r, walk, b1, b2):
             give_back_row(scalars, row_keys, meta, r)
             return NEED_INDEX_ADMITTED, i, inserted, rejected
         scalars[LIVE] += 1

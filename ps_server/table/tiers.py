@@ -67,7 +67,7 @@ def release_freed(cold_scalars, cold_keys, cold_meta, freed, freed_count):
 def promote_rows(
     hot_index,
     hot_max_live,
-    rng,
+    walk,
     hot_scalars,
     hot_keys,
     hot_meta,
@@ -101,7 +101,7 @@ def promote_rows(
         if not has_free_row(hot_scalars, hot_capacity):
             return NEED_ROWS, i, promoted
         h = take_row(hot_scalars, hot_keys)
-        if not insert(hot_index, key, h, rng):
+        if not insert(hot_index, key, h, walk):
             give_back_row(hot_scalars, hot_keys, hot_meta, h)
             return NEED_INDEX, i, promoted
         _copy_row(cold_arena, cold_meta, c, hot_arena, hot_meta, h)
@@ -123,7 +123,7 @@ def demote_rows(
     hot_arena,
     cold_index,
     cold_max_live,
-    rng,
+    walk,
     cold_scalars,
     cold_keys,
     cold_meta,
@@ -153,7 +153,7 @@ def demote_rows(
         else:
             return NEED_ROWS, i, demoted
         key = hot_keys[h]
-        if not insert(cold_index, key, c, rng):
+        if not insert(cold_index, key, c, walk):
             _free_cold_row(cold_scalars, cold_keys, cold_meta, freed, freed_count, c)
             return NEED_INDEX, i, demoted
         _copy_row(hot_arena, hot_meta, h, cold_arena, cold_meta, c)

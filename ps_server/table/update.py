@@ -8,6 +8,7 @@ from numba import njit
 from ps_client.routing import mix64
 from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.cuckoo import insert, probe
+from ps_server.table.jit import hot_kernel
 from ps_server.table.prefetch import prefetch_row
 from ps_server.table.rows import (
     DEFAULT_PUSHES,
@@ -93,19 +94,19 @@ def dedup(keys):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _add_occurrences(grads, i, next_same, out):
-    """``out[0] = sum of grads rows i, next_same[i], ...`` (all occurrences of one key)."""
+def _add_occurrences(grads, i, next_same, out, row):
+    """``out[row] = sum of grads rows i, next_same[i], ...`` (all occurrences of one key)."""
     dim = grads.shape[1]
     for j in range(dim):
-        out[0, j] = grads[i, j]
+        out[row, j] = grads[i, j]
     i = next_same[i]
     while i >= 0:
         for j in range(dim):
-            out[0, j] += grads[i, j]
+            out[row, j] += grads[i, j]
         i = next_same[i]
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def apply_steps(
     arena,
     meta,
@@ -123,6 +124,7 @@ def apply_steps(
     default_row,
     default_state,
     lfu,
+    scratch,
 ):
     """One optimizer step per distinct key ``u`` with ``rows[u] >= 0``, its gradient the sum
     of its occurrences in ``grads`` (``first``/``next_same`` from :func:`dedup`); each
@@ -130,15 +132,16 @@ def apply_steps(
     writes its initial optimizer state first. With ``learn_default``, the summed gradients of
     keys not admitted (``rows[u] < 0``) train the default row in one step. ``now`` is in unix
     microseconds. ``arena`` holds each row's values (``dim`` columns) and then its optimizer
-    state, so one step touches one contiguous stretch of memory. Returns
-    ``(updated, pending)``."""
+    state, so one step touches one contiguous stretch of memory. ``scratch`` is a float32
+    ``(2, dim)`` work space (a hot kernel allocates nothing). Returns ``(updated, pending)``."""
     updated = 0
     pending = 0
     dim = grads.shape[1]
-    width = arena.shape[1] - dim
     n = rows.shape[0]
-    summed = np.empty((1, dim), dtype=np.float32)
-    pending_grad = np.zeros((1, dim), dtype=np.float32)
+    summed = 0  # rows of scratch
+    pending_grad = 1
+    for j in range(dim):
+        scratch[pending_grad, j] = np.float32(0.0)
     for i in range(n + STEP_LOOKAHEAD):
         if i < n and rows[i] >= 0:
             r = rows[i]
@@ -152,19 +155,19 @@ def apply_steps(
             g = grads
             gr = first[u]
         else:
-            _add_occurrences(grads, first[u], next_same, summed)
-            g = summed
-            gr = 0
+            _add_occurrences(grads, first[u], next_same, scratch, summed)
+            g = scratch
+            gr = summed
         if r < 0:
             pending += 1
             if learn_default:
                 for j in range(dim):
-                    pending_grad[0, j] += g[gr, j]
+                    scratch[pending_grad, j] += g[gr, j]
             continue
         if meta[r, PUSHES_COL] == 0:  # first push: the row gets its optimizer state now
-            init_state(opt_kind, hp, arena, r, dim, width)
+            init_state(opt_kind, hp, arena[r, dim:])
         scale = frequency_lr_scale(float(meta[r, PUSHES_COL]), frequency_power)
-        optimizer_step(opt_kind, hp, arena, r, arena, r, dim, g, gr, scale)
+        optimizer_step(opt_kind, hp, arena[r, :dim], arena[r, dim:], g[gr], scale)
         meta[r, PUSHES_COL] = min(meta[r, PUSHES_COL] + counts[u], _MAX_PUSHES)
         touch(scalars, meta, r, counts[u], lfu)
         meta[r, UPDATED_COL] = now
@@ -174,7 +177,7 @@ def apply_steps(
         updated += 1
     if learn_default and pending > 0:
         scale = frequency_lr_scale(float(scalars[DEFAULT_PUSHES]), frequency_power)
-        optimizer_step(opt_kind, hp, default_row, 0, default_state, 0, 0, pending_grad, 0, scale)
+        optimizer_step(opt_kind, hp, default_row[0], default_state[0], scratch[pending_grad], scale)
         scalars[DEFAULT_PUSHES] += 1
         v = scalars[VERSION] + 1
         scalars[VERSION] = v
@@ -186,7 +189,7 @@ def apply_steps(
 def upsert_rows(
     index,
     max_live,
-    rng,
+    walk,
     scalars,
     row_keys,
     meta,
@@ -231,7 +234,7 @@ def upsert_rows(
             if not has_free_row(scalars, capacity):
                 return NEED_ROWS, i, applied, skipped
             r = take_row(scalars, row_keys)
-            if not insert(index, key, r, rng):
+            if not insert(index, key, r, walk):
                 give_back_row(scalars, row_keys, meta, r)
                 return NEED_INDEX, i, applied, skipped
             scalars[LIVE] += 1

@@ -36,13 +36,13 @@ def test_routing_hash_as_bucket_hash_would_crowd_buckets(rng):
 
 def test_failed_cuckoo_walk_leaves_the_index_unchanged():
     index = cuckoo.new_index(2)
-    rng_state = np.array([12345], np.uint64)
+    walk = cuckoo.new_walk(12345)
     inserted = 0
     key = 0
     while inserted < 8:  # fill both buckets completely
-        if cuckoo.insert(index, np.uint64(key), key, rng_state):
+        if cuckoo.insert(index, np.uint64(key), key, walk):
             inserted += 1
         key += 1
     before = index.copy()
-    assert not cuckoo.insert(index, np.uint64(10**9), 99, rng_state)
+    assert not cuckoo.insert(index, np.uint64(10**9), 99, walk)
     np.testing.assert_array_equal(index, before)
