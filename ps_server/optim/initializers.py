@@ -81,15 +81,19 @@ def init_row(kind, params, seed, key, default_row, out, row):
         if kind == UNIFORM:
             low = params[0]
             width = (params[1] - params[0]) * _TWO_POW_MINUS_53
+            counter = base
             for j in range(dim):
-                z = mix64(base + np.uint64(j + 1) * _GOLDEN)
+                counter += _GOLDEN  # the stream's j-th position, base + (j + 1) * golden
+                z = mix64(counter)
                 out[row, j] = np.float32(low + float(z >> np.uint64(11)) * width)
         else:
             mean = np.float32(params[0])
             scale = np.float32(params[1] * _LANES_INV_STD)
             lane = np.uint64(0xFFFF)
+            counter = base
             for j in range(dim):
-                z = mix64(base + np.uint64(j + 1) * _GOLDEN)
+                counter += _GOLDEN
+                z = mix64(counter)
                 total = (
                     (z & lane)
                     + ((z >> np.uint64(16)) & lane)
