@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit
 
 from ps_server.table.cuckoo import probe
+from ps_server.table.jit import hot_kernel
 from ps_server.table.rows import (
     DONE,
     HIGH,
@@ -64,7 +65,7 @@ def tombstones_since(scalars, log_keys, log_versions, since):
     return keys, vers
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def delete_keys(index, scalars, row_keys, meta, log_keys, log_versions, log_limit, keys, start):
     """Delete each present key (next version, tombstone). Returns ``(status, position, n)``."""
     deleted = 0
@@ -81,7 +82,7 @@ def delete_keys(index, scalars, row_keys, meta, log_keys, log_versions, log_limi
     return DONE, keys.shape[0], deleted
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def apply_tombstones(
     index, scalars, row_keys, meta, log_keys, log_versions, log_limit, keys, tomb_versions, start
 ):
@@ -102,7 +103,7 @@ def apply_tombstones(
     return DONE, keys.shape[0], deleted
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def expire_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limit, cutoff, start):
     """Drop live rows last updated before ``cutoff`` (unix microseconds), scanning rows from
     ``start``. Returns ``(status, next_row, n)``."""
@@ -119,7 +120,7 @@ def expire_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limi
     return DONE, scalars[HIGH], expired
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def evict_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limit, rows, start):
     """Drop the given live rows (chosen by the caller's policy). Returns
     ``(status, position, n)``."""

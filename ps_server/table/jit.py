@@ -5,8 +5,9 @@ counting survives inlining: each helper a kernel calls per key (take a row, init
 it, insert it into the index) adds an atomic increment and decrement per array argument,
 in branches the refcount pruning pass cannot pair up. On the insert path that was half
 of the CPU time. ``hot_kernel`` compiles a kernel, and every helper it calls, without
-NRT: such a kernel must not allocate arrays (it gets its scratch space from the caller)
-and works only on the arrays it is given, which Python keeps alive for the call.
+NRT. Every table kernel that walks a batch key by key and allocates nothing is one. Such
+a kernel must not allocate arrays (it gets its scratch space from the caller) and works
+only on the arrays it is given, which Python keeps alive for the call.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ _PROBE_AHEAD = 8  # keys ahead it probes, fetching their rows
 _NEW_ROWS_AHEAD = 8  # rows past the arena's high-water mark it fetches for inserts
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row):
     """``out[i] = values[rows[i], :dim]`` (float32 arena; ``dim = out.shape[1]``, state may
     follow in the arena's later columns), or the default vector of ``keys[i]`` where
@@ -74,7 +74,7 @@ def gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_r
     return hits
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def gather_rows_f16(
     values, half_to_f32, rows, keys, out, init_kind, init_params, seed, default_row
 ):

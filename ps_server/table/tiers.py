@@ -20,6 +20,7 @@ from __future__ import annotations
 from numba import njit
 
 from ps_server.table.cuckoo import insert, probe, remove
+from ps_server.table.jit import hot_kernel
 from ps_server.table.rows import (
     DONE,
     LIVE,
@@ -52,7 +53,7 @@ def _free_cold_row(cold_scalars, cold_keys, cold_meta, freed, freed_count, c):
         give_back_row(cold_scalars, cold_keys, cold_meta, c)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def release_freed(cold_scalars, cold_keys, cold_meta, freed, freed_count):
     """Put the cold rows on the in-memory stack on the cold free list (marking them free in
     the metadata, as scans expect); returns how many."""
@@ -63,7 +64,7 @@ def release_freed(cold_scalars, cold_keys, cold_meta, freed, freed_count):
     return n
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def promote_rows(
     hot_index,
     hot_max_live,
@@ -114,7 +115,7 @@ def promote_rows(
     return DONE, keys.shape[0], promoted
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def demote_rows(
     hot_index,
     hot_scalars,

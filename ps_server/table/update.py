@@ -185,7 +185,7 @@ def apply_steps(
     return updated, pending
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def upsert_rows(
     index,
     max_live,
