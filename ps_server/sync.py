@@ -407,14 +407,11 @@ class DeltaReceiver:
                 kept = current.export_since(0)
                 others = shard_of(kept.keys, num_sources) != source
                 staging.apply_delta(
-                    Delta(
-                        keys=kept.keys[others],
-                        values=kept.values[others],
-                        versions=kept.versions[others],
-                        tombstone_keys=_EMPTY_KEYS,
-                        tombstone_versions=_EMPTY_KEYS,
+                    Delta.of_rows(
+                        kept.keys[others],
+                        kept.values[others],
+                        kept.versions[others],
                         complete_version=kept.complete_version,
-                        full=False,
                         default_value=kept.default_value,
                         default_version=kept.default_version,
                     )

@@ -108,14 +108,11 @@ def load_serving_table(
     from ps_server.table import Delta, DeltaError
 
     mine = shard_of(table.keys, num_shards) == shard_index
-    delta = Delta(
-        keys=table.keys[mine],
-        values=table.values[mine],
-        versions=table.versions[mine],
-        tombstone_keys=_EMPTY_KEYS,
-        tombstone_versions=_EMPTY_KEYS,
+    delta = Delta.of_rows(
+        table.keys[mine],
+        table.values[mine],
+        table.versions[mine],
         complete_version=table.complete_version,
-        full=False,
         default_value=table.default_row,
         default_version=table.default_version,
     )

@@ -35,6 +35,32 @@ class Delta:
     default_value: np.ndarray | None = None  # float32 (dim,)
     default_version: int = 0
 
+    @classmethod
+    def of_rows(
+        cls,
+        keys: np.ndarray,
+        values: np.ndarray,
+        versions: np.ndarray,
+        *,
+        complete_version: int,
+        default_value: np.ndarray | None = None,
+        default_version: int = 0,
+    ) -> Delta:
+        """An incremental delta of just these rows (no tombstones), for loading a chosen
+        part of another table's rows into a table with ``apply_delta``."""
+        no_keys = np.zeros(0, dtype=np.uint64)
+        return cls(
+            keys=keys,
+            values=values,
+            versions=versions,
+            tombstone_keys=no_keys,
+            tombstone_versions=no_keys,
+            complete_version=complete_version,
+            full=False,
+            default_value=default_value,
+            default_version=default_version,
+        )
+
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
