@@ -358,18 +358,25 @@ class DeltaReceiver:
                 f"{first.since_version}) does not continue this server's {held}; it needs "
                 "a full resync"
             )
+        # The whole stream is decoded and checked before any row is applied, so a stream
+        # refused at any chunk, or cut short, changes nothing.
         counts = _Counts()
+        deltas = []
         for chunk in _with_first(first, stream):
             table = self._state.table(name)
             self._check_header(first, chunk, table)
             # Everything at or below the cursor is applied already, deletions included: a
             # row from an older export must not bring back a key deleted since.
             delta = self._decode(chunk, table, floor=cursor.version)
+            table.check_delta(delta)
             counts.skipped += len(chunk.keys) // wire.KEY_DTYPE.itemsize - len(delta)
-            with self._table_locks[name]:
-                counts.add(self._state.table(name).apply_delta(delta))
             self._count_chunk(chunk, counts)
+            deltas.append(delta)
             if chunk.last:
+                with self._table_locks[name]:
+                    target = self._state.table(name)
+                    for delta in deltas:
+                        counts.add(target.apply_delta(delta))
                 self._move_cursor(chunk)
                 return counts.response()
         raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
@@ -554,7 +561,7 @@ class DeltaReceiver:
 
 _ENDED_EARLY = (
     "delta stream for table {table!r} from training shard {source} ended before its last "
-    "chunk; nothing past the applied rows changed and the cursor did not move"
+    "chunk; nothing changed and the cursor did not move"
 )
 
 

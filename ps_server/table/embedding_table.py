@@ -485,6 +485,11 @@ class EmbeddingTable:
                 delta.default_version = default_version
         return delta
 
+    def check_delta(self, delta: Delta) -> None:
+        """Raise :class:`DeltaError` where :meth:`apply_delta` would refuse ``delta``, so a
+        caller applying several deltas can check them all before changing anything."""
+        self._check_delta(delta)
+
     def apply_delta(self, delta: Delta) -> tuple[int, int, int]:
         """Upsert the delta's rows whose version is newer than the held one, keeping their
         versions, then apply its tombstones to rows held at an older or equal version.

@@ -252,6 +252,31 @@ def test_a_stream_that_ends_before_its_last_chunk_moves_no_cursor(training, serv
     assert cursors(serving)[("emb", 0)].version == training.state.table("emb").version
 
 
+def test_an_incremental_stream_refused_at_a_later_chunk_changes_nothing(training, serving):
+    push(training, "emb", np.arange(6500, 6600, dtype=np.uint64))
+    apply(serving, export(training, "emb", epoch=0))
+    keys = training.state.table("emb").keys()
+    before_values, before_found = lookup(serving, "emb", keys)
+    before_cursor = cursors(serving)[("emb", 0)]
+    since = training.state.table("emb").version
+    push(training, "emb", np.arange(6500, 6600, dtype=np.uint64))
+    chunks = export(training, "emb", since=since, max_chunk_rows=10)
+    assert len(chunks) >= 4 and not chunks[0].full_resync
+    poisoned = chunks[2]
+    values = wire.decode_values(poisoned.values, len(wire.decode_keys(poisoned.keys)), DIM)
+    values = values.copy()
+    values[0, 0] = np.inf
+    poisoned.values = wire.encode_values(values)[0]
+    for broken in (chunks, chunks[:-1]):  # refused at chunk 3; cut short before the last
+        with pytest.raises(grpc.RpcError) as err:
+            apply(serving, broken)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        values, found = lookup(serving, "emb", keys)
+        np.testing.assert_array_equal(values, before_values)
+        np.testing.assert_array_equal(found, before_found)
+        assert cursors(serving)[("emb", 0)] == before_cursor
+
+
 def test_a_broken_full_resync_changes_nothing(training, serving):
     push(training, "emb", np.arange(7000, 7100, dtype=np.uint64))
     apply(serving, export(training, "emb", epoch=0))
