@@ -25,9 +25,9 @@ _WRITES_REFUSED = (
 
 
 def _answer_row_bytes(table: EmbeddingTable) -> int:
-    """Bytes a row takes in a Lookup answer: float32 values (``find`` widens float16
-    storage) and one found byte."""
-    return table.dim * 4 + 1
+    """Bytes a row takes in a Lookup answer: values in the table's storage dtype and one
+    found byte."""
+    return table.dim * table.dtype.itemsize + 1
 
 
 class ServingServicer(BaseServicer):
@@ -49,6 +49,8 @@ class ServingServicer(BaseServicer):
         answers = []
         for name, table, keys in batches:
             values, found = table.find(keys)
+            if values.dtype != table.dtype:  # float16 tables answer in float16: half the bytes
+                values = values.astype(table.dtype)
             answers.append((name, table.dim, values, found))
         return wire.encode_lookup_response(answers)
 

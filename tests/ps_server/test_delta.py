@@ -212,6 +212,12 @@ def test_full_then_incremental_sync_makes_serving_equal_training(training, servi
     values, found = lookup(serving, "half", half.keys())
     assert found.all() and serving.state.table("half").dtype == np.float16
     np.testing.assert_allclose(values, half.find(half.keys())[0], rtol=1e-3, atol=1e-3)
+    request = ps_pb2.LookupRequest(
+        tables=[ps_pb2.TableKeys(table="half", keys=wire.encode_keys(half.keys()))]
+    )
+    answer = stub(serving).Lookup(request, timeout=10).tables[0]
+    assert answer.dtype == ps_pb2.DTYPE_FLOAT16  # float16 rows travel as stored: half the bytes
+    assert len(answer.values) == len(half) * half.dim * 2
     # Replaying the same delta changes nothing: rows are only applied when newer.
     replay = apply(serving, export(training, "emb", since=since))
     assert replay.rows_applied == 0 and replay.rows_skipped == 10
