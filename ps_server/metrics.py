@@ -12,19 +12,20 @@ on counters.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from ps_server.state import ShardState
 
 __all__ = ["MetricsHTTPServer", "RpcMetricsInterceptor", "ServerMetrics", "TableCollector"]
@@ -261,15 +262,51 @@ def _is_iterator(request: Any) -> bool:
     return hasattr(request, "__next__")
 
 
-class MetricsHTTPServer:
-    """``/metrics`` over HTTP on its own port; ``port`` is the bound one (0 picks a free port)."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        """Scrapes and probes are not worth a log line each."""
 
-    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
-        server: WSGIServer
-        server, thread = start_http_server(port, addr=host, registry=registry)
-        self._server = server
-        self._thread: threading.Thread = thread
-        self.port: int = server.server_port
+
+class MetricsHTTPServer:
+    """``/metrics`` and ``/healthz`` over HTTP on their own port; ``port`` is the bound one
+    (0 picks a free port).
+
+    ``/healthz`` answers 200 while ``ready()`` holds and 503 otherwise: the same answer as
+    the gRPC health service, for probes that cannot speak gRPC over TLS (the kubelet's).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        port: int,
+        host: str = "0.0.0.0",
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
+        metrics_app = make_wsgi_app(registry)
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO") != "/healthz":
+                return metrics_app(environ, start_response)
+            serving = ready()
+            body = b"SERVING\n" if serving else b"NOT_SERVING\n"
+            status = "200 OK" if serving else "503 Service Unavailable"
+            headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+            start_response(status, headers)
+            return [body]
+
+        server_class = type(
+            "MetricsWSGIServer",
+            (ThreadingWSGIServer,),
+            {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET},
+        )
+        self._server = make_server(
+            host.strip("[]"), port, app, server_class, handler_class=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+        self.port: int = self._server.server_port
 
     def stop(self) -> None:
         self._server.shutdown()

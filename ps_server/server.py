@@ -232,7 +232,10 @@ class PSServer:
         """Serve; restore first (health stays NOT_SERVING until the tables are ready)."""
         self._grpc.start()
         self._metrics_http = MetricsHTTPServer(
-            self.registry, self.settings.metrics_port, self.settings.host
+            self.registry,
+            self.settings.metrics_port,
+            self.settings.host,
+            ready=lambda: self._ready.is_set() and not self._stopping,
         )
         self.metrics_port = self._metrics_http.port
         _LOGGER.info(

@@ -346,8 +346,10 @@ def test_server_probes_use_grpc_health_and_allow_a_long_restore(rendering: Rende
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            if tls:  # the kubelet's gRPC probe cannot do TLS
+            if tls:  # the kubelet's gRPC probe cannot do TLS: /healthz says the same
                 assert "grpc" not in container[probe]
+                if probe != "livenessProbe":
+                    assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
             else:
                 assert container[probe]["grpc"] == {"port": grpc_port}
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
+import urllib.error
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import PSClient
+from ps_server.metrics import MetricsHTTPServer
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +98,29 @@ def test_push_duplicates_and_dense_version_are_exported(server):
     samples = scrape(server)
     assert value(samples, "monolith_ps_push_duplicates_total", method="PushDense") == 1
     assert value(samples, "monolith_ps_dense_version") == server.state.dense.version == 1
+
+
+def healthz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_healthz_follows_readiness_beside_metrics():
+    ready = threading.Event()
+    http = MetricsHTTPServer(CollectorRegistry(), 0, "127.0.0.1", ready=ready.is_set)
+    try:
+        assert healthz(http.port) == (503, "NOT_SERVING\n")
+        ready.set()
+        assert healthz(http.port) == (200, "SERVING\n")
+        url = f"http://127.0.0.1:{http.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        http.stop()
+
+
+def test_a_ready_server_answers_healthz(server):
+    assert healthz(server.metrics_port) == (200, "SERVING\n")

@@ -262,13 +262,15 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
       protocol: TCP
   {{- if $v.tls.enabled }}
   startupProbe:
-    tcpSocket:
-      port: grpc
+    httpGet:
+      path: /healthz
+      port: metrics
     periodSeconds: {{ $v.probes.startup.periodSeconds }}
     failureThreshold: {{ $v.probes.startup.failureThreshold }}
   readinessProbe:
-    tcpSocket:
-      port: grpc
+    httpGet:
+      path: /healthz
+      port: metrics
     periodSeconds: {{ $v.probes.readiness.periodSeconds }}
     failureThreshold: {{ $v.probes.readiness.failureThreshold }}
     timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
