@@ -152,6 +152,16 @@ class SyncState:
 
 
 @dataclasses.dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot one server wrote on request (``Snapshot``)."""
+
+    address: str
+    path: str  # on the server's disk
+    bytes: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class _Routed:
     """One table's unique keys, grouped by shard, and where each input key's row lands."""
 
@@ -526,6 +536,17 @@ class PSClient:
         calls = [(s, ps_pb2.ExpireRequest(now=now)) for s in range(self.num_shards)]
         responses = self._call_all("Expire", calls, timeout)
         return sum(int(r.rows_expired) for r in responses)
+
+    def snapshot(self, *, full: bool = False, timeout: float | None = None) -> list[SnapshotInfo]:
+        """Write a snapshot on every server now (full, or incremental since each server's
+        previous one), e.g. before a planned change; returns what each wrote. Servers
+        without a snapshot directory refuse it (:class:`PreconditionError`)."""
+        calls = [(s, ps_pb2.SnapshotRequest(full=full)) for s in range(self.num_shards)]
+        responses = self._call_all("Snapshot", calls, timeout)
+        return [
+            SnapshotInfo(a, r.path, int(r.bytes), float(r.seconds))
+            for a, r in zip(self.addresses, responses, strict=True)
+        ]
 
     def close(self) -> None:
         """Close the channels; the client cannot be used afterwards."""

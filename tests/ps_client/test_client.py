@@ -4,6 +4,7 @@ feature IDs, and its behaviour against real in-process servers."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,6 +16,7 @@ from ps_client import (
     PreconditionError,
     PSClient,
     RetryPolicy,
+    SnapshotInfo,
     SyncCursor,
     SyncState,
     TopologyError,
@@ -320,3 +322,35 @@ def test_expire_drops_rows_past_their_ttl_on_every_shard(server_factory):
             client.expire(-1.0)
         assert client.expire(time.time() + 3600) == 200
         assert sum(s.tables["t"].num_rows for s in client.describe()) == 0
+
+
+def test_snapshot_writes_one_on_every_shard(server_factory, tmp_path):
+    from ps_server.snapshot.snapshotter import make_snapshotter
+
+    servers = [
+        server_factory(
+            "training",
+            i,
+            2,
+            snapshotter_factory=make_snapshotter,
+            snapshot_dir=str(tmp_path / f"shard{i}"),
+        )
+        for i in range(2)
+    ]
+    keys = np.arange(1, 101, dtype=np.uint64)
+    with PSClient([s.address for s in servers]) as client:
+        client.push("item_id", keys, np.ones((100, 4), np.float32))
+        written = client.snapshot(full=True)
+        assert [w.address for w in written] == list(client.addresses)
+        for shard, info in enumerate(written):
+            assert isinstance(info, SnapshotInfo)
+            assert Path(info.path).is_dir()
+            assert Path(info.path).is_relative_to(tmp_path / f"shard{shard}")
+            assert info.bytes > 0 and info.seconds >= 0
+        (incremental, _) = client.snapshot()
+        assert incremental.path != written[0].path
+
+
+def test_snapshot_without_a_snapshot_dir_is_refused(server):
+    with PSClient([server.address]) as client, pytest.raises(PreconditionError, match="snapshot"):
+        client.snapshot()
