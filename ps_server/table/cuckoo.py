@@ -26,7 +26,6 @@ SLOTS = 4
 SEED_A = np.uint64(0x243F6A8885A308D3)
 SEED_B = np.uint64(0x13198A2E03707344)
 MAX_KICKS = 512
-_RING = 16  # >= LOOKAHEAD, a power of two
 
 
 def new_index(num_buckets: int) -> np.ndarray:
@@ -64,27 +63,20 @@ def probe(index, key):
     return probe_buckets(index, key, bucket_a(key, mask), bucket_b(key, mask))
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def locate(index, keys, rows_out):
     """``rows_out[i]`` = row of ``keys[i]`` or -1, with the buckets of keys ``LOOKAHEAD``
-    positions ahead already on their way into the cache."""
+    positions ahead already on their way into the cache (their hashes are computed again
+    at the probe: cheaper than keeping them)."""
     n = keys.shape[0]
     mask = np.uint64(index.shape[0] - 1)
-    ring_a = np.empty(_RING, dtype=np.uint64)
-    ring_b = np.empty(_RING, dtype=np.uint64)
     for i in range(n + LOOKAHEAD):
         if i < n:
-            key = keys[i]
-            a = bucket_a(key, mask)
-            b = bucket_b(key, mask)
-            ring_a[i & (_RING - 1)] = a
-            ring_b[i & (_RING - 1)] = b
-            prefetch_at(index, a, 0)
-            prefetch_at(index, b, 0)
+            prefetch_at(index, bucket_a(keys[i], mask), 0)
+            prefetch_at(index, bucket_b(keys[i], mask), 0)
         j = i - LOOKAHEAD
         if j >= 0:
-            slot = j & (_RING - 1)
-            rows_out[j] = probe_buckets(index, keys[j], ring_a[slot], ring_b[slot])
+            rows_out[j] = probe(index, keys[j])
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")

@@ -282,15 +282,17 @@ class EmbeddingTable:
         n = keys.shape[0]
         out = np.empty((n, self.dim), dtype=np.float32)
         found = np.empty(n, dtype=np.bool_)
+        rows_found = np.empty(n, dtype=np.int64)
         with self._lock:
             if self._storage is np.float32:
                 hits = lookup.find_f32(
-                    self._index, self._rows, keys, out, found, *self._init_args()
+                    self._index, self._rows, keys, rows_found, out, found, *self._init_args()
                 )
             else:
                 hits = lookup.find_f16(
-                    self._index, self._rows, _HALF_TO_F32, keys, out, found, *self._init_args()
-                )
+                    self._index, self._rows, _HALF_TO_F32, keys, rows_found, out, found,
+                    *self._init_args(),
+                )  # fmt: skip
             if hits < n and self._cold is not None and len(self._cold):
                 hits += self._find_cold(keys, out, found)
             self._stats["lookups"] += n

@@ -10,7 +10,6 @@ learned default row.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from ps_server.optim.initializers import init_row
 from ps_server.table.admission import count_and_estimate, estimate
@@ -99,23 +98,22 @@ def gather_rows_f16(
     return hits
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
-def find_f32(index, values, keys, out, found, init_kind, init_params, seed, default_row):
+@hot_kernel
+def find_f32(index, values, keys, rows, out, found, init_kind, init_params, seed, default_row):
     """Copy each key's row (float32 arena) into ``out``; misses get the default vector.
-    Returns the number of hits."""
-    rows = np.empty(keys.shape[0], dtype=np.int64)
+    ``rows`` (``len(keys)`` int64) is scratch for the located rows. Returns the number of
+    hits."""
     locate(index, keys, rows)
     for i in range(keys.shape[0]):
         found[i] = rows[i] >= 0
     return gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@hot_kernel
 def find_f16(
-    index, values, half_to_f32, keys, out, found, init_kind, init_params, seed, default_row
+    index, values, half_to_f32, keys, rows, out, found, init_kind, init_params, seed, default_row
 ):
     """:func:`find_f32` over a float16 arena."""
-    rows = np.empty(keys.shape[0], dtype=np.int64)
     locate(index, keys, rows)
     for i in range(keys.shape[0]):
         found[i] = rows[i] >= 0
