@@ -223,3 +223,24 @@ def test_stats_count_operations(make_table):
     assert s["lookups"] == 5 and s["lookup_misses"] == 1
     assert s["inserts"] == 1 and s["admission_rejected"] == 2
     assert s["updates"] == 1 and s["deleted"] == 1
+
+
+@given(st.integers(0, 2**32), st.integers(1, 12))
+@settings(max_examples=25, deadline=None)
+def test_one_batch_of_near_duplicates_across_many_growths_gets_one_row_per_key(seed, spread):
+    """Duplicates a few keys apart are probed before their first occurrence is inserted
+    (lookups run ahead of inserts), and the table grows many times inside the batch."""
+    rng = np.random.default_rng(seed)
+    table = EmbeddingTable(TableConfig(name="t", dim=2, optimizer="sgd", initializer="uniform"))
+    distinct = unique_keys(rng, 3000)
+    keys = np.repeat(distinct, 3)
+    for lo in range(0, len(keys), spread * 3):  # shuffle within windows of a few keys
+        keys[lo : lo + spread * 3] = rng.permutation(keys[lo : lo + spread * 3])
+    values = table.find_or_insert(keys)
+    assert len(table) == len(distinct) and table.version == len(distinct)
+    first = {}
+    for k, v in zip(keys.tolist(), map(tuple, values.tolist()), strict=True):
+        assert first.setdefault(k, v) == v
+    got, found = table.find(distinct)
+    assert found.all()
+    assert [tuple(v) for v in got.tolist()] == [first[k] for k in distinct.tolist()]
