@@ -91,6 +91,22 @@ def apply(server, chunks):
     return stub(server).ApplyDelta(iter(chunks), timeout=30)
 
 
+def synced_view(training, serving, keys):
+    """Sync ``emb`` to ``serving`` in full after pushing ``keys``; then what the replica
+    answers for every training key, and its cursor."""
+    push(training, "emb", keys)
+    apply(serving, export(training, "emb", epoch=0))
+    held = training.state.table("emb").keys()
+    return held, (*lookup(serving, "emb", held), cursors(serving)[("emb", 0)])
+
+
+def assert_unchanged(serving, held, view):
+    values, found = lookup(serving, "emb", held)
+    np.testing.assert_array_equal(values, view[0])
+    np.testing.assert_array_equal(found, view[1])
+    assert cursors(serving)[("emb", 0)] == view[2]
+
+
 def test_export_streams_chunks_with_the_full_header_and_ends_complete(training):
     keys = np.arange(1000, 1050, dtype=np.uint64)
     push(training, "emb", keys)
@@ -259,11 +275,7 @@ def test_a_stream_that_ends_before_its_last_chunk_moves_no_cursor(training, serv
 
 
 def test_an_incremental_stream_refused_at_a_later_chunk_changes_nothing(training, serving):
-    push(training, "emb", np.arange(6500, 6600, dtype=np.uint64))
-    apply(serving, export(training, "emb", epoch=0))
-    keys = training.state.table("emb").keys()
-    before_values, before_found = lookup(serving, "emb", keys)
-    before_cursor = cursors(serving)[("emb", 0)]
+    held, view = synced_view(training, serving, np.arange(6500, 6600, dtype=np.uint64))
     since = training.state.table("emb").version
     push(training, "emb", np.arange(6500, 6600, dtype=np.uint64))
     chunks = export(training, "emb", since=since, max_chunk_rows=10)
@@ -277,26 +289,16 @@ def test_an_incremental_stream_refused_at_a_later_chunk_changes_nothing(training
         with pytest.raises(grpc.RpcError) as err:
             apply(serving, broken)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        values, found = lookup(serving, "emb", keys)
-        np.testing.assert_array_equal(values, before_values)
-        np.testing.assert_array_equal(found, before_found)
-        assert cursors(serving)[("emb", 0)] == before_cursor
+        assert_unchanged(serving, held, view)
 
 
 def test_a_broken_full_resync_changes_nothing(training, serving):
-    push(training, "emb", np.arange(7000, 7100, dtype=np.uint64))
-    apply(serving, export(training, "emb", epoch=0))
-    keys = training.state.table("emb").keys()
-    before_values, before_found = lookup(serving, "emb", keys)
-    before_cursor = cursors(serving)[("emb", 0)]
+    held, view = synced_view(training, serving, np.arange(7000, 7100, dtype=np.uint64))
     push(training, "emb", np.arange(7000, 7100, dtype=np.uint64))
     chunks = export(training, "emb", epoch=0, max_chunk_rows=10)
     with pytest.raises(grpc.RpcError):
         apply(serving, chunks[:-1])
-    values, found = lookup(serving, "emb", keys)
-    np.testing.assert_array_equal(values, before_values)
-    np.testing.assert_array_equal(found, before_found)
-    assert cursors(serving)[("emb", 0)] == before_cursor
+    assert_unchanged(serving, held, view)
 
 
 def test_lookups_see_the_old_generation_until_a_full_resync_completes(training, serving):
