@@ -27,19 +27,19 @@ def new_sketch(width: int) -> np.ndarray:
     return np.zeros((DEPTH, width), dtype=np.uint16)
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _cells(key, mask):
+    """Where ``key`` counts: cell ``(lo + d * step) & mask`` of row ``d``, for each depth."""
+    h = mix64(key ^ SEED_SKETCH)
+    return h & np.uint64(0xFFFFFFFF), (h >> np.uint64(32)) | np.uint64(1)
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def count_and_estimate(sketch, key, increment):
     """Add ``increment`` sightings of ``key`` and return its estimated count."""
     mask = np.uint64(sketch.shape[1] - 1)
-    h = mix64(key ^ SEED_SKETCH)
-    lo = h & np.uint64(0xFFFFFFFF)
-    step = (h >> np.uint64(32)) | np.uint64(1)
-    low = np.int64(_SATURATED)
-    for d in range(DEPTH):
-        c = np.int64(sketch[d, (lo + np.uint64(d) * step) & mask])
-        if c < low:
-            low = c
-    target = min(low + increment, _SATURATED)
+    lo, step = _cells(key, mask)
+    target = min(estimate(sketch, key) + increment, _SATURATED)
     for d in range(DEPTH):
         i = (lo + np.uint64(d) * step) & mask
         if np.int64(sketch[d, i]) < target:
@@ -47,13 +47,11 @@ def count_and_estimate(sketch, key, increment):
     return target
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def estimate(sketch, key):
     """Estimated count of ``key``, without counting it."""
     mask = np.uint64(sketch.shape[1] - 1)
-    h = mix64(key ^ SEED_SKETCH)
-    lo = h & np.uint64(0xFFFFFFFF)
-    step = (h >> np.uint64(32)) | np.uint64(1)
+    lo, step = _cells(key, mask)
     low = np.int64(_SATURATED)
     for d in range(DEPTH):
         c = np.int64(sketch[d, (lo + np.uint64(d) * step) & mask])

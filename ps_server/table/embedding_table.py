@@ -401,19 +401,7 @@ class EmbeddingTable:
             if self._cold is not None and len(self._cold):
                 cold = self._cold
                 cold.settle()
-                expired += self._run_cold_removal(
-                    lambda start: export.expire_rows(
-                        cold.index,
-                        cold.scalars,
-                        cold.keys,
-                        cold.meta,
-                        self._log_keys,
-                        self._log_versions,
-                        self._log_limit(),
-                        cutoff,
-                        start,
-                    )  # fmt: skip
-                )
+                expired += self._run_cold_removal(export.expire_rows, cutoff)
                 cold.release()
             self._stats["expired"] += expired
         return expired
@@ -765,19 +753,7 @@ class EmbeddingTable:
         if total > high:
             cold_victims = victims[victims >= high] - high
             victims = victims[victims < high]
-            self._stats["evicted"] += self._run_cold_removal(
-                lambda start: export.evict_rows(
-                    cold.index,
-                    cold.scalars,
-                    cold.keys,
-                    cold.meta,
-                    self._log_keys,
-                    self._log_versions,
-                    self._log_limit(),
-                    cold_victims,
-                    start,
-                )  # fmt: skip
-            )
+            self._stats["evicted"] += self._run_cold_removal(export.evict_rows, cold_victims)
             cold.release()
         evicted = self._run_removal(export.evict_rows, victims)
         self._stats["evicted"] += evicted
@@ -876,16 +852,26 @@ class EmbeddingTable:
             cold.note_touched(part.shape[0], self._release_bytes)
         self._stats["demoted"] += demoted
 
-    def _run_cold_removal(self, call: Any) -> int:
-        """:meth:`_run_removal` for a removal kernel over the cold tier: the cold scalars
-        take the table's version, clock and tombstone-log fields for the call."""
-        cold_scalars = self._cold.scalars
+    def _run_cold_removal(self, kernel: Any, *args: Any) -> int:
+        """:meth:`_run_removal` over the cold tier: the cold scalars take the table's
+        version, clock and tombstone-log fields for each call."""
+        cold = self._cold
         removed = 0
         start = 0
         while True:
-            cold_scalars[SHARED_SCALARS] = self._scalars[SHARED_SCALARS]
-            status, start, n = call(start)
-            self._scalars[SHARED_SCALARS] = cold_scalars[SHARED_SCALARS]
+            cold.scalars[SHARED_SCALARS] = self._scalars[SHARED_SCALARS]
+            status, start, n = kernel(
+                cold.index,
+                cold.scalars,
+                cold.keys,
+                cold.meta,
+                self._log_keys,
+                self._log_versions,
+                self._log_limit(),
+                *args,
+                start,
+            )
+            self._scalars[SHARED_SCALARS] = cold.scalars[SHARED_SCALARS]
             removed += int(n)
             if status == rows.DONE:
                 return removed

@@ -180,6 +180,8 @@ def resolve_rows(
     inserted = 0
     rejected = 0
     mask = np.uint64(index.shape[0] - 1)
+    b1 = np.uint64(0)  # the buckets of a key not found at its probe
+    b2 = np.uint64(0)
     for i in range(start - _BUCKETS_AHEAD, n):
         fetch = i + _BUCKETS_AHEAD
         if fetch < n:
@@ -199,10 +201,10 @@ def resolve_rows(
         if i < start:
             continue
         key = keys[i]
-        b1 = bucket_a(key, mask)
-        b2 = bucket_b(key, mask)
         r = rows[i]
         if r < 0:
+            b1 = bucket_a(key, mask)
+            b2 = bucket_b(key, mask)
             r = probe_buckets(index, key, b1, b2)
         if r >= 0:
             if touch_rows:
