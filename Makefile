@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 ADAPTERS_STAMP := $(VENV)/.installed-adapters
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 
-.PHONY: all install lint format test proto bench bench-deps demo evals clean
+.PHONY: all install tools lint format test proto bench bench-deps demo evals clean
 
 all: lint test
 
@@ -22,6 +22,19 @@ $(ADAPTERS_STAMP): $(STAMP)
 	touch $(ADAPTERS_STAMP)
 
 install: $(STAMP)
+
+# Command-line tools some tests run that pip cannot install: promtool (Debian's
+# `prometheus` package) checks the /metrics pages and the alert rules. Installed here when
+# missing and run as root (CI); otherwise those tests skip unless MPS_REQUIRE_TOOLS=1.
+tools:
+ifeq ($(shell which promtool 2>/dev/null),)
+ifeq ($(shell id -u),0)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+else
+	@echo "promtool not found: 'sudo apt-get install prometheus' to run the tests that use it"
+endif
+endif
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

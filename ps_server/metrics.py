@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -72,10 +80,14 @@ UNKNOWN_TABLE_LABEL = "_unknown"
 
 
 class ServerMetrics:
-    """Every metric the server core exports, registered on ``registry``."""
+    """Every metric the server core exports, registered on ``registry``: the process's own
+    (``process_*``: resident memory, CPU, open fds, start time; ``python_info``) and the
+    server's."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.rpc_duration = Histogram(
             "monolith_ps_rpc_duration_seconds",
             "RPC latency by method and table (a multi-table RPC counts once for each table; "
@@ -109,72 +121,95 @@ class ServerMetrics:
 
 
 class TableCollector(Collector):
-    """Reads table counters, sizes and versions when Prometheus scrapes."""
+    """Reads table counters, sizes and versions when Prometheus scrapes.
+
+    ``describe()`` names every family without reading the tables, so the registry refuses
+    a second metric of the same name when it is registered, not at the scrape.
+    """
 
     def __init__(self, state: ShardState) -> None:
         self._state = state
 
+    def describe(self) -> Iterator[Metric]:
+        families = _TableFamilies(with_dense=self._state.dense is not None)
+        return iter(families.all())
+
     def collect(self) -> Iterator[Metric]:
         state = self._state
-        tables = dict(state.tables)
-        counters = {
+        families = _TableFamilies(with_dense=state.dense is not None)
+        for name, table in dict(state.tables).items():
+            tiers = table.tier_stats()
+            for tier in ("hot", "cold"):
+                families.tier_rows.add_metric([name, tier], float(tiers[f"{tier}_rows"]))
+                families.tier_bytes.add_metric([name, tier], float(tiers[f"{tier}_bytes"]))
+            stats = table.stats()
+            for key, family in families.counters.items():
+                family.add_metric([name], float(stats.get(key, 0)))
+            families.rows.add_metric([name], float(len(table)))
+            families.load.add_metric([name], float(table.load_factor()))
+            families.memory.add_metric([name], float(table.memory_bytes()))
+            families.version.add_metric([name], float(table.version))
+        families.info.add_metric(
+            [state.role, str(state.shard_index), str(state.num_shards), f"{state.epoch:016x}"],
+            1.0,
+        )
+        if families.dense_version is not None and state.dense is not None:
+            families.dense_version.add_metric([], float(state.dense.version))
+        return iter(families.all())
+
+
+class _TableFamilies:
+    """The metric families ``TableCollector`` exports, empty until filled."""
+
+    def __init__(self, with_dense: bool) -> None:
+        self.counters = {
             key: CounterMetricFamily(name, help_text, labels=["table"])
             for key, (name, help_text) in _TABLE_COUNTERS.items()
         }
-        rows = GaugeMetricFamily("monolith_ps_table_rows", "Live rows.", labels=["table"])
-        load = GaugeMetricFamily(
+        self.rows = GaugeMetricFamily("monolith_ps_table_rows", "Live rows.", labels=["table"])
+        self.load = GaugeMetricFamily(
             "monolith_ps_table_load_factor",
             "Occupied slots over hash-table slots (0..1).",
             labels=["table"],
         )
-        memory = GaugeMetricFamily(
+        self.memory = GaugeMetricFamily(
             "monolith_ps_table_memory_bytes",
             "Bytes allocated by the table, capacity included.",
             labels=["table"],
         )
-        version = GaugeMetricFamily(
+        self.version = GaugeMetricFamily(
             "monolith_ps_table_version", "The table's change counter.", labels=["table"]
         )
-        tier_rows = GaugeMetricFamily(
+        self.tier_rows = GaugeMetricFamily(
             "monolith_ps_table_tier_rows",
             "Live rows per tier (hot, cold).",
             labels=["table", "tier"],
         )
-        tier_bytes = GaugeMetricFamily(
+        self.tier_bytes = GaugeMetricFamily(
             "monolith_ps_table_tier_bytes",
             "Bytes per tier: hot arrays in memory, cold files on disk, capacity included.",
             labels=["table", "tier"],
         )
-        for name, table in tables.items():
-            tiers = table.tier_stats()
-            for tier in ("hot", "cold"):
-                tier_rows.add_metric([name, tier], float(tiers[f"{tier}_rows"]))
-                tier_bytes.add_metric([name, tier], float(tiers[f"{tier}_bytes"]))
-            stats = table.stats()
-            for key, family in counters.items():
-                family.add_metric([name], float(stats.get(key, 0)))
-            rows.add_metric([name], float(len(table)))
-            load.add_metric([name], float(table.load_factor()))
-            memory.add_metric([name], float(table.memory_bytes()))
-            version.add_metric([name], float(table.version))
-        yield from counters.values()
-        yield from (rows, load, memory, version, tier_rows, tier_bytes)
-        info = GaugeMetricFamily(
+        self.info = GaugeMetricFamily(
             "monolith_ps_server_info",
             "Constant 1, labelled with what this server is.",
             labels=["role", "shard_index", "num_shards", "epoch"],
         )
-        info.add_metric(
-            [state.role, str(state.shard_index), str(state.num_shards), f"{state.epoch:016x}"],
-            1.0,
-        )
-        yield info
-        if state.dense is not None:
-            dense_version = GaugeMetricFamily(
+        self.dense_version = (
+            GaugeMetricFamily(
                 "monolith_ps_dense_version", "Version of the dense arrays (one step a push)."
             )
-            dense_version.add_metric([], float(state.dense.version))
-            yield dense_version
+            if with_dense
+            else None
+        )
+
+    def all(self) -> list[Metric]:
+        families: list[Metric] = [*self.counters.values()]
+        families += [self.rows, self.load, self.memory, self.version, self.tier_rows]
+        families += [self.tier_bytes, self.info]
+        if self.dense_version is not None:
+            families.append(self.dense_version)
+        return families
 
 
 def _table_labels(request: Any, known: Mapping[str, Any]) -> list[str]:
@@ -273,6 +308,9 @@ class MetricsHTTPServer:
 
     ``/healthz`` answers 200 while ``ready()`` holds and 503 otherwise: the same answer as
     the gRPC health service, for probes that cannot speak gRPC over TLS (the kubelet's).
+
+    Serving ``/metrics`` turns off the ``_created`` samples of this process's counters and
+    histograms: one more series each, which dashboards and alerts do not use.
     """
 
     def __init__(
@@ -282,6 +320,7 @@ class MetricsHTTPServer:
         host: str = "0.0.0.0",
         ready: Callable[[], bool] = lambda: True,
     ) -> None:
+        disable_created_metrics()
         metrics_app = make_wsgi_app(registry)
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -44,7 +44,11 @@ _EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
 
 
 class SyncMetrics:
-    """Delta counters of one server, on its registry."""
+    """Delta counters of one server, on its registry.
+
+    Rows and tombstones applied or skipped are the tables' own counters
+    (``monolith_ps_delta_rows_applied_total`` and its siblings, ``ps_server.metrics``).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows_exported = Counter(
@@ -56,13 +60,6 @@ class SyncMetrics:
         self.bytes_exported = Counter(
             "monolith_ps_delta_bytes_exported_total",
             "Bytes of delta chunks streamed by ExportDelta (training).",
-            ["table"],
-            registry=registry,
-        )
-        self.rows_applied = Counter(
-            "monolith_ps_delta_rows_applied_total",
-            "Delta rows applied by ApplyDelta (serving); rows already held at a newer "
-            "version are not counted.",
             ["table"],
             registry=registry,
         )

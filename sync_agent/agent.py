@@ -609,8 +609,9 @@ def main(args: argparse.Namespace) -> int:
     metrics_server = None
     metrics_port = None
     if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
+        from prometheus_client import disable_created_metrics, start_http_server
 
+        disable_created_metrics()  # one more series per counter, used by no alert or panel
         metrics_server, _ = start_http_server(settings.metrics_port, registry=registry)
         metrics_port = metrics_server.server_port
     discovery = build_discovery(settings)

@@ -1,8 +1,6 @@
 """The sync agent's Prometheus metrics, all built on one injected registry.
 
->>> import contextlib
-
-from prometheus_client import CollectorRegistry
+>>> from prometheus_client import CollectorRegistry
 >>> metrics = SyncMetrics(CollectorRegistry())
 >>> metrics.rounds.labels(kind="sparse", outcome="ok").inc()
 """
@@ -11,7 +9,14 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 __all__ = ["SyncMetrics"]
 
@@ -21,11 +26,14 @@ _ROUND_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 6
 class SyncMetrics:
     """Rounds, rows and bytes applied, lag per replica and table, full resyncs and errors.
 
-    Label ``replica`` is the discovery name of a serving server (pod name, or its address
+    The process's own metrics (``process_*``, ``python_info``) come along. Label
+    ``replica`` is the discovery name of a serving server (pod name, or its address
     for static lists); ``source_shard`` is the training shard index.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.rounds = Counter(
             "monolith_ps_sync_rounds_total",
             "Sync rounds run, by kind (sparse, dense) and outcome (ok, partial, failed).",

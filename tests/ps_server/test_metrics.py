@@ -124,3 +124,15 @@ def test_healthz_follows_readiness_beside_metrics():
 
 def test_a_ready_server_answers_healthz(server):
     assert healthz(server.metrics_port) == (200, "SERVING\n")
+
+
+def test_a_second_metric_of_a_table_counter_name_is_refused_at_registration(server):
+    """The table collector names its families, so the registry sees a clash at once."""
+    from prometheus_client import Counter
+
+    with pytest.raises(ValueError, match="monolith_ps_delta_rows_applied"):
+        Counter(
+            "monolith_ps_delta_rows_applied_total",
+            "A second source of the same name.",
+            registry=server.registry,
+        )

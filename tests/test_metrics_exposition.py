@@ -1,0 +1,82 @@
+"""The /metrics page of every role, scraped from live processes, passes the strict
+OpenMetrics parser and ``promtool check metrics``: a name made twice, a clash or a bad
+sample fails here."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from monolith_ps.local import LocalCluster
+from ps_client import PSClient
+from tests.tooling import require_tool, run_tool
+
+CONFIG = {
+    "tables": [{"name": "emb", "dim": 4, "optimizer": "adagrad", "initializer": "normal"}],
+    "dense": [{"name": "mlp", "size": 8, "optimizer": "sgd"}],
+}
+ROLES = ("training-0", "serving-0-0", "agent")
+_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def _scrape(url: str, accept: str | None = None) -> str:
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    """The text and OpenMetrics pages of each role after a training step and a sync."""
+    workdir = tmp_path_factory.mktemp("exposition")
+    config = workdir / "tables.json"
+    config.write_text(json.dumps(CONFIG))
+    cluster = LocalCluster(
+        config,
+        training_shards=1,
+        serving_shards=1,
+        sparse_interval="0.3s",
+        snapshot_dir=workdir / "snapshots",
+        log_dir=workdir / "logs",
+    )
+    keys = np.arange(1, 65, dtype=np.uint64)
+    with cluster:
+        with PSClient(cluster.training_addresses, role="training") as training:
+            training.push("emb", keys, np.ones((len(keys), 4), np.float32))
+            training.snapshot(full=True)
+        with PSClient(cluster.serving_addresses[0], role="serving") as serving:
+            deadline = time.monotonic() + 30
+            while not serving.lookup("emb", keys, with_found=True)[1].all():
+                assert time.monotonic() < deadline, "serving never received the rows"
+                time.sleep(0.1)
+            serving.lookup("emb", keys + np.uint64(1000), with_found=True)  # misses
+        urls = cluster.metrics_urls
+        yield {role: (_scrape(urls[role]), _scrape(urls[role], _OPENMETRICS)) for role in ROLES}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_page_passes_the_strict_openmetrics_parser(pages, role):
+    _, openmetrics = pages[role]
+    families = list(text_string_to_metric_families(openmetrics))
+    names = [family.name for family in families]
+    assert len(names) == len(set(names))
+    samples = {sample.name for family in families for sample in family.samples}
+    assert "process_resident_memory_bytes" in samples
+    assert "process_start_time_seconds" in samples
+    assert not [name for name in samples if name.endswith("_created")]
+    if role != "agent":
+        assert "monolith_ps_delta_rows_applied_total" in samples
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_page_passes_promtool_check_metrics(pages, role):
+    promtool = require_tool("promtool")
+    text, _ = pages[role]
+    result = run_tool([promtool, "check", "metrics"], stdin=text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""
