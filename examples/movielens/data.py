@@ -1,4 +1,4 @@
-"""MovieLens ml-latest-small as a time-ordered stream of sparse feature IDs.
+"""A MovieLens release as a time-ordered stream of sparse feature IDs.
 
 Every rating is one event: label 1 when the rating is >= 4. Its features are
 sparse IDs made with ``make_fid(slot, value)`` and grouped by the PS table that
@@ -9,43 +9,45 @@ holds their rows:
 - ``context``: one column per small-vocabulary field sharing one table (the slot
   in the high bits keeps their IDs apart): hour of day, day of week (UTC), the
   user's and the movie's number of earlier ratings (log2 buckets, counted causally
-  along the stream) and the movie's release decade.
+  along the stream) and the movie's release decade (its own ID when the year is unknown).
+
+Any release GroupLens ships can be read (``releases.py`` finds it and parses its layout).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import os
-import re
+import datetime
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from examples.movielens.releases import (
+    UNKNOWN_YEAR,
+    Movies,
+    Ratings,
+    find_dataset,
+    layout_of,
+    load_movies,
+    load_ratings,
+)
 from ps_client import make_fid
 
 __all__ = [
     "CONTEXT_FIELDS",
-    "DATASET_NAME",
-    "DATA_ENV_VAR",
     "PAD_KEY",
-    "DatasetNotFoundError",
+    "UNKNOWN_DECADE",
+    "Dataset",
     "Events",
-    "Ratings",
     "encode_events",
-    "find_dataset",
+    "load_dataset",
     "load_events",
-    "load_movies",
-    "load_ratings",
 ]
 
-DATASET_NAME = "ml-latest-small"
-DATA_ENV_VAR = "MONOLITH_PS_DATA"
 PAD_KEY = 0  # an absent multi-hot entry; make_fid never returns it for slot >= 1
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+UNKNOWN_DECADE = -1  # the decade field of a movie of unknown year: its own ID, not decade 0
 
 SLOT_USER = 1
 SLOT_MOVIE = 2
@@ -58,102 +60,7 @@ CONTEXT_FIELDS: tuple[tuple[str, int], ...] = (
     ("movie_popularity", 7),
     ("decade", 8),
 )
-
-_YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
-_HOW_TO_GET = (
-    "MovieLens {name} was not found. Looked in:\n{looked}\n"
-    "Get it from GroupLens (https://grouplens.org/datasets/movielens/, file {name}.zip), "
-    "unzip it so that {name}/ratings.csv, movies.csv and README.txt (its license) sit "
-    "together, and put that folder in data/ of the repository, or in ../shared/data/ "
-    "beside the repository, or point ${env} at it."
-)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """ml-latest-small is in none of the places the examples look."""
-
-
-def _candidate_dirs(repo_root: Path) -> list[Path]:
-    candidates = []
-    env = os.environ.get(DATA_ENV_VAR)
-    if env:
-        candidates += [Path(env), Path(env) / DATASET_NAME]
-    candidates += [
-        repo_root / "data" / DATASET_NAME,
-        repo_root.parent / "shared" / "data" / DATASET_NAME,
-    ]
-    return candidates
-
-
-def find_dataset(repo_root: Path | None = None, path: Path | None = None) -> Path:
-    """The ml-latest-small folder: ``path`` if given, else ``$MONOLITH_PS_DATA``, ``data/``
-    in the repository or ``../shared/data`` beside it."""
-    if path is not None:
-        candidates = [Path(path), Path(path) / DATASET_NAME]
-    else:
-        candidates = _candidate_dirs(REPO_ROOT if repo_root is None else Path(repo_root))
-    for path in candidates:
-        if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
-            return path
-    looked = "\n".join(f"  {path}" for path in candidates)
-    raise DatasetNotFoundError(
-        _HOW_TO_GET.format(name=DATASET_NAME, looked=looked, env=DATA_ENV_VAR)
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Ratings:
-    """All ratings as columns, in timestamp order (ties keep file order)."""
-
-    user: np.ndarray  # int64
-    movie: np.ndarray  # int64
-    rating: np.ndarray  # float32
-    timestamp: np.ndarray  # int64, Unix seconds
-
-    def __len__(self) -> int:
-        return int(self.user.shape[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class Movies:
-    """Per movie: its genres as indices into ``genre_names`` (-1 padded) and release year."""
-
-    movie: np.ndarray  # int64, sorted
-    genres: np.ndarray  # int64 (num_movies, max_genres), -1 = none
-    year: np.ndarray  # int64, 0 = unknown
-    genre_names: tuple[str, ...]
-
-
-def load_ratings(dataset_dir: Path) -> Ratings:
-    """Parse ``ratings.csv`` (CRLF lines, header) and sort it by timestamp."""
-    raw = (Path(dataset_dir) / "ratings.csv").read_bytes()
-    table = np.loadtxt(io.BytesIO(raw), delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-    order = np.argsort(table[:, 3], kind="stable")
-    table = table[order]
-    return Ratings(
-        user=table[:, 0].astype(np.int64),
-        movie=table[:, 1].astype(np.int64),
-        rating=table[:, 2].astype(np.float32),
-        timestamp=table[:, 3].astype(np.int64),
-    )
-
-
-def load_movies(dataset_dir: Path) -> Movies:
-    """Parse ``movies.csv``: genres split on ``|`` and the year from the title's ``(YYYY)``."""
-    with open(Path(dataset_dir) / "movies.csv", encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))[1:]
-    genre_lists = [row[2].split("|") for row in rows]
-    genre_names = tuple(sorted({g for genres in genre_lists for g in genres}))
-    genre_index = {name: i for i, name in enumerate(genre_names)}
-    width = max(len(genres) for genres in genre_lists)
-    genres = np.full((len(rows), width), -1, dtype=np.int64)
-    for i, names in enumerate(genre_lists):
-        genres[i, : len(names)] = [genre_index[name] for name in names]
-    years = [_YEAR_RE.search(row[1].strip()) for row in rows]
-    movie = np.array([int(row[0]) for row in rows], dtype=np.int64)
-    year = np.array([int(m.group(1)) if m else 0 for m in years], dtype=np.int64)
-    order = np.argsort(movie)
-    return Movies(movie[order], genres[order], year[order], genre_names)
+_DAY = 86400
 
 
 def _earlier_count(ids: np.ndarray) -> np.ndarray:
@@ -226,7 +133,7 @@ def encode_events(ratings: Ratings, movies: Movies) -> Events:
     genre_idx = np.where(known[:, None], movies.genres[movie_row], -1)
     genre_keys = make_fid(SLOT_GENRE, np.maximum(genre_idx, 0)).reshape(genre_idx.shape)
     genre_keys[genre_idx < 0] = PAD_KEY
-    year = np.where(known, movies.year[movie_row], 0)
+    year = np.where(known, movies.year[movie_row], UNKNOWN_YEAR)
 
     ts = ratings.timestamp
     context_values = {
@@ -234,7 +141,7 @@ def encode_events(ratings: Ratings, movies: Movies) -> Events:
         "weekday": (ts // 86400 + 3) % 7,  # 1970-01-01 was a Thursday; Monday = 0
         "user_activity": _log2_bucket(_earlier_count(ratings.user)),
         "movie_popularity": _log2_bucket(_earlier_count(ratings.movie)),
-        "decade": year // 10,
+        "decade": np.where(year == UNKNOWN_YEAR, UNKNOWN_DECADE, year // 10),
     }
     context = np.empty((n, len(CONTEXT_FIELDS)), dtype=np.uint64)
     for column, (name, slot) in enumerate(CONTEXT_FIELDS):
@@ -251,10 +158,83 @@ def encode_events(ratings: Ratings, movies: Movies) -> Events:
     )
 
 
-def load_events(dataset_dir: Path | None = None, limit: int | None = None) -> Events:
-    """The whole stream (or its first ``limit`` events), ready to train on."""
-    dataset_dir = find_dataset() if dataset_dir is None else Path(dataset_dir)
-    ratings = load_ratings(dataset_dir)
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Which data a stream came from: the release's folder and layout, how many ratings
+    the stream holds (of how many in the release) and the time they span."""
+
+    path: Path
+    layout: str
+    ratings: int
+    ratings_in_release: int
+    first_timestamp: int
+    last_timestamp: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def span_seconds(self) -> int:
+        return self.last_timestamp - self.first_timestamp
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "layout": self.layout,
+            "ratings": self.ratings,
+            "ratings_in_release": self.ratings_in_release,
+            "first": _date(self.first_timestamp),
+            "last": _date(self.last_timestamp),
+            "span_days": round(self.span_seconds / _DAY, 1),
+        }
+
+    def describe(self) -> str:
+        """One sentence for a result's Markdown."""
+        return describe_dataset(self.as_dict())
+
+
+def describe_dataset(info: Mapping[str, Any]) -> str:
+    """``Dataset.describe`` of a result's ``dataset`` entry (as written to JSON)."""
+    days = float(info["span_days"])
+    span = f"{days / 365.25:.1f} years" if days >= 730 else f"{days:g} days"
+    count = f"{info['ratings']:,} ratings"
+    if info["ratings_in_release"] != info["ratings"]:
+        count = f"the first {info['ratings']:,} of its {info['ratings_in_release']:,} ratings"
+    return (
+        f"Data: {info['name']} (`{info['layout']}` layout, {info['path']}): {count}, "
+        f"{info['first']} to {info['last']} ({span})."
+    )
+
+
+def _date(timestamp: int) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d")
+
+
+def load_dataset(path: Path | None = None, limit: int | None = None) -> tuple[Events, Dataset]:
+    """The stream of the release at ``path`` (see ``find_dataset`` for the search when
+    None), or its first ``limit`` events, and what it is."""
+    folder = find_dataset(path).resolve()
+    ratings = load_ratings(folder)
+    total = len(ratings)
     if limit is not None:
-        ratings = Ratings(*(getattr(ratings, f.name)[:limit] for f in dataclasses.fields(Ratings)))
-    return encode_events(ratings, load_movies(dataset_dir))
+        ratings = ratings.head(limit)
+    if len(ratings) == 0:
+        raise ValueError(f"{folder} holds no ratings")
+    events = encode_events(ratings, load_movies(folder))
+    layout = layout_of(folder)
+    dataset = Dataset(
+        path=folder,
+        layout=layout.ratings_file if layout is not None else "?",
+        ratings=len(events),
+        ratings_in_release=total,
+        first_timestamp=int(events.timestamps[0]),
+        last_timestamp=int(events.timestamps[-1]),
+    )
+    return events, dataset
+
+
+def load_events(path: Path | None = None, limit: int | None = None) -> Events:
+    """The whole stream (or its first ``limit`` events), ready to train on."""
+    return load_dataset(path, limit)[0]

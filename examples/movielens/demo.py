@@ -1,12 +1,13 @@
 """``make demo``: real-time training on MovieLens through a local monolith-ps cluster.
 
 Starts 2 training shards, 2 serving shards and the sync agent on this machine, replays
-the ml-latest-small ratings in timestamp order, trains the factorization machine online
+the ratings of a MovieLens release (``--data``; ml-latest-small by default) in timestamp
+order, trains the factorization machine online
 through the training PS and, after every window, scores the next window through the
 serving PS once the agent has synced it. Prints a table and writes ``results/demo.json``,
 ``results/demo.md`` and ``results/demo_auc.png``.
 
-    python -m examples.movielens.demo [--windows 20] [--limit N] [--sparse-interval 1s]
+    python -m examples.movielens.demo [--data FOLDER] [--windows 20] [--limit N]
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from examples.movielens.data import DatasetNotFoundError, find_dataset, load_events
+from examples.movielens.data import describe_dataset, load_dataset
 from examples.movielens.metrics import roc_auc
+from examples.movielens.releases import DATA_ENV_VAR, DatasetNotFoundError
+from examples.movielens.report import format_table, plot
 from examples.movielens.stream import (
     DEFAULT_CONFIG,
     OnlineLoop,
@@ -38,40 +41,6 @@ from examples.movielens.stream import (
 )
 
 _LOGGER = logging.getLogger(__name__)
-
-_COLUMNS = (
-    ("window", "window", "{}"),
-    ("from (UTC)", "first_timestamp", "{}"),
-    ("events", "train_events", "{}"),
-    ("train AUC", "train_auc", "{:.4f}"),
-    ("next events", "serve_events", "{}"),
-    ("serving AUC", "serving_auc", "{:.4f}"),
-    ("found", "serving_found", "{:.1%}"),
-    ("sync lag s", "sync_seconds", "{:.2f}"),
-    ("train rows", "training_rows", "{}"),
-    ("serving rows", "serving_rows", "{}"),
-)
-
-
-def _cell(report: WindowReport, attr: str, fmt: str) -> str:
-    value = getattr(report, attr)
-    if attr == "first_timestamp":
-        return _date(value)
-    if isinstance(value, float) and np.isnan(value):
-        return "-"
-    return fmt.format(value)
-
-
-def format_table(reports: Sequence[WindowReport], markdown: bool = False) -> str:
-    """The per-window table, aligned for a terminal or as Markdown."""
-    header = [name for name, _, _ in _COLUMNS]
-    rows = [[_cell(r, attr, fmt) for _, attr, fmt in _COLUMNS] for r in reports]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    fmt_row = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths]), *map(fmt_row, rows)])
 
 
 def summarize(loop: OnlineLoop, reports: Sequence[WindowReport]) -> dict[str, Any]:
@@ -112,53 +81,6 @@ def serving_keys_looked_up(metrics_urls: dict[str, str]) -> int:
     return total
 
 
-def plot(reports: Sequence[WindowReport], path: Path, title: str) -> None:
-    """AUC of each window's events (served by the model of the window before, and
-    progressively while training on it), with the sync lag below, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    served = [r.window + 1 for r in reports]
-    trained = [r.window for r in reports]
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    top.plot(
-        served,
-        [r.serving_auc for r in reports],
-        "o-",
-        label="serving PS (model of the window before)",
-    )
-    top.plot(trained, [r.train_auc for r in reports], "s--", label="training PS, progressive")
-    top.axhline(0.5, color="grey", lw=0.8, ls=":")
-    top.set_ylabel("AUC of the window's events")
-    top.set_title(title)
-    top.legend(loc="lower right")
-    top.grid(alpha=0.3)
-    bottom.bar(served, [r.sync_seconds for r in reports], width=0.6, color="tab:green")
-    bottom.set_ylabel("sync wait (s)")
-    starts = {r.window: r.first_timestamp for r in reports}
-    starts |= {r.window + 1: r.serve_first_timestamp for r in reports}
-    ticks = sorted(set(served) | set(trained))
-    bottom.set_xticks(ticks)
-    bottom.set_xticklabels(
-        [f"{t}\n{_date(starts[t])[:7]}" for t in ticks],
-        fontsize=7,
-    )
-    bottom.set_xlabel("stream window (and the date it starts)")
-    bottom.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _date(timestamp: int) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m examples.movielens.demo", description=__doc__.split("\n\n")[0]
@@ -167,7 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, default=DEFAULT_CONFIG, help="cluster config (tables.yaml)"
     )
     p.add_argument(
-        "--data", type=Path, default=None, help="ml-latest-small folder (default: search)"
+        "--data",
+        type=Path,
+        default=None,
+        help=f"folder of a MovieLens release, any layout GroupLens ships (default: "
+        f"${DATA_ENV_VAR}, else ml-latest-small in data/ or ../shared/data)",
     )
     p.add_argument("--limit", type=int, default=None, help="use only the first N ratings")
     p.add_argument("--windows", type=int, default=20, help="stream windows (default 20)")
@@ -188,13 +114,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from monolith_ps.local import LocalCluster
     from ps_client import PSClient
 
-    dataset = find_dataset(path=args.data)
-    events = load_events(dataset, limit=args.limit)
+    events, dataset = load_dataset(args.data, limit=args.limit)
     windows = events.windows(args.windows)
     config = load_config(args.config)
     model = build_model(config)
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    say(f"{len(events)} ratings from {dataset}, {args.windows} windows of ~{len(windows[0])}")
+    say(f"{dataset.describe()} {args.windows} windows of ~{len(windows[0])} ratings.")
     started = time.monotonic()
     with LocalCluster(
         args.config,
@@ -247,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m examples.movielens.demo " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
-        "dataset": str(dataset),
+        "dataset": dataset.as_dict(),
         "events": len(events),
         "cluster": {
             "training_shards": 2,
@@ -287,6 +212,8 @@ def write_results(
         "",
         f"`{doc['command']}` on {doc['date']} ({doc['machine']}), {doc['seconds']:.0f} s.",
         "",
+        describe_dataset(doc["dataset"]),
+        "",
         format_table(reports, markdown=True),
         "",
         f"Serving AUC over all {s['serve_events']} scored events: **{s['serving_auc_all']:.4f}**; "
@@ -296,7 +223,8 @@ def write_results(
     ]
     (out / "demo.md").write_text("\n".join(md))
     if with_plot:
-        plot(reports, out / "demo_auc.png", "MovieLens stream: AUC per window (monolith-ps)")
+        title = f"{doc['dataset']['name']}: AUC per window (monolith-ps)"
+        plot(reports, out / "demo_auc.png", title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

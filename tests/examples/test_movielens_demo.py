@@ -16,11 +16,13 @@ import pytest
 
 from examples.movielens import demo
 from examples.movielens.data import load_events
+from examples.movielens.report import format_table, stream_windows
 from examples.movielens.stream import (
     DEFAULT_CONFIG,
     OnlineLoop,
     ServingScorer,
     SyncReport,
+    WindowReport,
     build_model,
 )
 from ps_client.local_store import LocalStore
@@ -93,6 +95,9 @@ def test_results_hold_the_table_and_a_png_plot(short_run):
     _, doc, out = short_run
     markdown = (out / "demo.md").read_text()
     assert "| window |" in markdown and "serving AUC" in markdown
+    assert doc["dataset"]["name"] == "ml-latest-small" and doc["dataset"]["ratings"] == 30_000
+    assert doc["dataset"]["ratings_in_release"] == 100_836
+    assert "Data: ml-latest-small" in markdown and "the first 30,000 of its 100,836" in markdown
     png = (out / "demo_auc.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     logs = {p.name: p.read_text() for p in (out / "logs").glob("*.log")}
@@ -105,6 +110,41 @@ def test_results_hold_the_table_and_a_png_plot(short_run):
     ]
     assert all('"server_stopped"' in text for name, text in logs.items() if name != "agent.log")
     assert '"agent_stopped"' in logs["agent.log"]
+
+
+def _report(window: int, auc: float) -> WindowReport:
+    day = 86400
+    return WindowReport(
+        window=window, first_timestamp=window * day, train_events=10, train_auc=auc,
+        train_logloss=0.6, train_seconds=1.0, serve_events=10 + window,
+        serve_first_timestamp=(window + 1) * day, serving_auc=auc + 0.1, serving_logloss=0.6,
+        serving_found=0.5, sync_seconds=0.25, sync_versions_behind=1, training_rows=window,
+        serving_rows=window,
+    )  # fmt: skip
+
+
+def test_a_windows_serving_auc_is_on_its_own_row():
+    """Step i trains window i and scores window i + 1: the table shows window i + 1's
+    serving AUC on row i + 1, where the plot draws it."""
+    windows = stream_windows([_report(0, 0.6), _report(1, 0.7)])
+    assert [w.window for w in windows] == [0, 1, 2]
+    assert [w.serving_auc for w in windows] == [None, pytest.approx(0.7), pytest.approx(0.8)]
+    assert [w.train_auc for w in windows] == [0.6, 0.7, None]
+    assert [w.events for w in windows] == [10, 10, 11]
+    rows = [line.split() for line in format_table([_report(0, 0.6), _report(1, 0.7)]).splitlines()]
+    assert rows[2][:5] == ["0", "1970-01-01", "10", "0.6000", "-"]
+    assert rows[3][:5] == ["1", "1970-01-02", "10", "0.7000", "0.7000"]
+    assert rows[4][:5] == ["2", "1970-01-03", "11", "-", "0.8000"]
+
+
+def test_a_folder_that_is_no_release_is_refused_before_any_cluster_starts(tmp_path, capsys):
+    assert demo.main(["--data", str(tmp_path), "--results", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "u.data + u.item" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        demo.main(["--help"])
+    assert "MONOLITH_PS_DATA" in capsys.readouterr().out
 
 
 def test_ctrl_c_shuts_the_cluster_down(tmp_path):

@@ -3,8 +3,6 @@ through the real table engine in-process (``LocalStore``)."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -19,30 +17,6 @@ from ps_client.trainer import Trainer, UniqueKeys
 @pytest.fixture(scope="module")
 def events() -> data.Events:
     return data.load_events(limit=50_000)
-
-
-def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "nowhere"))
-    with pytest.raises(data.DatasetNotFoundError) as info:
-        data.find_dataset(repo_root=tmp_path / "repo")
-    message = str(info.value)
-    assert str(tmp_path / "nowhere") in message and str(tmp_path / "repo" / "data") in message
-    assert "grouplens.org" in message and "README.txt" in message and data.DATA_ENV_VAR in message
-
-
-def test_a_given_folder_without_the_csvs_is_refused_with_the_same_help(tmp_path):
-    with pytest.raises(data.DatasetNotFoundError, match="grouplens.org"):
-        data.find_dataset(path=tmp_path)
-
-
-def test_env_var_points_at_a_copy(tmp_path, monkeypatch):
-    source = data.find_dataset()
-    copy = tmp_path / "ml-latest-small"
-    copy.mkdir()
-    for name in ("ratings.csv", "movies.csv", "README.txt"):
-        shutil.copy(source / name, copy / name)
-    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path))  # the parent works too
-    assert data.find_dataset(repo_root=tmp_path / "repo") == copy
 
 
 def test_events_are_time_ordered_and_keyed_per_table(events):
