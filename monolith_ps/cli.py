@@ -18,7 +18,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "server": ("ps_server.cli", "run one training or serving parameter-server shard"),
     "sync-agent": ("sync_agent.cli", "stream row deltas from training to serving servers"),
     "local": ("monolith_ps.local_cli", "run a whole cluster on this machine (mps local up)"),
-    "snapshot": ("ps_server.snapshot.cli", "inspect snapshot directories and serving bundles"),
+    "snapshot": ("ps_server.snapshot.cli", "inspect and reshard snapshots, inspect bundles"),
     "export": ("ps_server.snapshot.export_cli", "write a serving bundle from training snapshots"),
 }
 

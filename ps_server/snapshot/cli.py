@@ -1,10 +1,12 @@
-"""``mps snapshot``: look into snapshot directories and serving bundles."""
+"""``mps snapshot``: look into snapshot directories and serving bundles, reshard them."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from ps_server.snapshot import reshard_cli
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +25,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument(
         "--quick", action="store_true", help="check manifests and file sizes, not checksums"
     )
+    reshard = actions.add_parser(
+        "reshard",
+        help="route every row of N old training shards to a new shard count",
+        description=(
+            "Read the newest verified chain of every old training shard and write a full "
+            "snapshot per new shard: every row with its optimizer state goes to the shard "
+            "that owns it under the new count. Stop training first. The new shards take new "
+            "epochs, so the sync agent resyncs serving in full."
+        ),
+    )
+    reshard_cli.configure_parser(reshard)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.snapshot_command == "reshard":
+        return reshard_cli.run(args)
     from ps_server.snapshot.inspect import inspect_path, render
 
     try:

@@ -31,6 +31,7 @@ from ps_server.hooks import SnapshotResult
 from ps_server.snapshot.format import Manifest, ServerInfo, write_json
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.metrics import SnapshotMetrics
+from ps_server.snapshot.reshard import RESHARDED_FROM
 from ps_server.snapshot.store import RestoreResult, SnapshotStore
 from ps_server.snapshot.tables import (
     SnapshotMismatchError,
@@ -175,6 +176,8 @@ class TrainingSnapshotter:
         newest = result.chain[-1].manifest
         if not from_own_dir:
             return False, "bootstrapped from another directory"
+        if RESHARDED_FROM in newest.extra:
+            return False, "resharded from another shard count"
         if result.lost_updates:
             return False, "newer snapshots were unusable"
         if newest.extra.get(CLEAN_SHUTDOWN) is not True:

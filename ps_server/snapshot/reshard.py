@@ -1,0 +1,322 @@
+"""Reshard training snapshots: N old shards' newest chains become M new full snapshots.
+
+Every live row goes, with all its per-row fields (values, optimizer state, push counts,
+last-update time, usage, version), to ``shard_of(key, M)``. What is not per row:
+
+- dense arrays (and their optimizer state) stay on shard 0;
+- the version clock of every new shard is the highest of the old shards', so versions
+  only grow; row versions are kept; the tombstone logs are dropped (``log_floor`` is the
+  new clock) and each new shard takes a new epoch, so serving resyncs in full;
+- admission sketches are added (saturating): the old shards counted disjoint key sets
+  with the same hashes, so the sum is the sketch of all keys, which never under-counts
+  any key; every new shard starts from it;
+- a learned default row (and its optimizer state) is the mean of the old shards' learned
+  rows; its push count is their sum and its version their highest;
+- access clocks (``tick``) take the highest, the cuckoo walk state the first shard's.
+
+An unknown metadata field is refused, so a format change must decide how it reshards.
+
+Memory stays bounded: rows are read in chunks from memory maps of the old files and
+written, routed, into memory-mapped scratch ``.npy`` files, which the snapshot store then
+writes as an ordinary full snapshot (in 16 MiB pieces); the scratch is removed after.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ps_client.routing import MAX_SHARDS, shard_of, split_by_shard
+from ps_server.snapshot.content import ROW_KEYS, DenseSnapshot, TableSnapshot
+from ps_server.snapshot.format import ServerInfo
+from ps_server.snapshot.reshard_source import (
+    LiveRows,
+    ReshardError,
+    SourceShard,
+    open_sources,
+    row_layout,
+)
+from ps_server.snapshot.store import SnapshotStore
+
+_LOGGER = logging.getLogger(__name__)
+
+RESHARDED_FROM = "resharded_from"
+"""Manifest ``extra`` key of a resharded snapshot: the old cluster and chains it came from."""
+
+_SCRATCH = ".reshard-scratch"
+_EMPTY_KEYS = np.empty(0, dtype=np.uint64)
+_INT_MAX = ("version", "tick", "default_version")
+_INT_SUM = ("default_pushes",)
+_INT_FIRST = ("rng",)
+_ARRAYS_EMPTY = ("tombstone_keys", "tombstone_versions")
+_ARRAYS_MEAN = ("default_row", "default_state")
+
+
+@dataclass(frozen=True)
+class ReshardResult:
+    """What :func:`reshard` wrote, for the CLI and logs."""
+
+    dest: Path
+    old_shards: int
+    new_shards: int
+    tables: int
+    rows: list[int]
+    bytes: int
+    seconds: float
+
+
+def reshard(
+    sources: Sequence[Path | str],
+    num_shards: int,
+    dest: Path | str,
+    chunk_bytes: int = 64 << 20,
+) -> ReshardResult:
+    """Write ``dest/shard-<i>/`` (i < ``num_shards``), each one full snapshot a server
+    started with ``--shard-index i --num-shards num_shards`` restores.
+
+    Refuses (``ReshardError``) when an old shard is missing or given twice, the shard
+    counts disagree, a chain does not verify, or a new shard's directory already holds
+    snapshots. On any failure nothing this call wrote is left behind.
+    """
+    started = time.monotonic()
+    if not 1 <= num_shards <= MAX_SHARDS:
+        raise ReshardError(f"--shards must be in 1..{MAX_SHARDS}, got {num_shards}")
+    olds = open_sources(sources)
+    dest = Path(dest)
+    stores = [SnapshotStore(dest / f"shard-{i}") for i in range(num_shards)]
+    for store in stores:
+        if store.snapshots() or store.work_dirs():
+            raise ReshardError(f"{store.root} already holds snapshots; reshard into new ones")
+    tables = sorted({name for old in olds for name in old.tables})
+    layouts = {name: row_layout(olds, name) for name in tables}
+    created: list[Path] = []
+    try:
+        for store in stores:
+            store.lock()
+        counts = {t: _count_rows(olds, t, num_shards, layouts[t], chunk_bytes) for t in tables}
+        scratch = _Scratch(stores, tables, layouts, counts)
+        for t in tables:
+            _route_rows(olds, t, num_shards, layouts[t], chunk_bytes, scratch)
+        written = _write_shards(olds, stores, tables, scratch, created)
+    except BaseException:
+        for path in created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    finally:
+        for store in stores:
+            shutil.rmtree(store.root / _SCRATCH, ignore_errors=True)
+            store.unlock()
+    seconds = time.monotonic() - started
+    rows = [sum(int(counts[t][i]) for t in tables) for i in range(num_shards)]
+    _LOGGER.info(
+        "resharded %d -> %d shards: %d rows in %.2f s", len(olds), num_shards, sum(rows), seconds
+    )
+    return ReshardResult(dest, len(olds), num_shards, len(tables), rows, written, seconds)
+
+
+def _chunk_rows(layout: dict[str, tuple[np.dtype, tuple]], chunk_bytes: int) -> int:
+    row_bytes = sum(
+        d.itemsize * int(np.prod(shape, dtype=np.int64)) for d, shape in layout.values()
+    )
+    return max(1024, chunk_bytes // max(row_bytes, 1))
+
+
+def _count_rows(
+    olds: Sequence[SourceShard], table: str, num_shards: int, layout: dict, chunk_bytes: int
+) -> np.ndarray:
+    counts = np.zeros(num_shards, dtype=np.int64)
+    for old in olds:
+        if table not in old.tables:
+            continue
+        for chunk in LiveRows(old.tables[table]).chunks(
+            [ROW_KEYS], _chunk_rows(layout, chunk_bytes)
+        ):
+            counts += np.bincount(shard_of(chunk[ROW_KEYS], num_shards), minlength=num_shards)
+    return counts
+
+
+class _Scratch:
+    """Memory-mapped ``.npy`` files per new shard, table and field, filled in order."""
+
+    def __init__(
+        self,
+        stores: Sequence[SnapshotStore],
+        tables: Sequence[str],
+        layouts: dict[str, dict[str, tuple[np.dtype, tuple]]],
+        counts: dict[str, np.ndarray],
+    ) -> None:
+        self.arrays: list[dict[str, dict[str, np.ndarray]]] = []
+        self.filled = {t: np.zeros(len(stores), dtype=np.int64) for t in tables}
+        for i, store in enumerate(stores):
+            root = store.root / _SCRATCH
+            root.mkdir(parents=True, exist_ok=True)
+            per_table: dict[str, dict[str, np.ndarray]] = {}
+            for ti, t in enumerate(tables):
+                per_table[t] = {}
+                for field, (dtype, shape) in layouts[t].items():
+                    full_shape = (int(counts[t][i]), *shape)
+                    if 0 in full_shape:
+                        per_table[t][field] = np.empty(full_shape, dtype=dtype)
+                        continue
+                    per_table[t][field] = np.lib.format.open_memmap(
+                        root / f"{ti:04d}.{field}.npy", mode="w+", dtype=dtype, shape=full_shape
+                    )
+            self.arrays.append(per_table)
+
+    def append(self, shard: int, table: str, rows: dict[str, np.ndarray]) -> None:
+        start = int(self.filled[table][shard])
+        n = rows[ROW_KEYS].shape[0]
+        for field, target in self.arrays[shard][table].items():
+            target[start : start + n] = rows[field]
+        self.filled[table][shard] = start + n
+
+
+def _route_rows(
+    olds: Sequence[SourceShard],
+    table: str,
+    num_shards: int,
+    layout: dict,
+    chunk_bytes: int,
+    scratch: _Scratch,
+) -> None:
+    fields = list(layout)
+    for old in olds:
+        if table not in old.tables:
+            continue
+        for chunk in LiveRows(old.tables[table]).chunks(fields, _chunk_rows(layout, chunk_bytes)):
+            for shard, index in enumerate(split_by_shard(chunk[ROW_KEYS], num_shards)):
+                if index.size:
+                    scratch.append(shard, table, {f: a[index] for f, a in chunk.items()})
+
+
+def _write_shards(
+    olds: Sequence[SourceShard],
+    stores: Sequence[SnapshotStore],
+    tables: Sequence[str],
+    scratch: _Scratch,
+    created: list[Path],
+) -> int:
+    from ps_server.state import new_epoch
+
+    combined = {
+        t: combine_table_meta(t, [o.tables[t][-1] for o in olds if t in o.tables]) for t in tables
+    }
+    old_count = olds[0].server.num_shards
+    origin = {
+        "num_shards": old_count,
+        "chains": {str(o.server.shard_index): list(o.seqs) for o in olds},
+        "epochs": {str(o.server.shard_index): f"{o.server.epoch:016x}" for o in olds},
+    }
+    dense = _dense_of(olds)
+    written = 0
+    for i, store in enumerate(stores):
+        sections = {}
+        for t in tables:
+            rows = scratch.arrays[i][t]
+            for array in rows.values():
+                if isinstance(array, np.memmap):
+                    array.flush()
+            arrays, meta, version = combined[t]
+            sections[t] = TableSnapshot(
+                rows=rows,
+                since_version=0,
+                complete_version=version,
+                tombstone_keys=_EMPTY_KEYS,
+                tombstone_versions=_EMPTY_KEYS,
+                arrays=arrays,
+                meta=meta,
+            )
+        server = ServerInfo("training", i, len(stores), new_epoch())
+        result = store.write(
+            "full",
+            sections,
+            dense=dense if i == 0 else None,
+            server=server,
+            extra={RESHARDED_FROM: origin},
+        )
+        created.append(result.path)
+        written += result.bytes
+    return written
+
+
+def _dense_of(olds: Sequence[SourceShard]) -> DenseSnapshot | None:
+    holders = [o for o in olds if o.dense is not None and (o.dense.arrays or o.dense.states)]
+    if len(holders) > 1:
+        raise ReshardError(
+            "dense arrays found on more than one old shard: "
+            + ", ".join(f"shard {o.server.shard_index}" for o in holders)
+        )
+    return holders[0].dense if holders else None
+
+
+def combine_table_meta(
+    table: str, newest: Sequence[TableSnapshot]
+) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
+    """``(arrays, meta, complete_version)`` every new shard of ``table`` starts from,
+    combined from each old shard's newest section (see the module doc for the rules)."""
+    version = max(
+        [s.complete_version for s in newest] + [int(s.meta.get("version", 0)) for s in newest]
+    )
+    known_ints = {*_INT_MAX, *_INT_SUM, *_INT_FIRST, "log_floor"}
+    known_arrays = {"sketch", *_ARRAYS_EMPTY, *_ARRAYS_MEAN}
+    for section in newest:
+        unknown = sorted((set(section.meta) - known_ints) | (set(section.arrays) - known_arrays))
+        if unknown:
+            raise ReshardError(
+                f"table {table!r}: no reshard rule for metadata {unknown}; this build "
+                "cannot reshard these snapshots"
+            )
+    meta: dict[str, Any] = {}
+    for key in _INT_MAX:
+        if any(key in s.meta for s in newest):
+            meta[key] = max(int(s.meta.get(key, 0)) for s in newest)
+    for key in _INT_SUM:
+        if any(key in s.meta for s in newest):
+            meta[key] = sum(int(s.meta.get(key, 0)) for s in newest)
+    for key in _INT_FIRST:
+        if key in newest[0].meta:
+            meta[key] = int(newest[0].meta[key])
+    if "version" in meta:
+        meta["version"] = version
+    if any("log_floor" in s.meta for s in newest):
+        meta["log_floor"] = version
+    arrays: dict[str, np.ndarray] = {}
+    for key in _ARRAYS_EMPTY:
+        if any(key in s.arrays for s in newest):
+            arrays[key] = np.empty(0, dtype=np.uint64)
+    if any("sketch" in s.arrays for s in newest):
+        arrays["sketch"] = _added_sketches(table, [s.arrays["sketch"] for s in newest])
+    learned = [s for s in newest if int(s.meta.get("default_version", 0)) > 0] or newest[:1]
+    for key in _ARRAYS_MEAN:
+        if key in newest[0].arrays:
+            arrays[key] = _mean(table, key, [s.arrays[key] for s in learned])
+    return arrays, meta, version
+
+
+def _added_sketches(table: str, sketches: Sequence[np.ndarray]) -> np.ndarray:
+    shapes = {(s.shape, s.dtype.str) for s in sketches}
+    if len(shapes) > 1:
+        raise ReshardError(
+            f"table {table!r}: admission sketches differ in shape or type across the old "
+            f"shards ({sorted(shapes)}); they cannot be added"
+        )
+    total = np.zeros(sketches[0].shape, dtype=np.uint64)
+    for sketch in sketches:
+        total += sketch
+    return np.minimum(total, np.iinfo(sketches[0].dtype).max).astype(sketches[0].dtype)
+
+
+def _mean(table: str, key: str, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    if len({(a.shape, a.dtype.str) for a in arrays}) > 1:
+        raise ReshardError(f"table {table!r}: {key} differs in shape across the old shards")
+    return np.mean(np.stack(arrays).astype(np.float64), axis=0).astype(arrays[0].dtype)
+
+
+__all__ = ["RESHARDED_FROM", "ReshardError", "ReshardResult", "combine_table_meta", "reshard"]
