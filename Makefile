@@ -69,7 +69,7 @@ demo: $(STAMP)
 # The Monolith paper's experiments on a local cluster: results/<eval>.json, .md, .png and
 # the tables in evals/README.md
 evals: $(STAMP)
-	$(BIN)/python -m evals.run_all --results results
+	$(BIN)/python -m evals.run_all --results results --update-readme
 
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache .ruff_cache build dist *.egg-info

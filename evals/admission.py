@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evals import common
+from evals import cli, dataset, plots, results, training
+from evals.cluster import base_config
 
 NAME = "admission"
 TITLE = "Frequency admission: rows vs AUC"
@@ -28,27 +29,27 @@ _METRICS = ("rows", "memory_bytes", "test_auc", "test_auc_seen_users", "train_au
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    events = common.load_stream(args.limit)
-    train_events, test_events = common.time_split(events, args.test_fraction)
-    seen = common.seen_users(train_events, test_events)
+    events, release = dataset.load_stream(args.data, args.limit)
+    train_events, test_events = dataset.time_split(events, args.test_fraction)
+    seen = dataset.seen_users(train_events, test_events)
 
     def run_one(seed: int, threshold: int, work: Path) -> dict[str, Any]:
-        config = common.base_config(seed=seed, admit_after=threshold)
+        config = base_config(seed=seed, admit_after=threshold)
         folder = work / f"seed{seed}-admit{threshold}"
-        result = common.train_and_score(args, config, folder, train_events, test_events, seen)
+        result = training.train_and_score(args, config, folder, train_events, test_events, seen)
         return {"seed": seed, "admit_after": threshold, **result}
 
-    runs = common.seeded_runs(
+    runs = training.seeded_runs(
         args,
         NAME,
         args.admit_after,
         run_one,
         lambda r: f"admit_after {r['admit_after']}: rows {r['rows']}, test AUC {r['test_auc']:.4f}",
     )
-    summary = common.summarize_runs(runs, "admit_after", _METRICS)
-    common.compare_with_first(summary, runs, "admit_after")
+    summary = training.summarize_runs(runs, "admit_after", _METRICS)
+    training.compare_with_first(summary, runs, "admit_after")
     return {
-        **common.run_info(NAME, args, started),
+        **results.run_info(NAME, args, started, release),
         "events": len(events),
         "test_fraction": args.test_fraction,
         "seeds": args.seeds,
@@ -78,10 +79,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['rows_vs_first']:.0%}",
             *(f"{s['rows_per_table'][t]:.0f}" for t in tables),
             f"{s['memory_bytes_mean'] / 1e6:.2f} MB",
-            common.pm(s, "test_auc"),
+            results.pm(s, "test_auc"),
             f"{s['delta_auc_vs_first']:+.4f}",
-            common.pm(s, "test_auc_seen_users"),
-            common.pm(s, "train_auc"),
+            results.pm(s, "test_auc_seen_users"),
+            results.pm(s, "train_auc"),
             f"{s['found_mean']:.1%}",
         ]
         for s in doc["summary"]
@@ -92,14 +93,14 @@ def markdown(doc: dict[str, Any]) -> str:
         f"rest through the serving PS; {doc['seeds']} seeds. Rows and bytes: the training "
         "shards at the end of training."
     )
-    return common.document(TITLE, doc, description, header, rows)
+    return results.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     rows = [s["rows_mean"] for s in doc["summary"]]
-    for metric, label, color in common.AUC_SERIES:
+    for metric, label, color in plots.AUC_SERIES:
         means = [s[f"{metric}_mean"] for s in doc["summary"]]
         sds = [s[f"{metric}_sd"] for s in doc["summary"]]
         ax.errorbar(rows, means, yerr=sds, fmt="o-", capsize=4, color=color, label=label)
@@ -113,19 +114,19 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("rows held by the training shards")
     ax.set_ylabel("AUC (mean ± sd over seeds)")
-    common.finish_axes(ax, TITLE, legend="best")
-    common.save_figure(fig, path)
+    plots.finish_axes(ax, TITLE, legend="best")
+    plots.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.eval_parser(NAME, __doc__)
+    p = cli.eval_parser(NAME, __doc__)
     p.add_argument(
         "--admit-after",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[1, 2, 3, 5],
         help="thresholds to compare (default 1,2,3,5)",
     )
-    common.add_seed_arguments(p, seeds=2, per="threshold")
+    cli.add_seed_arguments(p, seeds=2, per="threshold")
     return p
 
 
@@ -135,7 +136,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
+    return cli.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from evals import common
+from evals import cli, dataset, plots, results, training
+from evals.cluster import base_config
 
 NAME = "collisionless"
 TITLE = "Collisionless vs hashed embedding tables"
@@ -37,7 +38,7 @@ def variants(
     events: Any, tables: Sequence[str], fractions: Sequence[float]
 ) -> list[dict[str, Any]]:
     """The collisionless variant, then one hashed variant per fraction."""
-    distinct = {t: common.distinct_keys(events, t) for t in tables}
+    distinct = {t: dataset.distinct_keys(events, t) for t in tables}
     out = [{"name": "collisionless", "fraction": None, "buckets": {}, "distinct": distinct}]
     for fraction in fractions:
         buckets = {t: max(1, math.ceil(fraction * n)) for t, n in distinct.items()}
@@ -59,27 +60,27 @@ def apply_variant(events: Any, variant: dict[str, Any], seed: int) -> Any:
         if table not in buckets:
             return keys
         salt = (seed + 1) * 0x9E3779B97F4A7C15 + zlib.crc32(table.encode())
-        return common.hash_keys(keys, buckets[table], salt)
+        return dataset.hash_keys(keys, buckets[table], salt)
 
     return events.map_keys(transform)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    events = common.load_stream(args.limit)
+    events, release = dataset.load_stream(args.data, args.limit)
     tables = [t for t in args.hashed_tables.split(",") if t]
     all_variants = variants(events, tables, args.fractions)
-    seen = common.seen_users(*common.time_split(events, args.test_fraction))
+    seen = dataset.seen_users(*dataset.time_split(events, args.test_fraction))
 
     def run_one(seed: int, variant: dict[str, Any], work: Path) -> dict[str, Any]:
         hashed = apply_variant(events, variant, seed)
-        train_events, test_events = common.time_split(hashed, args.test_fraction)
-        config = common.base_config(seed=seed)
+        train_events, test_events = dataset.time_split(hashed, args.test_fraction)
+        config = base_config(seed=seed)
         folder = work / f"seed{seed}-{variant['name'].replace(' ', '_').replace('/', '_')}"
-        result = common.train_and_score(args, config, folder, train_events, test_events, seen)
+        result = training.train_and_score(args, config, folder, train_events, test_events, seen)
         return {"seed": seed, "variant": variant["name"], **result}
 
-    runs = common.seeded_runs(
+    runs = training.seeded_runs(
         args,
         NAME,
         all_variants,
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     summary = summarize(runs, all_variants)
     return {
-        **common.run_info(NAME, args, started),
+        **results.run_info(NAME, args, started, release),
         "events": len(events),
         "test_fraction": args.test_fraction,
         "seeds": args.seeds,
@@ -107,11 +108,11 @@ def summarize(runs: list[dict[str, Any]], all_variants: list[dict[str, Any]]) ->
     """Per variant: mean and spread of each metric, and the paired test AUC difference to
     the collisionless run of the same seed."""
     base = {r["seed"]: r["test_auc"] for r in runs if r["variant"] == "collisionless"}
-    summary = common.summarize_runs(runs, "variant", _METRICS)
+    summary = training.summarize_runs(runs, "variant", _METRICS)
     for entry, variant in zip(summary, all_variants, strict=True):
         mine = [r for r in runs if r["variant"] == variant["name"]]
         deltas = [r["test_auc"] - base[r["seed"]] for r in mine if r["seed"] in base]
-        entry["delta_auc_mean"], entry["delta_auc_sd"] = common.mean_and_spread(deltas)
+        entry["delta_auc_mean"], entry["delta_auc_sd"] = results.mean_and_spread(deltas)
         entry["worse_in_seeds"] = sum(d < 0 for d in deltas)
         entry["buckets"] = variant["buckets"]
     return summary
@@ -144,12 +145,12 @@ def markdown(doc: dict[str, Any]) -> str:
                 s["variant"],
                 *sizes,
                 f"{s['rows_mean']:.0f}",
-                common.pm(s, "test_auc"),
+                results.pm(s, "test_auc"),
                 delta,
                 f"{s['worse_in_seeds']}/{s['seeds']}" if s["variant"] != "collisionless" else "—",
-                common.pm(s, "test_auc_seen_users"),
-                common.pm(s, "test_auc_new_users"),
-                common.pm(s, "train_auc"),
+                results.pm(s, "test_auc_seen_users"),
+                results.pm(s, "test_auc_new_users"),
+                results.pm(s, "train_auc"),
             ]
         )
     split = round(100 * (1 - doc["test_fraction"]))
@@ -158,14 +159,14 @@ def markdown(doc: dict[str, Any]) -> str:
         f"rest through the serving PS; {doc['seeds']} seeds (initializers and hash salts). "
         f"Hashed tables: {', '.join(tables)}."
     )
-    return common.document(TITLE, doc, description, header, rows)
+    return results.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    plt = plots.pyplot()
     names = [s["variant"] for s in doc["summary"]]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for offset, (metric, label, color) in zip((-0.08, 0.0, 0.08), common.AUC_SERIES, strict=True):
+    for offset, (metric, label, color) in zip((-0.08, 0.0, 0.08), plots.AUC_SERIES, strict=True):
         x = np.arange(len(names)) + offset
         for i, name in enumerate(names):
             values = [r[metric] for r in doc["runs"] if r["variant"] == name]
@@ -176,16 +177,16 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
     ax.set_ylabel("AUC (mean ± sd over seeds)")
-    common.finish_axes(ax, TITLE, legend="best")
-    common.save_figure(fig, path)
+    plots.finish_axes(ax, TITLE, legend="best")
+    plots.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.eval_parser(NAME, __doc__)
-    common.add_seed_arguments(p, seeds=3, per="variant")
+    p = cli.eval_parser(NAME, __doc__)
+    cli.add_seed_arguments(p, seeds=3, per="variant")
     p.add_argument(
         "--fractions",
-        type=lambda s: [float(eval_fraction(x)) for x in s.split(",")],
+        type=dataset.parse_fractions,
         default=list(_FRACTIONS),
         help="hashed table sizes as fractions of the distinct IDs, e.g. 1,1/4,1/10",
     )
@@ -193,16 +194,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def eval_fraction(text: str) -> float:
-    """``"1/4"`` or ``"0.25"`` as a float."""
-    if "/" in text:
-        num, den = text.split("/", 1)
-        return float(num) / float(den)
-    return float(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run_eval(NAME, argv, parser(), run, markdown, plot)
+    return cli.run_eval(NAME, argv, parser(), run, markdown, plot)
 
 
 if __name__ == "__main__":

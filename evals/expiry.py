@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from evals import common
-from evals.common import EvalCluster, StreamClock
+from evals import cli, dataset, plots, results, training
+from evals.cluster import EvalCluster, base_config
 
 NAME = "expiry"
 TITLE = "Expiry: TTL in stream time vs rows and AUC"
@@ -39,8 +39,8 @@ def run_one(
 ) -> dict[str, Any]:
     train_events, test_events, seen = split
     ttl = ttl_days * _DAY
-    config = common.base_config(seed=seed, **({"ttl_seconds": ttl} if ttl else {}))
-    clock = StreamClock()
+    config = base_config(seed=seed, **({"ttl_seconds": ttl} if ttl else {}))
+    clock = training.StreamClock()
     rows_over_time: list[int] = []
     expired_total = 0
     with EvalCluster(
@@ -54,7 +54,7 @@ def run_one(
                 expired_total += cluster.expire(clock.wall_time_at(stream_now - ttl) + ttl)
             rows_over_time.append(sum(cluster.rows("training").values()))
 
-        result = common.time_split_run(
+        result = training.time_split_run(
             cluster,
             train_events,
             test_events,
@@ -76,10 +76,10 @@ def run_one(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    events = common.load_stream(args.limit)
-    train_events, test_events = common.time_split(events, args.test_fraction)
-    split = (train_events, test_events, common.seen_users(train_events, test_events))
-    runs = common.seeded_runs(
+    events, release = dataset.load_stream(args.data, args.limit)
+    train_events, test_events = dataset.time_split(events, args.test_fraction)
+    split = (train_events, test_events, dataset.seen_users(train_events, test_events))
+    runs = training.seeded_runs(
         args,
         NAME,
         args.ttl_days,
@@ -89,16 +89,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"expired {r['expired']}, test AUC {r['test_auc']:.4f}"
         ),
     )
-    summary = common.summarize_runs(runs, "ttl_days", _METRICS)
-    common.compare_with_first(summary, runs, "ttl_days")
+    summary = training.summarize_runs(runs, "ttl_days", _METRICS)
+    training.compare_with_first(summary, runs, "ttl_days")
     return {
-        **common.run_info(NAME, args, started),
+        **results.run_info(NAME, args, started, release),
         "events": len(events),
         "test_fraction": args.test_fraction,
         "windows": args.windows,
         "seeds": args.seeds,
         "window_end_dates": [
-            common.utc_date(w.timestamps[-1]) for w in train_events.windows(args.windows)
+            results.utc_date(w.timestamps[-1]) for w in train_events.windows(args.windows)
         ],
         "summary": summary,
         "runs": runs,
@@ -129,10 +129,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['rows_per_table']['movie']:.0f}",
             f"{s['rows_window_mean_mean']:.0f}",
             f"{s['expired_mean']:.0f}",
-            common.pm(s, "test_auc"),
+            results.pm(s, "test_auc"),
             f"{s['delta_auc_vs_first']:+.4f}",
-            common.pm(s, "test_auc_seen_users"),
-            common.pm(s, "train_auc"),
+            results.pm(s, "test_auc_seen_users"),
+            results.pm(s, "train_auc"),
             f"{s['found_mean']:.1%}",
         ]
         for s in doc["summary"]
@@ -144,11 +144,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"the rest through the serving PS; {doc['seeds']} seeds. Rows: all tables of the "
         "training shards."
     )
-    return common.document(TITLE, doc, description, header, rows)
+    return results.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    plt = plots.pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for s in doc["summary"]:
         mine = [r for r in doc["runs"] if r["ttl_days"] == s["ttl_days"]]
@@ -171,11 +171,11 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     right.set_ylabel("test AUC (serving PS)")
     right.grid(alpha=0.3)
     fig.suptitle(TITLE)
-    common.save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.eval_parser(NAME, __doc__)
+    p = cli.eval_parser(NAME, __doc__)
     p.add_argument(
         "--ttl-days",
         type=lambda s: [float(x) for x in s.split(",")],
@@ -183,7 +183,7 @@ def parser() -> argparse.ArgumentParser:
         help="TTLs in days of stream time, 0 = none (default 0,730,365,90,30)",
     )
     p.add_argument("--windows", type=int, default=16, help="training windows (default 16)")
-    common.add_seed_arguments(p, seeds=2, per="TTL")
+    cli.add_seed_arguments(p, seeds=2, per="TTL")
     return p
 
 
@@ -193,7 +193,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
+    return cli.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from evals import common
-from evals.common import EvalCluster
+from evals import cli, dataset, plots, results, training
+from evals.cluster import EvalCluster, base_config
+from examples.movielens import metrics
 from monolith_ps.local import LocalClusterError
 
 NAME = "fault_snapshot"
@@ -99,7 +100,7 @@ class FaultSchedule:
         last = self.snapshots[-1] if self.snapshots else 0
         self.crash = {
             "event": self.trained,
-            "stream_date": common.utc_date(self._last_time or 0),
+            "stream_date": results.utc_date(self._last_time or 0),
             "last_snapshot_event": last if self.snapshots else None,
             "events_lost": self.trained - last,
             "rows_before": rows_before,
@@ -131,13 +132,13 @@ def run_one(
 ) -> dict[str, Any]:
     crashes = days != UNINTERRUPTED
     with EvalCluster(
-        common.base_config(), work / f"interval{days:g}", args.training_shards, snapshots=days > 0
+        base_config(), work / f"interval{days:g}", args.training_shards, snapshots=days > 0
     ) as cluster:
         schedule = FaultSchedule(cluster, days, crash_event if crashes else None, args.shard)
         per_window = []
         scored = []
         for i, (window, following) in enumerate(pairwise(windows)):
-            trained = common.train(cluster, window, args.batch_size, schedule.batches)
+            trained = training.train(cluster, window, args.batch_size, schedule.batches)
             if schedule.trained < crash_event:
                 # Up to the kill every run is the same, batch for batch: nothing to compare.
                 scored.append(None)
@@ -149,8 +150,8 @@ def run_one(
                 {
                     "window": i,
                     "train_auc": trained.auc(window.labels),
-                    "serving_auc": common.roc_auc(following.labels, result.predictions),
-                    "found": common.found_fraction(result),
+                    "serving_auc": metrics.roc_auc(following.labels, result.predictions),
+                    "found": training.found_fraction(result),
                 }
             )
     if crashes and schedule.crash is None:
@@ -173,7 +174,7 @@ def by_window(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    events = common.load_stream(args.limit)
+    events, release = dataset.load_stream(args.data, args.limit)
     windows = events.windows(args.windows)
     crash_event = int(len(events) * args.crash_at)
     bounds = np.cumsum([0] + [len(w) for w in windows])
@@ -182,12 +183,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     intervals = sorted({d for d in args.intervals_days if d > 0})
     variants = [UNINTERRUPTED, *intervals, *([NO_SNAPSHOT] if 0 in args.intervals_days else [])]
     runs = []
-    with common.workdir(args, NAME, in_memory=True) as work:
+    with cli.workdir(args, NAME, in_memory=True) as work:
         for days in variants:
             result = run_one(args, windows, days, crash_event, work)
             runs.append(result)
             crash = result["crash"] or {}
-            common.say(
+            cli.say(
                 args,
                 f"{result['variant']}: {result['snapshots']} snapshots, "
                 f"{crash.get('events_lost', 0)} events lost, serving AUC after the kill "
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         labels = np.concatenate([windows[i + 1].labels for i in after])
         predictions = np.concatenate([result["predictions"][i] for i in after])
         base_predictions = np.concatenate([base["predictions"][i] for i in after])
-        auc = common.roc_auc(labels, predictions)
+        auc = metrics.roc_auc(labels, predictions)
         first = after[0]
         crash = result["crash"] or {}
         summary.append(
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "rows_lost": crash.get("rows_lost"),
                 "restart_seconds": crash.get("restart_seconds"),
                 "serving_auc_after": auc,
-                "delta_auc_after": auc - common.roc_auc(labels, base_predictions),
+                "delta_auc_after": auc - metrics.roc_auc(labels, base_predictions),
                 "serving_auc_next_window": by_window(result)[first]["serving_auc"],
                 "delta_auc_next_window": by_window(result)[first]["serving_auc"]
                 - by_window(base)[first]["serving_auc"],
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for result in runs:
         del result["predictions"]
     return {
-        **common.run_info(NAME, args, started),
+        **results.run_info(NAME, args, started, release),
         "events": len(events),
         "windows": args.windows,
         "window_events": len(windows[0]),
@@ -276,11 +277,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "trained after the shard's last snapshot; rows lost: the shard's rows then minus "
         "after the restore."
     )
-    return common.document(TITLE, doc, description, header, rows)
+    return results.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for result in doc["runs"]:
         windows = [w["window"] + 1 for w in result["per_window"]]
@@ -290,12 +291,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     ax.axvline(doc["crash_window"] + 0.5, color="tab:red", ls=":", label="kill -9 of a shard")
     ax.set_xlabel("scored window, from the kill on (served by the model of the window before)")
     ax.set_ylabel("serving AUC of the window")
-    common.finish_axes(ax, TITLE, legend="lower right")
-    common.save_figure(fig, path)
+    plots.finish_axes(ax, TITLE, legend="lower right")
+    plots.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.eval_parser(NAME, __doc__)
+    p = cli.eval_parser(NAME, __doc__)
     p.add_argument("--windows", type=int, default=10, help="stream windows (default 10)")
     p.add_argument(
         "--intervals-days",
@@ -321,7 +322,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
+    return cli.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

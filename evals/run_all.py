@@ -1,10 +1,12 @@
-"""``make evals``: every eval in turn, then the latest tables into ``evals/README.md``.
+"""``make evals``: every eval in turn on one MovieLens release.
 
-Each eval writes ``results/<name>.json``, ``.md`` and ``.png``; this runner times them,
-goes on past a failing one (and exits non-zero at the end), and replaces the part of the
-README between its result markers with the Markdown tables of this run.
+Each eval writes ``results/<name>.json``, ``.md`` and ``.png``; this runner times them and
+goes on past a failing one (exiting non-zero at the end). With ``--update-readme`` (what
+``make evals`` does) it also replaces the part of ``evals/README.md`` between its result
+markers with this run's tables; only a complete run on the default data may do that, since
+the README's analysis is about that data.
 
-    python -m evals.run_all [--results results] [--only collisionless,expiry]
+    python -m evals.run_all [--data PATH] [--results results] [--only collisionless,expiry]
 """
 
 from __future__ import annotations
@@ -16,7 +18,22 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from evals import admission, collisionless, common, expiry, fault_snapshot, sync_interval
+from evals import (
+    admission,
+    cli,
+    collisionless,
+    dataset,
+    expiry,
+    fault_snapshot,
+    results,
+    sync_interval,
+)
+from examples.movielens.releases import (
+    DEFAULT_DATASET,
+    DatasetNotFoundError,
+    default_locations,
+    find_dataset,
+)
 
 EVALS = {
     module.NAME: module
@@ -43,8 +60,14 @@ def update_readme(readme: Path, tables: Sequence[str], footer: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evals.run_all", description=__doc__.split("\n")[0])
-    p.add_argument("--results", type=Path, default=common.REPO_ROOT / "results")
+    cli.add_data_argument(p)
+    p.add_argument("--results", type=Path, default=cli.REPO_ROOT / "results")
     p.add_argument("--only", default="", help="comma-separated evals to run (default: all)")
+    p.add_argument(
+        "--update-readme",
+        action="store_true",
+        help=f"write the tables into the README (a complete run on {DEFAULT_DATASET} only)",
+    )
     p.add_argument("--readme", type=Path, default=README, help="README to update")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
@@ -52,6 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(names) - set(EVALS))
     if unknown:
         p.error(f"unknown eval {unknown[0]!r} (known: {', '.join(EVALS)})")
+    try:
+        folder = find_dataset(args.data).resolve()
+    except DatasetNotFoundError as exc:
+        print(f"run_all: {exc}", file=sys.stderr)
+        return 2
+    if args.update_readme:
+        if args.only:
+            p.error("--update-readme needs every eval (no --only)")
+        if folder not in [d.resolve() for d in default_locations()]:
+            p.error(
+                f"--update-readme: the README is about {DEFAULT_DATASET} "
+                f"({', '.join(map(str, default_locations()))}); this run reads {folder}"
+            )
     started = time.monotonic()
     seconds: dict[str, float] = {}
     failed: list[str] = []
@@ -60,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {name}", file=sys.stderr, flush=True)
         extra = ["--quiet"] if args.quiet else []
         try:
-            EVALS[name].main(["--results", str(args.results), *extra])
+            code = EVALS[name].main(["--data", str(folder), "--results", str(args.results), *extra])
+            if code != 0:
+                failed.append(name)
         except Exception:
             traceback.print_exc()
             failed.append(name)
@@ -74,11 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
     footer = (
-        f"`make evals` (`python -m evals.run_all`) on {common.now_iso()} ({common.machine()}): "
-        f"{total:.0f} s in all ({timing})."
+        f"`{results.command_line('evals.run_all', argv)}` on {results.now_iso()} "
+        f"({results.machine()}): {total:.0f} s in all ({timing}). "
+        f"{dataset.load_stream(folder)[1].describe()}"
         + (f" Failed, so not shown: {', '.join(failed)}." if failed else "")
     )
-    if not args.only:
+    if args.update_readme:
         update_readme(args.readme, tables, footer)
     print(footer)
     if failed:

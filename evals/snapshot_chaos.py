@@ -10,7 +10,7 @@
 
 Writes JSON (``--json``) and prints a Markdown summary. Loopback only, bounded in time.
 
-    python evals/snapshot_chaos.py --iterations 50 --json results/snapshot_chaos.json
+    python -m evals.snapshot_chaos --iterations 50 --json results/snapshot_chaos.json
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from typing import Any
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc  # noqa: E402
-from ps_server.snapshot.format import MANIFEST_NAME  # noqa: E402
-from ps_server.snapshot.merge import merge_chain  # noqa: E402
-from ps_server.snapshot.store import SnapshotStore  # noqa: E402
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_server.snapshot.format import MANIFEST_NAME
+from ps_server.snapshot.merge import merge_chain
+from ps_server.snapshot.store import SnapshotStore
 
 _REPO = Path(__file__).resolve().parents[1]
 _CONFIG = {

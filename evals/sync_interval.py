@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from evals import common
-from evals.common import EvalCluster
+from evals import cli, dataset, plots, results, training
+from evals.cluster import EvalCluster, base_config
+from examples.movielens import metrics
 
 NAME = "sync_interval"
 TITLE = "Sync interval vs serving AUC"
@@ -42,20 +43,20 @@ def is_due(k: int, window: int) -> bool:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
-    events = common.load_stream(args.limit)
+    events, release = dataset.load_stream(args.data, args.limit)
     windows = events.windows(args.windows)
     intervals = [*sorted(set(args.intervals)), NEVER]
     last_sync = {k: 0 for k in intervals}
     per_window: list[dict[str, Any]] = []
     scored: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in intervals}
     with (
-        common.workdir(args, NAME) as work,
+        cli.workdir(args, NAME) as work,
         EvalCluster(
-            common.base_config(), work, args.training_shards, serving_replicas=len(intervals)
+            base_config(), work, args.training_shards, serving_replicas=len(intervals)
         ) as cluster,
     ):
         for i, (window, following) in enumerate(pairwise(windows)):
-            trained = common.train(cluster, window, args.batch_size)
+            trained = training.train(cluster, window, args.batch_size)
             due = [r for r, k in enumerate(intervals) if is_due(k, i)]
             sync_seconds = cluster.sync(due)
             for r in due:
@@ -75,12 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if i >= 1:
                     scored[k].append((following.labels, result.predictions))
                 row["serving"][str(k)] = {
-                    "auc": common.roc_auc(following.labels, result.predictions),
-                    "found": common.found_fraction(result),
+                    "auc": metrics.roc_auc(following.labels, result.predictions),
+                    "found": training.found_fraction(result),
                     "windows_behind": i - last_sync[k],
                 }
             per_window.append(row)
-            common.say(
+            cli.say(
                 args,
                 f"window {i:2d}: "
                 + ", ".join(
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "interval": k,
                 "name": interval_name(k),
                 "syncs": sum(1 for w in per_window if k in w["synced"]),
-                "auc_all_events": common.roc_auc(labels, predictions),
+                "auc_all_events": metrics.roc_auc(labels, predictions),
                 "auc_window_mean": float(np.nanmean([r["auc"] for r in rows])),
                 "found_mean": float(np.mean([r["found"] for r in rows])),
                 "windows_behind_mean": float(np.mean([r["windows_behind"] for r in rows])),
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for s in summary:
         s["delta_auc_vs_shortest"] = s["auc_all_events"] - best
     return {
-        **common.run_info(NAME, args, started),
+        **results.run_info(NAME, args, started, release),
         "events": len(events),
         "windows": args.windows,
         "window_events": len(windows[0]),
@@ -147,11 +148,11 @@ def markdown(doc: dict[str, Any]) -> str:
         f"(windows 2 to {doc['windows'] - 1}) after the agent's round. {doc['agent_rounds']} "
         f"agent rounds took {doc['agent_seconds']:.0f} s in all."
     )
-    return common.document(TITLE, doc, description, header, rows)
+    return results.document(TITLE, doc, description, header, rows)
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
-    plt = common.pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     windows = [w["scored_window"] for w in doc["per_window"]]
     for s in doc["summary"]:
@@ -161,12 +162,12 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.plot(windows, aucs, style, ms=3, label=f"{s['name']} ({s['auc_all_events']:.4f})")
     ax.set_xlabel("scored window (served by the model synced before it)")
     ax.set_ylabel("serving AUC of the window")
-    common.finish_axes(ax, TITLE, legend="lower right")
-    common.save_figure(fig, path)
+    plots.finish_axes(ax, TITLE, legend="lower right")
+    plots.save_figure(fig, path)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.eval_parser(NAME, __doc__)
+    p = cli.eval_parser(NAME, __doc__)
     p.add_argument("--windows", type=int, default=20, help="stream windows (default 20)")
     p.add_argument(
         "--intervals",
@@ -183,7 +184,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return common.run_eval(NAME, argv, parser(), run, markdown, plot, check)
+    return cli.run_eval(NAME, argv, parser(), run, markdown, plot, check)
 
 
 if __name__ == "__main__":

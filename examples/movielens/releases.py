@@ -34,6 +34,7 @@ __all__ = [
     "Layout",
     "Movies",
     "Ratings",
+    "default_locations",
     "find_dataset",
     "layout_of",
     "load_movies",
@@ -202,16 +203,20 @@ _HOW_TO_GET = (
 )
 
 
-def _candidates(path: Path | None, repo_root: Path) -> list[Path]:
+def default_locations(repo_root: Path | None = None) -> list[Path]:
+    """Where the default release is looked for when neither a path nor the environment
+    variable says: ``data/`` of the repository, then ``../shared/data`` beside it."""
+    root = REPO_ROOT if repo_root is None else Path(repo_root)
+    return [root / "data" / DEFAULT_DATASET, root.parent / "shared" / "data" / DEFAULT_DATASET]
+
+
+def _candidates(path: Path | None, repo_root: Path | None) -> list[Path]:
     if path is not None:
         return [Path(path), Path(path) / DEFAULT_DATASET]
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         return [Path(env), Path(env) / DEFAULT_DATASET]
-    return [
-        repo_root / "data" / DEFAULT_DATASET,
-        repo_root.parent / "shared" / "data" / DEFAULT_DATASET,
-    ]
+    return default_locations(repo_root)
 
 
 def find_dataset(path: Path | None = None, repo_root: Path | None = None) -> Path:
@@ -220,7 +225,7 @@ def find_dataset(path: Path | None = None, repo_root: Path | None = None) -> Pat
     repository or ``../shared/data`` beside it. A folder counts when the two files of one
     layout are there and readable; ``DatasetNotFoundError`` says where and what was looked
     for otherwise (a path given explicitly is never swapped for the default)."""
-    candidates = _candidates(path, REPO_ROOT if repo_root is None else Path(repo_root))
+    candidates = _candidates(path, repo_root)
     notes = []
     for folder in candidates:
         layout = layout_of(folder)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from movielens_layouts import write_release
 
 from evals import admission, collisionless, expiry, fault_snapshot, run_all, sync_interval
 
@@ -36,6 +37,8 @@ def run_eval(
     assert markdown.startswith(f"## {module.TITLE}")
     assert doc["experiment"] == module.NAME and doc["events"] == int(LIMIT)
     assert doc["machine"] and doc["date"] and doc["command"].startswith("python -m evals.")
+    assert doc["dataset"]["ratings"] == int(LIMIT) and doc["dataset"]["first"]
+    assert f"the first {int(LIMIT):,} of its" in markdown.split("\n\n")[1]
     return doc, markdown
 
 
@@ -127,3 +130,26 @@ def test_the_readme_gets_the_tables_between_its_markers(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="markers"):
         run_all.update_readme(readme, [], "")
+
+
+def test_run_all_refuses_a_folder_that_is_no_release(tmp_path, capsys):
+    assert run_all.main(["--data", str(tmp_path), "--results", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "ratings.dat + movies.dat" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_all_updates_the_readme_only_when_asked_and_only_from_the_default_data(
+    tmp_path, capsys
+):
+    other = tmp_path / "ml-1m"
+    write_release(other, "dat", [(1, 1, 4.0, 900_000_000)], [(1, "A (1990)", ["Drama"], "")])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{run_all.START}\nold\n{run_all.END}\n")
+    with pytest.raises(SystemExit):
+        run_all.main(["--data", str(other), "--update-readme", "--readme", str(readme)])
+    assert "the README is about ml-latest-small" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "expiry", "--update-readme", "--readme", str(readme)])
+    assert "needs every eval" in capsys.readouterr().err
+    assert "old" in readme.read_text()
