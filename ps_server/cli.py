@@ -108,5 +108,4 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         grace_seconds=args.grace_seconds,
     )
-    serve(settings, snapshotter_factory=make_snapshotter)
-    return 0
+    return serve(settings, snapshotter_factory=make_snapshotter)

@@ -109,6 +109,13 @@ class ServerMetrics:
             ["method"],
             registry=registry,
         )
+        self.shutdown_errors = Counter(
+            "monolith_ps_shutdown_errors_total",
+            "Steps of a graceful stop that failed (final_snapshot, drain, ...); the process "
+            "then exits with status 1.",
+            ["step"],
+            registry=registry,
+        )
         self.expiry_sweeps = Counter(
             "monolith_ps_expiry_sweeps_total",
             "Expiry sweeps run over tables with a TTL.",

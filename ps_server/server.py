@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
@@ -221,6 +221,7 @@ class PSServer:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopping = False
+        self.exit_code = 0  # 1 once a step of stop() failed
 
     @property
     def address(self) -> str:
@@ -271,7 +272,9 @@ class PSServer:
         """NOT_SERVING, drain in-flight RPCs for ``grace`` s, write the last snapshot, stop.
 
         The final snapshot runs after the drain, so it holds every acknowledged push.
-        Safe to call more than once and from any thread.
+        Every step runs even when an earlier one failed; a failed step is logged with its
+        cause, counted in ``monolith_ps_shutdown_errors_total{step}`` and makes
+        ``exit_code`` 1. Safe to call more than once and from any thread.
         """
         with self._stop_lock:
             if self._stopping:
@@ -280,25 +283,57 @@ class PSServer:
             self._stopping = True
         grace = self.settings.grace_seconds if grace is None else grace
         _LOGGER.info("server_stopping", extra=fields(port=self.port, grace_seconds=grace))
-        self.health.enter_graceful_shutdown()
-        self._stop_sweep.set()
-        self._grpc.stop(grace).wait()
-        if self._sweeper is not None:
-            self._sweeper.join()
-        if self.snapshotter is not None:
-            self.snapshotter.close(final=final_snapshot)
-        if self._metrics_http is not None:
-            self._metrics_http.stop()
-        _LOGGER.info("server_stopped", extra=fields(port=self.port))
-        self._stopped.set()
+        try:
+            self._stop_step("health", self.health.enter_graceful_shutdown)
+            self._stop_sweep.set()
+            self._stop_step("drain", lambda: self._grpc.stop(grace).wait())
+            if self._sweeper is not None:
+                self._stop_step("expiry_sweep", self._sweeper.join)
+            if self.snapshotter is not None:
+                snapshotter = self.snapshotter
+                self._stop_step(
+                    "final_snapshot" if final_snapshot else "snapshotter",
+                    lambda: snapshotter.close(final=final_snapshot),
+                )
+            if self._metrics_http is not None:
+                self._stop_step("metrics_http", self._metrics_http.stop)
+        finally:
+            _LOGGER.log(
+                logging.ERROR if self.exit_code else logging.INFO,
+                "server_stopped",
+                extra=fields(port=self.port, exit_code=self.exit_code),
+            )
+            self._stopped.set()
+
+    def _stop_step(self, step: str, action: Callable[[], object]) -> None:
+        """Run one step of ``stop``; a failure is logged, counted and remembered, not raised."""
+        try:
+            action()
+        except Exception as exc:
+            self.exit_code = 1
+            self.metrics.shutdown_errors.labels(step).inc()
+            _LOGGER.error(
+                "stop_step_failed",
+                exc_info=True,
+                extra=fields(step=step, error=f"{type(exc).__name__}: {exc}"),
+            )
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stopped; False when ``timeout`` passed first."""
         return self._stopped.wait(timeout)
 
     def handle_signal(self, signum: int, frame: object) -> None:
-        """SIGTERM/SIGINT: stop in a thread (signal handlers must return quickly)."""
-        _LOGGER.info("signal_received", extra=fields(signal=signal.Signals(signum).name))
+        """SIGTERM/SIGINT: stop in a thread (signal handlers must return quickly).
+
+        A second signal while stopping exits at once with status 1: whoever sends it has
+        decided not to wait (the drain and the final snapshot are abandoned; a snapshot
+        being written stays a ``.partial`` directory that restore ignores)."""
+        name = signal.Signals(signum).name
+        if self._stopping:
+            _LOGGER.error("forced_exit", extra=fields(signal=name))
+            logging.shutdown()
+            os._exit(1)
+        _LOGGER.info("signal_received", extra=fields(signal=name))
         threading.Thread(target=self.stop, name="ps-stop", daemon=False).start()
 
     def _start_expiry_sweep(self) -> None:
@@ -359,8 +394,9 @@ def create_server(
     return server, server.port
 
 
-def serve(settings: ServerSettings, snapshotter_factory: SnapshotterFactory | None = None) -> None:
-    """Run a server until SIGTERM or SIGINT, then stop it gracefully."""
+def serve(settings: ServerSettings, snapshotter_factory: SnapshotterFactory | None = None) -> int:
+    """Run a server until SIGTERM or SIGINT, then stop it gracefully; returns the exit
+    status (1 when a step of the stop failed, e.g. the final snapshot)."""
     server, _ = create_server(settings, snapshotter_factory=snapshotter_factory)
     previous = {
         sig: signal.signal(sig, server.handle_signal) for sig in (signal.SIGTERM, signal.SIGINT)
@@ -372,6 +408,7 @@ def serve(settings: ServerSettings, snapshotter_factory: SnapshotterFactory | No
             server.stop(grace=0, final_snapshot=False)
             raise
         server.wait_for_termination()
+        return server.exit_code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -158,6 +158,11 @@ class ServerProcess:
     def events(self) -> list[str]:
         return [line.get("event", "") for line in self._log_lines]
 
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines of the current run, parsed."""
+        return list(self._log_lines)
+
     def start(self, port: int | None = None, wait: bool = True, timeout: float = 120.0) -> None:
         """Start (on ``port``, or the last one, or a free one) and wait for SERVING."""
         port = port if port is not None else (self.port or 0)
