@@ -33,6 +33,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from ps_server.cgroup import MemoryLimitCollector
+
 if TYPE_CHECKING:
     from ps_server.state import ShardState
 
@@ -81,13 +83,14 @@ UNKNOWN_TABLE_LABEL = "_unknown"
 
 class ServerMetrics:
     """Every metric the server core exports, registered on ``registry``: the process's own
-    (``process_*``: resident memory, CPU, open fds, start time; ``python_info``) and the
-    server's."""
+    (``process_*``: resident memory, CPU, open fds, start time; ``python_info``), the
+    container's memory limit, and the server's."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+        registry.register(MemoryLimitCollector())
         self.rpc_duration = Histogram(
             "monolith_ps_rpc_duration_seconds",
             "RPC latency by method and table (a multi-table RPC counts once for each table; "

@@ -1,19 +1,23 @@
 """The /metrics page of every role, scraped from live processes, passes the strict
 OpenMetrics parser and ``promtool check metrics``: a name made twice, a clash or a bad
-sample fails here."""
+sample fails here. Every metric the chart's alert rules and dashboard read is one of the
+names these pages export."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 
 import numpy as np
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as text_families
 
 from monolith_ps.local import LocalCluster
 from ps_client import PSClient
+from tests.deploy.chart_render import CHART_DIR, load_values, render
 from tests.tooling import require_tool, run_tool
 
 CONFIG = {
@@ -80,3 +84,75 @@ def test_page_passes_promtool_check_metrics(pages, role):
     result = run_tool([promtool, "check", "metrics"], stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
+
+
+# Parts of a PromQL expression that are not metric names: strings, label matchers, ranges,
+# grouping clauses, dashboard variables; then any word followed by "(" is a function.
+_NOT_NAMES = re.compile(
+    r'"[^"]*"|\{[^}]*\}|\[[^\]]*\]|\$\{?\w+\}?'
+    r"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+)
+_KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads."""
+    stripped = _NOT_NAMES.sub(" ", expr)
+    words = re.findall(r"([A-Za-z_:][\w:]*)(\s*\()?", stripped)
+    return {word for word, call in words if not call and word.lower() not in _KEYWORDS}
+
+
+def test_promql_metric_names_finds_names_and_only_names():
+    expr = (
+        'sum by (le, method) (rate(monolith_ps_rpc_duration_seconds_bucket{namespace="$ns"}'
+        "[$__rate_interval])) / on (instance) group_left (role) monolith_ps_nope > 0.5 and bool x"
+    )
+    assert promql_metric_names(expr) == {
+        "monolith_ps_rpc_duration_seconds_bucket",
+        "monolith_ps_nope",
+        "x",
+    }
+
+
+def _chart_queries() -> dict[str, str]:
+    """Every PromQL expression of the chart's alert rules and dashboard, by where it is."""
+    rendering = render(load_values("03-monitoring"))
+    queries = {
+        f"rule {rule['alert']}": rule["expr"]
+        for group in rendering.one("PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+    }
+    dashboard = json.loads((CHART_DIR / "dashboards" / "monolith-ps.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            queries[f"panel {panel['title']!r} {target['refId']}"] = target["expr"]
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            match = re.fullmatch(r"label_values\((\w+),\s*\w+\)", query["query"])
+            assert match, f"variable {variable['name']}: unexpected query {query['query']}"
+            queries[f"variable {variable['name']}"] = match.group(1)
+    return queries
+
+
+_SERIES_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+}
+
+
+def test_every_metric_the_rules_and_dashboard_read_is_exported(pages):
+    exported = set()
+    for text, _ in pages.values():
+        for family in text_families(text):
+            # A family without samples yet (no label set seen) still names its series.
+            suffixes = _SERIES_SUFFIXES.get(family.type, ("",))
+            exported |= {family.name + suffix for suffix in suffixes}
+            exported |= {sample.name for sample in family.samples}
+    missing = {
+        where: sorted(promql_metric_names(expr) - exported)
+        for where, expr in _chart_queries().items()
+        if promql_metric_names(expr) - exported
+    }
+    assert missing == {}

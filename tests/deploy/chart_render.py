@@ -51,6 +51,12 @@ class Rendering:
         assert len(found) == 1, f"expected one {kind} {component or ''}, found {len(found)}"
         return found[0]
 
+    def tables_config_map(self) -> dict[str, Any]:
+        """The ConfigMap of the tables config (the chart may render others, e.g. dashboards)."""
+        found = [m for m in self.of_kind("ConfigMap") if "tables.yaml" in m.get("data", {})]
+        assert len(found) == 1, f"expected one tables ConfigMap, found {len(found)}"
+        return found[0]
+
     def workloads(self) -> list[dict[str, Any]]:
         return self.of_kind("StatefulSet") + self.of_kind("Deployment")
 

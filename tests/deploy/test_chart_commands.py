@@ -95,8 +95,10 @@ def test_server_command_matches_mps_server(rendering: Rendering, component: str)
 
     # The config file is the ConfigMap's tables.yaml.
     config = mounted_source(pod_spec, container, parsed.config)
-    assert config["volume"]["configMap"]["name"] == rendering.one("ConfigMap")["metadata"]["name"]
-    assert config["mount"]["subPath"] in rendering.one("ConfigMap")["data"]
+    assert (
+        config["volume"]["configMap"]["name"] == rendering.tables_config_map()["metadata"]["name"]
+    )
+    assert config["mount"]["subPath"] in rendering.tables_config_map()["data"]
 
     # Training snapshots live on the claim (or an emptyDir without persistence).
     if component == "training":
@@ -150,7 +152,9 @@ def test_agent_command_matches_mps_sync_agent(rendering: Rendering) -> None:
         ports = templates[role]["spec"]["containers"][0]["ports"]
         assert parsed.grpc_port_name in [p["name"] for p in ports]
     config = mounted_source(pod_spec, container, parsed.config)
-    assert config["volume"]["configMap"]["name"] == rendering.one("ConfigMap")["metadata"]["name"]
+    assert (
+        config["volume"]["configMap"]["name"] == rendering.tables_config_map()["metadata"]["name"]
+    )
 
     tls = values["tls"]
     assert (parsed.tls_ca is not None) == tls["enabled"]
