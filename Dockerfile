@@ -22,7 +22,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/monolith-ps/bin:$PATH \
-    NUMBA_CACHE_DIR=/var/cache/monolith-ps/numba
+    NUMBA_CACHE_DIR=/var/cache/monolith-ps/numba \
+    MALLOC_MMAP_THRESHOLD_=33554432 \
+    MALLOC_TRIM_THRESHOLD_=67108864
 RUN groupadd --system --gid 10001 mps \
     && useradd --system --uid 10001 --gid mps --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin mps \

@@ -26,6 +26,7 @@ import numpy as np
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_client.buffers import OutputBuffers
 from ps_client.errors import (
     DeadlineExceededError,
     PreconditionError,
@@ -36,7 +37,13 @@ from ps_client.errors import (
     UnknownTableError,
     error_from_rpc,
 )
-from ps_client.kernels import route_keys, segment_sum
+from ps_client.kernels import (
+    HALF_TO_F32,
+    route_keys,
+    scatter_answer,
+    scatter_answer_f16,
+    segment_sum,
+)
 from ps_client.retry import RetryPolicy
 
 __all__ = [
@@ -203,21 +210,34 @@ def _plan_chunks(
     return messages
 
 
-def _assemble(
-    parts: list[tuple[int, int, np.ndarray, np.ndarray | None]], n: int, dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and found mask of ``n`` unique keys from the answers' ``(start, stop, rows,
-    found)`` spans; a single answer is used as it is, without a copy."""
-    if len(parts) == 1 and parts[0][0] == 0 and parts[0][1] == n:
-        _, _, rows, found = parts[0]
-        return rows, found if found is not None else np.ones(n, dtype=bool)
-    rows = np.empty((n, dim), dtype=np.float32)
+def _assemble_found(parts: list[tuple[int, np.ndarray, np.ndarray | None]], n: int) -> np.ndarray:
+    """The found mask of ``n`` unique keys from the answers' ``(start, rows, found)``."""
     found = np.ones(n, dtype=bool)
-    for start, stop, part_rows, part_found in parts:
-        rows[start:stop] = part_rows
+    for start, part_rows, part_found in parts:
         if part_found is not None:
-            found[start:stop] = part_found
-    return rows, found
+            found[start : start + part_rows.shape[0]] = part_found
+    return found
+
+
+def _output_rows(out: Any, n: int, dim: int, table: str, buffers: OutputBuffers) -> np.ndarray:
+    """``out`` as the ``(n, dim)`` float32 array the answer is decoded into (one over a
+    reusable buffer when ``out`` is None); a wrong ``out`` raises ValueError naming the
+    table."""
+    if out is None:
+        return buffers.rows(n, dim)
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.float32
+        or out.size != n * dim
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        got = f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else out
+        raise ValueError(
+            f"out for table {table!r} must be a writeable C-contiguous float32 array of "
+            f"{n} x {dim} values, got {got!r}"
+        )
+    return out.reshape(n, dim)
 
 
 def _as_keys(keys: Any, table: str) -> np.ndarray:
@@ -307,6 +327,7 @@ class PSClient:
             max_workers=max_workers or 4, thread_name_prefix="ps-client"
         )
         self._lock = threading.Lock()
+        self._buffers = OutputBuffers()
         self._shards: list[ShardInfo] | None = None
         self._request_prefix = uuid.uuid4().hex[:16]
         self._request_counter = itertools.count()
@@ -328,11 +349,24 @@ class PSClient:
     # ------------------------------------------------------------------ public API
 
     def lookup(
-        self, table: str, keys: Any, *, with_found: bool = False, timeout: float | None = None
+        self,
+        table: str,
+        keys: Any,
+        *,
+        with_found: bool = False,
+        timeout: float | None = None,
+        out: np.ndarray | None = None,
     ) -> Any:
         """Rows of ``keys`` (``keys.shape + (dim,)``, float32), and with ``with_found``
-        (serving only) a bool mask of the keys that have a row."""
-        return self.lookup_many({table: keys}, with_found=with_found, timeout=timeout)[table]
+        (serving only) a bool mask of the keys that have a row.
+
+        With ``out`` (a writeable C-contiguous float32 array of ``keys.size * dim``
+        values), the answer is decoded straight into it and ``out`` is returned: a
+        training loop that passes the same array every step allocates no rows at all."""
+        outs = None if out is None else {table: out}
+        return self.lookup_many({table: keys}, with_found=with_found, timeout=timeout, out=outs)[
+            table
+        ]
 
     def lookup_many(
         self,
@@ -340,8 +374,10 @@ class PSClient:
         *,
         with_found: bool = False,
         timeout: float | None = None,
+        out: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
-        """``lookup`` of several tables in one request per shard."""
+        """``lookup`` of several tables in one request per shard; ``out`` maps a table to
+        the array its rows are decoded into (see :meth:`lookup`)."""
         shards = self._topology()
         if with_found and shards[0].role != "serving":
             raise PreconditionError(
@@ -371,7 +407,16 @@ class PSClient:
                 calls.append((shard, ps_pb2.LookupRequest(tables=entries, view=self._views[shard])))
                 pieces.append(spans)
         responses = self._call_all("Lookup", calls, timeout)
-        parts: list[list[tuple[int, int, np.ndarray, np.ndarray | None]]] = [[] for _ in tables]
+        outs = out or {}
+        unknown = sorted(set(outs) - set(tables))
+        if unknown:
+            raise ValueError(f"out names table {unknown[0]!r}, which is not looked up")
+        rows_out = [
+            _output_rows(outs.get(name), routed[t].position.size, specs[t].dim, name, self._buffers)
+            for t, name in enumerate(tables)
+        ]
+        responses = self._call_all("Lookup", calls, timeout)
+        parts: list[list[tuple[int, np.ndarray, np.ndarray | None]]] = [[] for _ in tables]
         for (shard, _), answers, message in zip(calls, responses, pieces, strict=True):
             if len(answers) != len(message):
                 raise ServerError(
@@ -389,20 +434,26 @@ class PSClient:
                     answer.values, n, specs[t].dim, answer.dtype, field=f"values of {tables[t]}"
                 )
                 mask = wire.decode_found(answer.found, n) if len(answer.found) else None
-                parts[t].append((start, stop, rows, mask))
-        out = {}
+                parts[t].append((start, rows, mask))
+        result = {}
         for t, name in enumerate(tables):
-            unique_rows, unique_found = _assemble(parts[t], routed[t].keys.size, specs[t].dim)
-            rows = np.take(unique_rows, routed[t].position, axis=0)
-            if rows.dtype != np.float32:
-                rows = rows.astype(np.float32)
-            rows = rows.reshape(shapes[t] + (specs[t].dim,))
+            position = routed[t].position
+            # each answer is copied once, from the received bytes into the caller's rows
+            for start, part_rows, _ in parts[t]:
+                if part_rows.dtype == np.float32:
+                    scatter_answer(part_rows, start, position, rows_out[t])
+                else:
+                    bits = part_rows.view(np.uint16)
+                    scatter_answer_f16(bits, HALF_TO_F32, start, position, rows_out[t])
+            given = outs.get(name)
+            rows = given if given is not None else rows_out[t].reshape(shapes[t] + (specs[t].dim,))
             if with_found:
-                found = np.take(unique_found, routed[t].position).reshape(shapes[t])
-                out[name] = (rows, found)
+                unique_found = _assemble_found(parts[t], routed[t].keys.size)
+                found = np.take(unique_found, position).reshape(shapes[t])
+                result[name] = (rows, found)
             else:
-                out[name] = rows
-        return out
+                result[name] = rows
+        return result
 
     def push(
         self, table: str, keys: Any, grads: Any, *, timeout: float | None = None

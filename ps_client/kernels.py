@@ -71,14 +71,36 @@ def route_keys(keys, num_shards):
     return grouped, bounds, position
 
 
+HALF_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
 @njit(nogil=True, cache=True)
-def gather_rows(source, position, out):
-    """``out[i] = source[position[i]]`` row by row (float16 or float32 source)."""
+def scatter_answer(source, start, position, out):
+    """``out[i] = source[position[i] - start]`` for every ``i`` whose ``position[i]`` falls
+    in ``[start, start + len(source))``: one shard's float32 answer, read where it arrived,
+    copied straight into the caller's rows."""
     dim = source.shape[1]
+    stop = start + source.shape[0]
     for i in range(position.shape[0]):
         p = position[i]
-        for j in range(dim):
-            out[i, j] = source[p, j]
+        if start <= p < stop:
+            r = p - start
+            for j in range(dim):
+                out[i, j] = source[r, j]
+
+
+@njit(nogil=True, cache=True)
+def scatter_answer_f16(bits, half_to_f32, start, position, out):
+    """:func:`scatter_answer` of a float16 answer seen as ``uint16`` bits, widened through
+    the 65,536-entry table ``half_to_f32`` (:data:`HALF_TO_F32`)."""
+    dim = bits.shape[1]
+    stop = start + bits.shape[0]
+    for i in range(position.shape[0]):
+        p = position[i]
+        if start <= p < stop:
+            r = p - start
+            for j in range(dim):
+                out[i, j] = half_to_f32[bits[r, j]]
 
 
 @njit(nogil=True, cache=True)

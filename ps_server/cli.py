@@ -78,12 +78,14 @@ def resolve_shard_index(value: str, num_shards: int, env: Mapping[str, str] = os
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, build the server and serve until SIGTERM/SIGINT."""
+    from monolith_ps.allocator import reuse_large_buffers
     from monolith_ps.config import ConfigError, load_config
     from monolith_ps.logs import configure_logging
     from ps_server.server import ServerSettings, ServerTLS, serve
     from ps_server.snapshot.snapshotter import make_snapshotter
 
     configure_logging(args.log_format)
+    reuse_large_buffers()  # the server owns its process: per-call buffers stay mapped
     try:
         shard_index = resolve_shard_index(args.shard_index, args.num_shards)
         config = load_config(args.config)

@@ -231,6 +231,25 @@ def test_large_batches_are_split_under_the_server_limits(small_limits_server):
     assert len(server.state.tables["t"]) == 5000
 
 
+def test_lookup_decodes_into_the_callers_array(small_limits_server):
+    keys = np.concatenate([np.arange(1, 2001), np.arange(1, 2001, 7)]).astype(np.uint64)
+    out = np.full((keys.size, 8), np.nan, np.float32)  # answered in several messages
+    with PSClient([small_limits_server.address]) as client:
+        expected = client.lookup("t", keys)
+        got = client.lookup("t", keys, out=out)
+        assert got is out
+        np.testing.assert_array_equal(out, expected)
+        flat = np.empty(keys.size * 8, np.float32)
+        assert client.lookup_many({"t": keys}, out={"t": flat})["t"] is flat
+        np.testing.assert_array_equal(flat.reshape(-1, 8), expected)
+        for bad in (np.empty((keys.size, 8), np.float64), np.empty((3, 8), np.float32),
+                    np.empty((8, keys.size), np.float32).T):  # fmt: skip
+            with pytest.raises(ValueError, match="out for table 't'"):
+                client.lookup("t", keys, out=bad)
+        with pytest.raises(ValueError, match="not looked up"):
+            client.lookup_many({"t": keys}, out={"u": out})
+
+
 def test_bad_arguments_fail_before_the_wire(server):
     with PSClient([server.address]) as client:
         with pytest.raises(UnknownTableError, match="unknown table 'nope'"):
