@@ -35,7 +35,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=9090,
         help="Prometheus /metrics port (default 9090; 0 picks a free one)",
     )
-    parser.add_argument("--snapshot-dir", help="write snapshots here and restore from it")
+    parser.add_argument(
+        "--snapshot-dir",
+        help="write snapshots here and restore from it; '{shard}' in it is replaced by the "
+        "shard index (one shared volume, a directory per shard)",
+    )
     parser.add_argument("--bootstrap-from", help="start from this snapshot directory")
     parser.add_argument("--tls-cert", help="PEM certificate; with --tls-key serves TLS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -76,6 +80,11 @@ def resolve_shard_index(value: str, num_shards: int, env: Mapping[str, str] = os
     return int(match.group(1)) % num_shards
 
 
+def shard_dir(path: str | None, shard_index: int) -> str | None:
+    """``path`` with ``{shard}`` replaced by the shard index (for ``--shard-index auto``)."""
+    return None if path is None else path.replace("{shard}", str(shard_index))
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, build the server and serve until SIGTERM/SIGINT."""
     from monolith_ps.allocator import reuse_large_buffers
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         metrics_port=args.metrics_port,
-        snapshot_dir=args.snapshot_dir,
+        snapshot_dir=shard_dir(args.snapshot_dir, shard_index),
         bootstrap_from=args.bootstrap_from,
         tls=tls,
         grace_seconds=args.grace_seconds,

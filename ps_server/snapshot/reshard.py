@@ -43,7 +43,7 @@ from ps_server.snapshot.reshard_source import (
     open_sources,
     row_layout,
 )
-from ps_server.snapshot.store import SnapshotStore
+from ps_server.snapshot.store import SnapshotDirBusyError, SnapshotStore
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -88,18 +88,21 @@ def reshard(
     started = time.monotonic()
     if not 1 <= num_shards <= MAX_SHARDS:
         raise ReshardError(f"--shards must be in 1..{MAX_SHARDS}, got {num_shards}")
-    olds = open_sources(sources)
     dest = Path(dest)
     stores = [SnapshotStore(dest / f"shard-{i}") for i in range(num_shards)]
     for store in stores:
         if store.snapshots() or store.work_dirs():
             raise ReshardError(f"{store.root} already holds snapshots; reshard into new ones")
-    tables = sorted({name for old in olds for name in old.tables})
-    layouts = {name: row_layout(olds, name) for name in tables}
+    held = [SnapshotStore(p) for p in {Path(p).resolve() for p in sources} if p.is_dir()]
     created: list[Path] = []
     try:
+        for store in held:
+            _lock(store, "a server still writes snapshots there; stop training first")
+        olds = open_sources(sources)
+        tables = sorted({name for old in olds for name in old.tables})
+        layouts = {name: row_layout(olds, name) for name in tables}
         for store in stores:
-            store.lock()
+            _lock(store, "another process writes there")
         counts = {t: _count_rows(olds, t, num_shards, layouts[t], chunk_bytes) for t in tables}
         scratch = _Scratch(stores, tables, layouts, counts)
         for t in tables:
@@ -113,12 +116,21 @@ def reshard(
         for store in stores:
             shutil.rmtree(store.root / _SCRATCH, ignore_errors=True)
             store.unlock()
+        for store in held:
+            store.unlock()
     seconds = time.monotonic() - started
     rows = [sum(int(counts[t][i]) for t in tables) for i in range(num_shards)]
     _LOGGER.info(
         "resharded %d -> %d shards: %d rows in %.2f s", len(olds), num_shards, sum(rows), seconds
     )
     return ReshardResult(dest, len(olds), num_shards, len(tables), rows, written, seconds)
+
+
+def _lock(store: SnapshotStore, why: str) -> None:
+    try:
+        store.lock()
+    except SnapshotDirBusyError:
+        raise ReshardError(f"{store.root} is locked: {why}") from None
 
 
 def _chunk_rows(layout: dict[str, tuple[np.dtype, tuple]], chunk_bytes: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import pytest
-from chart_render import NAMESPACE, Rendering
+from chart_render import NAMESPACE, RELEASE, Rendering, render
 
 from monolith_ps.cli import build_parser
 
@@ -106,8 +106,14 @@ def test_server_command_matches_mps_server(rendering: Rendering, component: str)
         claims = [
             c["metadata"]["name"] for c in statefulset["spec"].get("volumeClaimTemplates", [])
         ]
-        if values["training"]["persistence"]["enabled"]:
+        persistence = values["training"]["persistence"]
+        if persistence["enabled"] and persistence["shared"]["enabled"]:
+            claim = snapshots["volume"]["persistentVolumeClaim"]["claimName"]
+            assert claim == f"{RELEASE}-monolith-ps-training-snapshots"
+            assert parsed.snapshot_dir.endswith(f"/shards-{parsed.num_shards}/shard-{{shard}}")
+        elif persistence["enabled"]:
             assert snapshots["volume"] is None and snapshots["mount"]["name"] in claims
+            assert "{shard}" not in parsed.snapshot_dir
         else:
             assert "emptyDir" in snapshots["volume"]
     else:
@@ -195,3 +201,54 @@ def test_services_expose_the_ports_the_servers_listen_on(
     annotations = statefulset["spec"]["template"]["metadata"]["annotations"]
     if rendering.values["metrics"]["podAnnotations"]:
         assert annotations["prometheus.io/port"] == str(parsed.metrics_port)
+
+
+def test_reshard_job_reads_every_old_shard_and_writes_where_the_new_shards_restore(
+    rendering: Rendering,
+) -> None:
+    jobs = rendering.of_kind("Job")
+    if not rendering.values["reshard"]["enabled"]:
+        assert jobs == []
+        return
+    (job,) = jobs
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+    pod_spec = job["spec"]["template"]["spec"]
+    (container,) = pod_spec["containers"]
+    parsed = parse(container["args"])
+    assert (parsed.command, parsed.snapshot_command) == ("snapshot", "reshard")
+    old = rendering.values["reshard"]["fromShards"]
+    training = rendering.one("StatefulSet", "training")
+    (server,) = training["spec"]["template"]["spec"]["containers"]
+    new = parse(server["args"])
+    assert parsed.shards == new.num_shards == training["spec"]["replicas"] != old
+    # The Job reads shard i of the old cluster where an old server wrote it, and writes
+    # OUT/shard-<i>, where shard i of the new cluster restores from.
+    assert parsed.sources == [
+        new.snapshot_dir.replace(f"shards-{new.num_shards}", f"shards-{old}").format(shard=i)
+        for i in range(old)
+    ]
+    for i in range(new.num_shards):
+        assert f"{parsed.dest}/shard-{i}" == new.snapshot_dir.format(shard=i)
+    source = mounted_source(pod_spec, container, parsed.dest)
+    server_source = mounted_source(training["spec"]["template"]["spec"], server, new.snapshot_dir)
+    assert source["volume"] == server_source["volume"]
+    assert not source["mount"].get("readOnly")
+    _check_numba_cache(pod_spec, container)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"reshard": {"enabled": True, "fromShards": 1}}, "needs training.persistence"),
+        (
+            {
+                "training": {"shards": 2, "persistence": {"shared": {"enabled": True}}},
+                "reshard": {"enabled": True, "fromShards": 2},
+            },
+            "nothing to reshard",
+        ),
+    ],
+)
+def test_reshard_job_refuses_values_it_cannot_serve(values: dict, message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        render(values)

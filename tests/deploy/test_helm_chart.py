@@ -314,10 +314,15 @@ def test_shard_counts_follow_values(rendering: Rendering) -> None:
         assert _selects(
             service["spec"]["selector"], statefulset["spec"]["template"]["metadata"]["labels"]
         )
+    persistence = values["training"]["persistence"]
     claims = training["spec"].get("volumeClaimTemplates", [])
-    assert [c["metadata"]["name"] for c in claims] == (
-        ["snapshots"] if values["training"]["persistence"]["enabled"] else []
-    )
+    per_pod = persistence["enabled"] and not persistence["shared"]["enabled"]
+    assert [c["metadata"]["name"] for c in claims] == (["snapshots"] if per_pod else [])
+    shared = [c for c in rendering.of_kind("PersistentVolumeClaim")]
+    assert len(shared) == (persistence["enabled"] and persistence["shared"]["enabled"])
+    for claim in shared:
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities(

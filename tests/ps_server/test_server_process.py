@@ -13,7 +13,7 @@ import pytest
 
 from monolith_ps.cli import main
 from ps_client import PSClient, RetryPolicy
-from ps_server.cli import resolve_shard_index
+from ps_server.cli import resolve_shard_index, shard_dir
 
 
 def test_client_retries_through_a_kill_and_restart_on_the_same_port(process_factory, caplog):
@@ -72,6 +72,11 @@ def test_shard_index_auto_comes_from_the_pod_name(process_factory):
 )
 def test_resolve_shard_index(value, env, expected):
     assert resolve_shard_index(value, 3, env) == expected
+
+
+def test_snapshot_dir_names_the_shard():
+    assert shard_dir("/snap/shards-4/shard-{shard}", 3) == "/snap/shards-4/shard-3"
+    assert shard_dir("/snap", 3) == "/snap" and shard_dir(None, 1) is None
 
 
 @pytest.mark.parametrize(

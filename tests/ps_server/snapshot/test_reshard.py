@@ -14,6 +14,7 @@ from monolith_ps.config import parse_config
 from ps_client.routing import shard_of, split_by_shard
 from ps_server.snapshot.reshard import ReshardError, reshard
 from ps_server.snapshot.snapshotter import TrainingSnapshotter
+from ps_server.snapshot.store import SnapshotStore
 from ps_server.state import ShardState
 
 CONFIG = {
@@ -177,6 +178,17 @@ def test_refuses_a_chain_that_does_not_verify(two_shards, tmp_path):
     victim.write_bytes(bytes(data))
     with pytest.raises(ReshardError, match=rf"{newest.name} does not verify \(.*crc32"):
         reshard([two_shards[0], damaged], 4, tmp_path / "out")
+    assert not any((tmp_path / "out").rglob("snap-*"))
+
+
+def test_refuses_while_a_server_holds_an_old_shard(two_shards, tmp_path):
+    running = SnapshotStore(two_shards[1])
+    running.lock()
+    try:
+        with pytest.raises(ReshardError, match="locked: a server still writes snapshots there"):
+            reshard(two_shards, 4, tmp_path / "out")
+    finally:
+        running.unlock()
     assert not any((tmp_path / "out").rglob("snap-*"))
 
 

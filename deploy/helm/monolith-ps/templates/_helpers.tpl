@@ -133,6 +133,26 @@ Where the config file, TLS files, snapshots and the Numba cache live in the pods
 {{- define "monolith-ps.numbaCacheDir" -}}/var/cache/monolith-ps/numba{{- end }}
 
 {{/*
+The --snapshot-dir of a training shard of a cluster of numShards: the claim's root, or on
+the shared claim shards-<N>/shard-{shard} (the server puts its shard index in {shard}).
+Call with (dict "ctx" $ "numShards" N).
+*/}}
+{{- define "monolith-ps.trainingSnapshotDir" -}}
+{{- if .ctx.Values.training.persistence.shared.enabled -}}
+{{ include "monolith-ps.snapshotDir" .ctx }}/shards-{{ .numShards }}/shard-{shard}
+{{- else -}}
+{{ include "monolith-ps.snapshotDir" .ctx }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ReadWriteMany claim shared by the training shards.
+*/}}
+{{- define "monolith-ps.sharedSnapshotClaim" -}}
+{{- .Values.training.persistence.shared.existingClaim | default (printf "%s-training-snapshots" (include "monolith-ps.fullname" .)) }}
+{{- end }}
+
+{{/*
 Pod annotations shared by every component: the config checksum (a config change rolls
 the pods) and, when enabled, the Prometheus scrape annotations.
 */}}
@@ -235,7 +255,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
     - --port={{ $v.ports.grpc }}
     - --metrics-port={{ $v.ports.metrics }}
     {{- if eq .component "training" }}
-    - --snapshot-dir={{ include "monolith-ps.snapshotDir" $ctx }}
+    - --snapshot-dir={{ include "monolith-ps.trainingSnapshotDir" (dict "ctx" $ctx "numShards" .numShards) }}
     {{- end }}
     {{- if $v.tls.enabled }}
     - --tls-cert={{ include "monolith-ps.tlsDir" $ctx }}/tls.crt
