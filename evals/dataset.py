@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ps_client.routing import shard_of
 
 __all__ = [
     "DAY",
+    "StreamTime",
     "distinct_keys",
     "fraction_label",
     "hash_keys",
@@ -24,6 +26,8 @@ __all__ = [
     "parse_fraction",
     "parse_fractions",
     "seen_users",
+    "span_seconds",
+    "stream_times",
     "time_split",
 ]
 
@@ -98,3 +102,42 @@ def fraction_label(fraction: float) -> str:
     if fraction > 0 and abs(1 / fraction - round(1 / fraction)) < 1e-9:
         return f"1/{round(1 / fraction)}"
     return f"{fraction:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamTime:
+    """A duration in the stream's time, given as a fraction of the stream's span (the
+    default of the evals' time settings, so they mean the same on a short or a long
+    release) or as days. Zero stands for "none"."""
+
+    seconds: float
+    fraction: float | None = None  # of the span, when given so
+
+    @property
+    def days(self) -> float:
+        return self.seconds / DAY
+
+    def label(self) -> str:
+        days = self.days
+        number = f"{days:,.0f}" if days >= 100 else f"{days:.3g}"
+        text = f"{number} day" + ("" if number == "1" else "s")
+        if self.fraction is None:
+            return text
+        return f"{fraction_label(self.fraction)} of the span ({text})"
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"seconds": self.seconds, "days": self.days, "fraction": self.fraction}
+
+
+def stream_times(
+    fractions: Sequence[float], days: Sequence[float] | None, span_seconds: float
+) -> list[StreamTime]:
+    """``days`` as durations when given, else ``fractions`` of ``span_seconds``."""
+    if days is not None:
+        return [StreamTime(d * DAY) for d in days]
+    return [StreamTime(f * span_seconds, f) for f in fractions]
+
+
+def span_seconds(events: Events) -> float:
+    """Seconds from the first to the last event of ``events``."""
+    return float(events.timestamps[-1] - events.timestamps[0]) if len(events) else 0.0

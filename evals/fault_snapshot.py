@@ -1,28 +1,32 @@
 """A training shard killed mid-stream and restored from its last snapshot, for snapshot
-intervals from a day to a year of stream time (Monolith: fault tolerance, snapshot frequency).
+intervals from a few batches to a large part of the stream (Monolith: fault tolerance,
+snapshot frequency).
 
 Online training over the stream in windows; from the kill on, after each window the sync
 agent runs a round and serving scores the next window (before the kill every run is the
-same, batch for batch). Training shards write snapshots (Snapshot RPC)
-at the first batch boundary after each multiple of the interval in stream time (a
-batch holds 256 ratings, about three weeks of this stream on average, so any interval
-under a few days means a snapshot after nearly every batch). At a fixed point of the
-stream, training shard 1 (embedding rows only; the dense part lives on shard 0) is
-killed with SIGKILL and restarted: it restores its newest snapshot and training goes
+same, batch for batch). Training shards write snapshots (Snapshot RPC) at the first
+batch boundary after each multiple of the interval, counted in stream time from the
+stream's first event; intervals default to fractions of the stream's span (``--intervals``;
+``--intervals-days`` sets days instead). Snapshots can only be written between batches,
+so an interval shorter than a batch's stretch of stream time means a snapshot after
+nearly every batch. At a fixed point of the stream (the first batch boundary at or after
+``--crash-at``), training shard 1 (embedding rows only; the dense part lives on shard 0)
+is killed with SIGKILL and restarted: it restores its newest snapshot and training goes
 on from the next batch, so the updates since that snapshot are lost for its rows. The
 serving AUC afterwards is compared with the same run uninterrupted, and with a restart
-that had no snapshot at all (the shard comes back empty).
+that had no snapshot at all (the shard comes back empty). An interval whose snapshots
+before the kill are those of a shorter one, or that has none before the kill, would
+change nothing: it is reported as such and not run.
 
-    python -m evals.fault_snapshot [--intervals-days 1,7,28,364,0] [--crash-at 0.55]
+    python -m evals.fault_snapshot [--data PATH] [--intervals 1/1000,1/100,1/20,1/5,0]
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -31,115 +35,41 @@ import numpy as np
 
 from evals import cli, dataset, plots, results, training
 from evals.cluster import EvalCluster, base_config
+from evals.fault_schedule import FaultSchedule, Plan, batch_ends, plan
 from examples.movielens import metrics
-from monolith_ps.local import LocalClusterError
 
 NAME = "fault_snapshot"
 TITLE = "Kill -9 of a training shard: snapshot interval vs serving AUC"
-_DAY = 86400
-_FULL_EVERY = 16  # snapshots per chain: one full, then incrementals
 UNINTERRUPTED = -1.0
 NO_SNAPSHOT = 0.0
 
 
-def variant_name(days: float) -> str:
-    if days == UNINTERRUPTED:
+def variant_name(interval: dataset.StreamTime | None) -> str:
+    if interval is None:
         return "uninterrupted"
-    if days == NO_SNAPSHOT:
+    if not interval.seconds:
         return "killed, no snapshot"
-    return f"killed, snapshot every {days:g} day" + ("s" if days != 1 else "")
-
-
-class FaultSchedule:
-    """Wraps the trainer's batches: snapshots on the schedule, and the kill and restart
-    of one training shard before the first batch at or after ``crash_event``."""
-
-    def __init__(
-        self, cluster: EvalCluster, interval_days: float, crash_event: int | None, shard: int
-    ) -> None:
-        self.cluster = cluster
-        self.interval = interval_days * _DAY if interval_days > 0 else 0.0
-        self.crash_event = crash_event or 0
-        self.crashes = crash_event is not None
-        self.shard = shard
-        self.trained = 0  # events trained so far
-        self._period: int | None = None  # period of the last snapshot
-        self.snapshots: list[int] = []  # events trained when each snapshot was written
-        self.snapshot_seconds = 0.0
-        self.crash: dict[str, Any] | None = None
-        self._last_time: int | None = None
-
-    def batches(self, events: Any, batch_size: int) -> Iterator[Any]:
-        for batch in events.batches(batch_size):
-            # The kill comes first: a snapshot due at the same boundary is never written.
-            if self.crashes and self.crash is None and self.trained >= self.crash_event:
-                self._kill_and_restore()
-            self._maybe_snapshot()
-            yield batch
-            self.trained += len(batch)
-            self._last_time = int(batch.timestamps[-1])
-
-    def _maybe_snapshot(self) -> None:
-        if not self.interval or self._last_time is None or self.crash is not None:
-            return
-        period = int(self._last_time // self.interval)
-        if period == self._period:
-            return
-        full = len(self.snapshots) % _FULL_EVERY == 0
-        self.snapshot_seconds += self.cluster.snapshot(full=full)
-        self.snapshots.append(self.trained)
-        self._period = period
-
-    def _kill_and_restore(self) -> None:
-        rows_before = self.cluster.rows_of_shard(self.shard)
-        self.cluster.local.kill("training", self.shard, sig=signal.SIGKILL)
-        started = time.monotonic()
-        attempts = restart(self.cluster, self.shard)
-        restart_seconds = time.monotonic() - started
-        rows_after = self.cluster.rows_of_shard(self.shard)
-        last = self.snapshots[-1] if self.snapshots else 0
-        self.crash = {
-            "event": self.trained,
-            "stream_date": results.utc_date(self._last_time or 0),
-            "last_snapshot_event": last if self.snapshots else None,
-            "events_lost": self.trained - last,
-            "rows_before": rows_before,
-            "rows_after_restore": rows_after,
-            "rows_lost": rows_before - rows_after,
-            "restart_seconds": restart_seconds,
-            "restart_attempts": attempts,
-        }
-
-
-def restart(cluster: EvalCluster, shard: int, attempts: int = 2) -> int:
-    """Start the killed shard again and wait until it has restored and serves; returns the
-    attempts it took. A second attempt is made only when the new process died before it
-    started serving at all (it never reached the restore), as a process forked from one
-    with live gRPC channels can (grpc/grpc#43055); a restore that fails is not retried."""
-    for attempt in range(1, attempts + 1):
-        try:
-            cluster.local.restart("training", shard)
-            return attempt
-        except LocalClusterError as exc:
-            if attempt == attempts or "before logging server_started" not in str(exc):
-                raise
-            print(f"restart of training-{shard} failed ({exc}); trying again", file=sys.stderr)
-    raise AssertionError("unreachable")
+    return f"killed, snapshot every {interval.label()}"
 
 
 def run_one(
-    args: argparse.Namespace, windows: list, days: float, crash_event: int, work: Path
+    args: argparse.Namespace,
+    windows: list,
+    interval: dataset.StreamTime | None,
+    planned: Plan,
+    crash_window: int,
+    work: Path,
 ) -> dict[str, Any]:
-    crashes = days != UNINTERRUPTED
+    days = UNINTERRUPTED if interval is None else interval.days
     with EvalCluster(
         base_config(), work / f"interval{days:g}", args.training_shards, snapshots=days > 0
     ) as cluster:
-        schedule = FaultSchedule(cluster, days, crash_event if crashes else None, args.shard)
+        schedule = FaultSchedule(cluster, planned, args.shard)
         per_window = []
         scored = []
         for i, (window, following) in enumerate(pairwise(windows)):
             trained = training.train(cluster, window, args.batch_size, schedule.batches)
-            if schedule.trained < crash_event:
+            if i < crash_window:
                 # Up to the kill every run is the same, batch for batch: nothing to compare.
                 scored.append(None)
                 continue
@@ -154,11 +84,12 @@ def run_one(
                     "found": training.found_fraction(result),
                 }
             )
-    if crashes and schedule.crash is None:
-        raise RuntimeError(f"the stream ended before the crash point (event {crash_event})")
+    if planned.kill is not None and schedule.crash is None:
+        raise RuntimeError(f"the stream ended before the kill (event {planned.kill})")
     return {
         "interval_days": days,
-        "variant": variant_name(days),
+        "interval": None if interval is None else interval.as_dict(),
+        "variant": variant_name(interval),
         "snapshots": len(schedule.snapshots),
         "snapshot_seconds": schedule.snapshot_seconds,
         "crash": schedule.crash,
@@ -172,20 +103,48 @@ def by_window(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {w["window"]: w for w in result["per_window"]}
 
 
+def variants(
+    windows: list, args: argparse.Namespace, span: float, crash_event: int
+) -> tuple[list[tuple[dataset.StreamTime | None, Plan]], list[dict[str, Any]]]:
+    """The runs to make (uninterrupted, each interval that snapshots differently, no
+    snapshot), each with its plan, and the intervals that would change nothing, with why."""
+    times = dataset.stream_times(args.intervals, args.intervals_days, span)
+    intervals = sorted({t for t in times if t.seconds > 0}, key=lambda t: t.seconds)
+    to_run: list[tuple[dataset.StreamTime | None, Plan]] = [
+        (None, plan(windows, args.batch_size, 0, None))
+    ]
+    no_effect = []
+    for interval in intervals:
+        planned = plan(windows, args.batch_size, interval.seconds, crash_event)
+        same = next((t for t, p in to_run[1:] if p.snapshots == planned.snapshots), None)
+        if not planned.snapshots:
+            why = "no snapshot falls before the kill: the same as a kill without snapshots"
+        elif same is not None:
+            why = f"the same snapshots before the kill as every {same.label()}"
+        else:
+            to_run.append((interval, planned))
+            continue
+        no_effect.append({"variant": variant_name(interval), "why": why})
+    if any(t.seconds == 0 for t in times):
+        to_run.append((dataset.StreamTime(0.0), plan(windows, args.batch_size, 0, crash_event)))
+    return to_run, no_effect
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     events, release = dataset.load_stream(args.data, args.limit)
     windows = events.windows(args.windows)
     crash_event = int(len(events) * args.crash_at)
+    to_run, no_effect = variants(windows, args, dataset.span_seconds(events), crash_event)
+    kill = plan(windows, args.batch_size, 0, crash_event).kill
+    counts, times = batch_ends(windows, args.batch_size)
     bounds = np.cumsum([0] + [len(w) for w in windows])
-    crash_window = int(np.searchsorted(bounds, crash_event, side="right") - 1)
+    crash_window = int(np.searchsorted(bounds, kill, side="right") - 1)
     after = list(range(crash_window, len(windows) - 1))  # trained windows scored after it
-    intervals = sorted({d for d in args.intervals_days if d > 0})
-    variants = [UNINTERRUPTED, *intervals, *([NO_SNAPSHOT] if 0 in args.intervals_days else [])]
     runs = []
     with cli.workdir(args, NAME, in_memory=True) as work:
-        for days in variants:
-            result = run_one(args, windows, days, crash_event, work)
+        for interval, planned in to_run:
+            result = run_one(args, windows, interval, planned, crash_window, work)
             runs.append(result)
             crash = result["crash"] or {}
             cli.say(
@@ -221,16 +180,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     for result in runs:
         del result["predictions"]
+    kill_time = int(times[np.searchsorted(counts, kill)])
     return {
         **results.run_info(NAME, args, started, release),
         "events": len(events),
         "windows": args.windows,
         "window_events": len(windows[0]),
+        "batch_size": args.batch_size,
+        "batch_days_mean": float(np.mean(np.diff(times)) / dataset.DAY) if len(times) > 1 else 0,
         "killed_shard": args.shard,
         "training_shards": args.training_shards,
-        "crash_event": crash_event,
+        "crash_at": args.crash_at,
+        "crash_event_requested": crash_event,
+        "crash_event": kill,
         "crash_window": crash_window,
-        "crash_date": (runs[1]["crash"] or {}).get("stream_date") if len(runs) > 1 else None,
+        "crash_date": results.utc_date(kill_time),
+        "no_effect": no_effect,
         "summary": summary,
         "runs": runs,
     }
@@ -270,14 +235,24 @@ def markdown(doc: dict[str, Any]) -> str:
     description = (
         f"{doc['events']} ratings in {doc['windows']} windows of ~{doc['window_events']}. "
         f"Training shard {doc['killed_shard']} of {doc['training_shards']} is killed "
-        f"(SIGKILL) before event {doc['crash_event']} (stream date {doc['crash_date']}, "
-        f"window {doc['crash_window']}) and restarted from its newest snapshot; from then "
-        "on, serving is synced after every window and scores the next one. AUC over the "
-        f"{scored} windows scored after the kill. Events lost: "
-        "trained after the shard's last snapshot; rows lost: the shard's rows then minus "
-        "after the restore."
+        f"(SIGKILL) after event {doc['crash_event']} (stream date {doc['crash_date']}, "
+        f"window {doc['crash_window']}: the first batch boundary at or after "
+        f"{doc['crash_at']:.0%} of the stream, event {doc['crash_event_requested']}) and "
+        "restarted from its newest snapshot; from then on, serving is synced after every "
+        f"window and scores the next one. AUC over the {scored} windows scored after the "
+        "kill. Events lost: trained after the shard's last snapshot; rows lost: the shard's "
+        f"rows then minus after the restore. Snapshots fall between batches of "
+        f"{doc['batch_size']} ratings, {doc['batch_days_mean']:.3g} days of this stream on "
+        "average."
     )
-    return results.document(TITLE, doc, description, header, rows)
+    text = results.document(TITLE, doc, description, header, rows)
+    if doc["no_effect"]:
+        text += (
+            "\n\nNot run (they would change nothing): "
+            + "; ".join(f"{v['variant']}: {v['why']}" for v in doc["no_effect"])
+            + "."
+        )
+    return text
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:
@@ -298,12 +273,19 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def parser() -> argparse.ArgumentParser:
     p = cli.eval_parser(NAME, __doc__)
     p.add_argument("--windows", type=int, default=10, help="stream windows (default 10)")
-    p.add_argument(
+    intervals = p.add_mutually_exclusive_group()
+    intervals.add_argument(
+        "--intervals",
+        type=dataset.parse_fractions,
+        default=[1 / 1000, 1 / 100, 1 / 20, 1 / 5, 0.0],
+        help="snapshot intervals as fractions of the stream's span, 0 = killed without any "
+        "snapshot (default 1/1000,1/100,1/20,1/5,0); the uninterrupted run is always made",
+    )
+    intervals.add_argument(
         "--intervals-days",
         type=lambda s: [float(x) for x in s.split(",")],
-        default=[1.0, 7.0, 28.0, 364.0, 0.0],
-        help="snapshot intervals in days of stream time, 0 = killed without any snapshot "
-        "(default 1,7,28,364,0); the uninterrupted run is always made",
+        default=None,
+        help="snapshot intervals in days of stream time instead, e.g. 1,7,28,0",
     )
     p.add_argument(
         "--crash-at", type=float, default=0.55, help="kill point, a fraction of the stream"
@@ -313,8 +295,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace) -> None:
-    if any(d < 0 for d in args.intervals_days):
-        raise SystemExit("--intervals-days: intervals must be >= 0 days")
+    if any(d < 0 for d in args.intervals_days or ()) or any(f < 0 for f in args.intervals):
+        raise SystemExit("--intervals, --intervals-days: intervals must be >= 0")
     if not 0 <= args.shard < args.training_shards:
         raise SystemExit(f"--shard: must be a training shard, 0 to {args.training_shards - 1}")
     if not 0.0 < args.crash_at < 1.0:

@@ -89,27 +89,39 @@ def test_admission_keeps_fewer_rows_as_the_threshold_grows(tmp_path):
 
 
 def test_expiry_in_stream_time_drops_rows_and_serving_follows(tmp_path):
-    doc, _ = run_eval(expiry, tmp_path, "--ttl-days", "0,30", "--windows", "3", "--seeds", "1")
+    doc, markdown = run_eval(
+        expiry, tmp_path, "--ttl-days", "0,30,100000", "--windows", "3", "--seeds", "1"
+    )
     none, month = doc["runs"]
     assert none["expired"] == 0 and month["expired"] > 0
     assert month["rows"] < none["rows"]
     # Expiry's tombstones reached serving through the agent.
     assert month["serving_rows"] == month["rows"] and none["serving_rows"] == none["rows"]
     assert none["test_auc"] > 0.55 and month["test_auc"] > 0.5
+    # A TTL longer than the training part could expire nothing: reported, not run.
+    (longer,) = doc["no_effect"]
+    assert longer["ttl_days"] == 100000 and "training part spans" in longer["why"]
+    assert [row[0] for row in table_rows(markdown)] == ["none", "30 days"]
+    assert "Not results (they would change nothing): TTL 100,000 days" in markdown
 
 
 def test_a_killed_shard_restores_its_snapshot_and_loses_only_what_came_after(tmp_path):
     doc, markdown = run_eval(
         fault_snapshot,
         tmp_path,
-        *("--windows", "2", "--intervals-days", "7", "--crash-at", "0.3"),
+        *("--windows", "2", "--intervals-days", "7,100000", "--crash-at", "0.3"),
         shards=2,
     )
     base, killed = doc["runs"]
     assert base["crash"] is None
     crash = killed["crash"]
     assert killed["snapshots"] > 0 and crash["last_snapshot_event"] is not None
-    assert crash["event"] >= doc["crash_event"]
+    # The kill point reported is where it happened: the batch boundary at or after 30%.
+    assert doc["crash_event_requested"] == 6000 and crash["event"] == doc["crash_event"] == 6144
+    assert "after event 6144" in markdown
+    # 100,000 days of stream time never come before the kill: reported, not run.
+    assert [v["variant"] for v in doc["no_effect"]] == ["killed, snapshot every 100,000 days"]
+    assert "no snapshot falls before the kill" in doc["no_effect"][0]["why"]
     assert 0 < crash["events_lost"] < crash["event"]
     # The restarted shard came back with the rows of its snapshot, not empty.
     assert 0 <= crash["rows_lost"] < crash["rows_before"] and crash["rows_after_restore"] > 0
