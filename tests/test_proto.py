@@ -1,4 +1,5 @@
-"""The committed generated code matches ``make proto`` run on the committed .proto."""
+"""The committed generated code, and the copy of the .proto the wheel ships, match
+``make proto`` run on the committed .proto."""
 
 from __future__ import annotations
 
@@ -30,3 +31,10 @@ def test_generated_code_is_fresh(tmp_path):
 def test_the_comparison_runs_the_makefile_command():
     makefile = (REPO_ROOT / "Makefile").read_text()
     assert "grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=." in makefile
+
+
+def test_the_packaged_proto_is_the_source():
+    source = (REPO_ROOT / "proto/monolith_ps/v1/ps.proto").read_bytes()
+    assert (REPO_ROOT / "monolith_ps/v1/ps.proto").read_bytes() == source, "run `make proto`"
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "cp proto/monolith_ps/v1/ps.proto monolith_ps/v1/ps.proto" in makefile

@@ -305,6 +305,12 @@ def test_image_holds_every_module_of_the_packages(image: Image) -> None:
     assert len(modules) > 10
     missing = [str(m) for m in modules if not (site_packages / m).is_file()]
     assert missing == []
+    # The commented API, the typing marker of each package, the license text.
+    packaged_proto = site_packages / "monolith_ps" / "v1" / "ps.proto"
+    assert packaged_proto.read_bytes() == (REPO / "proto/monolith_ps/v1/ps.proto").read_bytes()
+    assert all((site_packages / root / "py.typed").is_file() for root in roots)
+    (license_file,) = site_packages.glob("monolith_ps-*.dist-info/licenses/LICENSE")
+    assert license_file.read_bytes() == (REPO / "LICENSE").read_bytes()
     code = "import monolith_ps, monolith_ps.v1.ps_pb2_grpc; print(monolith_ps.__file__)"
     result = image.run(str(image.venv / "bin" / "python"), "-c", code)
     assert result.returncode == 0, result.stderr
