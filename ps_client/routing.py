@@ -9,6 +9,8 @@ positions are independent of the shard a key was routed to.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -76,3 +78,13 @@ def split_by_shard(keys: np.ndarray, num_shards: int) -> list[np.ndarray]:
 def _check_num_shards(num_shards: int) -> None:
     if not 1 <= num_shards <= MAX_SHARDS:
         raise ValueError(f"num_shards must be in 1..{MAX_SHARDS}, got {num_shards}")
+
+
+def can_share_keys(
+    source_shard: int, source_num_shards: int, shard_index: int, num_shards: int
+) -> bool:
+    """Whether any key owned by shard ``source_shard`` of ``source_num_shards`` can be owned
+    by shard ``shard_index`` of ``num_shards`` (both reduce ``mix64(key)``, so only shards
+    that agree modulo ``gcd`` of the counts share keys)."""
+    common = math.gcd(source_num_shards, num_shards)
+    return source_shard % common == shard_index % common

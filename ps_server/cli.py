@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
     from monolith_ps.config import ConfigError, load_config
     from monolith_ps.logs import configure_logging
     from ps_server.server import ServerSettings, ServerTLS, serve
-    from ps_server.snapshot.snapshotter import make_snapshotter
+    from ps_server.snapshot.export import NoSnapshotError
+    from ps_server.snapshot.snapshotter import (
+        NothingToBootstrapError,
+        NoValidSnapshotError,
+        make_snapshotter,
+    )
 
     configure_logging(args.log_format)
     reuse_large_buffers()  # the server owns its process: per-call buffers stay mapped
@@ -119,4 +124,8 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         grace_seconds=args.grace_seconds,
     )
-    return serve(settings, snapshotter_factory=make_snapshotter)
+    try:
+        return serve(settings, snapshotter_factory=make_snapshotter)
+    except (NoSnapshotError, NothingToBootstrapError, NoValidSnapshotError) as exc:
+        print(f"mps server: {exc}", file=sys.stderr)
+        return 1

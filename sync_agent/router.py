@@ -10,7 +10,6 @@ for every chunk of an export asked with ``route_num_shards``) travels untouched.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import split_by_shard
+from ps_client.routing import can_share_keys, split_by_shard
 
 __all__ = ["ChunkRouter", "Destination", "can_share_keys", "chunk_rows", "is_empty"]
 
@@ -51,14 +50,6 @@ class Destination:
     num_shards: int
     shard_index: int
     floor: int = 0
-
-
-def can_share_keys(
-    source_shard: int, source_num_shards: int, shard_index: int, num_shards: int
-) -> bool:
-    """Whether any key owned by the training shard can be owned by the serving shard."""
-    common = math.gcd(source_num_shards, num_shards)
-    return source_shard % common == shard_index % common
 
 
 def chunk_rows(chunk: ps_pb2.DeltaChunk) -> int:

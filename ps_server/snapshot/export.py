@@ -117,12 +117,48 @@ def is_bundle(path: Path | str) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
+def describe_contents(path: Path | str) -> str:
+    """What is at ``path``, in a few words, for a message refusing to use it."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is a file, not a directory"
+    names = sorted(entry.name for entry in path.iterdir())
+    if not names:
+        return f"{path} is an empty directory"
+    shown = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+    return f"{path} holds {shown}"
+
+
+def not_a_source_message(path: Path | str) -> str:
+    """Why ``path`` is neither a training snapshot directory nor a serving bundle."""
+    return (
+        f"{path} is neither a training snapshot directory nor a serving bundle "
+        f"({describe_contents(path)}); give a training server's --snapshot-dir or a "
+        "directory written by `mps export`"
+    )
+
+
+def missing_shards(sources: Sequence[ServingSource]) -> list[int]:
+    """Training shards of the sources' cluster that none of them holds."""
+    if not sources:
+        return []
+    have = {s.server.shard_index for s in sources}
+    return [i for i in range(sources[0].server.num_shards) if i not in have]
+
+
 def sources_from_snapshots(root: Path | str) -> ServingSource:
     """The newest consistent state of one training shard's snapshot directory."""
     store = SnapshotStore(root)
     result = store.restore()
     if result.empty:
-        raise NoSnapshotError(f"{root}: no snapshot that verifies")
+        if not result.skipped:
+            raise NoSnapshotError(not_a_source_message(root))
+        raise NoSnapshotError(
+            f"{root}: {len(result.skipped)} snapshot(s) and none verifies "
+            f"({result.skipped[-1].path.name}: {result.skipped[-1].reason})"
+        )
     if result.lost_updates:
         _LOGGER.warning(
             "%s: using seq %d; skipped newer %s",
@@ -179,12 +215,17 @@ def _check_distinct_shards(sources: Sequence[ServingSource]) -> None:
 
 
 def export_bundle(
-    sources: Sequence[Path | str], dest: Path | str, dtype: str = "float32"
+    sources: Sequence[Path | str],
+    dest: Path | str,
+    dtype: str = "float32",
+    allow_partial: bool = False,
 ) -> BundleInfo:
     """Write a serving bundle of ``sources`` (snapshot dirs or bundles) to ``dest``.
 
     ``dest`` must not exist; it appears only when complete. With ``float16``, values
     beyond its range are clipped to +-65504 and counted (logged and in the manifest).
+    Sources that miss some training shard of their cluster are refused (``ValueError``
+    naming the shards) unless ``allow_partial``: a bundle without them lacks their rows.
     """
     started = time.monotonic()
     if dtype not in BUNDLE_DTYPES:
@@ -195,6 +236,19 @@ def export_bundle(
     if not dest.parent.is_dir():
         raise FileNotFoundError(f"{dest.parent} does not exist")
     loaded = load_serving_sources(sources)
+    missing = missing_shards(loaded)
+    if missing:
+        held = sorted(s.server.shard_index for s in loaded)
+        message = (
+            f"the sources hold training shards {held} of {loaded[0].server.num_shards}; "
+            f"shards {missing} are missing"
+        )
+        if not allow_partial:
+            raise ValueError(
+                f"{message}: give every shard's snapshot directory with --from, or "
+                "--allow-partial to export only these (the bundle then lacks their rows)"
+            )
+        _LOGGER.warning("partial export: %s", message)
     work = dest.with_name(dest.name + PARTIAL_SUFFIX)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()

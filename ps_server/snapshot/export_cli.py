@@ -23,6 +23,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--to", dest="dest", metavar="DIR", required=True, help="new directory")
     parser.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="export even when some training shard's directory is not given (its rows "
+        "are then missing from the bundle); refused by default",
+    )
+    parser.add_argument(
         "--dtype",
         choices=("float32", "float16"),
         default="float32",
@@ -35,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ps_server.snapshot.format import CorruptSnapshotError
 
     try:
-        info = export_bundle(args.sources, args.dest, args.dtype)
+        info = export_bundle(args.sources, args.dest, args.dtype, args.allow_partial)
     except (OSError, ValueError, CorruptSnapshotError) as exc:
         print(f"mps export: error: {exc}", file=sys.stderr)
         return 1

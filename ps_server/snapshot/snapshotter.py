@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monolith_ps.logs import fields
+from ps_client.routing import can_share_keys
 from ps_server.hooks import SnapshotResult
 from ps_server.snapshot.format import Manifest, ServerInfo, write_json
 from ps_server.snapshot.merge import merge_chain
@@ -51,7 +52,13 @@ if TYPE_CHECKING:
     from ps_server.state import ShardState
     from ps_server.sync import DeltaReceiver
 
-__all__ = ["NoValidSnapshotError", "TrainingSnapshotter", "make_snapshotter"]
+__all__ = [
+    "EmptyOverwriteError",
+    "NoValidSnapshotError",
+    "NothingToBootstrapError",
+    "TrainingSnapshotter",
+    "make_snapshotter",
+]
 
 _LOGGER = logging.getLogger(__name__)
 SESSION_NAME = "session.json"
@@ -60,6 +67,16 @@ CLEAN_SHUTDOWN = "clean_shutdown"
 
 class NoValidSnapshotError(RuntimeError):
     """Snapshots exist but none verifies: starting empty would throw the model away."""
+
+
+class NothingToBootstrapError(RuntimeError):
+    """``--bootstrap-from`` names nothing a server can start from (the message says what
+    it found there)."""
+
+
+class EmptyOverwriteError(RuntimeError):
+    """A snapshot of a server that holds nothing would join a directory of snapshots with
+    rows: after a restore that loaded nothing, that hides the model instead of saving it."""
 
 
 class TrainingSnapshotter:
@@ -89,6 +106,7 @@ class TrainingSnapshotter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._restored_rows: int | None = None  # None until restore() ran
 
     # ------------------------------------------------------------ restore
 
@@ -109,8 +127,17 @@ class TrainingSnapshotter:
         result = self.store.restore()
         source = self.store
         if result.empty and not result.skipped and self.bootstrap_from is not None:
+            from ps_server.snapshot.export import is_bundle, not_a_source_message
+
+            if is_bundle(self.bootstrap_from):
+                self._restore_bundle(started)
+                return
             source = SnapshotStore(self.bootstrap_from)
             result = source.restore()
+            if result.empty and not result.skipped:
+                raise NothingToBootstrapError(
+                    f"--bootstrap-from {not_a_source_message(self.bootstrap_from)}"
+                )
         if result.empty:
             if result.skipped:
                 raise NoValidSnapshotError(
@@ -118,11 +145,13 @@ class TrainingSnapshotter:
                     f"({result.skipped[-1].path.name}: {result.skipped[-1].reason}); refusing "
                     "to start empty over them; move them aside to start anew"
                 )
+            self._restored_rows = 0
             self._write_session(0)
             _LOGGER.info("snapshot_restore_empty", extra=fields(snapshot_dir=str(self.store.root)))
             self._record_restore(started, 0, 0)
             return
         rows = self._load(result)
+        self._restored_rows = rows
         newest = result.chain[-1].manifest
         keep_epoch, reason = self._epoch_decision(result, from_own_dir=source is self.store)
         self.state.epoch = newest.server.epoch if keep_epoch else new_epoch()
@@ -146,6 +175,53 @@ class TrainingSnapshotter:
         if self.metrics is not None:
             self.metrics.mark_success(newest.created_unix)
         self._record_restore(started, rows, len(result.skipped))
+
+    def _restore_bundle(self, started: float) -> None:
+        """Start from a serving bundle: this shard's rows with their values and versions;
+        optimizer state, push counts and admission sketches start fresh (a bundle holds
+        none), the learned default row keeps its value. Takes a new epoch."""
+        from ps_server.snapshot.export import missing_shards, read_bundle
+
+        assert self.bootstrap_from is not None
+        state = self.state
+        sources = read_bundle(self.bootstrap_from)
+        missing = [
+            i
+            for i in missing_shards(sources)
+            if can_share_keys(i, sources[0].server.num_shards, state.shard_index, state.num_shards)
+        ]
+        if missing:
+            raise NothingToBootstrapError(
+                f"--bootstrap-from {self.bootstrap_from}: a partial bundle without training "
+                f"shards {missing} of {sources[0].server.num_shards}, whose rows this shard "
+                "would own; export it from every shard's snapshots"
+            )
+        rows = 0
+        for source in sources:
+            for name, table in source.tables.items():
+                target = state.tables.get(name)
+                if target is None:
+                    _LOGGER.warning("restore_table_dropped", extra=fields(table=name))
+                    continue
+                rows += load_serving_table(target, name, table, state.shard_index, state.num_shards)
+            if source.dense is not None and state.dense is not None:
+                load_dense(state.dense, source.dense, trainable=True)
+        state.epoch = new_epoch()
+        self._restored_rows = rows
+        self._write_session(0)
+        _LOGGER.info(
+            "bootstrap_done",
+            extra=fields(
+                source=str(self.bootstrap_from),
+                kind="bundle",
+                shards=len(sources),
+                rows=rows,
+                optimizer_state="fresh",
+                epoch=f"{state.epoch:016x}",
+                seconds=round(time.monotonic() - started, 3),
+            ),
+        )
+        self._record_restore(started, rows, 0)
 
     def _load(self, result: RestoreResult) -> int:
         merged = merge_chain(result.chain)
@@ -240,6 +316,7 @@ class TrainingSnapshotter:
         return SnapshotResult(str(written.path), manifest.bytes, written.seconds)
 
     def _write(self, kind: str, final: bool):  # noqa: ANN202 - WrittenSnapshot
+        self._refuse_empty_overwrite()
         parent = self._parent if kind == "incr" else None
         sections = {}
         for name, table in list(self.state.tables.items()):
@@ -264,6 +341,23 @@ class TrainingSnapshotter:
         if kind == "full":
             self.store.retain(self.keep)
         return written
+
+    def _refuse_empty_overwrite(self) -> None:
+        """After a restore that loaded nothing, and before anything changed, a snapshot
+        would record an empty model: refused while the directory holds snapshots with rows."""
+        if self._restored_rows != 0 or self._parent is not None:
+            return
+        if any(t.version or len(t) for t in self.state.tables.values()):
+            return
+        if self.state.dense is not None and self.state.dense.version:
+            return
+        for snap, manifest in self.store.iter_manifests():
+            if not isinstance(manifest, Exception) and manifest.rows:
+                raise EmptyOverwriteError(
+                    f"{self.store.root}: this server holds no rows and changed nothing since "
+                    f"its restore loaded none, but {snap.path.name} holds {manifest.rows} "
+                    "rows; not writing an empty snapshot beside it"
+                )
 
     def _changed_since_parent(self) -> bool:
         parent = self._parent

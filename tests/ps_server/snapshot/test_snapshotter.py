@@ -273,3 +273,107 @@ def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
         values, found = serving.tables["user"].find(user.keys[mine])
         assert found.all()
         np.testing.assert_array_equal(values, user.values[mine])
+
+
+def test_training_bootstrap_from_a_bundle_gets_values_and_fresh_optimizer_state(tmp_path):
+    live = _state()
+    snapshotter = _snapshotter(live, tmp_path / "snaps")
+    snapshotter.restore()
+    _train(live, np.random.default_rng(12))
+    snapshotter.close(final=True)
+    export_bundle([tmp_path / "snaps"], tmp_path / "bundle")
+    for shard in range(2):  # a 1-shard bundle into a 2-shard cluster: each takes its own rows
+        fresh = _state(shard=shard, shards=2)
+        started = _snapshotter(fresh, tmp_path / f"new-{shard}", bootstrap_from=tmp_path / "bundle")
+        started.restore()
+        assert fresh.epoch != live.epoch
+        for name in ("user", "item"):
+            want = live.tables[name].export_since(0)
+            mine = shard_of(want.keys, 2) == shard
+            got = fresh.tables[name].export_since(0, with_state=True)
+            order = np.argsort(got.keys)
+            np.testing.assert_array_equal(got.keys[order], np.sort(want.keys[mine]))
+            held = dict(zip(want.keys.tolist(), want.values, strict=True))
+            np.testing.assert_array_equal(
+                got.values[order], np.stack([held[k] for k in got.keys[order].tolist()])
+            )
+            assert not got.push_counts.any()  # optimizer state starts at the next push
+        if shard == 0:  # dense arrays live on training shard 0
+            dense = fresh.dense.export()[0]["mlp"]
+            np.testing.assert_array_equal(dense, live.dense.export()[0]["mlp"])
+        # Adagrad from a fresh accumulator (0.1): value - lr * g / sqrt(0.1 + g^2).
+        user = fresh.tables["user"]
+        key = user.export_since(0).keys[:1]
+        before, _ = user.find(key)
+        grad = np.full((1, 8), 0.5, np.float32)
+        user.apply_gradients(key, grad)
+        after, _ = user.find(key)
+        np.testing.assert_allclose(after, before - 0.05 * 0.5 / np.sqrt(0.1 + 0.25), rtol=1e-5)
+        started.close(final=True)
+        assert len(list((tmp_path / f"new-{shard}").glob("snap-*-full"))) == 1
+
+
+def test_bootstrap_refuses_what_is_neither_snapshots_nor_a_bundle(tmp_path):
+    from ps_server.snapshot.snapshotter import NothingToBootstrapError
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        tmp_path / "other": "holds notes.txt",
+        tmp_path / "empty": "is an empty directory",
+        tmp_path / "nowhere": "does not exist",
+    }
+    for path, found in cases.items():
+        with pytest.raises(NothingToBootstrapError, match="neither a training snapshot") as err:
+            _snapshotter(_state(), tmp_path / "own", bootstrap_from=path).restore()
+        assert found in str(err.value)
+        assert not list((tmp_path / "own").glob("snap-*"))
+        with pytest.raises(FileNotFoundError, match=found):
+            ServingBootstrap(_state(role="serving"), path).restore()
+
+
+def test_training_bootstrap_refuses_a_partial_bundle_missing_its_rows(tmp_path):
+    from ps_server.snapshot.snapshotter import NothingToBootstrapError
+
+    for shard in range(2):
+        live = _state(shard=shard, shards=2)
+        writer = _snapshotter(live, tmp_path / f"snaps-{shard}")
+        writer.restore()
+        keys = np.arange(1, 200, dtype=np.uint64)
+        live.tables["user"].find_or_insert(keys[shard_of(keys, 2) == shard])
+        writer.close(final=True)
+    with pytest.raises(ValueError, match=r"shards \[1\] are missing.*--allow-partial"):
+        export_bundle([tmp_path / "snaps-0"], tmp_path / "partial")
+    assert not (tmp_path / "partial").exists()
+    export_bundle([tmp_path / "snaps-0"], tmp_path / "partial", allow_partial=True)
+    # Shard 1 of 2 owns only keys of old shard 1: refused. Shard 0 of 2 has all it needs.
+    with pytest.raises(NothingToBootstrapError, match=r"without training shards \[1\] of 2"):
+        _snapshotter(
+            _state(shard=1, shards=2), tmp_path / "own-1", bootstrap_from=tmp_path / "partial"
+        ).restore()
+    _snapshotter(
+        _state(shard=0, shards=2), tmp_path / "own-0", bootstrap_from=tmp_path / "partial"
+    ).restore()
+
+
+def test_no_empty_snapshot_beside_snapshots_with_rows_after_an_empty_restore(tmp_path):
+    from ps_server.snapshot.snapshotter import EmptyOverwriteError
+
+    live = _state()
+    writer = _snapshotter(live, tmp_path / "snaps")
+    writer.restore()
+    _train(live, np.random.default_rng(13))
+    writer.close(final=True)
+    # A server that restored nothing (its own directory was empty at the time) while rows
+    # appeared in it since, e.g. copied in by an operator: its empty state is not written.
+    empty = _state()
+    late = _snapshotter(empty, tmp_path / "late")
+    late.restore()
+    for path in (tmp_path / "snaps").glob("snap-*"):
+        path.rename(tmp_path / "late" / path.name)
+    with pytest.raises(EmptyOverwriteError, match="holds no rows"):
+        late.snapshot(full=True)
+    empty.tables["user"].find_or_insert(np.array([1], np.uint64))  # now it has changed
+    late.snapshot(full=True)
+    late.close(final=False)
