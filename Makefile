@@ -39,6 +39,7 @@ endif
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
 
 format: $(STAMP)
 	$(BIN)/ruff format .

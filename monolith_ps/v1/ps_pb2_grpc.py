@@ -28,6 +28,8 @@ if _version_not_supported:
 class ParameterServerStub:
     """---------------------------------------------------------------- service
 
+    The parameter server: one service, both roles. Health checking (grpc.health.v1) and
+    server reflection run beside it on the same port.
     """
 
     def __init__(self, channel):
@@ -91,68 +93,79 @@ class ParameterServerStub:
 class ParameterServerServicer:
     """---------------------------------------------------------------- service
 
+    The parameter server: one service, both roles. Health checking (grpc.health.v1) and
+    server reflection run beside it on the same port.
     """
 
     def Lookup(self, request, context):
-        """Training: find-or-insert through admission. Serving: find only.
+        """Rows of keys. Training: find-or-insert through the admission filter (keys not yet
+        admitted get the default vector). Serving: find only, with a found mask.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DescribeTables(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The server's role, shard, epoch, limits and tables (both roles).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Snapshot(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Write a snapshot now (both roles; FAILED_PRECONDITION without --snapshot-dir).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Push(self, request, context):
-        """Training only.
+        """Apply gradients, once per request_id (training only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PushDense(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Apply dense gradients, once per request_id (training shard 0 only).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportDelta(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stream the rows changed since a version, in chunks (training only; the sync
+        agent's source).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Expire(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Run the TTL expiry now against a given time (training only).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PullDense(self, request, context):
-        """Training: the live arrays. Serving: the copies synced from training.
+        """Read dense arrays. Training shard 0: the live arrays. Serving: the copies synced
+        from training.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ApplyDelta(self, request_iterator, context):
-        """Serving only.
+        """Apply a delta stream from the sync agent (serving only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSyncState(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The sync cursors this server has applied (serving only).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -221,6 +234,8 @@ def add_ParameterServerServicer_to_server(servicer, server):
 class ParameterServer:
     """---------------------------------------------------------------- service
 
+    The parameter server: one service, both roles. Health checking (grpc.health.v1) and
+    server reflection run beside it on the same port.
     """
 
     @staticmethod
