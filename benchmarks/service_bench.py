@@ -159,7 +159,8 @@ class _LocalTable:
     """The server's own table in this process: the part of a Lookup no transport can hide."""
 
     def __init__(self, args, key_batches) -> None:
-        from ps_server.table import EmbeddingTable, TableConfig
+        from monolith_ps.table_config import TableConfig
+        from ps_server.table import EmbeddingTable
 
         self.table = EmbeddingTable(
             TableConfig(name=TABLE, dim=args.dim, optimizer="adagrad",

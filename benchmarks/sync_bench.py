@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monolith_ps import wire  # noqa: E402
 from monolith_ps.local import LocalCluster  # noqa: E402
+from monolith_ps.routing import shard_of  # noqa: E402
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc  # noqa: E402
-from ps_client.routing import shard_of  # noqa: E402
 from sync_agent.agent import SyncAgent  # noqa: E402
 from sync_agent.discovery.static import StaticDiscovery  # noqa: E402
 from sync_agent.settings import AgentSettings  # noqa: E402

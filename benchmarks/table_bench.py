@@ -41,7 +41,8 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1]
 import numba  # noqa: E402
 from numba import njit  # noqa: E402
 
-from ps_server.table import EmbeddingTable, TableConfig  # noqa: E402
+from monolith_ps.table_config import TableConfig  # noqa: E402
+from ps_server.table import EmbeddingTable  # noqa: E402
 from ps_server.table.arena import RowArena  # noqa: E402
 
 DIM = 64

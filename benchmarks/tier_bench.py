@@ -37,7 +37,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
 
-from ps_server.table import EmbeddingTable, TableConfig  # noqa: E402
+from monolith_ps.table_config import TableConfig  # noqa: E402
+from ps_server.table import EmbeddingTable  # noqa: E402
 
 DIM = 64
 BATCH = 8192

@@ -13,8 +13,8 @@ import numpy as np
 
 from examples.movielens.data import PAD_KEY, Dataset, Events, load_dataset
 from examples.movielens.releases import find_dataset
+from monolith_ps.routing import shard_of
 from ps_client.fid import SLOT_BITS, make_fid
-from ps_client.routing import shard_of
 
 __all__ = [
     "DAY",

@@ -25,10 +25,10 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ps_server.table import TableConfig
+from monolith_ps.errors import ConfigError
+from monolith_ps.table_config import DENSE_INITIALIZERS, TableConfig, validate_training_fields
 
 __all__ = [
     "ClusterConfig",
@@ -45,10 +45,6 @@ __all__ = [
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _TABLE_PREFIX = re.compile(r"^tables\[[^\]]*\]")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-class ConfigError(ValueError):
-    """A config file that cannot describe a cluster; the message names the field path."""
 
 
 def parse_duration(value: str | float | int, field: str = "duration") -> float:
@@ -195,8 +191,6 @@ def config_to_dict(config: ClusterConfig) -> dict[str, Any]:
 
 
 def _parse_tables(raw: Any) -> tuple[TableConfig, ...]:
-    from ps_server.table import TableConfig
-
     if not isinstance(raw, list) or not raw:
         raise ConfigError("tables: expected a non-empty list of table definitions")
     tables = []
@@ -220,8 +214,6 @@ def _parse_tables(raw: Any) -> tuple[TableConfig, ...]:
 
 
 def _parse_dense(raw: Any) -> tuple[DenseConfig, ...]:
-    from ps_server.dense import validate_dense_config
-
     if not isinstance(raw, list):
         raise ConfigError("dense: expected a list of dense array definitions")
     arrays = []
@@ -235,10 +227,14 @@ def _parse_dense(raw: Any) -> tuple[DenseConfig, ...]:
             raise ConfigError(f"{where}.name: duplicate dense array name {dense.name!r}")
         if dense.size < 1:
             raise ConfigError(f"{where}.size: must be >= 1, got {dense.size}")
-        try:
-            validate_dense_config(dense)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.{_message(exc)}") from exc
+        validate_training_fields(
+            where,
+            dense.optimizer,
+            dense.optimizer_args,
+            dense.initializer,
+            dense.initializer_args,
+            DENSE_INITIALIZERS,
+        )
         seen.add(dense.name)
         arrays.append(dense)
     return tuple(arrays)

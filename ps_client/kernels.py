@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ps_client.routing import mix64
+from monolith_ps.routing import mix64, place_by_shard
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -49,22 +49,12 @@ def route_keys(keys, num_shards):
                 break
             h = (h + np.uint64(1)) & mask
     bounds = np.zeros(num_shards + 1, dtype=np.int64)
-    shard = np.empty(count, dtype=np.int64)
-    shards = np.uint64(num_shards)
-    for j in range(count):
-        s = np.int64(mix64(unique[j]) % shards)
-        shard[j] = s
-        bounds[s + 1] += 1
-    for s in range(num_shards):
-        bounds[s + 1] += bounds[s]
-    fill = bounds[:num_shards].copy()
     rank = np.empty(count, dtype=np.int64)
+    unique = unique[:count]
+    place_by_shard(unique, num_shards, rank, bounds)
     grouped = np.empty(count, dtype=np.uint64)
     for j in range(count):
-        r = fill[shard[j]]
-        fill[shard[j]] = r + 1
-        rank[j] = r
-        grouped[r] = unique[j]
+        grouped[rank[j]] = unique[j]
     position = np.empty(n, dtype=np.int64)
     for i in range(n):
         position[i] = rank[inverse[i]]

@@ -11,46 +11,16 @@ import dataclasses
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from monolith_ps.config import DenseConfig
+from monolith_ps.optimizer_specs import INITIALIZERS, OPTIMIZERS
 from ps_server.errors import BadRequestError, UnknownNameError, WrongRoleError
-from ps_server.optim.initializers import INITIALIZERS, init_rows
-from ps_server.optim.optimizers import OPTIMIZERS, init_state_rows, optimizer_step
+from ps_server.optim.initializers import init_rows
+from ps_server.optim.optimizers import init_state_rows, optimizer_step
 
-if TYPE_CHECKING:
-    from monolith_ps.config import DenseConfig
-
-__all__ = ["DenseArrayInfo", "DenseStore", "validate_dense_config"]
-
-_DENSE_INITIALIZERS = ("zeros", "constant", "uniform", "normal")
-
-
-def validate_dense_config(config: DenseConfig) -> None:
-    """Check optimizer and initializer names and arguments (``ValueError`` naming the field)."""
-    from ps_server.table import TableConfig
-
-    if config.initializer not in _DENSE_INITIALIZERS:
-        raise ValueError(
-            f"initializer: must be one of {', '.join(_DENSE_INITIALIZERS)}, "
-            f"got {config.initializer!r}"
-        )
-    # A one-wide table config runs the same argument checks as embedding tables.
-    try:
-        TableConfig(
-            name=config.name,
-            dim=1,
-            optimizer=config.optimizer,
-            optimizer_args=dict(config.optimizer_args),
-            initializer=config.initializer,
-            initializer_args=dict(config.initializer_args),
-            seed=config.seed,
-        )
-    except ValueError as exc:
-        message = str(exc)
-        # "tables[name].optimizer_args.lr: ..." -> "optimizer_args.lr: ..."
-        raise ValueError(message.split("].", 1)[1] if "]." in message else message) from None
+__all__ = ["DenseArrayInfo", "DenseStore"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -237,7 +237,7 @@ def _table_labels(request: Any, known: Mapping[str, Any]) -> list[str]:
 class RpcMetricsInterceptor(grpc.ServerInterceptor):
     """Times every ParameterServer RPC and counts it by status code."""
 
-    def __init__(self, metrics: ServerMetrics, known_tables: Callable[[], Mapping[str, Any]]):
+    def __init__(self, metrics: ServerMetrics, known_tables: Mapping[str, Any]):
         self._metrics = metrics
         self._known_tables = known_tables
 
@@ -270,7 +270,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
         elapsed = time.perf_counter() - start
         code = context.code() or grpc.StatusCode.OK
         self._metrics.rpc_requests.labels(method, code.name).inc()
-        tables = _table_labels(request, self._known_tables()) if request is not None else [""]
+        tables = _table_labels(request, self._known_tables) if request is not None else [""]
         for table in tables:
             self._metrics.rpc_duration.labels(method, table).observe(elapsed)
 

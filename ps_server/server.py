@@ -188,7 +188,7 @@ class PSServer:
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ps-rpc"),
             interceptors=[
-                RpcMetricsInterceptor(self.metrics, self.state.tables_view),
+                RpcMetricsInterceptor(self.metrics, self.state.tables),
                 StartupGate(self._ready),
                 PreEncodedResponses(),
                 UndecodableRequests(),

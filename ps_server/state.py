@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -78,7 +77,3 @@ class ShardState:
             raise UnknownNameError(
                 f"unknown table {name!r} (this server has: {', '.join(sorted(self.tables))})"
             ) from None
-
-    def tables_view(self) -> Mapping[str, EmbeddingTable]:
-        """The current name -> table mapping (for collectors that only read it)."""
-        return self.tables

@@ -24,8 +24,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monolith_ps import wire
+from monolith_ps.routing import MAX_SHARDS, shard_of, split_by_shard
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import MAX_SHARDS, shard_of, split_by_shard
 from ps_server.errors import (
     BadRequestError,
     StreamConflictError,

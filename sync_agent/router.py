@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from monolith_ps import wire
+from monolith_ps.routing import can_share_keys, split_by_shard
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import can_share_keys, split_by_shard
 
 __all__ = ["ChunkRouter", "Destination", "can_share_keys", "chunk_rows", "is_empty"]
 

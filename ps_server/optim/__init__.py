@@ -1,6 +1,4 @@
-"""Optimizers and initializers of embedding rows: Numba kernels plus their specs."""
+"""Numba kernels of the optimizers and initializers of embedding rows and dense arrays.
 
-from ps_server.optim.initializers import INITIALIZERS, InitializerSpec
-from ps_server.optim.optimizers import OPTIMIZERS, OptimizerSpec
-
-__all__ = ["INITIALIZERS", "OPTIMIZERS", "InitializerSpec", "OptimizerSpec"]
+Their names, kinds and arguments are plain data in ``monolith_ps.optimizer_specs``.
+"""

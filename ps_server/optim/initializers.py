@@ -11,18 +11,11 @@ not yet admitted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numba import njit
 
-from ps_client.routing import mix64
-
-ZEROS = 0
-CONSTANT = 1
-UNIFORM = 2
-NORMAL = 3
-LEARNED = 4
+from monolith_ps.optimizer_specs import CONSTANT, LEARNED, UNIFORM, ZEROS
+from monolith_ps.routing import mix64
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _INIT_SEED = np.uint64(0x5851F42D4C957F2D)
@@ -30,29 +23,6 @@ _INIT_SEED = np.uint64(0x5851F42D4C957F2D)
 _LANES_MEAN = 131070
 _LANES_INV_STD = 1.0 / np.sqrt(4.0 * (65536.0**2 - 1.0) / 12.0)
 _TWO_POW_MINUS_53 = 1.0 / 9007199254740992.0
-
-
-@dataclass(frozen=True)
-class InitializerSpec:
-    """What an initializer is called, its id in the kernels and its arguments."""
-
-    name: str
-    kind: int
-    args: tuple[tuple[str, float], ...]  # (name, default) in kernel order
-
-    def parameters(self, given: dict[str, float]) -> np.ndarray:
-        """The float64 argument array of the kernels (always two values), defaults filled in."""
-        values = [float(given.get(k, d)) for k, d in self.args]
-        return np.array((values + [0.0, 0.0])[:2], dtype=np.float64)
-
-
-INITIALIZERS: dict[str, InitializerSpec] = {
-    "zeros": InitializerSpec("zeros", ZEROS, ()),
-    "constant": InitializerSpec("constant", CONSTANT, (("value", 0.0),)),
-    "uniform": InitializerSpec("uniform", UNIFORM, (("low", -0.05), ("high", 0.05))),
-    "normal": InitializerSpec("normal", NORMAL, (("mean", 0.0), ("std", 0.05))),
-    "learned": InitializerSpec("learned", LEARNED, ()),
-}
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")

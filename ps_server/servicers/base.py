@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 
 from monolith_ps import __version__, wire
+from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.routing import shard_of
 from ps_server.dense import DenseStore
 from ps_server.errors import (
     BadRequestError,
@@ -102,7 +102,7 @@ def check_ownership(state: ShardState, keys: np.ndarray, table: str) -> None:
         raise TopologyMismatchError(
             f"misrouted keys: {strangers.size} keys of table {table!r} belong to other shards "
             f"(key {keys[first]} is shard {owners[first]} of {state.num_shards}, this server "
-            f"is shard {state.shard_index}); route with ps_client.routing.shard_of"
+            f"is shard {state.shard_index}); route with monolith_ps.routing.shard_of"
         )
 
 

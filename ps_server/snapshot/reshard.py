@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ps_client.routing import MAX_SHARDS, shard_of, split_by_shard
+from monolith_ps.routing import MAX_SHARDS, shard_of, split_by_shard
 from ps_server.snapshot.content import ROW_KEYS, DenseSnapshot, TableSnapshot
 from ps_server.snapshot.format import ServerInfo
 from ps_server.snapshot.reshard_source import (

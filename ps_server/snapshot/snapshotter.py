@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from monolith_ps.logs import fields
-from ps_client.routing import can_share_keys
+from monolith_ps.routing import can_share_keys
 from ps_server.hooks import SnapshotResult
 from ps_server.snapshot.format import Manifest, ServerInfo, write_json
 from ps_server.snapshot.merge import merge_chain

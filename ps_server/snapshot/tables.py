@@ -104,7 +104,7 @@ def load_serving_table(
     target: EmbeddingTable, name: str, table: ServingTable, shard_index: int, num_shards: int
 ) -> int:
     """Load the rows of ``table`` that serving shard ``shard_index`` owns; returns how many."""
-    from ps_client.routing import shard_of
+    from monolith_ps.routing import shard_of
     from ps_server.table import Delta, DeltaError
 
     mine = shard_of(table.keys, num_shards) == shard_index
@@ -132,8 +132,8 @@ def serving_chunk(
     full-resync stream from training shard ``source``: applied through the server's sync
     receiver, it also sets the sync cursor to the source's epoch and complete version."""
     from monolith_ps import wire
+    from monolith_ps.routing import shard_of
     from monolith_ps.v1 import ps_pb2
-    from ps_client.routing import shard_of
 
     mine = shard_of(table.keys, num_shards) == shard_index
     values = table.values[mine]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ps_client.routing import mix64
+from monolith_ps.routing import mix64
 
 DEPTH = 4
 SEED_SKETCH = np.uint64(0xA4093822299F31D0)

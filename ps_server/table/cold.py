@@ -28,8 +28,8 @@ import weakref
 
 import numpy as np
 
+from monolith_ps.errors import ConfigError
 from ps_server.table import cuckoo, rows, tiers
-from ps_server.table.errors import ConfigError
 
 GROWTH = 1.5
 # resident bytes one row access may map: a read fault maps up to 16 neighbouring pages that

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ps_client.routing import mix64
+from monolith_ps.routing import mix64
 from ps_server.table.arena import committed_zeros
 from ps_server.table.jit import hot_kernel
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at

@@ -31,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from ps_server.optim.initializers import INITIALIZERS, LEARNED
-from ps_server.optim.optimizers import OPTIMIZERS, init_state_rows
+from monolith_ps.errors import ConfigError
+from monolith_ps.optimizer_specs import INITIALIZERS, LEARNED, OPTIMIZERS
+from monolith_ps.table_config import TableConfig
+from ps_server.optim.optimizers import init_state_rows
 from ps_server.table import admission, cuckoo, export, lookup, rows, tiers, update
 from ps_server.table.arena import RowArena
 from ps_server.table.cold import SHARED_SCALARS, ColdTier
-from ps_server.table.config import TableConfig
 from ps_server.table.delta import Delta
 from ps_server.table.errors import (
-    ConfigError,
     DeltaError,
     KeysError,
     NonFiniteGradientError,

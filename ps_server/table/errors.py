@@ -11,10 +11,6 @@ class TableError(Exception):
     """Base of every error an embedding table raises."""
 
 
-class ConfigError(TableError, ValueError):
-    """A table configuration is invalid; the message names the field."""
-
-
 class KeysError(TableError, ValueError):
     """Keys are not a one-dimensional ``uint64`` array."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ps_client.routing import mix64
+from monolith_ps.routing import mix64
 from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.cuckoo import insert, probe
 from ps_server.table.jit import hot_kernel

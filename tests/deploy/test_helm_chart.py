@@ -247,9 +247,8 @@ def test_values_yaml_documents_every_key() -> None:
 def test_schema_config_fields_match_what_the_servers_accept() -> None:
     """The config section of the schema names exactly the fields monolith_ps.config reads."""
     from monolith_ps import config as cluster_config
-    from ps_server.optim.initializers import INITIALIZERS
-    from ps_server.optim.optimizers import OPTIMIZERS
-    from ps_server.table.config import EVICTION_POLICIES, SERVING_DTYPES, TableConfig
+    from monolith_ps.optimizer_specs import INITIALIZERS, OPTIMIZERS
+    from monolith_ps.table_config import EVICTION_POLICIES, SERVING_DTYPES, TableConfig
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     definitions = schema["definitions"]

@@ -25,7 +25,7 @@ from examples.movielens.stream import (
     WindowReport,
     build_model,
 )
-from ps_client.local_store import LocalStore
+from ps_server.local_store import LocalStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

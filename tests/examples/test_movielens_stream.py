@@ -10,8 +10,8 @@ from examples.movielens import data
 from examples.movielens.metrics import roc_auc
 from examples.movielens.stream import DEFAULT_CONFIG, build_model
 from monolith_ps.config import load_config
-from ps_client.local_store import LocalStore
 from ps_client.trainer import Trainer, UniqueKeys
+from ps_server.local_store import LocalStore
 
 
 @pytest.fixture(scope="module")

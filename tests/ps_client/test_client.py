@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from monolith_ps.routing import mix64, shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import (
     InvalidRequestError,
@@ -26,7 +27,6 @@ from ps_client import (
 from ps_client.client import _plan_chunks, _route
 from ps_client.errors import error_from_rpc
 from ps_client.kernels import segment_sum
-from ps_client.routing import mix64, shard_of
 
 MASK64 = (1 << 64) - 1
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from monolith_ps import wire
+from monolith_ps.routing import MAX_SHARDS, shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.routing import MAX_SHARDS, shard_of
 
 DIM = 4
 CONFIG = {

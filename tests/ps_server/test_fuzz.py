@@ -275,7 +275,7 @@ def targets(server_factory, pytestconfig) -> Iterator[dict[str, Target]]:
     serving = Target(server_factory("serving", config=CONFIG))
     # Rows on training (keys of shard 0 only), a dense step, rows on serving.
     keys = np.arange(1, 200, dtype=np.uint64)
-    from ps_client.routing import shard_of
+    from monolith_ps.routing import shard_of
 
     own = keys[shard_of(keys, 2) == 0]
     training.stub.Lookup(

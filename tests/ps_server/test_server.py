@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from monolith_ps.config import parse_config
+from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import PreconditionError, PSClient, TopologyError
-from ps_client.routing import shard_of
 from ps_server.hooks import SnapshotResult
 from ps_server.server import SERVICE_NAME
 from ps_server.table import EmbeddingTable

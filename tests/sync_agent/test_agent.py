@@ -20,8 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from monolith_ps.cli import build_parser
+from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.routing import shard_of
 from sync_agent.agent import SyncAgent
 from sync_agent.agent import main as agent_main
 from sync_agent.discovery.base import Endpoint, Role

@@ -23,8 +23,8 @@ import pytest
 
 from monolith_ps import wire
 from monolith_ps.local import LocalCluster
+from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.routing import shard_of
 from sync_agent.router import can_share_keys
 
 N_TRAIN, N_SERVE, REPLICAS = 2, 2, 2

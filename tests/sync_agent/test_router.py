@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from monolith_ps import wire
+from monolith_ps.routing import shard_of, split_by_shard
 from monolith_ps.v1 import ps_pb2
-from ps_client.routing import shard_of, split_by_shard
 from sync_agent.router import ChunkRouter, Destination, can_share_keys, chunk_rows, is_empty
 
 DIM = 4

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from optim_reference import init_reference
 
-from ps_server.optim.initializers import INITIALIZERS, init_rows
+from monolith_ps.optimizer_specs import INITIALIZERS
+from ps_server.optim.initializers import init_rows
 
 DIM = 16
 

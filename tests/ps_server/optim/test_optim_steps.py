@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from optim_reference import init_reference, new_state, step
 
-from ps_server.table import EmbeddingTable, TableConfig
+from monolith_ps.table_config import TableConfig
+from ps_server.table import EmbeddingTable
 
 CASES = [
     ("sgd", {"lr": 0.1}, 0.0),

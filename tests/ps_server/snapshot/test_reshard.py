@@ -11,7 +11,7 @@ import pytest
 
 from monolith_ps.cli import main
 from monolith_ps.config import parse_config
-from ps_client.routing import shard_of, split_by_shard
+from monolith_ps.routing import shard_of, split_by_shard
 from ps_server.snapshot.reshard import ReshardError, reshard
 from ps_server.snapshot.snapshotter import TrainingSnapshotter
 from ps_server.snapshot.store import SnapshotStore

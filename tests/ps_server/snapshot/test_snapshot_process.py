@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.routing import shard_of
 from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.merge import MergedSnapshot, merge_chain
 from ps_server.snapshot.store import SnapshotStore

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monolith_ps.config import parse_config
-from ps_client.routing import shard_of
+from monolith_ps.routing import shard_of
 from ps_server.snapshot.export import export_bundle
 from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.metrics import SnapshotMetrics

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ps_server.table import EmbeddingTable, TableConfig
+from monolith_ps.table_config import TableConfig
+from ps_server.table import EmbeddingTable
 
 
 @pytest.fixture

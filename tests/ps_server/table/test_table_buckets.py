@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ps_client.routing import shard_of
+from monolith_ps.routing import shard_of
 from ps_server.table import cuckoo
 
 NUM_BUCKETS = 1024

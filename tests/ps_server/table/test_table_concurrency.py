@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from ps_server.table import EmbeddingTable, TableConfig
+from monolith_ps.table_config import TableConfig
+from ps_server.table import EmbeddingTable
 
 
 def test_concurrent_lookups_pushes_and_deletes_stay_consistent():

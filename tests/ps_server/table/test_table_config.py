@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ps_server.table import ConfigError, TableConfig
+from monolith_ps.errors import ConfigError
+from monolith_ps.table_config import TableConfig
 
 FULL = {
     "name": "user_id", "dim": 64, "optimizer": "adagrad", "optimizer_args": {"lr": 0.05},

@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ps_server.table import EmbeddingTable, TableConfig
+from monolith_ps.table_config import TableConfig
+from ps_server.table import EmbeddingTable
 
 DIM = 3
 

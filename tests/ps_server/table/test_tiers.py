@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from table_helpers import fingerprint
 
-from ps_server.optim.optimizers import OPTIMIZERS
-from ps_server.table import ConfigError, EmbeddingTable, TableConfig
+from monolith_ps.errors import ConfigError
+from monolith_ps.optimizer_specs import OPTIMIZERS
+from monolith_ps.table_config import TableConfig
+from ps_server.table import EmbeddingTable
 
 TTL = 40.0
 KEY_SPACE = 900

@@ -21,7 +21,8 @@ MiB = 1 << 20
 _RSS_SCRIPT = r"""
 import gc, json, sys
 import numpy as np
-from ps_server.table import EmbeddingTable, TableConfig
+from monolith_ps.table_config import TableConfig
+from ps_server.table import EmbeddingTable
 
 def status(field):
     for line in open("/proc/self/status"):

@@ -1,5 +1,6 @@
 """``LocalStore``: a cluster's tables and dense arrays in this process, with ``PSClient``'s
-lookup/push interface, for unit tests, notebooks and reference runs of a model.
+lookup/push interface, for unit tests, notebooks and reference runs of a model (an
+unknown table is a ``KeyError`` naming it).
 
 It runs the same table engine and optimizers as a training server (``EmbeddingTable``,
 ``DenseStore``), without gRPC, shards or a sync path::
@@ -17,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ps_client.errors import UnknownTableError
+from monolith_ps.config import ClusterConfig, load_config
+from ps_server.errors import UnknownNameError
+from ps_server.state import ShardState
+from ps_server.table import EmbeddingTable
 
 __all__ = ["LocalStore"]
 
@@ -25,26 +29,17 @@ __all__ = ["LocalStore"]
 class LocalStore:
     """Training tables (find-or-insert, server-side optimizers) and dense arrays in-process."""
 
-    def __init__(self, config: Any) -> None:
-        from ps_server.state import ShardState
-
+    def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self._state = ShardState.from_config(config, "training", 0, 1)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str]) -> LocalStore:
         """A store with the tables and dense arrays of a cluster config file."""
-        from monolith_ps.config import load_config
-
         return cls(load_config(path))
 
-    def _table(self, name: str) -> Any:
-        try:
-            return self._state.tables[name]
-        except KeyError:
-            raise UnknownTableError(
-                f"unknown table {name!r} (this store has: {', '.join(sorted(self._state.tables))})"
-            ) from None
+    def _table(self, name: str) -> EmbeddingTable:
+        return self._state.table(name)
 
     def lookup_many(
         self, keys_by_table: Mapping[str, Any], *, with_found: bool = False
@@ -95,7 +90,7 @@ class LocalStore:
     def push_dense(self, grads: Mapping[str, Any]) -> int:
         """One optimizer step on each named dense array; returns the new version."""
         if self._state.dense is None:
-            raise UnknownTableError(f"no dense arrays in this store (asked: {', '.join(grads)})")
+            raise UnknownNameError(f"no dense arrays in this store (asked: {', '.join(grads)})")
         return self._state.dense.push(grads)
 
     def num_rows(self) -> dict[str, int]:

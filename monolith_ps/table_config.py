@@ -1,4 +1,8 @@
-"""Table configuration: one validated, JSON-round-trippable dataclass per table."""
+"""Table configuration: one validated, JSON-round-trippable dataclass per table.
+
+Plain data: validating a config imports no kernel, so every process (the agent, the
+client, the launcher) can read the cluster's config cheaply.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,20 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ps_server.optim.initializers import INITIALIZERS
-from ps_server.optim.optimizers import OPTIMIZERS
-from ps_server.table.errors import ConfigError
+from monolith_ps.errors import ConfigError
+from monolith_ps.optimizer_specs import INITIALIZERS, OPTIMIZERS
+
+__all__ = [
+    "DENSE_INITIALIZERS",
+    "EVICTION_POLICIES",
+    "SERVING_DTYPES",
+    "TableConfig",
+    "validate_training_fields",
+]
 
 EVICTION_POLICIES = ("lru", "lfu")
 SERVING_DTYPES = ("float32", "float16")
+DENSE_INITIALIZERS = ("zeros", "constant", "uniform", "normal")
 _U64_MAX = 2**64 - 1
 
 # hyper-parameters and their allowed ranges, checked for every optimizer that has them
@@ -109,24 +121,9 @@ def _validate(c: TableConfig) -> None:
 
     if not _is_int(c.dim) or c.dim < 1 or c.dim > 65536:
         fail("dim", "must be a positive integer (at most 65536)", c.dim)
-    if not isinstance(c.optimizer, str) or c.optimizer not in OPTIMIZERS:
-        fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}", c.optimizer)
-    _validate_args(
-        p + ".optimizer_args", c.optimizer_args, dict(OPTIMIZERS[c.optimizer].args), _ARG_RULES
+    validate_training_fields(
+        p, c.optimizer, c.optimizer_args, c.initializer, c.initializer_args, tuple(INITIALIZERS)
     )
-    if not isinstance(c.initializer, str) or c.initializer not in INITIALIZERS:
-        fail("initializer", f"must be one of {', '.join(INITIALIZERS)}", c.initializer)
-    _validate_args(
-        p + ".initializer_args", c.initializer_args, dict(INITIALIZERS[c.initializer].args), {}
-    )
-    if c.initializer == "uniform":
-        args = dict(INITIALIZERS["uniform"].args) | c.initializer_args
-        if not args["low"] < args["high"]:
-            fail("initializer_args", "uniform needs low < high", c.initializer_args)
-    if c.initializer == "normal":
-        std = (dict(INITIALIZERS["normal"].args) | c.initializer_args)["std"]
-        if std < 0:
-            fail("initializer_args.std", "must be >= 0", std)
     if not _is_int(c.admit_after) or not 1 <= c.admit_after <= 65535:
         fail("admit_after", "must be an integer from 1 to 65535", c.admit_after)
     if c.ttl_seconds is not None and (
@@ -157,6 +154,42 @@ def _validate(c: TableConfig) -> None:
         fail("cold_dir", "is required with memory_budget_bytes (where cold rows go)", None)
     if budget is None and c.cold_dir is not None:
         fail("memory_budget_bytes", "is required with cold_dir (when rows go cold)", None)
+
+
+def validate_training_fields(
+    where: str,
+    optimizer: Any,
+    optimizer_args: Any,
+    initializer: Any,
+    initializer_args: Any,
+    initializers: tuple[str, ...],
+) -> None:
+    """Check an optimizer and an initializer with their arguments (tables and dense arrays).
+
+    Raises :class:`ConfigError` naming ``where.<field>``.
+    """
+
+    def fail(fld: str, what: str, got: Any) -> None:
+        raise ConfigError(f"{where}.{fld}: {what}, got {got!r}")
+
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
+        fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}", optimizer)
+    _validate_args(
+        where + ".optimizer_args", optimizer_args, dict(OPTIMIZERS[optimizer].args), _ARG_RULES
+    )
+    if not isinstance(initializer, str) or initializer not in initializers:
+        fail("initializer", f"must be one of {', '.join(initializers)}", initializer)
+    _validate_args(
+        where + ".initializer_args", initializer_args, dict(INITIALIZERS[initializer].args), {}
+    )
+    if initializer == "uniform":
+        args = dict(INITIALIZERS["uniform"].args) | initializer_args
+        if not args["low"] < args["high"]:
+            fail("initializer_args", "uniform needs low < high", initializer_args)
+    if initializer == "normal":
+        std = (dict(INITIALIZERS["normal"].args) | initializer_args)["std"]
+        if std < 0:
+            fail("initializer_args.std", "must be >= 0", std)
 
 
 def _validate_args(

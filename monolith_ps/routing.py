@@ -45,7 +45,13 @@ def shard_of(keys: np.ndarray, num_shards: int) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _group_by_shard(keys, num_shards, order, bounds):
+def place_by_shard(keys, num_shards, rank, bounds):
+    """Where each key goes when keys are grouped by shard, in input order within a shard.
+
+    Fills ``rank`` (``int64``, one per key) with the key's position in the grouped order
+    and ``bounds`` (``num_shards + 1`` zeros) so shard ``s`` owns positions
+    ``bounds[s]:bounds[s + 1]``: one pass to count and one to place, no sort.
+    """
     n = np.uint64(num_shards)
     shards = np.empty(keys.shape[0], dtype=np.int64)
     for i in range(keys.shape[0]):
@@ -57,21 +63,28 @@ def _group_by_shard(keys, num_shards, order, bounds):
     fill = bounds[:num_shards].copy()
     for i in range(keys.shape[0]):
         s = shards[i]
-        order[fill[s]] = i
+        rank[i] = fill[s]
         fill[s] += 1
+
+
+@njit(nogil=True, cache=True)
+def _split_order(keys, num_shards, order, bounds):
+    rank = np.empty(keys.shape[0], dtype=np.int64)
+    place_by_shard(keys, num_shards, rank, bounds)
+    for i in range(keys.shape[0]):
+        order[rank[i]] = i
 
 
 def split_by_shard(keys: np.ndarray, num_shards: int) -> list[np.ndarray]:
     """Indices of ``keys`` (``int64``) owned by each shard, in input order within a shard.
 
-    ``keys[split_by_shard(keys, n)[s]]`` are the keys with ``shard_of(key, n) == s``: one
-    pass to count and one to place, no sort.
+    ``keys[split_by_shard(keys, n)[s]]`` are the keys with ``shard_of(key, n) == s``.
     """
     _check_num_shards(num_shards)
     keys = np.ascontiguousarray(keys, dtype=np.uint64)
     order = np.empty(keys.shape[0], dtype=np.int64)
     bounds = np.zeros(num_shards + 1, dtype=np.int64)
-    _group_by_shard(keys, num_shards, order, bounds)
+    _split_order(keys, num_shards, order, bounds)
     return np.split(order, bounds[1:-1])
 
 
