@@ -83,7 +83,16 @@ class ServerConfig:
     max_batch_keys: int = 1 << 20  # keys in one Lookup or Push, all tables together
     expiry_sweep_interval: float = 60.0
     push_dedup_window: int = 100_000  # remembered request ids
-    max_workers: int = 0  # gRPC handler threads; 0 = 4 per core, at least 8
+    max_workers: int = 0  # gRPC handler threads; 0 = 4 per core, at least 16
+    # Delta streams (ExportDelta, ApplyDelta) of each kind open at once; 0 = half the
+    # handler threads. More are refused with RESOURCE_EXHAUSTED, so threads stay free for
+    # health and the unary RPCs.
+    max_streams: int = 0
+    stream_idle_timeout: float = 30.0  # a stream whose peer moves nothing this long is cut
+    stream_max_duration: float = 900.0  # no stream lives longer
+    # Bytes that exports and full resyncs in flight may hold together (a full resync stages
+    # the new generation of a table within it; past it the stream is refused).
+    stream_memory_bytes: int = 4 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +169,9 @@ def parse_config(raw: Any) -> ClusterConfig:
         ("server.max_message_bytes", server.max_message_bytes, 1 << 16),
         ("server.max_batch_keys", server.max_batch_keys, 1),
         ("server.expiry_sweep_interval", server.expiry_sweep_interval, 0.001),
+        ("server.stream_idle_timeout", server.stream_idle_timeout, 0.05),
+        ("server.stream_max_duration", server.stream_max_duration, 0.05),
+        ("server.stream_memory_bytes", server.stream_memory_bytes, 1 << 16),
         ("snapshot.full_interval", snapshot.full_interval, 0.001),
         ("snapshot.incremental_interval", snapshot.incremental_interval, 0.001),
         ("snapshot.keep", snapshot.keep, 1),
@@ -264,7 +276,7 @@ def _parse_section(raw: Any, cls: type, where: str) -> Any:
 def _coerce(value: Any, field: dataclasses.Field, where: str) -> Any:
     default = field.default
     annotation = str(field.type)
-    if annotation == "float" and "interval" in field.name:
+    if annotation == "float":  # every float of a section is a duration
         return parse_duration(value, where)
     if annotation.startswith("Mapping"):
         _require_mapping(value, where)

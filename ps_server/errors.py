@@ -21,7 +21,9 @@ from monolith_ps.logs import fields
 __all__ = [
     "BadRequestError",
     "BatchTooLargeError",
+    "BudgetExceededError",
     "NotConfiguredError",
+    "StreamCancelledError",
     "StreamConflictError",
     "SyncCursorError",
     "TopologyMismatchError",
@@ -44,6 +46,15 @@ class BadRequestError(ValueError):
 
 class BatchTooLargeError(ValueError):
     """A request or its answer past a configured limit; the message names the limit."""
+
+
+class BudgetExceededError(RuntimeError):
+    """A stream that would take the server past a configured memory or stream budget."""
+
+
+class StreamCancelledError(RuntimeError):
+    """A client stream ended by a cancel: the client went away, or the server cut it (idle,
+    too long, stopping). The status was sent already; nothing changed."""
 
 
 class UnknownNameError(KeyError):
@@ -77,6 +88,8 @@ class StreamConflictError(RuntimeError):
 _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (BatchTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (BudgetExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StreamCancelledError, grpc.StatusCode.CANCELLED),
     (UnknownNameError, grpc.StatusCode.NOT_FOUND),
     (WrongRoleError, grpc.StatusCode.FAILED_PRECONDITION),
     (TopologyMismatchError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from prometheus_client import (
@@ -30,10 +30,10 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from ps_server.cgroup import MemoryLimitCollector
+from ps_server.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
     from ps_server.state import ShardState
@@ -79,6 +79,9 @@ _TABLE_COUNTERS = {
     "demoted": ("monolith_ps_rows_demoted", "Rows moved from the hot tier to the cold tier."),
 }
 UNKNOWN_TABLE_LABEL = "_unknown"
+_HTTP_THREADS = 4  # scrapes and probes are small; more connections wait their turn
+_HTTP_PENDING = 64  # connections accepted but not yet served; more are closed at once
+_HTTP_TIMEOUT_SECONDS = 10.0  # a client that sends nothing this long is dropped
 
 
 class ServerMetrics:
@@ -308,8 +311,48 @@ def _is_iterator(request: Any) -> bool:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = _HTTP_TIMEOUT_SECONDS
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         """Scrapes and probes are not worth a log line each."""
+
+    def parse_request(self) -> bool:
+        """Refuse a request line without an HTTP version at once: the base class would
+        wait for headers an HTTP/0.9 client never sends."""
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        if len(self.requestline.split()) != 3:
+            self.command, self.request_version, self.close_connection = "", "HTTP/1.0", True
+            self.send_error(400, "Bad request line: expected 'METHOD PATH HTTP/1.x'")
+            return False
+        return super().parse_request()
+
+
+class _PooledWSGIServer(WSGIServer):
+    """Serves connections on a few pooled threads, not one new thread each."""
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._pool = DaemonThreadPool(_HTTP_THREADS, thread_name_prefix="metrics-http")
+        self._pending = threading.BoundedSemaphore(_HTTP_PENDING)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._pending.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._serve_one, request, client_address)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one broken connection, as socketserver does
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._pending.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False)
 
 
 class MetricsHTTPServer:
@@ -345,7 +388,7 @@ class MetricsHTTPServer:
 
         server_class = type(
             "MetricsWSGIServer",
-            (ThreadingWSGIServer,),
+            (_PooledWSGIServer,),
             {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET},
         )
         self._server = make_server(

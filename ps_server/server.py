@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 
 import grpc
 import numpy as np
@@ -33,7 +32,9 @@ from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
 from ps_server.servicers import servicer_for
 from ps_server.state import ShardState
+from ps_server.stream_guard import StreamBudget, StreamGuard, handler_threads
 from ps_server.table import EmbeddingTable
+from ps_server.threads import DaemonThreadPool
 
 __all__ = [
     "SERVICE_NAME",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
+# After the grace period cut every stream, the gRPC server gets this long to wind down.
+_STOP_MARGIN_SECONDS = 1.0
 
 SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 
@@ -167,7 +170,10 @@ class PSServer:
             settings.config, settings.role, settings.shard_index, settings.num_shards
         )
         self.metrics.watch_shard(self.state)
-        self.servicer = servicer_for(settings.role)(self.state, self.metrics)
+        self.stream_budget = StreamBudget(settings.config.server.stream_memory_bytes, self.registry)
+        self.servicer = servicer_for(settings.role)(
+            self.state, self.metrics, budget=self.stream_budget
+        )
         self.snapshotter: Snapshotter | None = None
         if settings.snapshot_dir or settings.bootstrap_from:
             if snapshotter_factory is None:
@@ -184,12 +190,13 @@ class PSServer:
         self._ready = threading.Event()
         server_config = settings.config.server
         max_bytes = server_config.max_message_bytes
-        workers = server_config.max_workers or max(8, 4 * (os.cpu_count() or 1))
+        self.streams = StreamGuard(server_config, self.registry)
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ps-rpc"),
+            DaemonThreadPool(handler_threads(server_config), thread_name_prefix="ps-rpc"),
             interceptors=[
                 RpcMetricsInterceptor(self.metrics, self.state.tables),
                 StartupGate(self._ready),
+                self.streams,
                 PreEncodedResponses(),
                 UndecodableRequests(),
             ],
@@ -286,7 +293,7 @@ class PSServer:
         try:
             self._stop_step("health", self.health.enter_graceful_shutdown)
             self._stop_sweep.set()
-            self._stop_step("drain", lambda: self._grpc.stop(grace).wait())
+            self._stop_step("drain", lambda: self._drain(grace))
             if self._sweeper is not None:
                 self._stop_step("expiry_sweep", self._sweeper.join)
             if self.snapshotter is not None:
@@ -304,6 +311,15 @@ class PSServer:
                 extra=fields(port=self.port, exit_code=self.exit_code),
             )
             self._stopped.set()
+
+    def _drain(self, grace: float) -> None:
+        """Let in-flight RPCs finish for ``grace`` s, then cut every stream still open."""
+        stopped = self._grpc.stop(grace)
+        if not stopped.wait(grace):
+            cut = self.streams.cut_all("server stopping: the grace period ended; retry elsewhere")
+            if not stopped.wait(_STOP_MARGIN_SECONDS):
+                _LOGGER.warning("handlers_still_busy", extra=fields(streams_cut=cut))
+        self.streams.close()
 
     def _stop_step(self, step: str, action: Callable[[], object]) -> None:
         """Run one step of ``stop``; a failure is logged, counted and remembered, not raised."""

@@ -34,6 +34,7 @@ from ps_server.errors import (
     UnknownNameError,
 )
 from ps_server.state import ShardState
+from ps_server.stream_guard import StreamBudget
 from ps_server.table import Delta, EmbeddingTable
 
 __all__ = ["DeltaReceiver", "SyncMetrics", "export_dense_chunks", "export_table_chunks"]
@@ -106,13 +107,16 @@ def export_table_chunks(
     request: ps_pb2.ExportDeltaRequest,
     default_chunk_rows: int,
     metrics: SyncMetrics | None = None,
+    budget: StreamBudget | None = None,
 ) -> Iterator[ps_pb2.DeltaChunk]:
     """The chunks of one table's delta since ``request.since_version``.
 
     A request whose epoch is not this server's (0 = the caller has none) gets every live
     row, as does one older than the tombstone log reaches: every chunk then says
     ``full_resync``. With ``route_num_shards``, each chunk holds the keys of one serving
-    shard. The table is read once; chunking runs without its lock.
+    shard. The table is read once; chunking runs without its lock, each chunk encoded
+    when the reader takes the one before. The rows read are held against ``budget``
+    until the stream ends.
     """
     if request.route_num_shards > MAX_SHARDS:
         raise BadRequestError(
@@ -126,6 +130,30 @@ def export_table_chunks(
     tomb_keys, tomb_versions = delta.tombstone_keys, delta.tombstone_versions
     if full:
         tomb_keys, tomb_versions = _EMPTY_KEYS, _EMPTY_KEYS
+    held = sum(a.nbytes for a in (delta.keys, delta.values, delta.versions, tomb_keys))
+    if budget is not None:
+        budget.take(held, f"ExportDelta of table {request.table!r} ({len(delta.keys)} rows)")
+    try:
+        tombstones = (tomb_keys, tomb_versions)
+        yield from _table_chunks(
+            state, request, table, delta, full, tombstones, default_chunk_rows, metrics
+        )
+    finally:
+        if budget is not None:
+            budget.give_back(held)
+
+
+def _table_chunks(
+    state: ShardState,
+    request: ps_pb2.ExportDeltaRequest,
+    table: EmbeddingTable,
+    delta: Delta,
+    full: bool,
+    tombstones: tuple[np.ndarray, np.ndarray],
+    default_chunk_rows: int,
+    metrics: SyncMetrics | None,
+) -> Iterator[ps_pb2.DeltaChunk]:
+    tomb_keys, tomb_versions = tombstones
     per_chunk = chunk_rows_for(
         table.dim,
         delta.values.dtype.itemsize,
@@ -260,9 +288,15 @@ class DeltaReceiver:
     (``StreamConflictError``, ABORTED) rather than interleaved.
     """
 
-    def __init__(self, state: ShardState, metrics: SyncMetrics | None = None) -> None:
+    def __init__(
+        self,
+        state: ShardState,
+        metrics: SyncMetrics | None = None,
+        budget: StreamBudget | None = None,
+    ) -> None:
         self._state = state
         self._metrics = metrics
+        self._budget = budget or StreamBudget(state.config.server.stream_memory_bytes)
         self._lock = threading.Lock()  # cursors, active streams, dense epoch
         self._cursors: dict[tuple[str, int], _Cursor] = {}
         self._active: set[tuple[str, int]] = set()
@@ -343,7 +377,7 @@ class DeltaReceiver:
             or cursor.source_num_shards != first.source_num_shards
             or first.since_version > cursor.version
         ):
-            held = (
+            holding = (
                 "no cursor"
                 if cursor is None
                 else f"cursor epoch {cursor.epoch:016x} of {cursor.source_num_shards} shards "
@@ -352,31 +386,50 @@ class DeltaReceiver:
             raise SyncCursorError(
                 f"incremental delta for table {name!r} from training shard {source} of "
                 f"{first.source_num_shards} (epoch {first.epoch:016x}, since version "
-                f"{first.since_version}) does not continue this server's {held}; it needs "
+                f"{first.since_version}) does not continue this server's {holding}; it needs "
                 "a full resync"
             )
         # The whole stream is decoded and checked before any row is applied, so a stream
         # refused at any chunk, or cut short, changes nothing.
         counts = _Counts()
         deltas = []
-        for chunk in _with_first(first, stream):
-            table = self._state.table(name)
-            self._check_header(first, chunk, table)
-            # Everything at or below the cursor is applied already, deletions included: a
-            # row from an older export must not bring back a key deleted since.
-            delta = self._decode(chunk, table, floor=cursor.version)
-            table.check_delta(delta)
-            counts.skipped += len(chunk.keys) // wire.KEY_DTYPE.itemsize - len(delta)
-            self._count_chunk(chunk, counts)
-            deltas.append(delta)
-            if chunk.last:
-                with self._table_locks[name]:
-                    target = self._state.table(name)
-                    for delta in deltas:
-                        counts.add(target.apply_delta(delta))
-                self._move_cursor(chunk)
-                return counts.response()
+        held = _Held(self._budget, f"incremental ApplyDelta of table {name!r}")
+        with held:
+            for chunk in _with_first(first, stream):
+                result = self._stage_incremental(first, chunk, cursor, counts, deltas, held)
+                if result is not None:
+                    return result
         raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
+
+    def _stage_incremental(
+        self,
+        first: ps_pb2.DeltaChunk,
+        chunk: ps_pb2.DeltaChunk,
+        cursor: _Cursor,
+        counts: _Counts,
+        deltas: list[Delta],
+        held: _Held,
+    ) -> ps_pb2.ApplyDeltaResponse | None:
+        """Check and hold one chunk; at the last one apply them all and move the cursor."""
+        name = first.table
+        table = self._state.table(name)
+        self._check_header(first, chunk, table)
+        # Everything at or below the cursor is applied already, deletions included: a
+        # row from an older export must not bring back a key deleted since.
+        delta = self._decode(chunk, table, floor=cursor.version)
+        table.check_delta(delta)
+        held.grow_to(held.nbytes + _delta_bytes(delta))
+        counts.skipped += len(chunk.keys) // wire.KEY_DTYPE.itemsize - len(delta)
+        self._count_chunk(chunk, counts)
+        deltas.append(delta)
+        if chunk.last:
+            with self._table_locks[name]:
+                target = self._state.table(name)
+                for delta in deltas:
+                    counts.add(target.apply_delta(delta))
+            self._move_cursor(chunk)
+            return counts.response()
+        return None
 
     def _apply_full(
         self,
@@ -384,48 +437,60 @@ class DeltaReceiver:
         stream: Iterator[ps_pb2.DeltaChunk],
         live: EmbeddingTable,
     ) -> ps_pb2.ApplyDeltaResponse:
-        name, source, num_sources = first.table, first.source_shard, first.source_num_shards
+        name, source = first.table, first.source_shard
         staging = EmbeddingTable(live.config, trainable=False, dtype=live.dtype)
         counts = _Counts()
-        for chunk in _with_first(first, stream):
-            self._check_header(first, chunk, staging)
-            counts.add(staging.apply_delta(self._decode(chunk, staging)))
-            self._count_chunk(chunk, counts)
-            if not chunk.last:
-                continue
-            with self._table_locks[name]:
-                with self._lock:
-                    cursor = self._cursors.get((name, source))
-                if (
-                    cursor is not None
-                    and cursor.epoch == chunk.epoch
-                    and cursor.source_num_shards == num_sources
-                    and cursor.version > chunk.complete_version
-                ):
-                    raise SyncCursorError(
-                        f"stale full resync of table {name!r} from training shard {source}: "
-                        f"complete to version {chunk.complete_version}, this server already "
-                        f"holds version {cursor.version} of the same epoch; nothing changed"
-                    )
-                current = self._state.table(name)
-                kept = current.export_since(0)
-                others = shard_of(kept.keys, num_sources) != source
-                staging.apply_delta(
-                    Delta.of_rows(
-                        kept.keys[others],
-                        kept.values[others],
-                        kept.versions[others],
-                        complete_version=kept.complete_version,
-                        default_value=kept.default_value,
-                        default_version=kept.default_version,
-                    )
-                )
-                self._state.tables[name] = staging
-                self._move_cursor(chunk, drop_other_shard_counts=True)
-            if self._metrics is not None:
-                self._metrics.full_resyncs.labels(name).inc()
-            return counts.response()
+        held = _Held(self._budget, f"full resync of table {name!r} from training shard {source}")
+        with held:
+            for chunk in _with_first(first, stream):
+                self._check_header(first, chunk, staging)
+                delta = self._decode(chunk, staging)
+                # the decoded chunk and the new generation's growth, before it happens
+                held.grow_to(staging.memory_bytes() + 2 * _delta_bytes(delta))
+                counts.add(staging.apply_delta(delta))
+                held.grow_to(staging.memory_bytes())
+                self._count_chunk(chunk, counts)
+                if chunk.last:
+                    return self._swap_in(chunk, staging, counts)
         raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
+
+    def _swap_in(
+        self, chunk: ps_pb2.DeltaChunk, staging: EmbeddingTable, counts: _Counts
+    ) -> ps_pb2.ApplyDeltaResponse:
+        """Make a completed full resync's new generation the live table."""
+        name, source, num_sources = chunk.table, chunk.source_shard, chunk.source_num_shards
+        with self._table_locks[name]:
+            with self._lock:
+                cursor = self._cursors.get((name, source))
+            if (
+                cursor is not None
+                and cursor.epoch == chunk.epoch
+                and cursor.source_num_shards == num_sources
+                and cursor.version > chunk.complete_version
+            ):
+                raise SyncCursorError(
+                    f"stale full resync of table {name!r} from training shard {source}: "
+                    f"complete to version {chunk.complete_version}, this server already "
+                    f"holds version {cursor.version} of the same epoch; nothing changed"
+                )
+            current = self._state.table(name)
+            kept = current.export_since(0)
+            others = shard_of(kept.keys, num_sources) != source
+            staging.apply_delta(
+                Delta.of_rows(
+                    kept.keys[others],
+                    kept.values[others],
+                    kept.versions[others],
+                    complete_version=kept.complete_version,
+                    default_value=kept.default_value,
+                    default_version=kept.default_version,
+                )
+            )
+            self._state.tables[name] = staging
+            self._move_cursor(chunk, drop_other_shard_counts=True)
+        if self._metrics is not None:
+            self._metrics.full_resyncs.labels(name).inc()
+        return counts.response()
 
     def _apply_dense(
         self, first: ps_pb2.DeltaChunk, stream: Iterator[ps_pb2.DeltaChunk]
@@ -554,6 +619,35 @@ class DeltaReceiver:
             labels = (last.table, str(last.source_shard))
             self._metrics.cursor_version.labels(*labels).set(version)
             self._metrics.cursor_timestamp.labels(*labels).set(now)
+
+
+class _Held:
+    """Bytes one stream holds against the stream budget, given back when it ends."""
+
+    def __init__(self, budget: StreamBudget, what: str) -> None:
+        self._budget = budget
+        self._what = what
+        self.nbytes = 0
+
+    def grow_to(self, nbytes: int) -> None:
+        if nbytes > self.nbytes:
+            self._budget.take(nbytes - self.nbytes, self._what)
+            self.nbytes = nbytes
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._budget.give_back(self.nbytes)
+        self.nbytes = 0
+
+
+def _delta_bytes(delta: Delta) -> int:
+    return sum(
+        a.nbytes
+        for a in (delta.keys, delta.values, delta.versions, delta.tombstone_keys)
+        if a is not None
+    )
 
 
 _ENDED_EARLY = (

@@ -13,6 +13,7 @@ from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
 from ps_server.servicers.base import BaseServicer, check_view, decode_key_batches
 from ps_server.state import ShardState
+from ps_server.stream_guard import StreamBudget
 from ps_server.sync import DeltaReceiver, SyncMetrics
 from ps_server.table import EmbeddingTable
 
@@ -36,10 +37,14 @@ class ServingServicer(BaseServicer):
     role = "serving"
 
     def __init__(
-        self, state: ShardState, metrics: ServerMetrics, snapshotter: Snapshotter | None = None
+        self,
+        state: ShardState,
+        metrics: ServerMetrics,
+        snapshotter: Snapshotter | None = None,
+        budget: StreamBudget | None = None,
     ) -> None:
-        super().__init__(state, metrics, snapshotter)
-        self.delta_receiver = DeltaReceiver(state, SyncMetrics(metrics.registry))
+        super().__init__(state, metrics, snapshotter, budget)
+        self.delta_receiver = DeltaReceiver(state, SyncMetrics(metrics.registry), self.budget)
 
     @rpc_errors
     def Lookup(self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext) -> bytes:

@@ -21,6 +21,7 @@ from ps_server.servicers.base import (
     first_non_finite_row,
 )
 from ps_server.state import ShardState
+from ps_server.stream_guard import StreamBudget
 from ps_server.sync import SyncMetrics, export_dense_chunks, export_table_chunks
 from ps_server.table import EmbeddingTable
 
@@ -41,9 +42,13 @@ class TrainingServicer(BaseServicer):
     role = "training"
 
     def __init__(
-        self, state: ShardState, metrics: ServerMetrics, snapshotter: Snapshotter | None = None
+        self,
+        state: ShardState,
+        metrics: ServerMetrics,
+        snapshotter: Snapshotter | None = None,
+        budget: StreamBudget | None = None,
     ) -> None:
-        super().__init__(state, metrics, snapshotter)
+        super().__init__(state, metrics, snapshotter, budget)
         window = state.config.server.push_dedup_window
         self._push_dedup: RequestDeduplicator[ps_pb2.PushResponse] = RequestDeduplicator(window)
         self._dense_dedup: RequestDeduplicator[int] = RequestDeduplicator(window)
@@ -123,7 +128,11 @@ class TrainingServicer(BaseServicer):
             yield from export_dense_chunks(self.state, request)
             return
         yield from export_table_chunks(
-            self.state, request, self.state.config.sync.chunk_rows, self._sync_metrics
+            self.state,
+            request,
+            self.state.config.sync.chunk_rows,
+            self._sync_metrics,
+            self.budget,
         )
 
     @rpc_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -136,3 +137,34 @@ def test_a_second_metric_of_a_table_counter_name_is_refused_at_registration(serv
             "A second source of the same name.",
             registry=server.registry,
         )
+
+
+def test_a_request_line_without_http_version_is_closed_at_once():
+    http = MetricsHTTPServer(CollectorRegistry(), 0, "127.0.0.1")
+    try:
+        with socket.create_connection(("127.0.0.1", http.port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):  # the server closes: recv returns b""
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.0 400")
+        assert b"Bad request line" in answer
+    finally:
+        http.stop()
+
+
+def test_many_idle_connections_do_not_make_threads_or_block_scrapes():
+    http = MetricsHTTPServer(CollectorRegistry(), 0, "127.0.0.1")
+    threads_before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", http.port), timeout=5) for _ in range(40)]
+    try:
+        # four pooled threads are held by idle sockets; the scrape waits for none of them
+        # longer than their read timeout, and no thread is made per connection
+        assert threading.active_count() - threads_before <= 4
+        for sock in idle:
+            sock.close()
+        url = f"http://127.0.0.1:{http.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        http.stop()

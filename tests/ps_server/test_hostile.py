@@ -1,0 +1,239 @@
+"""Hostile clients against real ``mps server`` subprocesses: unread exports, trickling and
+endless resyncs beside valid traffic, and SIGTERM with such streams open.
+
+Deadlines are configured short (``stream_idle_timeout`` 1 s) and tables small, so each
+attack takes a second or two; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from monolith_ps import wire
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+
+_DIM = 32
+_ROWS = 40_000  # ~5 MB of rows: more than loopback buffers, so an unread export blocks
+_CONFIG = {
+    "tables": [{"name": "emb", "dim": _DIM, "optimizer": "sgd", "initializer": "normal"}],
+    "server": {
+        "max_workers": 8,
+        "max_streams": 3,
+        "stream_idle_timeout": "1s",
+        "stream_max_duration": "30s",
+        "stream_memory_bytes": 24 << 20,
+    },
+}
+_VALID_DEADLINE = 2.0  # what a valid call must be answered within, attacks or not
+
+
+def _fill(address: str) -> None:
+    """Give the training server ``_ROWS`` rows (lookups insert on training)."""
+    with grpc.insecure_channel(address) as channel:
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+        for start in range(1, _ROWS + 1, 10_000):
+            keys = wire.encode_keys(np.arange(start, start + 10_000, dtype=np.uint64))
+            table = ps_pb2.TableKeys(table="emb", keys=keys)
+            stub.Lookup(ps_pb2.LookupRequest(tables=[table]), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def training(process_factory):
+    server = process_factory("training", config=_CONFIG)
+    _fill(server.address)
+    return server
+
+
+@pytest.fixture(scope="module")
+def serving(process_factory):
+    return process_factory("serving", config=_CONFIG)
+
+
+@contextlib.contextmanager
+def _stub(address: str) -> Iterator[ps_pb2_grpc.ParameterServerStub]:
+    with grpc.insecure_channel(address) as channel:
+        yield ps_pb2_grpc.ParameterServerStub(channel)
+
+
+def _valid_calls(address: str, role: str, seconds: float) -> list[str]:
+    """Health, DescribeTables and Lookup (and Push on training) for ``seconds``; the
+    failures, as text (none expected)."""
+    failures = []
+    keys = wire.encode_keys(np.arange(1, 65, dtype=np.uint64))
+    lookup = ps_pb2.LookupRequest(tables=[ps_pb2.TableKeys(table="emb", keys=keys)])
+    grads = wire.encode_values(np.zeros((64, _DIM), np.float32))[0]
+    push = ps_pb2.PushRequest(tables=[ps_pb2.TableGradients(table="emb", keys=keys, grads=grads)])
+    with grpc.insecure_channel(address) as channel:
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        calls = [
+            ("health", health.Check, health_pb2.HealthCheckRequest()),
+            ("describe", stub.DescribeTables, ps_pb2.DescribeTablesRequest()),
+            ("lookup", stub.Lookup, lookup),
+        ]
+        if role == "training":
+            calls.append(("push", stub.Push, push))
+        else:
+            calls.append(("sync_state", stub.GetSyncState, ps_pb2.GetSyncStateRequest()))
+        end = time.monotonic() + seconds
+        for _ in range(10_000):
+            if time.monotonic() >= end:
+                break
+            for name, rpc, request in calls:
+                try:
+                    rpc(request, timeout=_VALID_DEADLINE)
+                except grpc.RpcError as exc:
+                    failures.append(f"{name}: {exc.code().name} {exc.details()}")
+    return failures
+
+
+def _metric(server, name: str) -> float:
+    page = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5)
+    total = 0.0
+    for line in page.read().decode().splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _chunk(start: int, rows: int, source: int = 0, last: bool = False) -> ps_pb2.DeltaChunk:
+    """A full-resync chunk of rows ``start..`` from training shard ``source`` of 64."""
+    keys = np.arange(start, start + rows, dtype=np.uint64)
+    return ps_pb2.DeltaChunk(
+        table="emb", source_shard=source, source_num_shards=64, epoch=7, full_resync=True,
+        dim=_DIM, keys=wire.encode_keys(keys), versions=wire.encode_versions(keys),
+        values=wire.encode_values(np.ones((rows, _DIM), np.float32))[0],
+        last=last, complete_version=start + rows if last else 0,
+    )  # fmt: skip
+
+
+class _Trickle:
+    """An ApplyDelta stream that sends ``first`` chunks, then nothing until released."""
+
+    def __init__(self, stub: ps_pb2_grpc.ParameterServerStub, first: list[ps_pb2.DeltaChunk]):
+        self.release = threading.Event()
+        self.sent = 0
+
+        def requests() -> Iterator[ps_pb2.DeltaChunk]:
+            for chunk in first:
+                self.sent += 1
+                yield chunk
+            self.release.wait(60)
+
+        self.future = stub.ApplyDelta.future(requests(), timeout=60)
+
+    def code(self, timeout: float = 20) -> tuple[grpc.StatusCode, str]:
+        try:
+            self.future.result(timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code(), exc.details()
+        finally:
+            self.release.set()
+        return grpc.StatusCode.OK, ""
+
+
+def test_unread_exports_are_capped_and_cut_while_valid_calls_go_on(training):
+    exports = []
+    with _stub(training.address) as stub:
+        for _ in range(6):  # more than max_streams (3)
+            request = ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=64)
+            exports.append(stub.ExportDelta(request, timeout=60))
+        failures = _valid_calls(training.address, "training", seconds=2.5)
+        outcomes = []
+        for call in exports:  # read them now: refused at once, or cut while unread
+            try:
+                for _ in call:
+                    pass
+                outcomes.append(("OK", ""))
+            except grpc.RpcError as exc:
+                outcomes.append((exc.code().name, exc.details()))
+    assert failures == []
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == ["DEADLINE_EXCEEDED"] * 3 + ["RESOURCE_EXHAUSTED"] * 3, outcomes
+    cut = next(details for code, details in outcomes if code == "DEADLINE_EXCEEDED")
+    assert "the reader took no chunk" in cut and "server.stream_idle_timeout" in cut
+    refused = next(details for code, details in outcomes if code == "RESOURCE_EXHAUSTED")
+    assert "server.max_streams" in refused
+    assert (
+        _metric(training, 'monolith_ps_streams_cut_total{method="ExportDelta",reason="idle"}') >= 3
+    )
+    # Slots are free again: a reader that reads gets the whole table.
+    with _stub(training.address) as stub:
+        request = ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=8192)
+        chunks = list(stub.ExportDelta(request, timeout=30))
+    assert sum(len(c.keys) // 8 for c in chunks) == _ROWS
+
+
+def test_trickling_resyncs_are_cut_while_valid_calls_go_on(serving):
+    with _stub(serving.address) as stub:
+        trickles = [_Trickle(stub, [_chunk(1 + 1000 * i, 10, source=i)]) for i in range(5)]
+        failures = _valid_calls(serving.address, "serving", seconds=2.5)
+        outcomes = [t.code() for t in trickles]
+    assert failures == []
+    codes = sorted(code.name for code, _ in outcomes)
+    assert codes == ["DEADLINE_EXCEEDED"] * 3 + ["RESOURCE_EXHAUSTED"] * 2, outcomes
+    cut = next(details for code, details in outcomes if code.name == "DEADLINE_EXCEEDED")
+    assert "the writer sent no chunk" in cut
+    with _stub(serving.address) as stub:  # nothing was applied, no cursor moved
+        assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+    assert "rpc_failed" not in serving.events  # a cut stream is no server error
+
+
+def test_endless_resync_stays_within_the_memory_budget(serving):
+    before = _rss_bytes(serving.proc.pid)
+    sent = 0
+    rows = 2048  # 256 KiB of values a chunk
+
+    def endless() -> Iterator[ps_pb2.DeltaChunk]:
+        nonlocal sent
+        for i in range(2_000):  # 500 MB if nothing stopped it
+            sent += 1
+            yield _chunk(1 + i * rows, rows)
+
+    with _stub(serving.address) as stub:
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ApplyDelta(endless(), timeout=60)
+        peak = _rss_bytes(serving.proc.pid)
+        assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "server.stream_memory_bytes" in refused.value.details()
+    assert sent < 200
+    # the budget (24 MiB) plus the transient of a chunk, far from the 500 MB offered
+    assert peak - before < 96 << 20, (before, peak)
+
+
+def test_sigterm_with_hostile_streams_open_exits_within_the_grace(process_factory):
+    server = process_factory("training", config=_CONFIG)  # --grace-seconds 2
+    _fill(server.address)
+    with _stub(server.address) as stub:
+        exports = [
+            stub.ExportDelta(ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=64), timeout=60)
+            for _ in range(3)
+        ]
+        next(exports[0])  # the streams are open and blocked on their unread chunks
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+        took = time.monotonic() - started
+        for call in exports:
+            call.cancel()
+    assert code == 0
+    assert took < 2 + 2.0, took  # the grace, plus the final steps
