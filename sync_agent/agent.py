@@ -131,6 +131,7 @@ class SyncAgent:
         self._background: dict[str, concurrent.futures.Future[RoundReport]] = {}
         self._behind_since: dict[tuple[str, str], float] = {}
         self._known_replicas: dict[str, list[str]] = {}
+        self._partition = settings.partition
 
     # ------------------------------------------------------------------ run loop
 
@@ -341,7 +342,7 @@ class SyncAgent:
                 self._error(report, "sync_state", endpoint.name, result)
                 with self._lock:
                     self._isolated.add(endpoint.name)
-            else:
+            elif result.shard_index % self._partition[1] == self._partition[0]:
                 replicas.append(result)
         training = self._check_training_topology(training, report)
         self.metrics.training_shards.set(len(training))
@@ -623,6 +624,7 @@ def main(args: argparse.Namespace) -> int:
                 sparse_interval=settings.sparse_interval,
                 dense_interval=settings.dense_interval,
                 metrics_port=metrics_port,
+                partition="{}/{}".format(*settings.partition),
             ),
         )
         status = agent.run()

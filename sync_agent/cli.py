@@ -57,6 +57,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="deadline of one export or apply stream (default: 600s)",
     )
     parser.add_argument(
+        "--partition",
+        metavar="INDEX/COUNT",
+        help="sync only the serving shards s with s %% COUNT == INDEX, so COUNT agents share "
+        "the work; INDEX may be 'auto': the trailing ordinal of $POD_NAME (default: all)",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port"
     )
     tls = parser.add_argument_group("TLS")

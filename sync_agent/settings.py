@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
+import socket
+from collections.abc import Mapping
 
 from monolith_ps.config import ConfigError, SyncConfig, load_config, parse_duration
 from sync_agent.discovery.static import parse_address_list
@@ -12,6 +16,7 @@ __all__ = ["AgentSettings", "SettingsError", "TlsFiles"]
 
 _DISCOVERY_KINDS = ("static", "kubernetes")
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_TRAILING_ORDINAL = re.compile(r"(\d+)$")
 
 
 class SettingsError(ValueError):
@@ -50,8 +55,12 @@ class AgentSettings:
     rpc_timeout: float = 5.0
     stall_timeout: float = 30.0
     stream_timeout: float = 600.0
+    partition: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
+        index, count = self.partition
+        if not 0 <= index < count:
+            raise SettingsError(f"--partition {index}/{count}: need 0 <= INDEX < COUNT")
         if self.discovery not in _DISCOVERY_KINDS:
             raise SettingsError(
                 f"--discovery must be one of {', '.join(_DISCOVERY_KINDS)}, got {self.discovery!r}"
@@ -124,7 +133,33 @@ class AgentSettings:
             rpc_timeout=_duration(args.rpc_timeout, "--rpc-timeout", cls.rpc_timeout),
             stall_timeout=_duration(args.stall_timeout, "--stall-timeout", cls.stall_timeout),
             stream_timeout=_duration(args.stream_timeout, "--stream-timeout", cls.stream_timeout),
+            partition=parse_partition(args.partition),
         )
+
+
+def parse_partition(text: str | None, env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """``(index, count)`` from ``INDEX/COUNT``; ``auto/COUNT`` takes the trailing ordinal of
+    ``$POD_NAME`` (else the hostname) modulo COUNT, as a StatefulSet pod is ``name-<i>``."""
+    if text is None:
+        return (0, 1)
+    index_text, sep, count_text = text.partition("/")
+    try:
+        count = int(count_text)
+        if index_text == "auto":
+            name = env.get("POD_NAME") or socket.gethostname()
+            match = _TRAILING_ORDINAL.search(name)
+            if match is None:
+                raise SettingsError(f"--partition auto: {name!r} does not end in an ordinal")
+            index = int(match.group(1)) % max(count, 1)
+        else:
+            index = int(index_text)
+    except ValueError:
+        raise SettingsError(
+            f"--partition must be INDEX/COUNT or auto/COUNT, e.g. 0/2, got {text!r}"
+        ) from None
+    if not sep or count < 1 or not 0 <= index < count:
+        raise SettingsError(f"--partition {text!r}: need 0 <= INDEX < COUNT")
+    return (index, count)
 
 
 def _addresses(text: str | None, flag: str) -> list[str]:

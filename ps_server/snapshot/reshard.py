@@ -319,7 +319,7 @@ def _added_sketches(table: str, sketches: Sequence[np.ndarray]) -> np.ndarray:
             f"table {table!r}: admission sketches differ in shape or type across the old "
             f"shards ({sorted(shapes)}); they cannot be added"
         )
-    total = np.zeros(sketches[0].shape, dtype=np.uint64)
+    total = np.zeros(sketches[0].shape, dtype=np.uint32)
     for sketch in sketches:
         total += sketch
     return np.minimum(total, np.iinfo(sketches[0].dtype).max).astype(sketches[0].dtype)

@@ -14,6 +14,7 @@ import pytest
 from chart_render import NAMESPACE, RELEASE, Rendering, render
 
 from monolith_ps.cli import build_parser
+from sync_agent.settings import parse_partition
 
 
 def parse(args: list[str]) -> argparse.Namespace:
@@ -133,13 +134,22 @@ def test_server_command_matches_mps_server(rendering: Rendering, component: str)
 
 
 def test_agent_command_matches_mps_sync_agent(rendering: Rendering) -> None:
-    deployment = rendering.one("Deployment", "sync-agent")
+    deployment = rendering.one("StatefulSet", "sync-agent")
     pod_spec = deployment["spec"]["template"]["spec"]
     (container,) = pod_spec["containers"]
     parsed = parse(container["args"])
     values = rendering.values
 
     assert parsed.command == "sync-agent"
+    # Each agent pod takes its own share of the serving shards, by its ordinal.
+    replicas = values["agent"]["replicas"]
+    assert deployment["spec"]["replicas"] == replicas
+    if replicas > 1:
+        pods = [f"{deployment['metadata']['name']}-{i}" for i in range(replicas)]
+        shares = {parse_partition(parsed.partition, {"POD_NAME": pod}) for pod in pods}
+        assert shares == {(i, replicas) for i in range(replicas)}
+    else:
+        assert parsed.partition is None
     assert parsed.discovery == "kubernetes"
     assert parsed.namespace == NAMESPACE
     assert parsed.metrics_port == container_port(container, "metrics")

@@ -369,7 +369,7 @@ def test_agent_may_only_read_pods(rendering: Rendering) -> None:
         "kind": "Role",
         "name": role["metadata"]["name"],
     }
-    agent = rendering.one("Deployment", "sync-agent")["spec"]["template"]["spec"]
+    agent = rendering.one("StatefulSet", "sync-agent")["spec"]["template"]["spec"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": agent["serviceAccountName"], "namespace": NAMESPACE}
     ]
@@ -400,7 +400,7 @@ def test_network_policies_admit_the_agent_and_never_everyone(
     with_policies = [r for r in renderings.values() if r.of_kind("NetworkPolicy")]
     assert len(with_policies) >= 2
     for rendering in with_policies:
-        agent_labels = rendering.one("Deployment", "sync-agent")["spec"]["template"]["metadata"][
+        agent_labels = rendering.one("StatefulSet", "sync-agent")["spec"]["template"]["metadata"][
             "labels"
         ]
         for component in ("training", "serving"):
@@ -427,7 +427,7 @@ def test_config_change_rolls_the_pods() -> None:
     for kind, component in (
         ("StatefulSet", "training"),
         ("StatefulSet", "serving"),
-        ("Deployment", "sync-agent"),
+        ("StatefulSet", "sync-agent"),
     ):
         old = before.one(kind, component)["spec"]["template"]["metadata"]["annotations"]
         new = after.one(kind, component)["spec"]["template"]["metadata"]["annotations"]
