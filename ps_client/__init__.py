@@ -5,16 +5,9 @@
 >>> rows = c.lookup("user_id", make_fid(1, user_ids))  # doctest: +SKIP
 """
 
-from ps_client.client import (
-    ClientTLS,
-    PSClient,
-    PushResult,
-    ShardInfo,
-    SnapshotInfo,
-    SyncCursor,
-    SyncState,
-    TableInfo,
-)
+from monolith_ps.transport.channels import ClientTLS
+from monolith_ps.transport.cluster import ShardInfo, SyncCursor, SyncState, TableInfo
+from ps_client.client import PSClient, PushResult, SnapshotInfo
 from ps_client.errors import (
     DeadlineExceededError,
     InvalidRequestError,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import threading
@@ -25,6 +24,16 @@ import grpc
 import numpy as np
 
 from monolith_ps import wire
+from monolith_ps.transport.channels import ClientTLS, channel_options, open_channel
+from monolith_ps.transport.cluster import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ShardInfo,
+    SyncState,
+    TableInfo,
+    client_view_problems,
+    shard_info_from_proto,
+    sync_state_from_proto,
+)
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client.buffers import OutputBuffers
 from ps_client.errors import (
@@ -46,83 +55,12 @@ from ps_client.kernels import (
 )
 from ps_client.retry import RetryPolicy
 
-__all__ = [
-    "ClientTLS",
-    "PSClient",
-    "PushResult",
-    "ShardInfo",
-    "SyncCursor",
-    "SyncState",
-    "TableInfo",
-]
+__all__ = ["PSClient", "PushResult", "SnapshotInfo"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_DEFAULT_MAX_BATCH_KEYS = 1 << 20
 _LOOKUP_METHOD = "/monolith_ps.v1.ParameterServer/Lookup"
 _MESSAGE_FILL = 0.9  # of the size limit a request or answer may use; the rest is framing
-_ROLE_NAMES = {ps_pb2.ROLE_TRAINING: "training", ps_pb2.ROLE_SERVING: "serving"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ClientTLS:
-    """PEM file paths for TLS: the CA that signed the servers (None = system roots) and,
-    for mutual TLS, the client's certificate and key."""
-
-    ca_path: str | None = None
-    cert_path: str | None = None
-    key_path: str | None = None
-    server_name: str | None = None  # expected name in the server certificate, if not the host
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        def read(path: str | None) -> bytes | None:
-            if path is None:
-                return None
-            with open(path, "rb") as f:
-                return f.read()
-
-        return grpc.ssl_channel_credentials(
-            root_certificates=read(self.ca_path),
-            private_key=read(self.key_path),
-            certificate_chain=read(self.cert_path),
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class TableInfo:
-    """A table as one server describes it."""
-
-    name: str
-    dim: int
-    dtype: str
-    optimizer: str
-    optimizer_args: dict[str, float]
-    initializer: str
-    admit_after: int
-    ttl_seconds: float | None
-    max_rows: int | None
-    eviction: str
-    num_rows: int
-    version: int
-    load_factor: float
-    memory_bytes: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardInfo:
-    """What one server says about itself (``DescribeTables``)."""
-
-    address: str
-    role: str
-    shard_index: int
-    num_shards: int
-    epoch: int
-    tables: dict[str, TableInfo]
-    dense: dict[str, int]  # name -> size
-    server_version: str
-    max_message_bytes: int
-    max_batch_keys: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,30 +70,6 @@ class PushResult:
     rows_updated: int
     rows_pending_admission: int
     duplicate_requests: int  # shard requests the servers had already applied
-
-
-@dataclasses.dataclass(frozen=True)
-class SyncCursor:
-    """How far a serving server has applied one table of one training shard."""
-
-    table: str
-    source_shard: int
-    source_num_shards: int
-    epoch: int
-    version: int  # fully applied up to this version
-    applied_at_unix: float  # when the cursor last moved
-
-
-@dataclasses.dataclass(frozen=True)
-class SyncState:
-    """What one serving server has applied (``GetSyncState``)."""
-
-    address: str
-    shard_index: int
-    num_shards: int
-    cursors: tuple[SyncCursor, ...]
-    dense_version: int
-    dense_epoch: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +186,7 @@ class PSClient:
         timeout: float = 30.0,
         attempt_timeout: float = 10.0,
         retry: RetryPolicy | None = None,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         max_workers: int | None = None,
     ) -> None:
@@ -291,22 +205,9 @@ class PSClient:
         self._attempt_timeout = attempt_timeout
         self._retry = retry if retry is not None else RetryPolicy()
         self._max_message_bytes = max_message_bytes
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            # A restarted server is noticed within a second, not after minutes of backoff.
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
-        if tls is not None and tls.server_name:
-            options.append(("grpc.ssl_target_name_override", tls.server_name))
-        self._channels = [
-            grpc.secure_channel(a, tls.credentials(), options)
-            if tls is not None
-            else grpc.insecure_channel(a, options)
-            for a in self.addresses
-        ]
+        # A restarted server is noticed within a second, not after minutes of backoff.
+        options = channel_options(max_message_bytes, (100, 1000), tls)
+        self._channels = [open_channel(a, options, tls) for a in self.addresses]
         self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
         # Lookup answers are read in place (wire.decode_lookup_response), not through
         # the generated class, which would copy every row twice.
@@ -570,14 +471,14 @@ class PSClient:
         """What every server says about itself now (sizes and versions included)."""
         calls = [(s, ps_pb2.DescribeTablesRequest()) for s in range(self.num_shards)]
         responses = self._call_all("DescribeTables", calls, timeout)
-        return [_shard_info(a, r) for a, r in zip(self.addresses, responses, strict=True)]
+        return [shard_info_from_proto(a, r) for a, r in zip(self.addresses, responses, strict=True)]
 
     def sync_state(self, *, timeout: float | None = None) -> list[SyncState]:
         """What every (serving) server has applied: its cursors per table and training
         shard, and its dense version and epoch. Training servers refuse it."""
         calls = [(s, ps_pb2.GetSyncStateRequest()) for s in range(self.num_shards)]
         responses = self._call_all("GetSyncState", calls, timeout)
-        return [_sync_state(a, r) for a, r in zip(self.addresses, responses, strict=True)]
+        return [sync_state_from_proto(a, r) for a, r in zip(self.addresses, responses, strict=True)]
 
     def expire(self, now: float = 0.0, *, timeout: float | None = None) -> int:
         """Drop the rows whose TTL has passed at ``now`` (unix seconds; 0 = each server's
@@ -623,7 +524,8 @@ class PSClient:
         with self._lock:
             if self._shards is None:
                 shards = self.describe()
-                _check_topology(shards, self.num_shards, self.role)
+                if problems := client_view_problems(shards, self.role):
+                    raise TopologyError("cluster topology mismatch: " + "; ".join(problems))
                 self._shards = shards
         return self._shards
 
@@ -739,78 +641,3 @@ class _Completed:
         if self._error is not None:
             raise self._error
         return self._response
-
-
-def _shard_info(address: str, r: ps_pb2.DescribeTablesResponse) -> ShardInfo:
-    return ShardInfo(
-        address=address,
-        role=_ROLE_NAMES.get(r.role, "unspecified"),
-        shard_index=r.shard_index,
-        num_shards=r.num_shards,
-        epoch=r.epoch,
-        tables={
-            t.name: TableInfo(
-                name=t.name,
-                dim=t.dim,
-                dtype=wire.dtype_from_wire(t.dtype).name,
-                optimizer=t.optimizer,
-                optimizer_args=json.loads(t.optimizer_args_json or "{}"),
-                initializer=t.initializer,
-                admit_after=t.admit_after,
-                ttl_seconds=t.ttl_seconds or None,
-                max_rows=t.max_rows or None,
-                eviction=t.eviction,
-                num_rows=t.num_rows,
-                version=t.version,
-                load_factor=t.load_factor,
-                memory_bytes=t.memory_bytes,
-            )
-            for t in r.tables
-        },
-        dense={d.name: d.size for d in r.dense},
-        server_version=r.server_version,
-        max_message_bytes=r.max_message_bytes or _DEFAULT_MAX_MESSAGE_BYTES,
-        max_batch_keys=r.max_batch_keys or _DEFAULT_MAX_BATCH_KEYS,
-    )
-
-
-def _sync_state(address: str, r: ps_pb2.GetSyncStateResponse) -> SyncState:
-    return SyncState(
-        address=address,
-        shard_index=r.shard_index,
-        num_shards=r.num_shards,
-        cursors=tuple(
-            SyncCursor(
-                table=c.table,
-                source_shard=c.source_shard,
-                source_num_shards=c.source_num_shards,
-                epoch=c.epoch,
-                version=c.version,
-                applied_at_unix=c.applied_at_unix,
-            )
-            for c in r.cursors
-        ),
-        dense_version=r.dense_version,
-        dense_epoch=r.dense_epoch,
-    )
-
-
-def _check_topology(shards: list[ShardInfo], num_shards: int, role: str | None) -> None:
-    problems = []
-    for i, shard in enumerate(shards):
-        if shard.shard_index != i or shard.num_shards != num_shards:
-            problems.append(
-                f"{shard.address} says it is shard {shard.shard_index} of {shard.num_shards}, "
-                f"but it is address {i} of {num_shards} in this client's list"
-            )
-    roles = sorted({s.role for s in shards})
-    if len(roles) > 1:
-        problems.append(f"the servers mix roles: {', '.join(roles)}")
-    elif role is not None and roles[0] != role:
-        problems.append(f"the servers are {roles[0]} servers, this client wants {role}")
-    layout = {name: t.dim for name, t in shards[0].tables.items()}
-    for shard in shards[1:]:
-        if {name: t.dim for name, t in shard.tables.items()} != layout:
-            problems.append(f"{shard.address} holds other tables or dims than {shards[0].address}")
-    if problems:
-        raise TopologyError("cluster topology mismatch: " + "; ".join(problems))

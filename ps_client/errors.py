@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import grpc
 
+from monolith_ps.transport.rpc_errors import rpc_status
+
 __all__ = [
     "DeadlineExceededError",
     "InvalidRequestError",
@@ -70,8 +72,7 @@ _ERROR_OF_CODE: dict[grpc.StatusCode, type[PSError]] = {
 
 def error_from_rpc(err: grpc.RpcError, address: str, method: str) -> PSError:
     """Our exception for a failed call (raise it ``from err``)."""
-    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = (err.details() if hasattr(err, "details") else None) or str(err)
+    code, details = rpc_status(err)
     message = f"{method} on {address} failed with {code.name}: {details}"
     if code is grpc.StatusCode.FAILED_PRECONDITION and "shard view mismatch" in details:
         return TopologyError(message)

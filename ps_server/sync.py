@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monolith_ps import wire
 from monolith_ps.routing import MAX_SHARDS, shard_of, split_by_shard
+from monolith_ps.transport.cluster import SyncCursor
 from monolith_ps.v1 import ps_pb2
 from ps_server.errors import (
     BadRequestError,
@@ -254,14 +255,6 @@ def export_dense_chunks(
 # ---------------------------------------------------------------- serving
 
 
-@dataclasses.dataclass(frozen=True)
-class _Cursor:
-    source_num_shards: int
-    epoch: int
-    version: int
-    applied_at: float
-
-
 @dataclasses.dataclass
 class _Counts:
     applied: int = 0
@@ -298,7 +291,7 @@ class DeltaReceiver:
         self._metrics = metrics
         self._budget = budget or StreamBudget(state.config.server.stream_memory_bytes)
         self._lock = threading.Lock()  # cursors, active streams, dense epoch
-        self._cursors: dict[tuple[str, int], _Cursor] = {}
+        self._cursors: dict[tuple[str, int], SyncCursor] = {}
         self._active: set[tuple[str, int]] = set()
         # Held while rows go into a live table and while a new generation is swapped in,
         # so no applied row is lost in the swap. Lookups never take it.
@@ -316,17 +309,7 @@ class DeltaReceiver:
         return ps_pb2.GetSyncStateResponse(
             shard_index=self._state.shard_index,
             num_shards=self._state.num_shards,
-            cursors=[
-                ps_pb2.SyncCursor(
-                    table=table,
-                    source_shard=source,
-                    source_num_shards=c.source_num_shards,
-                    epoch=c.epoch,
-                    version=c.version,
-                    applied_at_unix=c.applied_at,
-                )
-                for (table, source), c in cursors
-            ],
+            cursors=[c.to_proto() for _, c in cursors],
             dense_version=dense.version if dense is not None else 0,
             dense_epoch=dense_epoch,
         )
@@ -405,7 +388,7 @@ class DeltaReceiver:
         self,
         first: ps_pb2.DeltaChunk,
         chunk: ps_pb2.DeltaChunk,
-        cursor: _Cursor,
+        cursor: SyncCursor,
         counts: _Counts,
         deltas: list[Delta],
         held: _Held,
@@ -607,7 +590,9 @@ class DeltaReceiver:
             version = last.complete_version
             if held is not None and held.epoch == last.epoch and not last.full_resync:
                 version = max(version, held.version)
-            self._cursors[key] = _Cursor(last.source_num_shards, last.epoch, version, now)
+            self._cursors[key] = SyncCursor(
+                last.table, last.source_shard, last.source_num_shards, last.epoch, version, now
+            )
             if drop_other_shard_counts:
                 for other in [
                     k

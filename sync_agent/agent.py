@@ -26,16 +26,20 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
 from monolith_ps.logs import configure_logging, fields
+from monolith_ps.transport.cluster import (
+    consistent_shards,
+    shard_info_from_proto,
+    sync_state_from_proto,
+)
+from monolith_ps.transport.rpc_errors import error_text
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from sync_agent.channels import ChannelPool
 from sync_agent.cursors import (
     ExportPlan,
     ReplicaState,
-    SourceTable,
     TrainingShard,
     needs_full,
     plan_exports,
-    replica_state_from_proto,
 )
 from sync_agent.discovery.base import Discovery, Endpoint, Role
 from sync_agent.metrics import SyncMetrics
@@ -46,7 +50,6 @@ from sync_agent.streams import (
     StopSignal,
     StreamLimits,
     SyncStoppedError,
-    error_text,
     run_dense_export,
     run_export,
 )
@@ -221,7 +224,7 @@ class SyncAgent:
                 [p for p in plans if not p.isolated], self._export
             ):
                 self.metrics.bytes_exported.labels(
-                    str(plan.source.shard_index), plan.table.table
+                    str(plan.source.shard_index), plan.table.name
                 ).inc(received)
                 outcomes.extend((plan, o) for o in plan_outcomes)
         except SyncStoppedError:
@@ -261,13 +264,13 @@ class SyncAgent:
             for plan in plans:
                 plan_outcomes, received = self._export(plan)
                 self.metrics.bytes_exported.labels(
-                    str(plan.source.shard_index), plan.table.table
+                    str(plan.source.shard_index), plan.table.name
                 ).inc(received)
                 outcomes.extend((plan, o) for o in plan_outcomes)
         except SyncStoppedError:
             report.outcome = "stopped"
         for plan, outcome in outcomes:
-            self._count_outcome(report, outcome, plan.table.table, plan.source.shard_index)
+            self._count_outcome(report, outcome, plan.table.name, plan.source.shard_index)
         recovered = report.outcome == "ok" and all(o.ok for _, o in outcomes)
         with self._lock:
             if recovered:
@@ -386,14 +389,7 @@ class SyncAgent:
             return response
         if response.role != ps_pb2.ROLE_TRAINING:
             return f"discovered as training but reports role {ps_pb2.Role.Name(response.role)}"
-        return TrainingShard(
-            endpoint=endpoint,
-            shard_index=response.shard_index,
-            num_shards=response.num_shards,
-            epoch=response.epoch,
-            tables=tuple(SourceTable(t.name, t.dim, t.version) for t in response.tables),
-            dense_names=tuple(d.name for d in response.dense),
-        )
+        return TrainingShard(endpoint, shard_info_from_proto(endpoint.name, response))
 
     def _sync_state(self, endpoint: Endpoint) -> ReplicaState | str:
         response = self._ask_ready(endpoint, "GetSyncState", ps_pb2.GetSyncStateRequest())
@@ -401,37 +397,15 @@ class SyncAgent:
             return response
         if response.num_shards < 1 or response.shard_index >= response.num_shards:
             return f"reports shard {response.shard_index} of {response.num_shards}"
-        return replica_state_from_proto(endpoint, response)
+        return ReplicaState(endpoint, sync_state_from_proto(endpoint.name, response))
 
     def _check_training_topology(
         self, training: list[TrainingShard], report: RoundReport
     ) -> list[TrainingShard]:
         """Keep the shards of the most common shard count, each index claimed once."""
-        if not training:
-            return []
-        counts: dict[int, int] = {}
-        for shard in training:
-            counts[shard.num_shards] = counts.get(shard.num_shards, 0) + 1
-        num_shards = max(counts, key=lambda n: (counts[n], n))
-        by_index: dict[int, list[TrainingShard]] = {}
-        for shard in training:
-            if shard.num_shards != num_shards:
-                self._error(
-                    report,
-                    "topology",
-                    shard.endpoint.name,
-                    f"reports {shard.num_shards} training shards, the others {num_shards}",
-                )
-            else:
-                by_index.setdefault(shard.shard_index, []).append(shard)
-        kept = []
-        for index, claimants in sorted(by_index.items()):
-            if len(claimants) > 1:
-                names = ", ".join(s.endpoint.name for s in claimants)
-                for shard in claimants:
-                    self._error(report, "topology", shard.endpoint.name, f"shard {index}: {names}")
-            else:
-                kept.append(claimants[0])
+        kept, refused = consistent_shards(training, lambda shard: shard.info)
+        for shard, problem in refused:
+            self._error(report, "topology", shard.endpoint.name, problem)
         return kept
 
     def _serving_stub(self, replica: ReplicaState) -> ps_pb2_grpc.ParameterServerStub:
@@ -458,9 +432,9 @@ class SyncAgent:
         applied: dict[tuple[str, str, int], int] = {}
         failed: set[str] = set()
         for plan, outcome in outcomes:
-            self._count_outcome(report, outcome, plan.table.table, plan.source.shard_index)
+            self._count_outcome(report, outcome, plan.table.name, plan.source.shard_index)
             if outcome.ok:
-                applied[(outcome.replica.name, plan.table.table, plan.source.shard_index)] = (
+                applied[(outcome.replica.name, plan.table.name, plan.source.shard_index)] = (
                     outcome.complete_version
                 )
             elif outcome.stage != "stopped":
@@ -503,7 +477,7 @@ class SyncAgent:
         now = time.time()
         for replica in replicas:
             tables: list[str] = []
-            for name in sorted({t.table for shard in training for t in shard.tables}):
+            for name in sorted({t.name for shard in training for t in shard.tables}):
                 tables.append(name)
                 behind_versions = 0
                 oldest = math.inf
@@ -515,7 +489,7 @@ class SyncAgent:
                         replica.num_shards,
                     ):
                         continue
-                    table = next((t for t in shard.tables if t.table == name), None)
+                    table = shard.info.tables.get(name)
                     if table is None:
                         continue
                     done = applied.get((replica.name, name, shard.shard_index))
@@ -533,7 +507,7 @@ class SyncAgent:
                             and cursor is not None
                             and not needs_full(cursor, shard, table)
                         ):
-                            oldest = min(oldest, cursor.applied_at)
+                            oldest = min(oldest, cursor.applied_at_unix)
                 key = (replica.name, name)
                 if behind_versions:
                     since = self._behind_since.setdefault(key, now)

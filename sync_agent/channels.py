@@ -9,20 +9,10 @@ from typing import NamedTuple
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from monolith_ps.transport.channels import ClientTLS, channel_options, open_channel
 from monolith_ps.v1 import ps_pb2_grpc
-from sync_agent.settings import TlsFiles
 
 __all__ = ["ChannelPool"]
-
-# A replaced or restarted server must be reached again within a round or two, so the
-# reconnect backoff stays short instead of growing to gRPC's default two minutes.
-_RECONNECT_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-)
 
 
 class _Entry(NamedTuple):
@@ -34,13 +24,10 @@ class _Entry(NamedTuple):
 class ChannelPool:
     """Stubs by address; ``retain`` closes the channels of servers discovery no longer lists."""
 
-    def __init__(self, max_message_bytes: int, tls: TlsFiles | None = None) -> None:
-        self._options = (
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            *_RECONNECT_OPTIONS,
-        )
-        self._credentials = _credentials(tls) if tls else None
+    def __init__(self, max_message_bytes: int, tls: ClientTLS | None = None) -> None:
+        # A replaced or restarted server must be reached again within a round or two.
+        self._options = channel_options(max_message_bytes, (200, 2000), tls, keepalive=True)
+        self._tls = tls
         self._lock = threading.Lock()
         self._channels: dict[str, _Entry] = {}
 
@@ -56,10 +43,7 @@ class ChannelPool:
         with self._lock:
             entry = self._channels.get(address)
             if entry is None:
-                if self._credentials is None:
-                    channel = grpc.insecure_channel(address, options=self._options)
-                else:
-                    channel = grpc.secure_channel(address, self._credentials, options=self._options)
+                channel = open_channel(address, self._options, self._tls)
                 entry = _Entry(
                     channel,
                     ps_pb2_grpc.ParameterServerStub(channel),
@@ -78,15 +62,3 @@ class ChannelPool:
 
     def close(self) -> None:
         self.retain(())
-
-
-def _credentials(tls: TlsFiles) -> grpc.ChannelCredentials:
-    def read(path: str) -> bytes:
-        with open(path, "rb") as f:
-            return f.read()
-
-    return grpc.ssl_channel_credentials(
-        root_certificates=read(tls.ca),
-        private_key=read(tls.key) if tls.key else None,
-        certificate_chain=read(tls.cert) if tls.cert else None,
-    )

@@ -7,74 +7,79 @@ The agent keeps no state of its own: every round it reads each replica's cursors
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from monolith_ps.v1 import ps_pb2
+from monolith_ps.transport.cluster import ShardInfo, SyncCursor, SyncState, TableInfo
 from sync_agent.discovery.base import Endpoint
 from sync_agent.router import Destination, can_share_keys
 
 __all__ = [
-    "Cursor",
     "ExportPlan",
     "ReplicaState",
-    "SourceTable",
     "TrainingShard",
+    "needs_full",
     "plan_exports",
-    "replica_state_from_proto",
 ]
 
 
 @dataclass(frozen=True)
-class Cursor:
-    """Up to which version of one training shard's table a replica has applied everything."""
-
-    table: str
-    source_shard: int
-    source_num_shards: int
-    epoch: int
-    version: int
-    applied_at: float
-
-
-@dataclass(frozen=True)
 class ReplicaState:
-    """One serving replica as it reported itself at the start of a round."""
+    """One serving replica as it reported itself (``GetSyncState``) at the start of a round."""
 
     endpoint: Endpoint
-    shard_index: int
-    num_shards: int
-    cursors: Mapping[tuple[str, int], Cursor]
-    dense_version: int = 0
-    dense_epoch: int = 0
+    sync: SyncState
 
     @property
     def name(self) -> str:
         return self.endpoint.name
 
-    def cursor(self, table: str, source_shard: int) -> Cursor | None:
-        return self.cursors.get((table, source_shard))
+    @property
+    def shard_index(self) -> int:
+        return self.sync.shard_index
 
+    @property
+    def num_shards(self) -> int:
+        return self.sync.num_shards
 
-@dataclass(frozen=True)
-class SourceTable:
-    """One table of one training shard, at the version it had when the round began."""
+    @property
+    def dense_version(self) -> int:
+        return self.sync.dense_version
 
-    table: str
-    dim: int
-    version: int
+    @property
+    def dense_epoch(self) -> int:
+        return self.sync.dense_epoch
+
+    def cursor(self, table: str, source_shard: int) -> SyncCursor | None:
+        return self.sync.cursor(table, source_shard)
 
 
 @dataclass(frozen=True)
 class TrainingShard:
-    """A training server as it described itself at the start of a round."""
+    """A training server as it described itself (``DescribeTables``) at the start of a round."""
 
     endpoint: Endpoint
-    shard_index: int
-    num_shards: int
-    epoch: int
-    tables: tuple[SourceTable, ...] = ()
-    dense_names: tuple[str, ...] = ()
+    info: ShardInfo
+
+    @property
+    def shard_index(self) -> int:
+        return self.info.shard_index
+
+    @property
+    def num_shards(self) -> int:
+        return self.info.num_shards
+
+    @property
+    def epoch(self) -> int:
+        return self.info.epoch
+
+    @property
+    def tables(self) -> tuple[TableInfo, ...]:
+        return tuple(self.info.tables.values())
+
+    @property
+    def dense_names(self) -> tuple[str, ...]:
+        return tuple(self.info.dense)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class ExportPlan:
     """
 
     source: TrainingShard
-    table: SourceTable
+    table: TableInfo
     full: bool
     since_version: int
     replicas: tuple[tuple[ReplicaState, Destination], ...] = field(default=())
@@ -98,32 +103,7 @@ class ExportPlan:
         return 0 if self.full else self.source.epoch
 
 
-def replica_state_from_proto(
-    endpoint: Endpoint, response: ps_pb2.GetSyncStateResponse
-) -> ReplicaState:
-    """A ``ReplicaState`` from a ``GetSyncState`` answer."""
-    cursors = {
-        (c.table, c.source_shard): Cursor(
-            table=c.table,
-            source_shard=c.source_shard,
-            source_num_shards=c.source_num_shards,
-            epoch=c.epoch,
-            version=c.version,
-            applied_at=c.applied_at_unix,
-        )
-        for c in response.cursors
-    }
-    return ReplicaState(
-        endpoint=endpoint,
-        shard_index=response.shard_index,
-        num_shards=response.num_shards,
-        cursors=cursors,
-        dense_version=response.dense_version,
-        dense_epoch=response.dense_epoch,
-    )
-
-
-def needs_full(cursor: Cursor | None, source: TrainingShard, table: SourceTable) -> bool:
+def needs_full(cursor: SyncCursor | None, source: TrainingShard, table: TableInfo) -> bool:
     """Whether a replica's cursor cannot be continued and the replica needs a full resync.
 
     No cursor (new or restarted replica), another epoch (the training shard restarted
@@ -140,7 +120,7 @@ def needs_full(cursor: Cursor | None, source: TrainingShard, table: SourceTable)
 
 def plan_exports(
     source: TrainingShard,
-    table: SourceTable,
+    table: TableInfo,
     replicas: Iterable[ReplicaState],
     isolated: Sequence[str] = (),
 ) -> list[ExportPlan]:
@@ -159,7 +139,7 @@ def plan_exports(
             source.shard_index, source.num_shards, replica.shard_index, replica.num_shards
         ):
             continue
-        cursor = replica.cursor(table.table, source.shard_index)
+        cursor = replica.cursor(table.name, source.shard_index)
         full = needs_full(cursor, source, table)
         if not full and cursor is not None and cursor.version == table.version:
             continue

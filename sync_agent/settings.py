@@ -10,9 +10,10 @@ import socket
 from collections.abc import Mapping
 
 from monolith_ps.config import ConfigError, SyncConfig, load_config, parse_duration
+from monolith_ps.transport.channels import ClientTLS
 from sync_agent.discovery.static import parse_address_list
 
-__all__ = ["AgentSettings", "SettingsError", "TlsFiles"]
+__all__ = ["AgentSettings", "SettingsError"]
 
 _DISCOVERY_KINDS = ("static", "kubernetes")
 _DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -21,16 +22,6 @@ _TRAILING_ORDINAL = re.compile(r"(\d+)$")
 
 class SettingsError(ValueError):
     """Flags or config values that cannot run an agent; the message names the flag."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TlsFiles:
-    """PEM files for TLS to every server: the CA that signed them and, for mutual TLS,
-    the agent's own certificate and key."""
-
-    ca: str
-    cert: str | None = None
-    key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +40,7 @@ class AgentSettings:
     chunk_rows: int = SyncConfig.chunk_rows
     max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
     metrics_port: int | None = None
-    tls: TlsFiles | None = None
+    tls: ClientTLS | None = None  # the CA of the servers and, for mutual TLS, the agent's own
     once: bool = False
     log_format: str = "text"
     rpc_timeout: float = 5.0
@@ -127,7 +118,7 @@ class AgentSettings:
             chunk_rows=sync.chunk_rows,
             max_message_bytes=max_message_bytes,
             metrics_port=args.metrics_port,
-            tls=TlsFiles(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None,
+            tls=ClientTLS(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None,
             once=args.once,
             log_format=args.log_format,
             rpc_timeout=_duration(args.rpc_timeout, "--rpc-timeout", cls.rpc_timeout),

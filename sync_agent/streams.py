@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import grpc
 
 from monolith_ps.logs import fields
+from monolith_ps.transport.rpc_errors import error_text
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from sync_agent.cursors import ExportPlan, ReplicaState, TrainingShard
 from sync_agent.router import ChunkRouter, is_empty
@@ -30,7 +31,6 @@ __all__ = [
     "StopSignal",
     "StreamLimits",
     "SyncStoppedError",
-    "error_text",
     "run_dense_export",
     "run_export",
 ]
@@ -271,7 +271,7 @@ def run_export(
     received = 0
     shard_counts = Counter(dest.num_shards for _, dest in plan.replicas)
     request = ps_pb2.ExportDeltaRequest(
-        table=plan.table.table,
+        table=plan.table.name,
         since_version=plan.since_version,
         epoch=plan.epoch,
         max_chunk_rows=limits.chunk_rows,
@@ -309,7 +309,7 @@ def run_export(
     except (grpc.RpcError, ExportStreamError, ValueError) as exc:
         if stop.is_set():
             raise SyncStoppedError from exc
-        _export_failed(exc, plan.source, plan.table.table, outcomes)
+        _export_failed(exc, plan.source, plan.table.name, outcomes)
     finally:
         stop.unregister(export)
         export.cancel()
@@ -398,13 +398,6 @@ def run_dense_export(
     return outcomes, received
 
 
-def error_text(exc: BaseException) -> str:
-    """A one-line description of a failure, with the gRPC status name when there is one."""
-    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__
-
-
 def _export_failed(
     exc: BaseException, source: TrainingShard, table: str, outcomes: list[ReplicaOutcome]
 ) -> None:
@@ -419,9 +412,9 @@ def _export_failed(
 
 
 def _check_chunk(chunk: ps_pb2.DeltaChunk, plan: ExportPlan) -> None:
-    if chunk.table != plan.table.table or chunk.source_shard != plan.source.shard_index:
+    if chunk.table != plan.table.name or chunk.source_shard != plan.source.shard_index:
         raise ExportStreamError(
-            f"asked {plan.source.endpoint.address} for table {plan.table.table!r} of shard "
+            f"asked {plan.source.endpoint.address} for table {plan.table.name!r} of shard "
             f"{plan.source.shard_index}, got table {chunk.table!r} of shard {chunk.source_shard}"
         )
     if chunk.epoch != plan.source.epoch:

@@ -17,7 +17,7 @@ from ps_client import ClientTLS, PSClient, RetryPolicy, ServerUnavailableError
 from ps_server.server import ServerTLS
 from sync_agent.agent import SyncAgent
 from sync_agent.discovery.static import StaticDiscovery
-from sync_agent.settings import AgentSettings, TlsFiles
+from sync_agent.settings import AgentSettings
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -149,17 +149,17 @@ def test_sync_agent_and_server_flags_over_mutual_tls(process_factory, server_fac
         client.push("item_id", keys, np.ones((keys.size, 4), np.float32))
         trained = client.lookup("item_id", keys)
 
-    def agent(files: TlsFiles) -> SyncAgent:
+    def agent(files: ClientTLS) -> SyncAgent:
         settings = AgentSettings(
             training=(training.address,), serving=(serving.address,), tls=files, rpc_timeout=10
         )
         return SyncAgent(settings, StaticDiscovery(settings.training, settings.serving))
 
-    with agent(TlsFiles(str(d / "ca.pem"))) as no_cert:
+    with agent(ClientTLS(str(d / "ca.pem"))) as no_cert:
         assert no_cert.sync_sparse().outcome == "failed"
     assert len(serving.state.tables["item_id"]) == 0
 
-    with agent(TlsFiles(str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))) as a:
+    with agent(ClientTLS(str(d / "ca.pem"), str(d / "client.pem"), str(d / "client.key"))) as a:
         report = a.sync_sparse()
     assert report.outcome == "ok", report.errors
     with PSClient([serving.address], tls=client_tls) as client:

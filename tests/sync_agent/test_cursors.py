@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from monolith_ps.v1 import ps_pb2
-from sync_agent.cursors import (
-    Cursor,
-    ReplicaState,
-    SourceTable,
-    TrainingShard,
-    plan_exports,
-    replica_state_from_proto,
-)
+from monolith_ps.transport.cluster import ShardInfo, SyncCursor, SyncState, TableInfo
+from sync_agent.cursors import ReplicaState, TrainingShard, plan_exports
 from sync_agent.discovery.base import Endpoint, Role
 
 EPOCH = 0xABCDEF
 
 
 def _source(index=0, num=2, version=100):
-    shard = TrainingShard(Endpoint(Role.TRAINING, f"t{index}:1", f"t{index}"), index, num, EPOCH)
-    return shard, SourceTable("emb", 8, version)
+    table = TableInfo("emb", 8, version=version)
+    info = ShardInfo(f"t{index}", "training", index, num, EPOCH, {"emb": table}, {})
+    return TrainingShard(Endpoint(Role.TRAINING, f"t{index}:1", f"t{index}"), info), table
 
 
 def _replica(name, index, num, cursor=None, source=0, source_num=2):
-    cursors = {}
+    cursors = ()
     if cursor is not None:
         epoch, version = cursor
-        cursors[("emb", source)] = Cursor("emb", source, source_num, epoch, version, 1.0)
-    return ReplicaState(Endpoint(Role.SERVING, f"{name}:1", name), index, num, cursors)
+        cursors = (SyncCursor("emb", source, source_num, epoch, version, 1.0),)
+    sync = SyncState(name, index, num, cursors)
+    return ReplicaState(Endpoint(Role.SERVING, f"{name}:1", name), sync)
 
 
 def _by_kind(plans):
@@ -88,26 +83,3 @@ def test_isolated_replica_gets_an_export_of_its_own():
     plans = plan_exports(shard, table, replicas, isolated=("slow",))
     members = sorted(sorted(r.name for r, _ in p.replicas) for p in plans)
     assert members == [["a", "b"], ["slow"]]
-
-
-def test_replica_state_from_proto():
-    response = ps_pb2.GetSyncStateResponse(
-        shard_index=1,
-        num_shards=3,
-        cursors=[
-            ps_pb2.SyncCursor(
-                table="emb",
-                source_shard=1,
-                source_num_shards=2,
-                epoch=EPOCH,
-                version=9,
-                applied_at_unix=5.0,
-            )
-        ],
-        dense_version=4,
-        dense_epoch=EPOCH,
-    )
-    state = replica_state_from_proto(Endpoint(Role.SERVING, "s:1", "s"), response)
-    assert (state.shard_index, state.num_shards, state.dense_version) == (1, 3, 4)
-    assert state.cursor("emb", 1) == Cursor("emb", 1, 2, EPOCH, 9, 5.0)
-    assert state.cursor("emb", 0) is None
