@@ -10,7 +10,7 @@ have under a hundred IDs each). Each variant trains once through the stream's fi
 seeds (initializers and hash salts): mean and spread of the test AUC, and the paired
 difference to the collisionless run of the same seed.
 
-    python -m evals.collisionless [--seeds 3] [--limit N]
+    python -m evals.collisionless [--data PATH] [--seeds 3] [--limit N]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ replica scores the NEXT window. All replicas are synced once after window 0 (the
 baseline). Because every replica serves the same training run, the differences between
 them come from the sync schedule alone.
 
-    python -m evals.sync_interval [--windows 20] [--intervals 1,2,4,8]
+    python -m evals.sync_interval [--data PATH] [--windows 20] [--intervals 1,2,4,8]
 """
 
 from __future__ import annotations

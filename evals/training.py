@@ -116,7 +116,8 @@ def time_split_run(
     """Train on ``train_events`` (in ``windows`` parts, calling ``after_window`` after each),
     sync serving, score ``test_events`` through serving. ``seen`` marks the test events
     whose user was in the training part; ``batches`` as for ``train``. Returns AUCs, log
-    loss, rows and memory."""
+    loss, rows and the tables' bytes (at the end, and empty at the start)."""
+    memory_at_start = cluster.memory_bytes()  # empty tables: index, sketch, no rows
     parts = train_events.windows(windows) if windows > 1 else [train_events]
     trained = []
     train_seconds = 0.0
@@ -141,6 +142,7 @@ def time_split_run(
         "rows": sum(training_rows.values()),
         "serving_rows": sum(cluster.rows("serving").values()),
         "memory_bytes": cluster.memory_bytes(),
+        "memory_bytes_at_start": memory_at_start,
         "train_seconds": train_seconds,
     }
 

@@ -86,6 +86,7 @@ def test_admission_keeps_fewer_rows_as_the_threshold_grows(tmp_path):
         assert entry["test_auc_mean"] > 0.55
     for run in doc["runs"]:
         assert run["serving_rows"] == run["rows"]  # serving got exactly what training kept
+        assert 0 < run["memory_bytes_at_start"] < run["memory_bytes"]
 
 
 def test_expiry_in_stream_time_drops_rows_and_serving_follows(tmp_path):
