@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {name}", file=sys.stderr, flush=True)
         extra = ["--quiet"] if args.quiet else []
         try:
-            code = EVALS[name].main(["--data", str(folder), "--results", str(args.results), *extra])
+            data = ["--data", str(args.data)] if args.data is not None else []
+            code = EVALS[name].main([*data, "--results", str(args.results), *extra])
             if code != 0:
                 failed.append(name)
         except Exception:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from examples.movielens.releases import (
+    REPO_ROOT,
     UNKNOWN_YEAR,
     Movies,
     Ratings,
@@ -181,7 +182,7 @@ class Dataset:
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "path": str(self.path),
+            "path": _shown(self.path),
             "layout": self.layout,
             "ratings": self.ratings,
             "ratings_in_release": self.ratings_in_release,
@@ -206,6 +207,14 @@ def describe_dataset(info: Mapping[str, Any]) -> str:
         f"Data: {info['name']} (`{info['layout']}` layout, {info['path']}): {count}, "
         f"{info['first']} to {info['last']} ({span})."
     )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (results name no machine)."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _date(timestamp: int) -> str:
