@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from movielens_layouts import write_release
+from movielens_layouts import synthetic_release, write_release
 
 from evals import admission, collisionless, expiry, fault_snapshot, run_all, sync_interval
 
@@ -64,7 +64,13 @@ def test_collisionless_beats_hashing_into_a_tenth_of_the_ids(tmp_path):
 
 
 def test_serving_synced_every_window_beats_serving_never_synced(tmp_path):
-    doc, markdown = run_eval(sync_interval, tmp_path, "--windows", "4", "--intervals", "1")
+    """On another layout (ml-100k's u.data and u.item), synthetic: any release runs."""
+    release = synthetic_release(tmp_path / "ml-100k", "100k", 24_000, days=200)
+    doc, markdown = run_eval(
+        sync_interval, tmp_path, "--data", str(release), "--windows", "4", "--intervals", "1"
+    )
+    assert doc["dataset"]["layout"] == "u.data" and doc["dataset"]["name"] == "ml-100k"
+    assert "Data: ml-100k (`u.data` layout" in markdown
     every, never = doc["summary"]
     assert (every["interval"], never["interval"]) == (1, sync_interval.NEVER)
     assert every["syncs"] == 3 and never["syncs"] == 1
