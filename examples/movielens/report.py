@@ -139,12 +139,10 @@ def plot(reports: Sequence[WindowReport], path: Path, title: str) -> None:
                color="tab:green")  # fmt: skip
     bottom.set_ylabel("sync wait (s)\nafter training")
     bottom.set_xticks([w.window for w in windows])
-    bottom.set_xticklabels(
-        [f"{w.window}\n{date}".replace(" ", "\n") for w, date in zip(windows, _dates(windows),
-                                                                     strict=True)],
-        fontsize=7,
-        rotation=90 if len(windows) > 24 else 0,
-    )  # fmt: skip
+    # "2017-07-14 13:20" as "2017", "07-14", "13:20" on lines of their own: narrow ticks.
+    labels = [f"{w.window}\n" + date.replace("-", "\n", 1).replace(" ", "\n")
+              for w, date in zip(windows, _dates(windows), strict=True)]  # fmt: skip
+    bottom.set_xticklabels(labels, fontsize=7, rotation=90 if len(windows) > 40 else 0)
     bottom.set_xlabel("stream window (and the date, UTC, of its first rating)")
     bottom.grid(alpha=0.3)
     fig.tight_layout()
