@@ -307,7 +307,6 @@ class PSClient:
                 ]
                 calls.append((shard, ps_pb2.LookupRequest(tables=entries, view=self._views[shard])))
                 pieces.append(spans)
-        responses = self._call_all("Lookup", calls, timeout)
         outs = out or {}
         unknown = sorted(set(outs) - set(tables))
         if unknown:
