@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from monolith_ps.allocator import reuse_large_buffers
     from monolith_ps.config import ConfigError, load_config
     from monolith_ps.logs import configure_logging
-    from ps_server.server import ServerSettings, ServerTLS, serve
+    from ps_server.server import serve
+    from ps_server.settings import ServerSettings, ServerTLS
     from ps_server.snapshot.export import NoSnapshotError
     from ps_server.snapshot.snapshotter import (
         NothingToBootstrapError,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ps_server.metrics import ServerMetrics
-    from ps_server.server import ServerSettings
+    from ps_server.settings import ServerSettings
     from ps_server.state import ShardState
 
 __all__ = ["SnapshotResult", "Snapshotter", "SnapshotterFactory"]

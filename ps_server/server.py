@@ -8,7 +8,6 @@ RPCs, write the final snapshot and stop.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -23,7 +22,6 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from monolith_ps import wire
-from monolith_ps.config import ClusterConfig
 from monolith_ps.logs import fields
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_server.dense import DenseStore
@@ -31,6 +29,7 @@ from ps_server.errors import UndecodableRequests
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
 from ps_server.servicers import servicer_for
+from ps_server.settings import ServerSettings
 from ps_server.state import ShardState
 from ps_server.stream_guard import StreamBudget, StreamGuard, handler_threads
 from ps_server.table import EmbeddingTable
@@ -41,8 +40,6 @@ __all__ = [
     "PSServer",
     "PreEncodedResponses",
     "StartupGate",
-    "ServerSettings",
-    "ServerTLS",
     "create_server",
     "serve",
 ]
@@ -52,44 +49,6 @@ _LOGGER = logging.getLogger(__name__)
 _STOP_MARGIN_SECONDS = 1.0
 
 SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerTLS:
-    """PEM file paths: the server's certificate and key, and a CA to require client certs."""
-
-    cert_path: str
-    key_path: str
-    client_ca_path: str | None = None
-
-    def credentials(self) -> grpc.ServerCredentials:
-        def read(path: str) -> bytes:
-            with open(path, "rb") as f:
-                return f.read()
-
-        client_ca = read(self.client_ca_path) if self.client_ca_path else None
-        return grpc.ssl_server_credentials(
-            [(read(self.key_path), read(self.cert_path))],
-            root_certificates=client_ca,
-            require_client_auth=client_ca is not None,
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    """Everything a server is started with (the ``mps server`` flags and the config file)."""
-
-    role: str
-    shard_index: int
-    num_shards: int
-    config: ClusterConfig
-    host: str = "0.0.0.0"
-    port: int = 0
-    metrics_port: int = 0
-    snapshot_dir: str | None = None
-    bootstrap_from: str | None = None
-    tls: ServerTLS | None = None
-    grace_seconds: float = 10.0
 
 
 class StartupGate(grpc.ServerInterceptor):

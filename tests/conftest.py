@@ -99,7 +99,8 @@ def server_factory() -> Iterator[Callable[..., Any]]:
     registry=None, start=True, **settings)`` returns a started ``PSServer``.
     """
     from monolith_ps.config import parse_config
-    from ps_server.server import ServerSettings, create_server
+    from ps_server.server import create_server
+    from ps_server.settings import ServerSettings
 
     made = []
 

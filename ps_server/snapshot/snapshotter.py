@@ -48,7 +48,7 @@ from ps_server.state import new_epoch
 
 if TYPE_CHECKING:
     from ps_server.metrics import ServerMetrics
-    from ps_server.server import ServerSettings
+    from ps_server.settings import ServerSettings
     from ps_server.state import ShardState
     from ps_server.sync import DeltaReceiver
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import ClientTLS, PSClient, RetryPolicy, ServerUnavailableError
-from ps_server.server import ServerTLS
+from ps_server.settings import ServerTLS
 from sync_agent.agent import SyncAgent
 from sync_agent.discovery.static import StaticDiscovery
 from sync_agent.settings import AgentSettings
