@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image, three entry points: `mps server --role training|serving` and `mps sync-agent`.
-# Build: docker build -t monolith-ps:0.1.0 .
+# Build: docker build --build-arg VERSION=0.1.0 -t monolith-ps:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # Stage 1: build the wheel of this repository (no dependencies).
@@ -8,15 +8,25 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY monolith_ps ./monolith_ps
 COPY ps_server ./ps_server
 COPY ps_client ./ps_client
 COPY sync_agent ./sync_agent
-RUN python -m pip wheel --no-deps --wheel-dir /wheels .
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+    && cp constraints.txt /wheels/
 
-# Stage 2: the wheel and its runtime dependencies in a virtualenv; no compilers, no sources.
+# Stage 2: the wheel and its runtime dependencies (the cluster extra, at the versions
+# constraints.txt pins) in a virtualenv; no compilers, no sources.
 FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="monolith-ps" \
+      org.opencontainers.image.description="Parameter-server cluster for the embedding tables of real-time recommendation models: training and serving servers and the sync agent." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/monolith-ps/monolith-ps" \
+      org.opencontainers.image.url="https://github.com/monolith-ps/monolith-ps" \
+      org.opencontainers.image.documentation="https://github.com/monolith-ps/monolith-ps/tree/main/docs"
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -32,7 +42,9 @@ RUN groupadd --system --gid 10001 mps \
     && chown -R 10001:10001 /var/cache/monolith-ps /var/lib/monolith-ps
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/monolith-ps \
-    && /opt/monolith-ps/bin/pip install /wheels/*.whl
+    && for wheel in /wheels/*.whl; do \
+         /opt/monolith-ps/bin/pip install --constraint /wheels/constraints.txt "${wheel}[cluster]"; \
+       done
 USER 10001:10001
 WORKDIR /var/lib/monolith-ps
 # gRPC API and Prometheus metrics; the orchestrator probes gRPC health (no HEALTHCHECK here).

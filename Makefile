@@ -6,19 +6,19 @@ STAMP := $(VENV)/.installed
 ADAPTERS_STAMP := $(VENV)/.installed-adapters
 export NUMBA_CACHE_DIR := $(CURDIR)/.numba_cache
 
-.PHONY: all install tools lint format test proto bench bench-deps demo evals clean
+.PHONY: all install tools constraints lint format test proto bench bench-deps demo evals clean
 
 all: lint test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster]'
 	touch $(STAMP)
 
 # The framework adapters' extras: `make test` runs their tests, `make demo` needs none.
 $(ADAPTERS_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,torch]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster,torch]'
 	touch $(ADAPTERS_STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,10 @@ else
 	@echo "promtool not found: 'sudo apt-get install prometheus' to run the tests that use it"
 endif
 endif
+
+# Re-pin constraints.txt (the image's runtime dependencies) from a fresh resolution.
+constraints: $(STAMP)
+	$(BIN)/python deploy/pin_constraints.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

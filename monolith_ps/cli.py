@@ -23,6 +23,20 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Modules of the `cluster` extra: a client-only install lacks them.
+_CLUSTER_MODULES = frozenset(
+    {
+        "numba",
+        "llvmlite",
+        "prometheus_client",
+        "kubernetes",
+        "yaml",
+        "grpc_health",
+        "grpc_reflection",
+    }
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mps`` parser; tests use it to check that the Helm chart's flags exist."""
     parser = argparse.ArgumentParser(
@@ -45,7 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except ModuleNotFoundError as missing:
+        if (missing.name or "").split(".")[0] not in _CLUSTER_MODULES:
+            raise
+        print(
+            f"mps {args.command}: needs {missing.name}, which comes with the cluster extra: "
+            "pip install 'monolith-ps[cluster]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ from monolith_ps.transport.cluster import (
     sync_state_from_proto,
 )
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_client.batch_ops import (
+    HALF_TO_F32,
+    route_keys,
+    scatter_answer,
+    scatter_answer_f16,
+    segment_sum,
+)
 from ps_client.buffers import OutputBuffers
 from ps_client.errors import (
     DeadlineExceededError,
@@ -45,13 +52,6 @@ from ps_client.errors import (
     TopologyError,
     UnknownTableError,
     error_from_rpc,
-)
-from ps_client.kernels import (
-    HALF_TO_F32,
-    route_keys,
-    scatter_answer,
-    scatter_answer_f16,
-    segment_sum,
 )
 from ps_client.retry import RetryPolicy
 

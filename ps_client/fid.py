@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ps_client.kernels import fids_of_bytes, fids_of_ints
+from ps_client.batch_ops import fids_of_bytes, fids_of_ints
 
 __all__ = ["SLOT_BITS", "make_fid"]
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from ps_client.kernels import segment_sum
+from ps_client.batch_ops import segment_sum
 
 __all__ = [
     "Batch",

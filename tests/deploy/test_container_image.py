@@ -29,6 +29,8 @@ from typing import Any
 import pytest
 from chart_render import REPO, Rendering
 
+import monolith_ps
+
 DOCKERFILE = REPO / "Dockerfile"
 _VENV_IN_IMAGE = "/opt/monolith-ps"
 _WHEELS_IN_IMAGE = "/wheels"
@@ -132,6 +134,21 @@ def test_dockerfile_is_multi_stage_slim_pinned_non_root(renderings: dict[str, Re
             assert chart_env["NUMBA_CACHE_DIR"] == env["NUMBA_CACHE_DIR"]
     exposed = {int(p) for rest in runtime.all("EXPOSE") for p in rest.split()}
     assert exposed == set(renderings["default"].values["ports"].values())
+
+
+def test_image_carries_oci_labels_naming_version_license_and_source() -> None:
+    _, runtime = read_dockerfile()
+    labels = dict(
+        token.split("=", 1) for rest in runtime.all("LABEL") for token in shlex.split(rest)
+    )
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert labels["org.opencontainers.image.source"] == project["urls"]["Source"]
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    (version_arg,) = [a for a in runtime.all("ARG") if a.startswith("VERSION=")]
+    assert version_arg == f"VERSION={monolith_ps.__version__}"
+    for key in ("title", "description", "url", "documentation"):
+        assert labels[f"org.opencontainers.image.{key}"]
 
 
 def test_dockerignore_lets_through_every_path_the_build_copies() -> None:
@@ -245,7 +262,8 @@ def _replay_dockerfile(root: Path) -> Image:
     replay(build, localize(run_command(build)), src / workdir.lstrip("/"), build_requires)
     built = sorted(wheels.glob("*.whl"))
     assert len(built) == 1, built
-    replay(runtime, localize(run_command(runtime)), root, [str(built[0])])
+    constraints = ["--constraint", str(wheels / "constraints.txt")]
+    replay(runtime, localize(run_command(runtime)), root, [*constraints, f"{built[0]}[cluster]"])
 
     env = base_env | {
         "PATH": f"{venv / 'bin'}{os.pathsep}{base_env['PATH']}",
@@ -282,9 +300,22 @@ def test_image_holds_the_runtime_dependencies_and_no_dev_tools(image: Image) -> 
     assert listed.returncode == 0, listed.stderr
     installed = {p["name"].lower().replace("_", "-") for p in json.loads(listed.stdout)}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"]:
+    runtime = project["dependencies"] + project["optional-dependencies"]["cluster"]
+    for requirement in runtime:
         name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
         assert name in installed, f"runtime dependency {name} missing from the image"
+    versions = {
+        p["name"].lower().replace("_", "-"): p["version"] for p in json.loads(listed.stdout)
+    }
+    pins = dict(
+        line.split("==")
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    seeded = {"monolith-ps", "pip", "setuptools"}  # the project, and what venv seeds
+    unpinned = {name for name in versions if name not in pins} - seeded
+    assert unpinned == set(), "constraints.txt misses these image dependencies"
+    assert {name: versions[name] for name in pins} == pins  # installed exactly as pinned
     for requirement in project["optional-dependencies"]["dev"]:
         name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
         if name not in {re.split(r"[<>=!~;\[ ]", r)[0].lower() for r in project["dependencies"]}:
