@@ -27,7 +27,7 @@ HALF_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finalizer over a ``uint64`` array (``ps_client.routing.mix64``)."""
+    """SplitMix64's finalizer over a ``uint64`` array (``monolith_ps.routing.mix64``)."""
     x = np.array(x, dtype=np.uint64, copy=True)
     x ^= x >> np.uint64(30)
     x *= np.uint64(0xBF58476D1CE4E5B9)

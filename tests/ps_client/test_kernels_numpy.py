@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from monolith_ps.routing import shard_of
 from ps_client import kernels, kernels_numpy
-from ps_client.routing import shard_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
