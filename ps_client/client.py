@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -43,6 +44,7 @@ from ps_client.batch_ops import (
     segment_sum,
 )
 from ps_client.buffers import OutputBuffers
+from ps_client.discovery import Resolver, resolve_service, shard_order
 from ps_client.errors import (
     DeadlineExceededError,
     PreconditionError,
@@ -58,6 +60,7 @@ from ps_client.retry import RetryPolicy
 __all__ = ["PSClient", "PushResult", "SnapshotInfo"]
 
 _LOGGER = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 _LOOKUP_METHOD = "/monolith_ps.v1.ParameterServer/Lookup"
 _MESSAGE_FILL = 0.9  # of the size limit a request or answer may use; the rest is framing
@@ -162,25 +165,55 @@ def _as_keys(keys: Any, table: str) -> np.ndarray:
     return np.ascontiguousarray(keys.reshape(-1)).astype(np.uint64, copy=False)
 
 
-class PSClient:
-    """A client of one cluster role: shard ``i`` is ``addresses[i]``.
+def _rediscovering(repeat: bool) -> Callable[[_F], _F]:
+    """On ``TopologyError`` (or an unreachable server) a client made from a service name
+    resolves it again; the call is then repeated once if ``repeat`` (lookups), else the
+    error goes to the caller (a push may have been applied by some shards: the caller
+    decides)."""
 
-    >>> with PSClient(["127.0.0.1:50051", "127.0.0.1:50052"]) as c:  # doctest: +SKIP
+    def wrap(method: _F) -> _F:
+        @functools.wraps(method)
+        def call(self: PSClient, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (TopologyError, ServerUnavailableError):
+                if self._service is None:
+                    raise
+                self._rediscover()
+                if not repeat:
+                    raise
+            return method(self, *args, **kwargs)
+
+        return call  # type: ignore[return-value]
+
+    return wrap
+
+
+class PSClient:
+    """A client of one cluster role, given its servers' addresses in any order, or one
+    ``host:port`` name that resolves to all of them (a headless Service).
+
+    >>> with PSClient(["127.0.0.1:50052", "127.0.0.1:50051"]) as c:  # doctest: +SKIP
     ...     rows = c.lookup("user_id", keys)          # (n, dim) float32, in the order of keys
     ...     c.push("user_id", keys, grads)            # duplicates summed, applied once
     ...     fut = c.lookup_async("item_id", item_keys)  # concurrent.futures.Future
+    >>> PSClient("recs-monolith-ps-training.ml.svc:50051")  # doctest: +SKIP
 
-    On first use it asks every server for its role, shard index and shard count and
-    raises ``TopologyError`` unless they match the address list (and ``role``, if
+    On first use it asks every server for its role, shard index and shard count, orders
+    the addresses by shard index (``self.addresses[i]`` is then shard ``i``), and raises
+    ``TopologyError`` unless they are exactly one cluster's shards (and of ``role``, if
     given); every request then names the shard it is for, so a server that changed
-    place refuses it instead of answering for the wrong shard. Calls are retried on
+    place refuses it instead of answering for the wrong shard. Given a name, the client
+    resolves it again when that happens or when the shards it sees are not one whole
+    cluster (mid-reshard): lookups are then repeated once, pushes raise
+    ``TopologyError`` (retry them, the client routes by the new cluster). Calls are retried on
     UNAVAILABLE and DEADLINE_EXCEEDED by ``retry`` within ``timeout`` seconds in all.
     Thread-safe.
     """
 
     def __init__(
         self,
-        addresses: Sequence[str],
+        addresses: Sequence[str] | str,
         *,
         role: str | None = None,
         timeout: float = 30.0,
@@ -189,47 +222,32 @@ class PSClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: ClientTLS | None = None,
         max_workers: int | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
-        if isinstance(addresses, str):
-            raise TypeError("addresses must be a sequence of host:port strings, not one string")
+        self._service = addresses if isinstance(addresses, str) else None
+        self._resolver = resolver
+        if self._service is not None:
+            addresses = resolve_service(self._service, resolver)
         if not addresses:
             raise ValueError("need at least one server address")
         if role not in (None, "training", "serving"):
             raise ValueError(f"role must be 'training', 'serving' or None, got {role!r}")
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeout and attempt_timeout must be > 0")
-        self.addresses = tuple(addresses)
-        self.num_shards = len(self.addresses)
         self.role = role
         self._timeout = timeout
         self._attempt_timeout = attempt_timeout
         self._retry = retry if retry is not None else RetryPolicy()
         self._max_message_bytes = max_message_bytes
         # A restarted server is noticed within a second, not after minutes of backoff.
-        options = channel_options(max_message_bytes, (100, 1000), tls)
-        self._channels = [open_channel(a, options, tls) for a in self.addresses]
-        self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
-        # Lookup answers are read in place (wire.decode_lookup_response), not through
-        # the generated class, which would copy every row twice.
-        self._lookups = [
-            ch.unary_unary(
-                _LOOKUP_METHOD,
-                request_serializer=ps_pb2.LookupRequest.SerializeToString,
-                response_deserializer=wire.decode_lookup_response,
-                _registered_method=True,
-            )
-            for ch in self._channels
-        ]
-        self._views = [
-            ps_pb2.ShardView(shard_index=i, num_shards=self.num_shards)
-            for i in range(self.num_shards)
-        ]
+        self._options = channel_options(max_message_bytes, (100, 1000), tls)
+        self._tls = tls
+        self._connect(addresses)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers or 4, thread_name_prefix="ps-client"
         )
         self._lock = threading.Lock()
         self._buffers = OutputBuffers()
-        self._shards: list[ShardInfo] | None = None
         self._request_prefix = uuid.uuid4().hex[:16]
         self._request_counter = itertools.count()
         self._closed = False
@@ -269,6 +287,7 @@ class PSClient:
             table
         ]
 
+    @_rediscovering(repeat=True)
     def lookup_many(
         self,
         keys_by_table: Mapping[str, Any],
@@ -361,6 +380,7 @@ class PSClient:
         """Apply ``grads`` (``keys.shape + (dim,)``) with the table's optimizer, once."""
         return self.push_many({table: (keys, grads)}, timeout=timeout)
 
+    @_rediscovering(repeat=False)
     def push_many(
         self, grads_by_table: Mapping[str, tuple[Any, Any]], *, timeout: float | None = None
     ) -> PushResult:
@@ -434,6 +454,7 @@ class PSClient:
         """``push`` in the background."""
         return self._executor.submit(self.push, table, keys, grads, **kwargs)
 
+    @_rediscovering(repeat=True)
     def pull_dense(
         self,
         names: Sequence[str] | None = None,
@@ -451,6 +472,7 @@ class PSClient:
         }
         return (arrays, int(response.version)) if with_version else arrays
 
+    @_rediscovering(repeat=False)
     def push_dense(self, grads: Mapping[str, Any], *, timeout: float | None = None) -> int:
         """Apply gradients to dense arrays on shard 0, once; returns their new version."""
         self._topology()
@@ -516,16 +538,74 @@ class PSClient:
 
     # ------------------------------------------------------------------ internals
 
+    def _connect(self, addresses: Sequence[str]) -> None:
+        """Channels to ``addresses`` (in the order given until the topology is known)."""
+        old = getattr(self, "_channels", [])
+        self.addresses = tuple(addresses)
+        self.num_shards = len(self.addresses)
+        self._channels = [open_channel(a, self._options, self._tls) for a in self.addresses]
+        self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
+        # Lookup answers are read in place (wire.decode_lookup_response), not through
+        # the generated class, which would copy every row twice.
+        self._lookups = [
+            ch.unary_unary(
+                _LOOKUP_METHOD,
+                request_serializer=ps_pb2.LookupRequest.SerializeToString,
+                response_deserializer=wire.decode_lookup_response,
+                _registered_method=True,
+            )
+            for ch in self._channels
+        ]
+        self._set_views()
+        self._shards: list[ShardInfo] | None = None
+        for channel in old:
+            channel.close()
+
+    def _set_views(self) -> None:
+        self._views = [
+            ps_pb2.ShardView(shard_index=i, num_shards=self.num_shards)
+            for i in range(self.num_shards)
+        ]
+
+    def _reorder(self, order: list[int]) -> None:
+        """Put the channels in shard order: position ``i`` becomes ``order[i]``; channels
+        not in ``order`` (other replicas of a serving shard) are closed."""
+        for i in set(range(self.num_shards)) - set(order):
+            self._channels[i].close()
+        self.addresses = tuple(self.addresses[i] for i in order)
+        self.num_shards = len(order)
+        self._channels = [self._channels[i] for i in order]
+        self._stubs = [self._stubs[i] for i in order]
+        self._lookups = [self._lookups[i] for i in order]
+        self._set_views()
+
+    def _rediscover(self) -> None:
+        """Resolve the service name again and reconnect (the cluster changed)."""
+        assert self._service is not None
+        with self._lock:
+            addresses = resolve_service(self._service, self._resolver)
+            _LOGGER.info("%s resolves to %s; reconnecting", self._service, ", ".join(addresses))
+            self._connect(addresses)
+
     def _topology(self) -> list[ShardInfo]:
-        """The servers' descriptions, checked against this client's view once."""
+        """The servers' descriptions, in shard order, checked once."""
         if self._shards is not None:
             return self._shards
-        with self._lock:
-            if self._shards is None:
-                shards = self.describe()
-                if problems := client_view_problems(shards, self.role):
-                    raise TopologyError("cluster topology mismatch: " + "; ".join(problems))
-                self._shards = shards
+        try:
+            with self._lock:
+                if self._shards is None:
+                    shards = self.describe()
+                    order = shard_order(shards)
+                    if order != list(range(len(shards))):
+                        self._reorder(order)
+                        shards = [shards[i] for i in order]
+                    if problems := client_view_problems(shards, self.role):
+                        raise TopologyError("cluster topology mismatch: " + "; ".join(problems))
+                    self._shards = shards
+        except (TopologyError, ServerUnavailableError):
+            if self._service is not None:
+                self._rediscover()  # the next call sees what the name resolves to then
+            raise
         return self._shards
 
     def _table_info(self, name: str) -> TableInfo:

@@ -197,16 +197,21 @@ def test_shard_view_mismatch_names_both_views(training_cluster):
     assert "shard 1 of 3" in info.value.details() and "shard 2 of 3" in info.value.details()
 
 
-def test_client_refuses_a_cluster_that_disagrees_with_its_addresses(training, training_cluster):
-    swapped = [
-        training_cluster[1].address,
-        training_cluster[0].address,
-        training_cluster[2].address,
-    ]
+def test_client_orders_shuffled_addresses_and_refuses_what_is_not_one_cluster(
+    training, training_cluster
+):
+    shuffled = [training_cluster[i].address for i in (2, 0, 1)]
+    with PSClient(shuffled) as client, PSClient([s.address for s in training_cluster]) as ordered:
+        keys = np.arange(1, 300, dtype=np.uint64)
+        np.testing.assert_array_equal(
+            client.lookup("user_id", keys), ordered.lookup("user_id", keys)
+        )
+        assert client.addresses == ordered.addresses
+        assert [s.shard_index for s in client.describe()] == [0, 1, 2]
     for addresses, problem in [
-        (swapped, "says it is shard 1 of 3, but it is address 0 of 3"),
-        ([s.address for s in training_cluster[:2]], "of 3, but it is address 0 of 2"),
-        ([training.address, training_cluster[1].address], "address 0 of 2"),
+        ([s.address for s in training_cluster[:2]], r"has 3 shards but shard\(s\) \[2\] are not"),
+        ([training.address, training_cluster[1].address], r"different shard counts \[1, 3\]"),
+        ([training_cluster[0].address] * 2, "shard 0 is claimed by both"),
     ]:
         with PSClient(addresses) as client, pytest.raises(TopologyError, match=problem):
             client.lookup("user_id", np.array([1], dtype=np.uint64))
