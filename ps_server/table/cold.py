@@ -30,6 +30,7 @@ import numpy as np
 
 from monolith_ps.errors import ConfigError
 from ps_server.table import cuckoo, rows, tiers
+from ps_server.table.arrays import max_live_for
 
 GROWTH = 1.5
 # resident bytes one row access may map: a read fault maps up to 16 neighbouring pages that
@@ -169,7 +170,3 @@ class ColdTier:
         keys = records[:, m:k].view(np.uint64)[:, 0]
         arena = records[:, k : k + self._arena_bytes].view(self._storage)
         return arena, keys, meta
-
-
-def max_live_for(num_buckets: int, load: float = 0.9) -> int:
-    return max(1, int(load * num_buckets * cuckoo.SLOTS))

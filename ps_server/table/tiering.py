@@ -1,0 +1,152 @@
+"""Hot and cold tiers: with a memory budget, the least recently used rows move to a
+disk-backed cold tier (``cold``) and come back when a lookup, push or delta touches them.
+
+Reads of cold rows (``find``) leave them cold; everything that changes a row promotes it
+first, so the kernels that change rows only ever see the hot tier. Work over many cold
+rows goes in chunks with a release of the mapped pages after each (see ``cold``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ps_server.table import cuckoo, lookup, rows, tiers
+from ps_server.table.arrays import TableArrays, usage_ranks
+from ps_server.table.cold import SHARED_SCALARS, ColdTier
+
+__all__ = ["HALF_TO_F32", "Tiering"]
+
+HALF_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+# hot bytes a row costs beyond its arena row: key, metadata line, and its share of the
+# index (64-byte buckets of 4 slots, filled between 45% and 90%)
+_ROW_OVERHEAD = 8 + 8 * rows.META_COLUMNS + 36
+_MIN_RELEASE = 4 << 20
+_MAX_RELEASE = 64 << 20
+
+
+class Tiering:
+    """The cold tier of one table and the hot row limit its memory budget allows."""
+
+    def __init__(self, t: TableArrays, cold_dir: str, budget: int) -> None:
+        self._t = t
+        self.cold = ColdTier(cold_dir, t.dim + t.state_width, t.storage)
+        row_bytes = (t.dim + t.state_width) * np.dtype(t.storage).itemsize + _ROW_OVERHEAD
+        self.hot_limit = max(1, budget // row_bytes)
+        self.release_bytes = min(_MAX_RELEASE, max(_MIN_RELEASE, budget // 4))
+
+    def __len__(self) -> int:
+        return len(self.cold)
+
+    def find(self, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
+        """Fill the hot misses of a find from the cold tier, in place (read-only: the rows
+        stay cold); returns the cold hits."""
+        t, cold = self._t, self.cold
+        missed = np.flatnonzero(~found)
+        cold_rows = np.empty(missed.shape[0], dtype=np.int64)
+        cuckoo.locate(cold.index, keys[missed], cold_rows)
+        hit = cold_rows >= 0
+        at = missed[hit]
+        cold_rows = cold_rows[hit]
+        k = at.shape[0]
+        step = cold.chunk_rows(self.release_bytes)
+        for lo in range(0, k, step):
+            part = slice(lo, lo + step)
+            sub = np.empty((cold_rows[part].shape[0], t.dim), dtype=np.float32)
+            if t.storage is np.float32:
+                lookup.gather_rows(cold.arena, cold_rows[part], keys[at[part]], sub, *t.init_args())
+            else:
+                lookup.gather_rows_f16(
+                    cold.arena, HALF_TO_F32, cold_rows[part], keys[at[part]], sub,
+                    *t.init_args(),
+                )  # fmt: skip
+            out[at[part]] = sub
+            cold.note_touched(sub.shape[0], self.release_bytes)
+        found[at] = True
+        t.stats["cold_hits"] += k
+        return k
+
+    def promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:
+        """Bring the cold rows among ``keys`` into the hot tier."""
+        t, cold = self._t, self.cold
+        if len(cold) == 0 or keys.shape[0] == 0:
+            return
+        cold_rows = np.empty(keys.shape[0], dtype=np.int64)
+        cuckoo.locate(cold.index, keys, cold_rows)
+        hits = np.flatnonzero(cold_rows >= 0)
+        promoted = 0
+        step = cold.chunk_rows(self.release_bytes)
+        for lo in range(0, hits.shape[0], step):
+            part = hits[lo : lo + step]
+            chunk_keys = keys[part]
+            chunk_rows = cold_rows[part]
+            start = 0
+            while True:
+                status, start, n = tiers.promote_rows(
+                    t.index, t.max_live, t.walk, t.scalars, t.row_keys,
+                    t.meta, t.rows, cold.index, cold.scalars, cold.keys, cold.meta,
+                    cold.arena, cold.freed, cold.freed_count, chunk_keys, chunk_rows, start,
+                )  # fmt: skip
+                promoted += n
+                if status == rows.DONE:
+                    break
+                t.grow(status)
+            cold.note_touched(part.shape[0], self.release_bytes)
+        t.stats["promoted"] += promoted
+        if for_lookup:
+            t.stats["cold_hits"] += promoted
+
+    def demote_over_budget(self) -> None:
+        """Past the hot row limit, move the least recently used hot rows (lowest usage rank)
+        to the cold tier, down to 7/8 of the limit so demotion runs once per many batches."""
+        t, cold = self._t, self.cold
+        live = t.live
+        if live <= self.hot_limit:
+            return
+        excess = live - (self.hot_limit - self.hot_limit // 8)
+        high = t.high
+        usage = usage_ranks(t.meta, high)
+        victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
+        demoted = 0
+        step = cold.chunk_rows(self.release_bytes)
+        for lo in range(0, victims.shape[0], step):
+            part = victims[lo : lo + step]
+            start = 0
+            while True:
+                status, start, n = tiers.demote_rows(
+                    t.index, t.scalars, t.row_keys, t.meta, t.rows,
+                    cold.index, cold.max_live, t.walk, cold.scalars, cold.keys, cold.meta,
+                    cold.arena, cold.freed, cold.freed_count, part, start,
+                )  # fmt: skip
+                demoted += n
+                if status == rows.DONE:
+                    break
+                cold.grow(status)
+            cold.note_touched(part.shape[0], self.release_bytes)
+        t.stats["demoted"] += demoted
+
+    def run_removal(self, kernel: Any, *args: Any) -> int:
+        """:meth:`TableArrays.run_removal` over the cold tier: the cold scalars take the
+        table's version, clock and tombstone-log fields for each call."""
+        t, cold = self._t, self.cold
+        removed = 0
+        start = 0
+        while True:
+            cold.scalars[SHARED_SCALARS] = t.scalars[SHARED_SCALARS]
+            status, start, n = kernel(
+                cold.index,
+                cold.scalars,
+                cold.keys,
+                cold.meta,
+                t.log_keys,
+                t.log_versions,
+                t.log_limit,
+                *args,
+                start,
+            )
+            t.scalars[SHARED_SCALARS] = cold.scalars[SHARED_SCALARS]
+            removed += int(n)
+            if status == rows.DONE:
+                return removed
+            t.grow(status)
