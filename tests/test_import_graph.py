@@ -18,7 +18,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("monolith_ps", "ps_client", "ps_server", "sync_agent")
-ENTRY_POINTS = ("monolith_ps.cli", "monolith_ps.local", "monolith_ps.local_cli")
+ENTRY_POINTS = (
+    "monolith_ps.cli",
+    "monolith_ps.local",
+    "monolith_ps.local_cli",
+    "monolith_ps.check_cli",
+)
 
 
 def _module_name(path: Path) -> str:

@@ -91,12 +91,14 @@ The same selector as a label-selector string: "k=v,k=v".
 {{- end }}
 
 {{/*
-Container image reference.
+Container image reference: [registry/]repository:tag[@digest], where registry is
+global.imageRegistry (a parent chart's) or else image.registry.
 */}}
 {{- define "monolith-ps.image" -}}
 {{- $repository := .Values.image.repository }}
-{{- if .Values.image.registry }}
-{{- $repository = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- $registry := (.Values.global).imageRegistry | default .Values.image.registry }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" $registry .Values.image.repository }}
 {{- end }}
 {{- $tag := .Values.image.tag | default .Chart.AppVersion }}
 {{- if .Values.image.digest }}
@@ -331,6 +333,9 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
     {{- if eq .component "training" }}
     - name: snapshots
       mountPath: {{ include "monolith-ps.snapshotDir" $ctx }}
+    {{- end }}
+    {{- with .role.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end }}
 
