@@ -124,6 +124,14 @@ def export_table_chunks(
             f"route_num_shards: {request.route_num_shards} is more than the {MAX_SHARDS} "
             "shards a cluster may have"
         )
+    if request.route_partition_count > 1 and (
+        request.route_partition_index >= request.route_partition_count
+        or request.route_partition_count > MAX_SHARDS
+    ):
+        raise BadRequestError(
+            f"route_partition_index {request.route_partition_index} must be below "
+            f"route_partition_count {request.route_partition_count} (at most {MAX_SHARDS})"
+        )
     table = state.table(request.table)
     same_epoch = request.epoch == state.epoch
     delta = table.export_since(request.since_version if same_epoch else 0)
@@ -171,7 +179,8 @@ def _table_chunks(
         "dim": table.dim,
         "dtype": wire.dtype_to_wire(delta.values.dtype),
     }
-    pieces = _chunk_pieces(delta.keys, tomb_keys, request.route_num_shards, per_chunk)
+    partition = (request.route_partition_index, max(1, request.route_partition_count))
+    pieces = _chunk_pieces(delta.keys, tomb_keys, request.route_num_shards, per_chunk, partition)
     for i, (rows, tombs) in enumerate(pieces):
         chunk = ps_pb2.DeltaChunk(
             **header,
@@ -199,17 +208,25 @@ _Piece = tuple[slice | np.ndarray, slice | np.ndarray]
 
 
 def _chunk_pieces(
-    keys: np.ndarray, tomb_keys: np.ndarray, route_num_shards: int, per_chunk: int
+    keys: np.ndarray,
+    tomb_keys: np.ndarray,
+    route_num_shards: int,
+    per_chunk: int,
+    partition: tuple[int, int] = (0, 1),
 ) -> list[_Piece]:
     """Row and tombstone selections of each chunk: consecutive slices, or, when grouping
-    by serving shard, index arrays of one shard each. Never empty: the last chunk exists."""
+    by serving shard, index arrays of one shard each (only the shards of ``partition``,
+    ``(index, count)``). Never empty: the last chunk exists."""
     if route_num_shards <= 1:
         count = max(1, -(-max(len(keys), len(tomb_keys)) // per_chunk))
         return [(slice(i * per_chunk, (i + 1) * per_chunk),) * 2 for i in range(count)]
     row_groups = split_by_shard(keys, route_num_shards)
     tomb_groups = split_by_shard(tomb_keys, route_num_shards)
     pieces: list[_Piece] = []
-    for rows, tombs in zip(row_groups, tomb_groups, strict=True):
+    index, every = partition
+    for shard, (rows, tombs) in enumerate(zip(row_groups, tomb_groups, strict=True)):
+        if shard % every != index:
+            continue
         count = -(-max(len(rows), len(tombs)) // per_chunk)
         pieces.extend(
             (rows[i * per_chunk : (i + 1) * per_chunk], tombs[i * per_chunk : (i + 1) * per_chunk])

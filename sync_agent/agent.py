@@ -119,6 +119,7 @@ class SyncAgent:
             chunk_rows=settings.chunk_rows,
             stream_timeout=settings.stream_timeout,
             stall_timeout=settings.stall_timeout,
+            partition=settings.partition,
         )
         self._stop = StopSignal()
         self._pool = concurrent.futures.ThreadPoolExecutor(

@@ -103,6 +103,7 @@ class StreamLimits:
     stream_timeout: float = 600.0
     stall_timeout: float = 30.0
     queue_chunks: int = 2  # per replica: memory ~ parallel exports x replicas x 2 chunks
+    partition: tuple[int, int] = (0, 1)  # the serving shards this agent syncs
 
 
 @dataclasses.dataclass
@@ -278,6 +279,9 @@ def run_export(
         # chunks of one serving shard each travel whole, without re-encoding
         route_num_shards=shard_counts.most_common(1)[0][0] if shard_counts else 0,
     )
+    if len(shard_counts) == 1 and limits.partition[1] > 1:
+        # every replica counts serving shards alike: only this agent's shards are sent
+        request.route_partition_index, request.route_partition_count = limits.partition
     export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
     stop.register(export)
     try:

@@ -234,18 +234,22 @@ class ExpireResponse(_message.Message):
     def __init__(self, rows_expired: _Optional[int] = ...) -> None: ...
 
 class ExportDeltaRequest(_message.Message):
-    __slots__ = ("table", "since_version", "epoch", "max_chunk_rows", "route_num_shards")
+    __slots__ = ("table", "since_version", "epoch", "max_chunk_rows", "route_num_shards", "route_partition_count", "route_partition_index")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     SINCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_ROWS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_PARTITION_INDEX_FIELD_NUMBER: _ClassVar[int]
     table: str
     since_version: int
     epoch: int
     max_chunk_rows: int
     route_num_shards: int
-    def __init__(self, table: _Optional[str] = ..., since_version: _Optional[int] = ..., epoch: _Optional[int] = ..., max_chunk_rows: _Optional[int] = ..., route_num_shards: _Optional[int] = ...) -> None: ...
+    route_partition_count: int
+    route_partition_index: int
+    def __init__(self, table: _Optional[str] = ..., since_version: _Optional[int] = ..., epoch: _Optional[int] = ..., max_chunk_rows: _Optional[int] = ..., route_num_shards: _Optional[int] = ..., route_partition_count: _Optional[int] = ..., route_partition_index: _Optional[int] = ...) -> None: ...
 
 class DeltaChunk(_message.Message):
     __slots__ = ("table", "source_shard", "source_num_shards", "epoch", "full_resync", "since_version", "dim", "dtype", "keys", "values", "versions", "tombstone_keys", "tombstone_versions", "last", "complete_version", "dense", "dense_version", "default_value", "default_version")

@@ -152,6 +152,29 @@ def test_export_grouped_by_serving_shard_puts_one_shard_in_each_chunk(training):
     assert sorted(tombs.tolist()) == list(range(1700, 1760))
 
 
+def test_export_for_one_partition_sends_only_its_serving_shards(training):
+    table = training.state.table("emb")
+    since = table.version
+    push(training, "emb", np.arange(1800, 1900, dtype=np.uint64))
+    table.delete(np.arange(1800, 1830, dtype=np.uint64))
+    request = ps_pb2.ExportDeltaRequest(
+        table="emb", since_version=since, epoch=training.state.epoch, max_chunk_rows=16,
+        route_num_shards=3, route_partition_count=2, route_partition_index=0,
+    )  # fmt: skip
+    chunks = list(stub(training).ExportDelta(request, timeout=30))
+    assert [c.last for c in chunks].count(True) == 1 and chunks[-1].last
+    keys, _, tombs = rows_of(chunks)
+    wanted = np.arange(1800, 1900, dtype=np.uint64)
+    mine = wanted[shard_of(wanted, 3) % 2 == 0]  # serving shards 0 and 2
+    assert sorted(keys.tolist()) == sorted(k for k in mine.tolist() if k >= 1830)
+    assert sorted(tombs.tolist()) == sorted(k for k in mine.tolist() if k < 1830)
+    request.route_partition_index = 2
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub(training).ExportDelta(request, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "route_partition_index 2 must be below route_partition_count 2" in info.value.details()
+
+
 def test_export_since_a_version_sends_only_newer_rows_and_tombstones(training):
     table = training.state.table("emb")
     push(training, "emb", np.arange(2000, 2010, dtype=np.uint64))
