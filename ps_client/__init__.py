@@ -7,7 +7,7 @@
 
 from monolith_ps.transport.channels import ClientTLS
 from monolith_ps.transport.cluster import ShardInfo, SyncCursor, SyncState, TableInfo
-from ps_client.client import PSClient, PushResult, SnapshotInfo
+from ps_client.client import PSClient
 from ps_client.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -20,6 +20,7 @@ from ps_client.errors import (
     UnknownTableError,
 )
 from ps_client.fid import make_fid
+from ps_client.results import PushResult, SnapshotInfo
 from ps_client.retry import RetryPolicy
 
 __all__ = [

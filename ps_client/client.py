@@ -10,22 +10,18 @@ applied once.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import functools
 import itertools
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 
-from monolith_ps import wire
-from monolith_ps.transport.channels import ClientTLS, channel_options, open_channel
+from monolith_ps.transport.channels import ClientTLS, channel_options
 from monolith_ps.transport.cluster import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ShardInfo,
@@ -35,134 +31,28 @@ from monolith_ps.transport.cluster import (
     shard_info_from_proto,
     sync_state_from_proto,
 )
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.batch_ops import (
-    HALF_TO_F32,
-    route_keys,
-    scatter_answer,
-    scatter_answer_f16,
-    segment_sum,
-)
+from monolith_ps.v1 import ps_pb2
+from ps_client import messages
+from ps_client.batch_ops import HALF_TO_F32, scatter_answer, scatter_answer_f16, segment_sum
 from ps_client.buffers import OutputBuffers
 from ps_client.discovery import Resolver, resolve_service, shard_order
 from ps_client.errors import (
-    DeadlineExceededError,
     PreconditionError,
-    RequestTooLargeError,
-    ServerError,
     ServerUnavailableError,
     TopologyError,
     UnknownTableError,
-    error_from_rpc,
 )
+from ps_client.planning import as_keys, assemble_found, output_rows, plan_chunks, route
+from ps_client.results import PushResult, SnapshotInfo
 from ps_client.retry import RetryPolicy
+from ps_client.shard_calls import ShardCalls
 
-__all__ = ["PSClient", "PushResult", "SnapshotInfo"]
+__all__ = ["PSClient"]
 
 _LOGGER = logging.getLogger(__name__)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_LOOKUP_METHOD = "/monolith_ps.v1.ParameterServer/Lookup"
 _MESSAGE_FILL = 0.9  # of the size limit a request or answer may use; the rest is framing
-
-
-@dataclasses.dataclass(frozen=True)
-class PushResult:
-    """What a push did, summed over shards."""
-
-    rows_updated: int
-    rows_pending_admission: int
-    duplicate_requests: int  # shard requests the servers had already applied
-
-
-@dataclasses.dataclass(frozen=True)
-class SnapshotInfo:
-    """A snapshot one server wrote on request (``Snapshot``)."""
-
-    address: str
-    path: str  # on the server's disk
-    bytes: int
-    seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class _Routed:
-    """One table's unique keys, grouped by shard, and where each input key's row lands."""
-
-    keys: np.ndarray  # unique keys, shard 0's first, then shard 1's, ...
-    bounds: np.ndarray  # shard s owns keys[bounds[s]:bounds[s + 1]]
-    position: np.ndarray  # input key i has row position[i] of ``keys``
-
-
-def _route(keys: np.ndarray, num_shards: int) -> _Routed:
-    return _Routed(*route_keys(keys, num_shards))
-
-
-def _plan_chunks(
-    sizes: Sequence[int], row_bytes: Sequence[int], budget: int, max_keys: int
-) -> list[list[tuple[int, int, int]]]:
-    """Split entries of ``sizes[i]`` rows into messages under ``budget`` bytes and
-    ``max_keys`` keys: a list of messages, each a list of ``(entry, start, stop)``."""
-    messages: list[list[tuple[int, int, int]]] = []
-    current: list[tuple[int, int, int]] = []
-    room, keys_room = budget, max_keys
-    for entry, (size, cost) in enumerate(zip(sizes, row_bytes, strict=True)):
-        start = 0
-        while start < size:
-            fit = min(size - start, room // cost, keys_room)
-            if fit == 0:
-                if not current:
-                    raise RequestTooLargeError(
-                        f"one row of {cost} bytes does not fit a {budget}-byte message"
-                    )
-                messages.append(current)
-                current, room, keys_room = [], budget, max_keys
-                continue
-            current.append((entry, start, start + fit))
-            start += fit
-            room -= fit * cost
-            keys_room -= fit
-    if current:
-        messages.append(current)
-    return messages
-
-
-def _assemble_found(parts: list[tuple[int, np.ndarray, np.ndarray | None]], n: int) -> np.ndarray:
-    """The found mask of ``n`` unique keys from the answers' ``(start, rows, found)``."""
-    found = np.ones(n, dtype=bool)
-    for start, part_rows, part_found in parts:
-        if part_found is not None:
-            found[start : start + part_rows.shape[0]] = part_found
-    return found
-
-
-def _output_rows(out: Any, n: int, dim: int, table: str, buffers: OutputBuffers) -> np.ndarray:
-    """``out`` as the ``(n, dim)`` float32 array the answer is decoded into (one over a
-    reusable buffer when ``out`` is None); a wrong ``out`` raises ValueError naming the
-    table."""
-    if out is None:
-        return buffers.rows(n, dim)
-    if (
-        not isinstance(out, np.ndarray)
-        or out.dtype != np.float32
-        or out.size != n * dim
-        or not out.flags.c_contiguous
-        or not out.flags.writeable
-    ):
-        got = f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else out
-        raise ValueError(
-            f"out for table {table!r} must be a writeable C-contiguous float32 array of "
-            f"{n} x {dim} values, got {got!r}"
-        )
-    return out.reshape(n, dim)
-
-
-def _as_keys(keys: Any, table: str) -> np.ndarray:
-    keys = np.asarray(keys)
-    if keys.dtype.kind not in "iu":
-        raise TypeError(f"keys of table {table!r} must be integers, got dtype {keys.dtype}")
-    # int64 feature IDs map to uint64 through two's complement, like everywhere else.
-    return np.ascontiguousarray(keys.reshape(-1)).astype(np.uint64, copy=False)
 
 
 def _rediscovering(repeat: bool) -> Callable[[_F], _F]:
@@ -235,13 +125,15 @@ class PSClient:
         if timeout <= 0 or attempt_timeout <= 0:
             raise ValueError("timeout and attempt_timeout must be > 0")
         self.role = role
-        self._timeout = timeout
-        self._attempt_timeout = attempt_timeout
-        self._retry = retry if retry is not None else RetryPolicy()
         self._max_message_bytes = max_message_bytes
         # A restarted server is noticed within a second, not after minutes of backoff.
-        self._options = channel_options(max_message_bytes, (100, 1000), tls)
-        self._tls = tls
+        self._calls = ShardCalls(
+            channel_options(max_message_bytes, (100, 1000), tls),
+            tls,
+            retry if retry is not None else RetryPolicy(),
+            timeout,
+            attempt_timeout,
+        )
         self._connect(addresses)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers or 4, thread_name_prefix="ps-client"
@@ -305,55 +197,26 @@ class PSClient:
             )
         tables = list(keys_by_table)
         specs = [self._table_info(name) for name in tables]
-        keys = [_as_keys(keys_by_table[name], name) for name in tables]
+        keys = [as_keys(keys_by_table[name], name) for name in tables]
         shapes = [np.shape(keys_by_table[name]) for name in tables]
-        routed = [_route(k, self.num_shards) for k in keys]
+        routed = [route(k, self.num_shards) for k in keys]
         # Answers carry float32 values (serving widens float16 storage) and a found byte.
         found_byte = 1 if shards[0].role == "serving" else 0
         row_bytes = [max(8, spec.dim * 4 + found_byte) for spec in specs]
-        calls, pieces = [], []
-        for shard in range(self.num_shards):
-            sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
-            for message in self._chunks(sizes, row_bytes):
-                # (table, start, stop) in the routed unique keys of that table
-                spans = [
-                    (t, int(routed[t].bounds[shard]) + a, int(routed[t].bounds[shard]) + b)
-                    for t, a, b in message
-                ]
-                entries = [
-                    ps_pb2.TableKeys(table=tables[t], keys=wire.encode_keys(routed[t].keys[a:b]))
-                    for t, a, b in spans
-                ]
-                calls.append((shard, ps_pb2.LookupRequest(tables=entries, view=self._views[shard])))
-                pieces.append(spans)
+        calls, pieces = messages.lookup_calls(
+            tables, routed, row_bytes, self._chunks, self._calls.views
+        )
         outs = out or {}
         unknown = sorted(set(outs) - set(tables))
         if unknown:
             raise ValueError(f"out names table {unknown[0]!r}, which is not looked up")
         rows_out = [
-            _output_rows(outs.get(name), routed[t].position.size, specs[t].dim, name, self._buffers)
+            output_rows(outs.get(name), routed[t].position.size, specs[t].dim, name, self._buffers)
             for t, name in enumerate(tables)
         ]
         responses = self._call_all("Lookup", calls, timeout)
-        parts: list[list[tuple[int, np.ndarray, np.ndarray | None]]] = [[] for _ in tables]
-        for (shard, _), answers, message in zip(calls, responses, pieces, strict=True):
-            if len(answers) != len(message):
-                raise ServerError(
-                    f"Lookup on {self.addresses[shard]}: {len(answers)} tables "
-                    f"answered, {len(message)} asked"
-                )
-            for answer, (t, start, stop) in zip(answers, message, strict=True):
-                if answer.table != tables[t]:
-                    raise ServerError(
-                        f"Lookup on {self.addresses[shard]}: answered table {answer.table!r} "
-                        f"where {tables[t]!r} was asked"
-                    )
-                n = stop - start
-                rows = wire.decode_values(
-                    answer.values, n, specs[t].dim, answer.dtype, field=f"values of {tables[t]}"
-                )
-                mask = wire.decode_found(answer.found, n) if len(answer.found) else None
-                parts[t].append((start, rows, mask))
+        dims = [spec.dim for spec in specs]
+        parts = messages.lookup_answers(calls, responses, pieces, tables, dims, self.addresses)
         result = {}
         for t, name in enumerate(tables):
             position = routed[t].position
@@ -367,7 +230,7 @@ class PSClient:
             given = outs.get(name)
             rows = given if given is not None else rows_out[t].reshape(shapes[t] + (specs[t].dim,))
             if with_found:
-                unique_found = _assemble_found(parts[t], routed[t].keys.size)
+                unique_found = assemble_found(parts[t], routed[t].keys.size)
                 found = np.take(unique_found, position).reshape(shapes[t])
                 result[name] = (rows, found)
             else:
@@ -396,14 +259,14 @@ class PSClient:
         routed, summed = [], []
         for name, spec in zip(tables, specs, strict=True):
             raw_keys, raw_grads = grads_by_table[name]
-            keys = _as_keys(raw_keys, name)
+            keys = as_keys(raw_keys, name)
             grads = np.asarray(raw_grads)
             if grads.shape != np.shape(raw_keys) + (spec.dim,):
                 raise ValueError(
                     f"grads of table {name!r} must have shape keys.shape + ({spec.dim},) = "
                     f"{np.shape(raw_keys) + (spec.dim,)}, got {grads.shape}"
                 )
-            r = _route(keys, self.num_shards)
+            r = route(keys, self.num_shards)
             total = np.zeros((r.keys.size, spec.dim), dtype=np.float32)
             segment_sum(
                 r.position, np.ascontiguousarray(grads.reshape(-1, spec.dim), np.float32), total
@@ -412,25 +275,9 @@ class PSClient:
             summed.append(total)
         row_bytes = [8 + spec.dim * 4 for spec in specs]
         push_id = f"{self._request_prefix}-{next(self._request_counter)}"
-        calls = []
-        for shard in range(self.num_shards):
-            sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
-            for part, message in enumerate(self._chunks(sizes, row_bytes)):
-                entries = []
-                for t, start, stop in message:
-                    base = int(routed[t].bounds[shard])
-                    a, b = base + start, base + stop
-                    entries.append(
-                        ps_pb2.TableGradients(
-                            table=tables[t],
-                            keys=wire.encode_keys(routed[t].keys[a:b]),
-                            grads=summed[t][a:b].tobytes(),
-                        )
-                    )
-                request = ps_pb2.PushRequest(
-                    tables=entries, request_id=f"{push_id}/{shard}.{part}", view=self._views[shard]
-                )
-                calls.append((shard, request))
+        calls = messages.push_calls(
+            tables, routed, summed, row_bytes, self._chunks, self._calls.views, push_id
+        )
         responses = self._call_all("Push", calls, timeout)
         return PushResult(
             rows_updated=sum(r.rows_updated for r in responses),
@@ -527,8 +374,7 @@ class PSClient:
             return
         self._closed = True
         self._executor.shutdown(wait=True)
-        for channel in self._channels:
-            channel.close()
+        self._calls.close()
 
     def __enter__(self) -> PSClient:
         return self
@@ -538,46 +384,25 @@ class PSClient:
 
     # ------------------------------------------------------------------ internals
 
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The servers' addresses; ``addresses[i]`` is shard ``i`` once the topology is known."""
+        return self._calls.addresses
+
+    @property
+    def num_shards(self) -> int:
+        return self._calls.num_shards
+
     def _connect(self, addresses: Sequence[str]) -> None:
-        """Channels to ``addresses`` (in the order given until the topology is known)."""
-        old = getattr(self, "_channels", [])
-        self.addresses = tuple(addresses)
-        self.num_shards = len(self.addresses)
-        self._channels = [open_channel(a, self._options, self._tls) for a in self.addresses]
-        self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
-        # Lookup answers are read in place (wire.decode_lookup_response), not through
-        # the generated class, which would copy every row twice.
-        self._lookups = [
-            ch.unary_unary(
-                _LOOKUP_METHOD,
-                request_serializer=ps_pb2.LookupRequest.SerializeToString,
-                response_deserializer=wire.decode_lookup_response,
-                _registered_method=True,
-            )
-            for ch in self._channels
-        ]
-        self._set_views()
+        self._calls.connect(addresses)
         self._shards: list[ShardInfo] | None = None
-        for channel in old:
-            channel.close()
 
-    def _set_views(self) -> None:
-        self._views = [
-            ps_pb2.ShardView(shard_index=i, num_shards=self.num_shards)
-            for i in range(self.num_shards)
-        ]
-
-    def _reorder(self, order: list[int]) -> None:
-        """Put the channels in shard order: position ``i`` becomes ``order[i]``; channels
-        not in ``order`` (other replicas of a serving shard) are closed."""
-        for i in set(range(self.num_shards)) - set(order):
-            self._channels[i].close()
-        self.addresses = tuple(self.addresses[i] for i in order)
-        self.num_shards = len(order)
-        self._channels = [self._channels[i] for i in order]
-        self._stubs = [self._stubs[i] for i in order]
-        self._lookups = [self._lookups[i] for i in order]
-        self._set_views()
+    def _call_all(
+        self, method: str, calls: list[tuple[int, Any]], timeout: float | None
+    ) -> list[Any]:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        return self._calls.call_all(method, calls, timeout)
 
     def _rediscover(self) -> None:
         """Resolve the service name again and reconnect (the cluster changed)."""
@@ -597,7 +422,7 @@ class PSClient:
                     shards = self.describe()
                     order = shard_order(shards)
                     if order != list(range(len(shards))):
-                        self._reorder(order)
+                        self._calls.reorder(order)
                         shards = [shards[i] for i in order]
                     if problems := client_view_problems(shards, self.role):
                         raise TopologyError("cluster topology mismatch: " + "; ".join(problems))
@@ -622,101 +447,4 @@ class PSClient:
         assert self._shards is not None
         limit = min([self._max_message_bytes] + [s.max_message_bytes for s in self._shards])
         max_keys = min(s.max_batch_keys for s in self._shards)
-        return _plan_chunks(sizes, row_bytes, int(limit * _MESSAGE_FILL), max_keys)
-
-    def _call_all(
-        self, method: str, calls: list[tuple[int, Any]], timeout: float | None
-    ) -> list[Any]:
-        """Run ``(shard, request)`` calls in parallel, retrying the failed ones per policy."""
-        if self._closed:
-            raise RuntimeError("the client is closed")
-        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
-        results: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        unreachable: set[int] = set()  # calls that have met UNAVAILABLE
-        attempt = 1
-        while pending:
-            started = []
-            for i in pending:
-                shard, request = calls[i]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceededError(
-                        f"{method} on {self.addresses[shard]}: deadline passed after "
-                        f"{attempt - 1} attempts"
-                    )
-                rpc = (
-                    self._lookups[shard]
-                    if method == "Lookup"
-                    else getattr(self._stubs[shard], method)
-                )
-                options = {
-                    "timeout": min(remaining, self._attempt_timeout),
-                    "wait_for_ready": attempt > 1,
-                }
-                if len(pending) == 1:
-                    # A lone call blocks in this thread: no hand-off from gRPC's poller.
-                    future = _Completed.call(rpc, request, options)
-                else:
-                    future = rpc.future(request, **options)
-                started.append((i, future))
-            failed = []
-            for i, future in started:
-                shard = calls[i][0]
-                try:
-                    results[i] = future.result()
-                except grpc.RpcError as err:
-                    code = err.code()
-                    if code is grpc.StatusCode.UNAVAILABLE:
-                        unreachable.add(i)
-                    pause = self._retry.backoff(attempt)
-                    if (
-                        self._retry.should_retry(code, attempt)
-                        and time.monotonic() + pause < deadline
-                    ):
-                        failed.append((i, pause, err))
-                        continue
-                    if i in unreachable and code in self._retry.retryable:
-                        # Later attempts wait for the connection, so they end in
-                        # DEADLINE_EXCEEDED; the cause is still an unreachable server.
-                        raise ServerUnavailableError(
-                            f"{method} on {self.addresses[shard]}: unreachable through "
-                            f"{attempt} attempts (last: {code.name}: {err.details()})"
-                        ) from err
-                    raise error_from_rpc(err, self.addresses[shard], method) from err
-            if failed:
-                pause = max(p for _, p, _ in failed)
-                _LOGGER.info(
-                    "rpc retry: %s to %s failed with %s (attempt %d), again in %.2fs",
-                    method,
-                    ",".join(self.addresses[calls[i][0]] for i, _, _ in failed),
-                    failed[0][2].code().name,
-                    attempt,
-                    pause,
-                )
-                time.sleep(pause)
-            pending = [i for i, _, _ in failed]
-            attempt += 1
-        return results
-
-
-class _Completed:
-    """A finished call with the interface of a gRPC future (``result()``)."""
-
-    __slots__ = ("_error", "_response")
-
-    def __init__(self, response: Any, error: grpc.RpcError | None) -> None:
-        self._response = response
-        self._error = error
-
-    @classmethod
-    def call(cls, rpc: Any, request: Any, options: dict[str, Any]) -> _Completed:
-        try:
-            return cls(rpc(request, **options), None)
-        except grpc.RpcError as err:
-            return cls(None, err)
-
-    def result(self) -> Any:
-        if self._error is not None:
-            raise self._error
-        return self._response
+        return plan_chunks(sizes, row_bytes, int(limit * _MESSAGE_FILL), max_keys)

@@ -24,9 +24,9 @@ from ps_client import (
     UnknownTableError,
     make_fid,
 )
-from ps_client.client import _plan_chunks, _route
 from ps_client.errors import error_from_rpc
 from ps_client.kernels import segment_sum
+from ps_client.planning import plan_chunks, route
 
 MASK64 = (1 << 64) - 1
 
@@ -51,7 +51,7 @@ def small_limits_server(server_factory):
 @pytest.mark.parametrize("num_shards", [1, 2, 5])
 def test_route_groups_unique_keys_by_shard_and_maps_back(rng, num_shards):
     keys = rng.integers(0, 500, size=2000).astype(np.uint64)
-    routed = _route(keys, num_shards)
+    routed = route(keys, num_shards)
     assert np.unique(routed.keys).size == routed.keys.size == np.unique(keys).size
     np.testing.assert_array_equal(routed.keys[routed.position], keys)
     owners = shard_of(routed.keys, num_shards)
@@ -75,7 +75,7 @@ def test_plan_chunks_covers_every_row_within_limits(rng):
         sizes = rng.integers(0, 400, size=rng.integers(1, 5)).tolist()
         costs = rng.integers(8, 200, size=len(sizes)).tolist()
         budget, max_keys = int(rng.integers(200, 5000)), int(rng.integers(1, 300))
-        messages = _plan_chunks(sizes, costs, budget, max_keys)
+        messages = plan_chunks(sizes, costs, budget, max_keys)
         covered = [[] for _ in sizes]
         for message in messages:
             assert sum((b - a) * costs[e] for e, a, b in message) <= budget
@@ -89,7 +89,7 @@ def test_plan_chunks_covers_every_row_within_limits(rng):
                 assert a == position
                 position = b
             assert position == sizes[e]
-    assert _plan_chunks([10], [8], 1000, 100) == [[(0, 0, 10)]]
+    assert plan_chunks([10], [8], 1000, 100) == [[(0, 0, 10)]]
 
 
 def test_retry_policy_backs_off_exponentially_within_bounds():

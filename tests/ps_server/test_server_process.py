@@ -27,7 +27,7 @@ def test_client_retries_through_a_kill_and_restart_on_the_same_port(process_fact
         server.kill()  # SIGKILL: no goodbye, in-memory rows are gone
         restarter = threading.Thread(target=lambda: (time.sleep(0.5), server.start(port=port)))
         restarter.start()
-        with caplog.at_level(logging.INFO, logger="ps_client.client"):
+        with caplog.at_level(logging.INFO, logger="ps_client"):
             pushed = client.push("user_id", keys, np.ones((64, 8), np.float32))
         restarter.join(60)
         assert server.port == port

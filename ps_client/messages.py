@@ -1,0 +1,110 @@
+"""Proto mapping of the client's row calls: routed keys into one ``LookupRequest`` or
+``PushRequest`` per shard and message, and ``Lookup`` answers back into row spans."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from monolith_ps import wire
+from monolith_ps.v1 import ps_pb2
+from ps_client.errors import ServerError
+from ps_client.planning import Routed
+
+__all__ = ["lookup_answers", "lookup_calls", "push_calls"]
+
+Chunks = Callable[[list[int], list[int]], list[list[tuple[int, int, int]]]]
+Span = tuple[int, int, int]  # (table, start, stop) in the routed unique keys of that table
+
+
+def lookup_calls(
+    tables: Sequence[str],
+    routed: Sequence[Routed],
+    row_bytes: list[int],
+    chunks: Chunks,
+    views: Sequence[ps_pb2.ShardView],
+) -> tuple[list[tuple[int, ps_pb2.LookupRequest]], list[list[Span]]]:
+    """``(shard, request)`` calls and, for each, the spans of keys it asks for."""
+    calls, pieces = [], []
+    for shard, view in enumerate(views):
+        sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
+        for message in chunks(sizes, row_bytes):
+            spans = [
+                (t, int(routed[t].bounds[shard]) + a, int(routed[t].bounds[shard]) + b)
+                for t, a, b in message
+            ]
+            entries = [
+                ps_pb2.TableKeys(table=tables[t], keys=wire.encode_keys(routed[t].keys[a:b]))
+                for t, a, b in spans
+            ]
+            calls.append((shard, ps_pb2.LookupRequest(tables=entries, view=view)))
+            pieces.append(spans)
+    return calls, pieces
+
+
+def lookup_answers(
+    calls: Sequence[tuple[int, Any]],
+    responses: Sequence[Any],
+    pieces: Sequence[Sequence[Span]],
+    tables: Sequence[str],
+    dims: Sequence[int],
+    addresses: Sequence[str],
+) -> list[list[tuple[int, np.ndarray, np.ndarray | None]]]:
+    """Per table, the ``(start, rows, found)`` of each answer (``found`` None from
+    training), read where the bytes arrived; an answer that is not what was asked for
+    raises ``ServerError``."""
+    parts: list[list[tuple[int, np.ndarray, np.ndarray | None]]] = [[] for _ in tables]
+    for (shard, _), answers, message in zip(calls, responses, pieces, strict=True):
+        if len(answers) != len(message):
+            raise ServerError(
+                f"Lookup on {addresses[shard]}: {len(answers)} tables "
+                f"answered, {len(message)} asked"
+            )
+        for answer, (t, start, stop) in zip(answers, message, strict=True):
+            if answer.table != tables[t]:
+                raise ServerError(
+                    f"Lookup on {addresses[shard]}: answered table {answer.table!r} "
+                    f"where {tables[t]!r} was asked"
+                )
+            n = stop - start
+            rows = wire.decode_values(
+                answer.values, n, dims[t], answer.dtype, field=f"values of {tables[t]}"
+            )
+            mask = wire.decode_found(answer.found, n) if len(answer.found) else None
+            parts[t].append((start, rows, mask))
+    return parts
+
+
+def push_calls(
+    tables: Sequence[str],
+    routed: Sequence[Routed],
+    summed: Sequence[np.ndarray],
+    row_bytes: list[int],
+    chunks: Chunks,
+    views: Sequence[ps_pb2.ShardView],
+    push_id: str,
+) -> list[tuple[int, ps_pb2.PushRequest]]:
+    """``(shard, request)`` calls carrying each shard's summed gradients; each message
+    gets its own request id under ``push_id``, so a retried one is applied once."""
+    calls = []
+    for shard, view in enumerate(views):
+        sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
+        for part, message in enumerate(chunks(sizes, row_bytes)):
+            entries = []
+            for t, start, stop in message:
+                base = int(routed[t].bounds[shard])
+                a, b = base + start, base + stop
+                entries.append(
+                    ps_pb2.TableGradients(
+                        table=tables[t],
+                        keys=wire.encode_keys(routed[t].keys[a:b]),
+                        grads=summed[t][a:b].tobytes(),
+                    )
+                )
+            request = ps_pb2.PushRequest(
+                tables=entries, request_id=f"{push_id}/{shard}.{part}", view=view
+            )
+            calls.append((shard, request))
+    return calls
