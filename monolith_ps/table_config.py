@@ -53,7 +53,10 @@ class TableConfig:
     validates every field and raises :class:`ConfigError` naming the field.
     ``admit_after``: a key gets a row at its ``admit_after``-th occurrence in training
     lookups (pushes do not count; 1 admits every key at once), counted in a count-min
-    sketch of ``sketch_width`` counters per row.
+    sketch of ``sketch_width`` counters per row; ``None`` (the default) sizes the sketch to
+    the keys it has counted, from 1,024 counters a row up to 2**20, so a small table keeps
+    a small sketch. ``eviction: lfu`` with ``max_rows`` uses the same sketch: a key enters
+    with the count the sketch holds for it, so a key that keeps coming back keeps its row.
     """
 
     name: str
@@ -70,7 +73,7 @@ class TableConfig:
     lr_frequency_power: float = 0.0
     seed: int = 0
     tombstone_log_size: int = 1_000_000
-    sketch_width: int = 1 << 18
+    sketch_width: int | None = None
     memory_budget_bytes: int | None = None
     cold_dir: str | None = None
 
@@ -143,8 +146,8 @@ def _validate(c: TableConfig) -> None:
     if not _is_int(c.tombstone_log_size) or c.tombstone_log_size < 1:
         fail("tombstone_log_size", "must be a positive integer", c.tombstone_log_size)
     w = c.sketch_width
-    if not _is_int(w) or w < 64 or w > 1 << 30 or w & (w - 1):
-        fail("sketch_width", "must be a power of two from 64 to 2**30", w)
+    if w is not None and (not _is_int(w) or w < 64 or w > 1 << 30 or w & (w - 1)):
+        fail("sketch_width", "must be null or a power of two from 64 to 2**30", w)
     budget = c.memory_budget_bytes
     if budget is not None and (not _is_int(budget) or budget < 1):
         fail("memory_budget_bytes", "must be null or a positive integer", budget)

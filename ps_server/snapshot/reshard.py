@@ -44,6 +44,7 @@ from ps_server.snapshot.reshard_source import (
     row_layout,
 )
 from ps_server.snapshot.store import SnapshotDirBusyError, SnapshotStore
+from ps_server.table.admission import DEPTH, as_width, stages
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -313,16 +314,23 @@ def combine_table_meta(
 
 
 def _added_sketches(table: str, sketches: Sequence[np.ndarray]) -> np.ndarray:
-    shapes = {(s.shape, s.dtype.str) for s in sketches}
-    if len(shapes) > 1:
+    """The saturating sum of the old shards' sketches, each first made one stage as wide as
+    the widest stage among them (shards that size their sketches to their keys grow them
+    apart); no key is counted less."""
+    try:
+        if {(s.ndim, s.shape[0], s.dtype.str) for s in sketches} != {(2, DEPTH, "<u2")}:
+            raise ValueError("rows or type differ")
+        width = max(stages(s.shape[1])[-1][1] for s in sketches)
+    except ValueError as exc:
+        shapes = sorted({(s.shape, s.dtype.str) for s in sketches})
         raise ReshardError(
-            f"table {table!r}: admission sketches differ in shape or type across the old "
-            f"shards ({sorted(shapes)}); they cannot be added"
-        )
-    total = np.zeros(sketches[0].shape, dtype=np.uint32)
+            f"table {table!r}: admission sketches of the old shards cannot be added "
+            f"({exc}: {shapes})"
+        ) from None
+    total = np.zeros((DEPTH, width), dtype=np.uint64)
     for sketch in sketches:
-        total += sketch
-    return np.minimum(total, np.iinfo(sketches[0].dtype).max).astype(sketches[0].dtype)
+        total += as_width(sketch, width)
+    return np.minimum(total, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
 def _mean(table: str, key: str, arrays: Sequence[np.ndarray]) -> np.ndarray:

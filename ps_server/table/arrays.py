@@ -80,8 +80,13 @@ class TableArrays:
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
         self.walk = cuckoo.new_walk(0x9E3779B97F4A7C15 ^ config.seed)
-        width = config.sketch_width if config.admit_after > 1 else 1
+        # the sketch counts sightings for admission and for LFU's newcomers (``frequency``)
+        self.auto_sketch = config.sketch_width is None
+        uses_sketch = config.admit_after > 1 or self.lfu
+        width = (config.sketch_width or admission.AUTO_MIN_WIDTH) if uses_sketch else 1
         self.sketch = admission.new_sketch(width)
+        self.aging_period = 10 * config.max_rows if self.lfu and config.max_rows else 0
+        self.next_aging = self.aging_period
         self.log_keys = np.zeros(0, dtype=np.uint64)
         self.log_versions = np.zeros(0, dtype=np.int64)
         # the learned default row and its optimizer state: one row, only for "learned"

@@ -27,7 +27,7 @@ import numpy as np
 
 from monolith_ps.errors import ConfigError
 from monolith_ps.table_config import TableConfig
-from ps_server.table import cuckoo, delta_io, export, lookup, metadata, rows, update
+from ps_server.table import cuckoo, delta_io, export, frequency, lookup, metadata, rows, update
 from ps_server.table.arrays import TableArrays
 from ps_server.table.delta import Delta
 from ps_server.table.errors import NotTrainableError
@@ -214,8 +214,10 @@ class EmbeddingTable:
         out = np.empty((keys.shape[0], self.dim), dtype=np.float32)
         with self._lock:
             self._promote(keys, for_lookup=True)
+            frequency.fit_sketch(self._t, keys.shape[0])
             self._resolve(keys, now, count_sightings=True, out=out)
             self._t.stats["lookups"] += keys.shape[0]
+            frequency.fit_sketch(self._t, 0)
             self._after_change()
         return out
 
@@ -336,8 +338,9 @@ class EmbeddingTable:
         """Restore what :meth:`export_meta` returned (rows come back through
         :meth:`apply_delta`). The version counter never moves backwards."""
         ints, t_keys, t_versions = check_meta(self._t, meta)
+        sketch = frequency.sketch_from(self._t, meta["sketch"])
         with self._lock:
-            metadata.import_meta(self._t, meta, ints, t_keys, t_versions)
+            metadata.import_meta(self._t, meta, ints, sketch, t_keys, t_versions)
 
     # ------------------------------------------------------------------ internals
 
@@ -352,7 +355,9 @@ class EmbeddingTable:
             self._tiering.promote(keys, for_lookup=for_lookup)
 
     def _after_change(self) -> None:
-        """Evict down to ``max_rows``, then demote down to the hot row limit."""
+        """Age LFU counts when due, evict down to ``max_rows``, then demote down to the hot
+        row limit."""
+        frequency.age_frequencies(self._t, self._tiering)
         evict_over_limit(self._t, self._tiering)
         if self._tiering is not None:
             self._tiering.demote_over_budget()

@@ -32,6 +32,8 @@ from ps_server.table.rows import (
     NEED_INDEX_ADMITTED,
     NEED_ROWS,
     PUSHES_COL,
+    SKETCH_KEYS,
+    TICK_BITS,
     UPDATED_COL,
     USAGE_COL,
     VERSION,
@@ -159,11 +161,13 @@ def resolve_rows(
     again when resolved: an earlier duplicate in the batch may have inserted it since.
 
     ``now`` is in unix microseconds. With ``count_sightings`` (a training lookup), each
-    occurrence of a key without a row counts one sighting in ``sketch``, duplicates included;
-    without it (a push), the sketch is only read, so a key is admitted only by lookups. With
-    ``admit_after`` 1 every key is admitted at once. Stops early with a status when the index
-    or the arenas are full; the caller grows them and calls again from the returned position
-    (after ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed
+    occurrence of a key without a row counts one sighting in ``sketch``, duplicates
+    included; without it (a push), the sketch is only read, so a key is admitted only by
+    lookups. With ``admit_after`` 1 every key is admitted at once. With ``lfu`` the sketch
+    counts sightings whatever ``admit_after`` is, and a new row starts at the frequency the
+    sketch estimates. Stops early with a status when the index or the arenas are full; the
+    caller grows them and calls again from the returned position (after
+    ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed
     admission). Rows already found stay valid across growth: rows never move. Without
     ``touch_rows`` the caller records the accesses itself (``update.apply_steps`` does, in
     its own pass).
@@ -218,9 +222,15 @@ def resolve_rows(
             return NEED_INDEX, i, inserted, rejected
         if not has_free_row(scalars, capacity):
             return NEED_ROWS, i, inserted, rejected
-        if admit_after > 1 and not (first_admitted and i == start):
-            seen = count_and_estimate(sketch, key, 1) if count_sightings else estimate(sketch, key)
-            if seen < admit_after:
+        seen = 1
+        if admit_after > 1 or lfu:
+            if count_sightings and not (first_admitted and i == start):
+                seen = count_and_estimate(sketch, key, 1)
+                if seen == 1:
+                    scalars[SKETCH_KEYS] += 1
+            else:
+                seen = max(estimate(sketch, key), 1)
+            if admit_after > 1 and seen < admit_after and not (first_admitted and i == start):
                 rows[i] = _EMPTY
                 rejected += 1
                 if copy_out:
@@ -240,7 +250,8 @@ def resolve_rows(
         meta[r, VERSION_COL] = v
         meta[r, UPDATED_COL] = now
         meta[r, PUSHES_COL] = 0
-        meta[r, USAGE_COL] = 0
+        # LFU: a key enters with the sightings the sketch counted for it (this one included)
+        meta[r, USAGE_COL] = (seen - 1) << TICK_BITS if lfu else 0
         if touch_rows:
             touch(scalars, meta, r, 1, lfu)
         init_row(init_kind, init_params, seed, key, default_row, arena, r)

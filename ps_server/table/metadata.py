@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ps_server.table import export, rows
+from ps_server.table import admission, export, rows
 from ps_server.table.arrays import MIN_LOG, TableArrays
 
 __all__ = ["export_meta", "import_meta"]
@@ -37,10 +37,12 @@ def import_meta(
     t: TableArrays,
     meta: dict[str, Any],
     ints: dict[str, int],
+    sketch: np.ndarray,
     t_keys: np.ndarray,
     t_versions: np.ndarray,
 ) -> None:
-    """Restore what :func:`export_meta` returned, as ``validation.check_meta`` checked it.
+    """Restore what :func:`export_meta` returned, as ``validation.check_meta`` checked it
+    (``sketch``: as ``frequency.sketch_from`` made it fit ``t``).
     The version counter never moves backwards; a log longer than the table keeps moves
     its floor up."""
     s = t.scalars
@@ -49,7 +51,8 @@ def import_meta(
     s[rows.DEFAULT_VERSION] = ints["default_version"]
     s[rows.DEFAULT_PUSHES] = ints["default_pushes"]
     t.walk[0] = np.uint64(ints["rng"] or 1)
-    t.sketch[...] = meta["sketch"]
+    t.sketch = sketch
+    s[rows.SKETCH_KEYS] = int(np.count_nonzero(admission.last_stage(sketch)[0]))
     t.default_row.reshape(-1)[:] = meta["default_row"]
     t.default_state.reshape(-1)[:] = meta["default_state"]
     limit = t.log_limit

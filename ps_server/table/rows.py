@@ -28,7 +28,8 @@ LOG_COUNT = 6  # tombstones held
 LOG_FLOOR = 7  # highest version of a dropped tombstone
 DEFAULT_VERSION = 8  # version of the learned default row
 DEFAULT_PUSHES = 9  # pushes that trained the learned default row
-NUM_SCALARS = 10
+SKETCH_KEYS = 10  # sightings the sketch counted from zero (about the distinct keys counted)
+NUM_SCALARS = 11
 
 # columns of the meta arena
 VERSION_COL = 0
@@ -45,7 +46,7 @@ NEED_LOG = 3  # tombstone log full but below its limit: grow it, call again
 NEED_INDEX_ADMITTED = 4  # a cuckoo walk failed after the key passed admission
 
 _NO_ROW = np.uint64(0xFFFFFFFFFFFFFFFF)
-_TICK_BITS = 40
+TICK_BITS = 40
 _TICK_MASK = (1 << 40) - 1
 _MAX_FREQUENCY = (1 << 22) - 1
 
@@ -90,12 +91,23 @@ def touch(scalars, meta, r, increment, lfu):
     t = scalars[TICK] + 1
     scalars[TICK] = t
     if lfu:
-        freq = (meta[r, USAGE_COL] >> _TICK_BITS) + increment
+        freq = (meta[r, USAGE_COL] >> TICK_BITS) + increment
         if freq > _MAX_FREQUENCY:
             freq = _MAX_FREQUENCY
-        meta[r, USAGE_COL] = (freq << _TICK_BITS) | (t & _TICK_MASK)
+        meta[r, USAGE_COL] = (freq << TICK_BITS) | (t & _TICK_MASK)
     else:
         meta[r, USAGE_COL] = t
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def halve_frequencies(meta, high):
+    """LFU aging: halve the frequency of every row below ``high`` (rounding up, so a row
+    once used stays above one never used), keeping its clock: a count earned long ago
+    weighs half as much as one earned now."""
+    for r in range(high):
+        usage = meta[r, USAGE_COL]
+        freq = ((usage >> TICK_BITS) + 1) >> 1
+        meta[r, USAGE_COL] = (freq << TICK_BITS) | (usage & _TICK_MASK)
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")

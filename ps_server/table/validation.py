@@ -188,8 +188,7 @@ def check_meta(t: TableArrays, meta: Any) -> tuple[dict[str, int], np.ndarray, n
         if v > limit:
             raise DeltaError(f"meta[{k!r}] is out of range: {v}")
         ints[k] = int(v)
-    expect = {
-        "sketch": (t.sketch.shape, np.uint16),
+    expect = {  # the sketch is checked by ``frequency.sketch_from``
         "default_row": ((t.default_row.size,), np.float32),
         "default_state": ((t.default_state.size,), np.float32),
     }

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ps_server.table.errors import DeltaError
+
 
 @pytest.mark.parametrize("admit_after", [2, 3, 5])
 def test_row_appears_at_the_threshold(make_table, admit_after):
@@ -101,3 +103,51 @@ def test_learned_default_row_trains_on_unadmitted_gradients(make_table):
     np.testing.assert_allclose(d.default_value, learned)
     assert 0 < d.default_version <= table.version
     assert table.export_since(table.version).default_value is None
+
+
+def test_a_self_sized_sketch_stays_small_on_a_small_table(make_table, rng):
+    keys = np.unique(rng.integers(0, 2**64, 2000, dtype=np.uint64))
+    sizes = {}
+    for admit_after in (1, 2):
+        table = make_table(admit_after=admit_after, dim=8)
+        for _ in range(3):
+            table.find_or_insert(keys)
+        assert len(table) == keys.size
+        sizes[admit_after] = table.memory_bytes()
+    assert sizes[2] <= 1.5 * sizes[1], sizes
+    fixed = make_table(admit_after=2, dim=8, sketch_width=1 << 18)
+    assert fixed.export_meta()["sketch"].shape == (4, 1 << 18)  # a set width is kept
+
+
+def test_a_growing_sketch_never_counts_a_key_less(make_table, rng):
+    from ps_server.table import admission
+
+    table = make_table(admit_after=50)  # nothing admitted: every sighting is counted
+    assert table.export_meta()["sketch"].shape == (admission.DEPTH, admission.AUTO_MIN_WIDTH)
+    keys = rng.integers(0, 2**64, 20_000, dtype=np.uint64)
+    seen = rng.integers(1, 4, keys.size)
+    widths = set()
+    for lo in range(0, keys.size, 500):  # the sketch doubles as new keys arrive
+        table.find_or_insert(np.repeat(keys[lo : lo + 500], seen[lo : lo + 500]))
+        widths.add(table.export_meta()["sketch"].shape[1])
+    sketch = table.export_meta()["sketch"]
+    assert len(widths) > 2 and sketch.shape[1] >= keys.size
+    estimates = np.empty(keys.size, np.int64)
+    admission.estimate_counts(sketch, keys, estimates)
+    assert (estimates >= seen).all()
+    assert (estimates == seen).mean() > 0.9
+
+
+def test_restore_keeps_every_count_of_the_snapshot_sketch(make_table):
+    small = make_table(admit_after=3)
+    keys = np.arange(100, dtype=np.uint64)
+    small.find_or_insert(keys)
+    small.find_or_insert(keys)  # two sightings each, none admitted
+    meta = small.export_meta()
+    for width in (None, 1 << 14, 64):  # adopted, widened, folded: no key counted less
+        restored = make_table(admit_after=3, sketch_width=width)
+        restored.import_meta(meta)
+        restored.find_or_insert(keys)  # the third sighting admits
+        assert len(restored) == keys.size
+    with pytest.raises(DeltaError, match="doubling stages"):
+        restored.import_meta(meta | {"sketch": np.zeros((4, 20), np.uint16)})

@@ -119,7 +119,7 @@ BAD_CALLS = [
     ("meta missing fields", lambda t: t.import_meta({"version": 3}), DeltaError),
     (
         "meta wrong sketch",
-        lambda t: t.import_meta(t.export_meta() | {"sketch": np.zeros((4, 8), np.uint16)}),
+        lambda t: t.import_meta(t.export_meta() | {"sketch": np.zeros((4, 20), np.uint16)}),
         DeltaError,
     ),
     (

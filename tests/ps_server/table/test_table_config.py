@@ -58,7 +58,7 @@ BAD = [
     ({"lr_frequency_power": -0.5}, r"\.lr_frequency_power: must be a number >= 0"),
     ({"seed": 2**64}, r"\.seed: must be an integer from 0 to 2\*\*64 - 1"),
     ({"tombstone_log_size": 0}, r"\.tombstone_log_size: must be a positive integer"),
-    ({"sketch_width": 1000}, r"\.sketch_width: must be a power of two"),
+    ({"sketch_width": 1000}, r"\.sketch_width: must be null or a power of two"),
     ({"memory_budget_bytes": 0}, r"\.memory_budget_bytes: must be null or a positive integer"),
     ({"cold_dir": ""}, r"\.cold_dir: must be null or a non-empty directory path"),
     ({"cold_dir": None}, r"\.cold_dir: is required with memory_budget_bytes"),

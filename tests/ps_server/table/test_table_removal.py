@@ -91,3 +91,39 @@ def test_deleting_absent_keys_changes_nothing(make_table):
     table.find_or_insert(np.array([1], np.uint64))
     assert table.delete(np.array([2, 3], np.uint64)) == 0
     assert table.version == 1 and len(table.export_since(0).tombstone_keys) == 0
+
+
+def _used(table, keys, times):
+    for _ in range(times):
+        table.find_or_insert(np.asarray(keys, np.uint64))
+
+
+def test_lfu_a_key_that_becomes_hot_keeps_a_row(make_table):
+    table = make_table(max_rows=100, eviction="lfu")
+    _used(table, np.arange(100), 2)  # full, every row used twice
+    newcomer = np.array([1000], np.uint64)
+    for _ in range(10):
+        table.find_or_insert(newcomer)
+    assert table.find(newcomer)[1].all(), "the newcomer never kept a row"
+    # it entered with the sightings the sketch counted: evicted once, then kept
+    assert table.stats()["evicted"] <= 2
+    assert table.export_since(0).tombstone_keys.tolist().count(1000) <= 1
+
+
+def test_lfu_one_off_keys_do_not_evict_hot_rows(make_table):
+    table = make_table(max_rows=50, eviction="lfu")
+    hot = np.arange(50)
+    _used(table, hot, 3)
+    for step in range(40):  # 10 one-offs a step, hot rows used meanwhile, over several agings
+        table.find_or_insert(np.arange(10_000 + 10 * step, 10_010 + 10 * step, dtype=np.uint64))
+        table.find_or_insert(hot.astype(np.uint64))
+    assert sorted(table.keys().tolist()) == hot.tolist()
+
+
+def test_lfu_ages_so_new_hot_keys_take_over_from_old_ones(make_table):
+    table = make_table(max_rows=20, eviction="lfu")
+    _used(table, np.arange(20), 60)  # hot long ago
+    new = np.arange(100, 120, dtype=np.uint64)
+    for _ in range(30):  # without aging, a newcomer needs more than 60 sightings
+        table.find_or_insert(new)
+    assert sorted(table.keys().tolist()) == new.tolist()
