@@ -53,8 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         module.configure_parser(sub)
+        _add_log_level(sub)
         sub.set_defaults(_run=module.run)
     return parser
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _add_log_level(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` on a subcommand, or on each of its own subcommands (a parent's
+    default would be overwritten by its subcommand's)."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        parser.add_argument(
+            "--log-level", choices=LOG_LEVELS, default="info", help="least severe event logged"
+        )
+    for action in nested:
+        for sub in action.choices.values():
+            _add_log_level(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from monolith_ps.logs import configure_logging
+
+    configure_logging(getattr(args, "log_format", "text"), args.log_level.upper())
     try:
         return int(args._run(args) or 0)
     except ModuleNotFoundError as missing:

@@ -206,7 +206,8 @@ class ManagedProcess:
 class LocalCluster:
     """N training shards, M serving shards of R replicas each, and one sync agent.
 
-    Every argument maps to an ``mps local up`` flag; ``agent=False`` starts the servers only
+    Every argument maps to an ``mps local up`` flag (``sparse_interval=None`` or
+    ``dense_interval=None``: the config's ``sync`` section); ``agent=False`` starts the servers only
     and ``agent_args`` adds ``mps sync-agent`` flags (e.g. ``["--stall-timeout", "2s"]``).
     ``start()`` (or entering the context) returns once every server reports gRPC health
     SERVING and the agent serves its metrics; ``stop()`` (or leaving it) ends them all.
@@ -218,14 +219,15 @@ class LocalCluster:
         training_shards: int = 2,
         serving_shards: int = 2,
         serving_replicas: int = 1,
-        sparse_interval: str | float = "2s",
-        dense_interval: str | float = "60s",
+        sparse_interval: str | float | None = "2s",
+        dense_interval: str | float | None = "60s",
         base_port: int = 0,
         snapshot_dir: str | os.PathLike[str] | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         agent: bool = True,
         agent_args: Sequence[str] = (),
         startup_timeout: float = 120.0,
+        log_level: str = "info",
         stop_timeout: float = 15.0,
         python: str = sys.executable,
     ) -> None:
@@ -244,10 +246,11 @@ class LocalCluster:
         self.training_shards = training_shards
         self.serving_shards = serving_shards
         self.serving_replicas = serving_replicas
-        self.sparse_interval = str(sparse_interval)
-        self.dense_interval = str(dense_interval)
+        self.sparse_interval = None if sparse_interval is None else str(sparse_interval)
+        self.dense_interval = None if dense_interval is None else str(dense_interval)
         self.snapshot_dir = Path(snapshot_dir).resolve() if snapshot_dir else None
         self.startup_timeout = startup_timeout
+        self.log_level = log_level
         self.stop_timeout = stop_timeout
         self._own_log_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="mps-local-")).resolve()
@@ -412,6 +415,7 @@ class LocalCluster:
             "--config", str(self.config_path),
             "--host", "127.0.0.1",
             "--log-format", "json",
+            "--log-level", self.log_level,
         ]  # fmt: skip
         if role == "training" and self.snapshot_dir is not None:
             args += ["--snapshot-dir", str(self.snapshot_dir / name)]
@@ -435,23 +439,34 @@ class LocalCluster:
 
     def _start_agent(self, wait: bool = True) -> None:
         assert self._agent is not None
-        serving = [p.address for p in self._serving_flat()]
-        self._agent.args = [
-            "sync-agent",
-            "--config", str(self.config_path),
-            "--training", ",".join(self.training_addresses),
-            "--serving", ",".join(serving),
-            "--sparse-interval", self.sparse_interval,
-            "--dense-interval", self.dense_interval,
-            "--metrics-port", str(self._agent.metrics_port),
-            "--log-format", "json",
-            *self._agent_args,
-        ]  # fmt: skip
+        self._agent.args = self.agent_argv()
         self._agent.start()
         if wait:
             line = self._agent.wait_event("agent_started", self.startup_timeout)
             self._agent.metrics_port = int(line["metrics_port"])
             _wait_http(self._agent.metrics_url, self.startup_timeout, self._agent)
+
+    def agent_argv(self) -> list[str]:
+        """The agent's ``mps`` arguments: interval flags only where this cluster was given
+        intervals, else the agent takes the config's ``sync`` section."""
+        assert self._agent is not None
+        serving = [p.address for p in self._serving_flat()]
+        argv = [
+            "sync-agent",
+            "--config", str(self.config_path),
+            "--training", ",".join(self.training_addresses),
+            "--serving", ",".join(serving),
+            "--metrics-port", str(self._agent.metrics_port),
+            "--log-format", "json",
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        for flag, value in (
+            ("--sparse-interval", self.sparse_interval),
+            ("--dense-interval", self.dense_interval),
+        ):
+            if value is not None:
+                argv += [flag, value]
+        return argv + self._agent_args
 
     def _serving_flat(self) -> list[ManagedProcess]:
         return [p for replicas in self._serving for p in replicas]
@@ -477,7 +492,7 @@ def run_until_signalled(args: Any) -> int:
     """``mps local up``: start the cluster, print where it listens, stop it on SIGINT/SIGTERM."""
     from monolith_ps.logs import configure_logging
 
-    configure_logging("text")
+    configure_logging("text", getattr(args, "log_level", "info").upper())
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -493,6 +508,7 @@ def run_until_signalled(args: Any) -> int:
             base_port=args.base_port,
             snapshot_dir=args.snapshot_dir,
             log_dir=args.log_dir,
+            log_level=getattr(args, "log_level", "info"),
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"mps local up: {exc}", file=sys.stderr)

@@ -20,10 +20,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--serving-shards", type=int, default=2, metavar="M")
     up.add_argument("--serving-replicas", type=int, default=1, metavar="R")
     up.add_argument(
-        "--sparse-interval", default="2s", metavar="DURATION", help="agent sparse interval"
+        "--sparse-interval",
+        metavar="DURATION",
+        help="agent sparse interval (default: the config's sync.sparse_interval)",
     )
     up.add_argument(
-        "--dense-interval", default="60s", metavar="DURATION", help="agent dense interval"
+        "--dense-interval",
+        metavar="DURATION",
+        help="agent dense interval (default: the config's sync.dense_interval)",
     )
     up.add_argument(
         "--base-port",

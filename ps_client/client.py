@@ -240,7 +240,14 @@ class PSClient:
     def push(
         self, table: str, keys: Any, grads: Any, *, timeout: float | None = None
     ) -> PushResult:
-        """Apply ``grads`` (``keys.shape + (dim,)``) with the table's optimizer, once."""
+        """Apply ``grads`` (``keys.shape + (dim,)``) with the table's optimizer, once.
+
+        ``grads`` are gradients of the batch's **summed** loss (not its mean) with respect
+        to each looked-up row: the server applies them unscaled, duplicates of a key
+        summed, and sparse optimizers such as Adagrad are tuned for that scale. Gradients
+        of a mean loss shrink every key's update by the batch size (the MovieLens demo's
+        model stays at loss 0.693 with means, and reaches 0.40 with sums).
+        """
         return self.push_many({table: (keys, grads)}, timeout=timeout)
 
     @_rediscovering(repeat=False)

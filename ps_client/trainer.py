@@ -5,7 +5,8 @@ A ``Trainer`` works with any store that has ``lookup_many`` and ``push_many``
 step function. Per batch it looks each table's keys up once (deduplicated, pad
 keys skipped), hands the step the rows laid out like the keys, sums the step's
 row gradients per unique key, and pushes them. Dense arrays, when the model has
-any, are pulled before the step and their gradients pushed after it.
+any, are pulled before the step and their gradients pushed after it. The step returns
+gradients of the batch's summed loss (the scale ``PSClient.push`` expects), not of its mean.
 
 Usage::
 

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         make_snapshotter,
     )
 
-    configure_logging(args.log_format)
+    configure_logging(args.log_format, getattr(args, "log_level", "info").upper())
     reuse_large_buffers()  # the server owns its process: per-call buffers stay mapped
     try:
         shard_index = resolve_shard_index(args.shard_index, args.num_shards)

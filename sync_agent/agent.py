@@ -575,7 +575,7 @@ def build_discovery(settings: AgentSettings) -> Discovery:
 
 def main(args: argparse.Namespace) -> int:
     """``mps sync-agent``: build the settings, the discovery and the agent, and run."""
-    configure_logging(args.log_format)
+    configure_logging(args.log_format, getattr(args, "log_level", "info").upper())
     try:
         settings = AgentSettings.from_args(args)
     except SettingsError as exc:

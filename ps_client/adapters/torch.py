@@ -8,9 +8,14 @@ parameters with a torch optimizer::
 
     embeddings = PSEmbeddings(client, ["user", "movie"], pad_key=0)
     rows = embeddings({"user": user_keys, "movie": movie_keys})  # tensors (n, dim)
-    loss = model(rows).mean()
+    loss = loss_fn(model(rows), labels, reduction="sum")  # summed, not mean: see below
     loss.backward()           # pushes the row gradients to the PS
     optimizer.step()          # the dense parameters
+
+The PS applies the pushed gradients unscaled (``PSClient.push``): backpropagate the
+batch's summed loss, the scale its sparse optimizers (Adagrad, FTRL, ...) are tuned for.
+A mean loss divides every row's update by the batch size. If the dense layers want a mean,
+scale their gradients (or their learning rate) instead.
 
 ``prefetch(next_keys)`` starts the next batch's lookup in the background while this
 batch computes; rows read that way may miss this batch's update (one step stale).
