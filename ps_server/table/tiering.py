@@ -26,14 +26,19 @@ _MIN_RELEASE = 4 << 20
 _MAX_RELEASE = 64 << 20
 
 
+def hot_row_bytes(dim: int, state_width: int, storage: np.dtype | type) -> int:
+    """Memory one hot row costs, as a memory budget counts it: its arena row, key,
+    metadata line and share of the index."""
+    return (dim + state_width) * np.dtype(storage).itemsize + _ROW_OVERHEAD
+
+
 class Tiering:
     """The cold tier of one table and the hot row limit its memory budget allows."""
 
     def __init__(self, t: TableArrays, cold_dir: str, budget: int) -> None:
         self._t = t
         self.cold = ColdTier(cold_dir, t.dim + t.state_width, t.storage)
-        row_bytes = (t.dim + t.state_width) * np.dtype(t.storage).itemsize + _ROW_OVERHEAD
-        self.hot_limit = max(1, budget // row_bytes)
+        self.hot_limit = max(1, budget // hot_row_bytes(t.dim, t.state_width, t.storage))
         self.release_bytes = min(_MAX_RELEASE, max(_MIN_RELEASE, budget // 4))
 
     def __len__(self) -> int:
