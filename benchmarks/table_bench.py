@@ -9,7 +9,10 @@ machine state:
 - ``dict``: a Python ``dict`` from key to numpy row, read with a list comprehension.
 
 Measured: ``find`` (read-only lookups), ``find_or_insert`` of new keys (normal
-initializer; the table starts empty, so every growth of index and arenas is included),
+initializer; the table starts empty, so every growth of index and arenas is included; the
+headline is the first build in a fresh process, as a server builds its table from memory
+it never had, beside the best of ``--repeats`` builds in this process, which reuse memory
+the previous build freed, and the time to fault in the table's bytes in that fresh process),
 ``apply_gradients`` with Adagrad, and memory: ``memory_bytes()`` per row against the raw
 payload (key + value + optimizer state) and against the growth of the process RSS.
 Times are CPU time of the benchmark thread (``time.thread_time``: user plus system, so page
@@ -28,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,10 +51,10 @@ from ps_server.table.arena import RowArena  # noqa: E402
 
 DIM = 64
 TARGETS = {  # ratio name -> (minimum, enforced by --check)
-    "find / gather": (0.5, True),
+    "find / gather": (0.65, True),
     "find / dict": (5.0, False),
     "find_or_insert new keys / gather": (0.25, True),
-    "apply_gradients adagrad / gather": (0.25, True),
+    "apply_gradients adagrad / gather": (0.4, True),
 }
 MAX_BYTES_RATIO = 1.3
 
@@ -119,6 +123,30 @@ def first_touch_seconds(nbytes: int) -> float:
     return time.thread_time() - start
 
 
+def make_keys(rows: int) -> tuple[np.random.Generator, np.ndarray]:
+    """``rows`` distinct random keys in random order, and the generator that drew them."""
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**64, rows + rows // 50 + 100, dtype=np.uint64))
+    return rng, rng.permutation(keys)[:rows]
+
+
+def first_build_child(rows: int, batch: int) -> dict[str, float]:
+    """The ``--first-build-child`` mode: build the table once in this (fresh) process, then
+    fault in as many new bytes as it holds; CPU seconds of each."""
+    _, keys = make_keys(rows)
+    warm_up()
+    table, build = build_table(keys, batch)
+    return build | {"first_touch": first_touch_seconds(table.memory_bytes())}
+
+
+def first_build_in_fresh_process(rows: int, batch: int) -> dict[str, float]:
+    """:func:`first_build_child` in a new interpreter."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--first-build-child",
+           "--rows", str(rows), "--batch", str(batch)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def warm_up() -> None:
     """Compile (or load) every kernel on a tiny table so no timing includes it."""
     t = EmbeddingTable(config())
@@ -137,12 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
     p.add_argument("--json", type=Path, help="write results here (and a .md table beside it)")
     p.add_argument("--check", action="store_true", help="exit 1 when an enforced target fails")
+    p.add_argument("--first-build-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     rows, batch, batches = args.rows, args.batch, args.batches
+    if args.first_build_child:
+        print(json.dumps(first_build_child(rows, batch)))
+        return 0
 
-    rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(0, 2**64, rows + rows // 50 + 100, dtype=np.uint64))
-    keys = rng.permutation(keys)[:rows]
+    fresh = first_build_in_fresh_process(rows, batch)
+    rng, keys = make_keys(rows)
     queries = rng.integers(0, rows, (batches, batch))
     query_keys = keys[queries]
     grads = rng.standard_normal((batch, DIM), dtype=np.float32) * np.float32(0.01)
@@ -161,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         table, build = build_table(keys, batch)
         builds.append(build)
     best_build = min(builds, key=lambda b: b["user"] + b["system"])
-    insert_rate = rows / (best_build["user"] + best_build["system"])
+    insert_rate = rows / (fresh["user"] + fresh["system"])  # the headline: a fresh process
     fault_floor = first_touch_seconds(table.memory_bytes())
     payload = 8 + DIM * 4 + table.state_width * 4
     bytes_per_row = table.memory_bytes() / len(table)
@@ -180,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats,
     )
     rates["find_or_insert new keys"] = insert_rate
-    rates["find_or_insert new keys, user time"] = rows / best_build["user"]
+    rates["find_or_insert new keys, best build"] = rows / (
+        best_build["user"] + best_build["system"]
+    )
+    rates["find_or_insert new keys, user time"] = rows / fresh["user"]
     rows_of = dict(zip(keys.tolist(), list(arena), strict=True))
     dict_batches = max(1, min(batches, 3))
     rates |= best_rates(
@@ -207,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "capacity": table.capacity,
     }
     inserts = {
+        "first_build_in_fresh_process_cpu_seconds": fresh,
         "builds_cpu_seconds": builds,
         "first_touch_seconds_of_table_memory": fault_floor,
     }
@@ -276,15 +311,21 @@ def render(result: dict) -> str:
             f">= {c['target']} {mark} |"
         )
     user_rate = r["find_or_insert new keys, user time"]
+    best_rate = r["find_or_insert new keys, best build"]
+    f = result["inserts"]["first_build_in_fresh_process_cpu_seconds"]
     b = min(result["inserts"]["builds_cpu_seconds"], key=lambda x: x["user"] + x["system"])
     lines.append(
-        f"| find_or_insert new keys, user time only | {user_rate / 1e6:.2f} M | gather "
-        f"{r['gather'] / 1e6:.2f} M | {user_rate / r['gather']:.2f} | reported |"
+        f"| (first build, fresh process: user {f['user']:.2f} s, system {f['system']:.2f} s; "
+        f"faulting in as many new bytes there: {f['first_touch']:.2f} s) | | | | |"
     )
     lines.append(
-        f"| (that build: user {b['user']:.2f} s, system {b['system']:.2f} s; faulting in the "
-        f"table's memory alone: {result['inserts']['first_touch_seconds_of_table_memory']:.2f} s) "
-        "| | | | |"
+        f"| find_or_insert new keys, first build, user time only | {user_rate / 1e6:.2f} M | "
+        f"gather {r['gather'] / 1e6:.2f} M | {user_rate / r['gather']:.2f} | reported |"
+    )
+    lines.append(
+        f"| find_or_insert new keys, best of {p['repeats']} builds in one process (memory "
+        f"reused; user {b['user']:.2f} s, system {b['system']:.2f} s) | {best_rate / 1e6:.2f} M | "
+        f"gather {r['gather'] / 1e6:.2f} M | {best_rate / r['gather']:.2f} | reported |"
     )
     c = result["checks"]["bytes_per_row / payload"]
     lines.append(
