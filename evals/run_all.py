@@ -61,7 +61,9 @@ def update_readme(readme: Path, tables: Sequence[str], footer: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evals.run_all", description=__doc__.split("\n")[0])
     cli.add_data_argument(p)
-    p.add_argument("--results", type=Path, default=cli.REPO_ROOT / "results")
+    p.add_argument(
+        "--results", type=Path, default=None, help="output folder (default: results/ of the repo)"
+    )
     p.add_argument("--only", default="", help="comma-separated evals to run (default: all)")
     p.add_argument(
         "--update-readme",
@@ -88,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--update-readme: the README is about {DEFAULT_DATASET} "
                 f"({', '.join(map(str, default_locations()))}); this run reads {folder}"
             )
+    results_dir = args.results if args.results is not None else cli.REPO_ROOT / "results"
     started = time.monotonic()
     seconds: dict[str, float] = {}
     failed: list[str] = []
@@ -97,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = ["--quiet"] if args.quiet else []
         try:
             data = ["--data", str(args.data)] if args.data is not None else []
-            code = EVALS[name].main([*data, "--results", str(args.results), *extra])
+            out = ["--results", str(args.results)] if args.results is not None else []
+            code = EVALS[name].main([*data, *out, *extra])
             if code != 0:
                 failed.append(name)
         except Exception:
@@ -107,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {name}: {seconds[name]:.0f} s", file=sys.stderr, flush=True)
     total = time.monotonic() - started
     tables = [
-        (args.results / f"{name}.md").read_text()
+        (results_dir / f"{name}.md").read_text()
         for name in EVALS
-        if (args.results / f"{name}.md").is_file() and name not in failed
+        if (results_dir / f"{name}.md").is_file() and name not in failed
     ]
     timing = ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
     footer = (
