@@ -97,7 +97,9 @@ class PSClient:
     resolves it again when that happens or when the shards it sees are not one whole
     cluster (mid-reshard): lookups are then repeated once, pushes raise
     ``TopologyError`` (retry them, the client routes by the new cluster). Calls are retried on
-    UNAVAILABLE and DEADLINE_EXCEEDED by ``retry`` within ``timeout`` seconds in all.
+    UNAVAILABLE and DEADLINE_EXCEEDED by ``retry`` within ``timeout`` seconds in all,
+    except a failed TLS handshake (``TLSHandshakeError``) or an address that does not
+    resolve (``NameResolutionError``): those fail at once, naming the cause.
     Thread-safe.
     """
 

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import grpc
 
-from monolith_ps.transport.rpc_errors import rpc_status
+from monolith_ps.transport.rpc_errors import connect_failure, rpc_status
 
 __all__ = [
     "DeadlineExceededError",
     "InvalidRequestError",
+    "NameResolutionError",
     "PSError",
     "PreconditionError",
     "RequestTooLargeError",
     "ServerError",
     "ServerUnavailableError",
+    "TLSHandshakeError",
     "TopologyError",
     "UnknownTableError",
+    "connect_error",
     "error_from_rpc",
 ]
 
@@ -48,6 +51,15 @@ class ServerUnavailableError(PSError, ConnectionError):
     """A server stayed unreachable through every retry."""
 
 
+class TLSHandshakeError(ServerUnavailableError):
+    """The TLS handshake with a server failed (its certificate is not trusted or does not
+    name the address, or the server wants a client certificate): not retried."""
+
+
+class NameResolutionError(ServerUnavailableError):
+    """A server's address does not resolve: not retried."""
+
+
 class DeadlineExceededError(PSError, TimeoutError):
     """A call did not finish within its deadline, retries included."""
 
@@ -77,3 +89,20 @@ def error_from_rpc(err: grpc.RpcError, address: str, method: str) -> PSError:
     if code is grpc.StatusCode.FAILED_PRECONDITION and "shard view mismatch" in details:
         return TopologyError(message)
     return _ERROR_OF_CODE.get(code, ServerError)(message)
+
+
+def connect_error(err: grpc.RpcError, address: str, method: str) -> PSError | None:
+    """The error for a call that could not connect for good (a failed TLS handshake, a
+    name that does not resolve), naming the certificate problem or the name; None when
+    a retry may still succeed."""
+    failure = connect_failure(err)
+    if failure is None:
+        return None
+    if failure.kind == "tls":
+        return TLSHandshakeError(
+            f"{method} on {address}: TLS handshake failed: {failure.reason}. Check that "
+            "ClientTLS.ca_path is the CA that signed the server certificate, that the "
+            "certificate names this address (or set ClientTLS.server_name), and for "
+            "mutual TLS the client certificate and key"
+        )
+    return NameResolutionError(f"{method} on {address}: cannot resolve {failure.reason}")

@@ -14,7 +14,12 @@ import grpc
 from monolith_ps import wire
 from monolith_ps.transport.channels import ClientTLS, open_channel
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
-from ps_client.errors import DeadlineExceededError, ServerUnavailableError, error_from_rpc
+from ps_client.errors import (
+    DeadlineExceededError,
+    ServerUnavailableError,
+    connect_error,
+    error_from_rpc,
+)
 from ps_client.retry import RetryPolicy
 
 __all__ = ["ShardCalls"]
@@ -129,6 +134,8 @@ class ShardCalls:
                 try:
                     results[i] = future.result()
                 except grpc.RpcError as err:
+                    if (fatal := connect_error(err, self.addresses[shard], method)) is not None:
+                        raise fatal from err
                     code = err.code()
                     if code is grpc.StatusCode.UNAVAILABLE:
                         unreachable.add(i)
