@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/sync_bench.py --json results/sync_bench.json
 	$(BIN)/python benchmarks/snapshot_bench.py --json results/snapshot_bench.json
 	$(BIN)/python benchmarks/load_test.py --json results/load_test.json
+	$(BIN)/python benchmarks/reshard_bench.py --json results/reshard_bench.json
 	$(BIN)/python benchmarks/scale_sim.py --json results/scale_sim.json --markdown results/scale_sim.md
 
 # System packages the benchmarks compare against (Redis for service_bench.py).

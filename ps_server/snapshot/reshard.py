@@ -17,8 +17,9 @@ last-update time, usage, version), to ``shard_of(key, M)``. What is not per row:
 An unknown metadata field is refused, so a format change must decide how it reshards.
 
 Memory stays bounded: rows are read in chunks from memory maps of the old files and
-written, routed, into memory-mapped scratch ``.npy`` files, which the snapshot store then
-writes as an ordinary full snapshot (in 16 MiB pieces); the scratch is removed after.
+appended, routed, to scratch ``.npy`` files, which the snapshot store then reads through
+memory maps and writes as an ordinary full snapshot (16 MiB at a time); the scratch is
+removed after.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -106,9 +107,12 @@ def reshard(
             _lock(store, "another process writes there")
         counts = {t: _count_rows(olds, t, num_shards, layouts[t], chunk_bytes) for t in tables}
         scratch = _Scratch(stores, tables, layouts, counts)
-        for t in tables:
-            _route_rows(olds, t, num_shards, layouts[t], chunk_bytes, scratch)
-        written = _write_shards(olds, stores, tables, scratch, created)
+        try:
+            for t in tables:
+                _route_rows(olds, t, num_shards, layouts[t], chunk_bytes, scratch)
+            written = _write_shards(olds, stores, tables, scratch, created)
+        finally:
+            scratch.close()
     except BaseException:
         for path in created:
             shutil.rmtree(path, ignore_errors=True)
@@ -156,7 +160,8 @@ def _count_rows(
 
 
 class _Scratch:
-    """Memory-mapped ``.npy`` files per new shard, table and field, filled in order."""
+    """One ``.npy`` file per new shard, table and field, filled by appending rows in order
+    (the header first: the counting pass gave the shape); read back as memory maps."""
 
     def __init__(
         self,
@@ -165,30 +170,50 @@ class _Scratch:
         layouts: dict[str, dict[str, tuple[np.dtype, tuple]]],
         counts: dict[str, np.ndarray],
     ) -> None:
-        self.arrays: list[dict[str, dict[str, np.ndarray]]] = []
-        self.filled = {t: np.zeros(len(stores), dtype=np.int64) for t in tables}
+        self._files: list[dict[str, dict[str, tuple[Path, np.dtype, tuple]]]] = []
+        self._open: dict[Path, BinaryIO] = {}
         for i, store in enumerate(stores):
             root = store.root / _SCRATCH
             root.mkdir(parents=True, exist_ok=True)
-            per_table: dict[str, dict[str, np.ndarray]] = {}
+            per_table: dict[str, dict[str, tuple[Path, np.dtype, tuple]]] = {}
             for ti, t in enumerate(tables):
                 per_table[t] = {}
                 for field, (dtype, shape) in layouts[t].items():
+                    path = root / f"{ti:04d}.{field}.npy"
                     full_shape = (int(counts[t][i]), *shape)
-                    if 0 in full_shape:
-                        per_table[t][field] = np.empty(full_shape, dtype=dtype)
-                        continue
-                    per_table[t][field] = np.lib.format.open_memmap(
-                        root / f"{ti:04d}.{field}.npy", mode="w+", dtype=dtype, shape=full_shape
-                    )
-            self.arrays.append(per_table)
+                    per_table[t][field] = (path, dtype, full_shape)
+                    handle = open(path, "wb")  # noqa: SIM115 - closed in arrays() or close()
+                    self._open[path] = handle
+                    header = {
+                        "descr": np.lib.format.dtype_to_descr(dtype),
+                        "fortran_order": False,
+                        "shape": full_shape,
+                    }
+                    np.lib.format.write_array_header_1_0(handle, header)
+            self._files.append(per_table)
 
     def append(self, shard: int, table: str, rows: dict[str, np.ndarray]) -> None:
-        start = int(self.filled[table][shard])
-        n = rows[ROW_KEYS].shape[0]
-        for field, target in self.arrays[shard][table].items():
-            target[start : start + n] = rows[field]
-        self.filled[table][shard] = start + n
+        for field, (path, dtype, _) in self._files[shard][table].items():
+            self._open[path].write(np.ascontiguousarray(rows[field], dtype=dtype).data)
+
+    def arrays(self, shard: int, table: str) -> dict[str, np.ndarray]:
+        """The finished rows of ``table`` on new shard ``shard`` (memory-mapped)."""
+        out = {}
+        for field, (path, dtype, shape) in self._files[shard][table].items():
+            self._open.pop(path).close()
+            out[field] = (
+                np.empty(shape, dtype=dtype)
+                if 0 in shape
+                else np.load(path, mmap_mode="r", allow_pickle=False)
+            )
+            if out[field].shape != shape:
+                raise RuntimeError(f"{path}: wrote {out[field].shape} rows, expected {shape}")
+        return out
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open.clear()
 
 
 def _route_rows(
@@ -232,10 +257,7 @@ def _write_shards(
     for i, store in enumerate(stores):
         sections = {}
         for t in tables:
-            rows = scratch.arrays[i][t]
-            for array in rows.values():
-                if isinstance(array, np.memmap):
-                    array.flush()
+            rows = scratch.arrays(i, t)
             arrays, meta, version = combined[t]
             sections[t] = TableSnapshot(
                 rows=rows,
