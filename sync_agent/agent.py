@@ -9,42 +9,30 @@ twice at once: a stream that does not finish moves no cursor.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import logging
-import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-import grpc
-from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
-from monolith_ps.logs import configure_logging, fields
-from monolith_ps.transport.cluster import (
-    consistent_shards,
-    shard_info_from_proto,
-    sync_state_from_proto,
-)
-from monolith_ps.transport.rpc_errors import error_text
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from monolith_ps.logs import fields
+from monolith_ps.v1 import ps_pb2_grpc
 from sync_agent.channels import ChannelPool
+from sync_agent.cluster_reader import ClusterReader
 from sync_agent.cursors import (
     ExportPlan,
     ReplicaState,
     TrainingShard,
-    needs_full,
     plan_exports,
 )
-from sync_agent.discovery.base import Discovery, Endpoint, Role
+from sync_agent.discovery.base import Discovery
+from sync_agent.lag import LagTracker
 from sync_agent.metrics import SyncMetrics
-from sync_agent.router import can_share_keys
-from sync_agent.settings import AgentSettings, SettingsError
+from sync_agent.settings import AgentSettings
 from sync_agent.streams import (
     ReplicaOutcome,
     StopSignal,
@@ -54,14 +42,12 @@ from sync_agent.streams import (
     run_export,
 )
 
-__all__ = ["RoundReport", "SyncAgent", "build_discovery", "main"]
+__all__ = ["RoundReport", "SyncAgent"]
 
 _LOGGER = logging.getLogger(__name__)
 # Each export holds one stream (a server thread) on every replica it feeds; staying
 # well under a server's handler threads leaves room for lookups.
 _MAX_PARALLEL_EXPORTS = 4
-_DISCOVERY_SYNC_SECONDS = 30.0
-_SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 
 
 @dataclasses.dataclass
@@ -133,9 +119,10 @@ class SyncAgent:
         self._lock = threading.Lock()  # _isolated and _background, shared with those syncs
         self._isolated: set[str] = set()
         self._background: dict[str, concurrent.futures.Future[RoundReport]] = {}
-        self._behind_since: dict[tuple[str, str], float] = {}
-        self._known_replicas: dict[str, list[str]] = {}
-        self._partition = settings.partition
+        self._lag = LagTracker(self.metrics)
+        self._reader = ClusterReader(
+            discovery, self._channels, self._run_parallel, settings.rpc_timeout, settings.partition
+        )
 
     # ------------------------------------------------------------------ run loop
 
@@ -325,89 +312,20 @@ class SyncAgent:
 
     def _read_cluster(self, report: RoundReport) -> tuple[list[TrainingShard], list[ReplicaState]]:
         """Training shards and serving replicas that answered, validated as a topology."""
-        try:
-            training_eps = self.discovery.endpoints(Role.TRAINING)
-            serving_eps = self.discovery.endpoints(Role.SERVING)
-        except Exception as exc:  # a discovery source may fail in ways we cannot list
-            self._error(report, "discover", "discovery", error_text(exc))
+        view = self._reader.read()
+        for stage, server, message in view.problems:
+            self._error(report, stage, server, message)
+        if view.problems and view.problems[0][0] == "discover":
             return [], []
-        self._channels.retain(e.address for e in (*training_eps, *serving_eps))
-        described = self._run_parallel(training_eps, self._describe)
-        states = self._run_parallel(serving_eps, self._sync_state)
-        training: list[TrainingShard] = []
-        for endpoint, result in described:
-            if isinstance(result, str):
-                self._error(report, "describe", endpoint.name, result)
-            else:
-                training.append(result)
-        replicas: list[ReplicaState] = []
-        for endpoint, result in states:
-            if isinstance(result, str):
-                self._error(report, "sync_state", endpoint.name, result)
-                with self._lock:
-                    self._isolated.add(endpoint.name)
-            elif result.shard_index % self._partition[1] == self._partition[0]:
-                replicas.append(result)
-        training = self._check_training_topology(training, report)
-        self.metrics.training_shards.set(len(training))
-        self.metrics.replicas.set(len(replicas))
-        report.training_shards, report.replicas = len(training), len(replicas)
-        self._forget_gone_replicas({e.name for e in serving_eps})
-        return training, replicas
-
-    def _not_ready(self, endpoint: Endpoint) -> str:
-        """Why a server cannot take part in a round now ('' when it reports SERVING).
-
-        A server restoring a snapshot already answers RPCs, from tables not yet loaded;
-        syncing from (or to) it then would wipe rows on serving until the next round.
-        """
-        try:
-            reply = self._channels.health(endpoint.address).Check(
-                health_pb2.HealthCheckRequest(service=_SERVICE_NAME),
-                timeout=self.settings.rpc_timeout,
-            )
-        except grpc.RpcError as exc:
-            return error_text(exc)
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            return f"not ready: health {status}"
-        return ""
-
-    def _ask_ready(self, endpoint: Endpoint, method: str, request: Message) -> Message | str:
-        """The reply of RPC ``method`` from a server that reports SERVING, or why there is
-        none (a str)."""
-        if problem := self._not_ready(endpoint):
-            return problem
-        try:
-            call = getattr(self._channels.stub(endpoint.address), method)
-            return call(request, timeout=self.settings.rpc_timeout)
-        except grpc.RpcError as exc:
-            return error_text(exc)
-
-    def _describe(self, endpoint: Endpoint) -> TrainingShard | str:
-        response = self._ask_ready(endpoint, "DescribeTables", ps_pb2.DescribeTablesRequest())
-        if isinstance(response, str):
-            return response
-        if response.role != ps_pb2.ROLE_TRAINING:
-            return f"discovered as training but reports role {ps_pb2.Role.Name(response.role)}"
-        return TrainingShard(endpoint, shard_info_from_proto(endpoint.name, response))
-
-    def _sync_state(self, endpoint: Endpoint) -> ReplicaState | str:
-        response = self._ask_ready(endpoint, "GetSyncState", ps_pb2.GetSyncStateRequest())
-        if isinstance(response, str):
-            return response
-        if response.num_shards < 1 or response.shard_index >= response.num_shards:
-            return f"reports shard {response.shard_index} of {response.num_shards}"
-        return ReplicaState(endpoint, sync_state_from_proto(endpoint.name, response))
-
-    def _check_training_topology(
-        self, training: list[TrainingShard], report: RoundReport
-    ) -> list[TrainingShard]:
-        """Keep the shards of the most common shard count, each index claimed once."""
-        kept, refused = consistent_shards(training, lambda shard: shard.info)
-        for shard, problem in refused:
-            self._error(report, "topology", shard.endpoint.name, problem)
-        return kept
+        with self._lock:
+            self._isolated.update(view.silent_replicas)
+        self.metrics.training_shards.set(len(view.training))
+        self.metrics.replicas.set(len(view.replicas))
+        report.training_shards, report.replicas = len(view.training), len(view.replicas)
+        gone = self._lag.forget_gone(view.serving_names)
+        with self._lock:
+            self._isolated.difference_update(gone)
+        return view.training, view.replicas
 
     def _serving_stub(self, replica: ReplicaState) -> ps_pb2_grpc.ParameterServerStub:
         return self._channels.stub(replica.endpoint.address)
@@ -448,7 +366,7 @@ class SyncAgent:
             self._isolated -= {
                 r.name for r in replicas if r.name not in planned and r.name not in self._background
             }
-        self._update_lag(training, replicas, applied)
+        self._lag.update(training, replicas, applied)
 
     def _count_outcome(
         self, report: RoundReport, outcome: ReplicaOutcome, table: str, source_shard: int = 0
@@ -468,63 +386,6 @@ class SyncAgent:
         elif outcome.stage != "stopped":
             report.streams_failed += 1
             self._error(report, outcome.stage, name, f"{label}: {outcome.error}")
-
-    def _update_lag(
-        self,
-        training: list[TrainingShard],
-        replicas: list[ReplicaState],
-        applied: dict[tuple[str, str, int], int],
-    ) -> None:
-        now = time.time()
-        for replica in replicas:
-            tables: list[str] = []
-            for name in sorted({t.name for shard in training for t in shard.tables}):
-                tables.append(name)
-                behind_versions = 0
-                oldest = math.inf
-                for shard in training:
-                    if not can_share_keys(
-                        shard.shard_index,
-                        shard.num_shards,
-                        replica.shard_index,
-                        replica.num_shards,
-                    ):
-                        continue
-                    table = shard.info.tables.get(name)
-                    if table is None:
-                        continue
-                    done = applied.get((replica.name, name, shard.shard_index))
-                    cursor = replica.cursor(name, shard.shard_index)
-                    if done is not None:
-                        behind = max(0, table.version - done)
-                    elif needs_full(cursor, shard, table) or cursor is None:
-                        behind = table.version
-                    else:
-                        behind = table.version - cursor.version
-                    if behind:
-                        behind_versions += behind
-                        if (
-                            done is None
-                            and cursor is not None
-                            and not needs_full(cursor, shard, table)
-                        ):
-                            oldest = min(oldest, cursor.applied_at_unix)
-                key = (replica.name, name)
-                if behind_versions:
-                    since = self._behind_since.setdefault(key, now)
-                    lag_seconds = now - min(oldest, since)
-                else:
-                    self._behind_since.pop(key, None)
-                    lag_seconds = 0.0
-                self.metrics.lag_versions.labels(replica.name, name).set(behind_versions)
-                self.metrics.lag_seconds.labels(replica.name, name).set(lag_seconds)
-            self._known_replicas[replica.name] = tables
-
-    def _forget_gone_replicas(self, present: set[str]) -> None:
-        for name in [n for n in self._known_replicas if n not in present]:
-            self.metrics.forget_replica(name, self._known_replicas.pop(name))
-            with self._lock:
-                self._isolated.discard(name)
 
     def _error(self, report: RoundReport, stage: str, server: str, message: str) -> None:
         report.errors.append(f"{stage} {server}: {message}")
@@ -552,58 +413,3 @@ class SyncAgent:
             ),
         )
         return report
-
-
-def build_discovery(settings: AgentSettings) -> Discovery:
-    """The discovery source the settings name."""
-    if settings.discovery == "static":
-        from sync_agent.discovery.static import StaticDiscovery
-
-        return StaticDiscovery(training=settings.training, serving=settings.serving)
-    from sync_agent.discovery.kubernetes import KubernetesDiscovery
-
-    discovery = KubernetesDiscovery(
-        namespace=settings.namespace,
-        training_selector=settings.training_selector,
-        serving_selector=settings.serving_selector,
-        grpc_port_name=settings.grpc_port_name,
-    )
-    if not discovery.wait_synced(timeout=_DISCOVERY_SYNC_SECONDS):
-        _LOGGER.warning("discovery_not_synced", extra=fields(seconds=_DISCOVERY_SYNC_SECONDS))
-    return discovery
-
-
-def main(args: argparse.Namespace) -> int:
-    """``mps sync-agent``: build the settings, the discovery and the agent, and run."""
-    configure_logging(args.log_format, getattr(args, "log_level", "info").upper())
-    try:
-        settings = AgentSettings.from_args(args)
-    except SettingsError as exc:
-        print(f"mps sync-agent: {exc}", file=sys.stderr)
-        return 2
-    registry = CollectorRegistry()
-    metrics_server = None
-    metrics_port = None
-    if settings.metrics_port is not None:
-        from prometheus_client import disable_created_metrics, start_http_server
-
-        disable_created_metrics()  # one more series per counter, used by no alert or panel
-        metrics_server, _ = start_http_server(settings.metrics_port, registry=registry)
-        metrics_port = metrics_server.server_port
-    discovery = build_discovery(settings)
-    with SyncAgent(settings, discovery, registry) as agent:
-        _LOGGER.info(
-            "agent_started",
-            extra=fields(
-                discovery=settings.discovery,
-                sparse_interval=settings.sparse_interval,
-                dense_interval=settings.dense_interval,
-                metrics_port=metrics_port,
-                partition="{}/{}".format(*settings.partition),
-            ),
-        )
-        status = agent.run()
-    if metrics_server is not None:
-        metrics_server.shutdown()
-        metrics_server.server_close()
-    return status

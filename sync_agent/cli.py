@@ -78,6 +78,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sync_agent.agent import main
+    from sync_agent.main import main
 
     return main(args)

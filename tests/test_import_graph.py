@@ -133,7 +133,7 @@ def test_the_import_graph_has_no_cycles():
 def test_the_rules_see_real_edges():
     """The checker itself reads imports: the agent uses the core transport, the table the
     core config."""
-    assert "monolith_ps.transport.cluster" in GRAPH["sync_agent.agent"]
+    assert "monolith_ps.transport.cluster" in GRAPH["sync_agent.cluster_reader"]
     assert "monolith_ps.table_config" in GRAPH["ps_server.table.embedding_table"]
     assert _layer("ps_server.server") == "server" and _layer("ps_server.optim.optimizers") == (
         "server.kernels"

@@ -23,9 +23,9 @@ from monolith_ps.cli import build_parser
 from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from sync_agent.agent import SyncAgent
-from sync_agent.agent import main as agent_main
 from sync_agent.discovery.base import Endpoint, Role
 from sync_agent.discovery.static import StaticDiscovery
+from sync_agent.main import main as agent_main
 from sync_agent.settings import AgentSettings
 
 N_TRAIN, N_SERVE, REPLICAS = 2, 3, 2
@@ -55,7 +55,7 @@ def cluster(server_factory):
     return training, serving
 
 
-def make_agent(cluster, registry=None, **overrides) -> SyncAgent:
+def make_agent(cluster, registry=None, discovery=None, **overrides) -> SyncAgent:
     training, serving = cluster
     options = {"chunk_rows": 97, "rpc_timeout": 5.0, "stall_timeout": 5.0, "stream_timeout": 60.0}
     settings = AgentSettings(
@@ -65,7 +65,7 @@ def make_agent(cluster, registry=None, **overrides) -> SyncAgent:
     )
     return SyncAgent(
         settings,
-        StaticDiscovery(settings.training, settings.serving),
+        discovery or StaticDiscovery(settings.training, settings.serving),
         registry or CollectorRegistry(),
     )
 
@@ -202,8 +202,8 @@ def test_an_unreachable_replica_does_not_hold_back_the_others(cluster, rng, serv
     mutate(training, rng, 2)
     gone = server_factory("serving", 0, N_SERVE, config=CONFIG, start=False)  # never started
     settings_serving = [r.address for replicas in serving for r in replicas] + [gone.address]
-    with make_agent(cluster, rpc_timeout=1.0) as agent:
-        agent.discovery = StaticDiscovery(agent.settings.training, settings_serving)
+    discovery = StaticDiscovery([t.address for t in training], settings_serving)
+    with make_agent(cluster, discovery=discovery, rpc_timeout=1.0) as agent:
         report = agent.sync_sparse()
         assert report.outcome == "partial"
         assert any(gone.address in e for e in report.errors)
@@ -252,8 +252,7 @@ def test_agent_follows_replicas_as_discovery_adds_and_drops_them(cluster, server
     registry = CollectorRegistry()
     first = serving[1][0]
     discovery = ChangingDiscovery([t.address for t in training], [first.address])
-    with make_agent(cluster, registry) as agent:
-        agent.discovery = discovery
+    with make_agent(cluster, registry, discovery) as agent:
         assert agent.sync_sparse().outcome == "ok"
         newcomer = server_factory("serving", 1, N_SERVE, config=CONFIG)
         discovery.serving = [first.address, newcomer.address]

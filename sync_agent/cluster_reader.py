@@ -1,0 +1,135 @@
+"""Reading the cluster at the start of a round: who discovery lists, which of them report
+SERVING, what each training shard says about itself and what each serving replica has
+applied, checked as one topology."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+
+from monolith_ps.transport.cluster import (
+    consistent_shards,
+    shard_info_from_proto,
+    sync_state_from_proto,
+)
+from monolith_ps.transport.rpc_errors import error_text
+from monolith_ps.v1 import ps_pb2
+from sync_agent.channels import ChannelPool
+from sync_agent.cursors import ReplicaState, TrainingShard
+from sync_agent.discovery.base import Discovery, Endpoint, Role
+
+__all__ = ["ClusterReader", "ClusterView"]
+
+_SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+RunParallel = Callable[[Sequence, Callable], list[tuple]]
+
+
+@dataclasses.dataclass
+class ClusterView:
+    """The cluster as it answered: usable training shards and replicas of this agent's
+    partition, every serving name discovery listed, replicas that did not answer, and
+    each problem as ``(stage, server, message)``."""
+
+    training: list[TrainingShard] = dataclasses.field(default_factory=list)
+    replicas: list[ReplicaState] = dataclasses.field(default_factory=list)
+    serving_names: set[str] = dataclasses.field(default_factory=set)
+    silent_replicas: list[str] = dataclasses.field(default_factory=list)
+    problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+
+
+class ClusterReader:
+    """Asks discovery, then every server, in parallel on the agent's pool."""
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        channels: ChannelPool,
+        run_parallel: RunParallel,
+        rpc_timeout: float,
+        partition: tuple[int, int],
+    ) -> None:
+        self._discovery = discovery
+        self._channels = channels
+        self._run_parallel = run_parallel
+        self._rpc_timeout = rpc_timeout
+        self._partition = partition
+
+    def read(self) -> ClusterView:
+        """Training shards and serving replicas that answered, validated as a topology."""
+        view = ClusterView()
+        try:
+            training_eps = self._discovery.endpoints(Role.TRAINING)
+            serving_eps = self._discovery.endpoints(Role.SERVING)
+        except Exception as exc:  # a discovery source may fail in ways we cannot list
+            view.problems.append(("discover", "discovery", error_text(exc)))
+            return view
+        view.serving_names = {e.name for e in serving_eps}
+        self._channels.retain(e.address for e in (*training_eps, *serving_eps))
+        described = self._run_parallel(training_eps, self._describe)
+        states = self._run_parallel(serving_eps, self._sync_state)
+        training: list[TrainingShard] = []
+        for endpoint, result in described:
+            if isinstance(result, str):
+                view.problems.append(("describe", endpoint.name, result))
+            else:
+                training.append(result)
+        for endpoint, result in states:
+            if isinstance(result, str):
+                view.problems.append(("sync_state", endpoint.name, result))
+                view.silent_replicas.append(endpoint.name)
+            elif result.shard_index % self._partition[1] == self._partition[0]:
+                view.replicas.append(result)
+        # Keep the shards of the most common shard count, each index claimed once.
+        view.training, refused = consistent_shards(training, lambda shard: shard.info)
+        for shard, problem in refused:
+            view.problems.append(("topology", shard.endpoint.name, problem))
+        return view
+
+    def _not_ready(self, endpoint: Endpoint) -> str:
+        """Why a server cannot take part in a round now ('' when it reports SERVING).
+
+        A server restoring a snapshot already answers RPCs, from tables not yet loaded;
+        syncing from (or to) it then would wipe rows on serving until the next round.
+        """
+        try:
+            reply = self._channels.health(endpoint.address).Check(
+                health_pb2.HealthCheckRequest(service=_SERVICE_NAME),
+                timeout=self._rpc_timeout,
+            )
+        except grpc.RpcError as exc:
+            return error_text(exc)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return f"not ready: health {status}"
+        return ""
+
+    def _ask_ready(self, endpoint: Endpoint, method: str, request: Message) -> Message | str:
+        """The reply of RPC ``method`` from a server that reports SERVING, or why there is
+        none (a str)."""
+        if problem := self._not_ready(endpoint):
+            return problem
+        try:
+            call = getattr(self._channels.stub(endpoint.address), method)
+            return call(request, timeout=self._rpc_timeout)
+        except grpc.RpcError as exc:
+            return error_text(exc)
+
+    def _describe(self, endpoint: Endpoint) -> TrainingShard | str:
+        response = self._ask_ready(endpoint, "DescribeTables", ps_pb2.DescribeTablesRequest())
+        if isinstance(response, str):
+            return response
+        if response.role != ps_pb2.ROLE_TRAINING:
+            return f"discovered as training but reports role {ps_pb2.Role.Name(response.role)}"
+        return TrainingShard(endpoint, shard_info_from_proto(endpoint.name, response))
+
+    def _sync_state(self, endpoint: Endpoint) -> ReplicaState | str:
+        response = self._ask_ready(endpoint, "GetSyncState", ps_pb2.GetSyncStateRequest())
+        if isinstance(response, str):
+            return response
+        if response.num_shards < 1 or response.shard_index >= response.num_shards:
+            return f"reports shard {response.shard_index} of {response.num_shards}"
+        return ReplicaState(endpoint, sync_state_from_proto(endpoint.name, response))
