@@ -13,12 +13,12 @@ all: lint test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,cluster]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster,trainer]'
 	touch $(STAMP)
 
 # The framework adapters' extras: `make test` runs their tests, `make demo` needs none.
 $(ADAPTERS_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,cluster,torch]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster,trainer,torch]'
 	touch $(ADAPTERS_STAMP)
 
 install: $(STAMP)

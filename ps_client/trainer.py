@@ -158,7 +158,10 @@ class TrainerStats:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr; on a non-terminal, a line every ``log_every`` seconds.
+    """Progress of a loop, drawn by ``tqdm.auto`` (a terminal bar, a widget in notebooks);
+    ``update`` also sets the values shown after it. Needs tqdm (the ``trainer`` extra);
+    ``enabled=None`` draws only when tqdm is installed. Outside a terminal it redraws at
+    most every ``log_every`` seconds.
 
     Usage::
 
@@ -171,62 +174,47 @@ class ProgressBar:
         total: int | None,
         desc: str = "",
         stream: TextIO | None = None,
-        enabled: bool = True,
+        enabled: bool | None = None,
         log_every: float = 10.0,
-        width: int = 24,
     ) -> None:
-        self.total = total
-        self.desc = desc
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = enabled
-        self.count = 0
-        self.postfix: dict[str, Any] = {}
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._width = width
-        self._start = time.monotonic()
-        self._last_draw = -math.inf
-        self._min_interval = 0.1 if self._tty else log_every
+        stream = sys.stderr if stream is None else stream
+        self._bar = None
+        if enabled is False:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ModuleNotFoundError:
+            if enabled:
+                raise ModuleNotFoundError(
+                    "the progress bar needs tqdm: pip install 'monolith-ps[trainer]' "
+                    "(or pass progress=False)",
+                    name="tqdm",
+                ) from None
+            return
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._bar = tqdm(
+            total=total, desc=desc, file=stream, mininterval=0.1 if tty else log_every,
+            dynamic_ncols=True,
+        )  # fmt: skip
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         """Advance by ``n`` and set the values shown after the bar."""
-        self.count += n
-        self.postfix.update(postfix)
-        now = time.monotonic()
-        if now - self._last_draw >= self._min_interval:
-            self._draw(now)
+        if self._bar is None:
+            return
+        if postfix:
+            self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
+        self._bar.update(n)
 
     def close(self) -> None:
         """Draw the final state and end the line."""
-        self._draw(time.monotonic(), final=True)
+        if self._bar is not None:
+            self._bar.close()
 
     def __enter__(self) -> ProgressBar:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _draw(self, now: float, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        self._last_draw = now
-        elapsed = now - self._start
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        if self.total:
-            frac = min(self.count / self.total, 1.0)
-            filled = int(frac * self._width)
-            bar = "#" * filled + "." * (self._width - filled)
-            eta = (self.total - self.count) / rate if rate > 0 else math.inf
-            head = f"{self.desc} [{bar}] {self.count}/{self.total} {frac:4.0%}"
-            timing = f"{elapsed:5.1f}s" + ("" if final else f" eta {eta:4.0f}s")
-        else:
-            head, timing = f"{self.desc} {self.count}", f"{elapsed:5.1f}s"
-        fields = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
-        line = f"{head} {timing} {rate:,.0f}/s {fields}".rstrip()
-        if self._tty:
-            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 def _fmt(value: Any) -> str:
@@ -278,7 +266,7 @@ class Trainer:
         dense_store: DenseParameterStore | None = None,
         pad_key: int | None = None,
         prefetch: bool = False,
-        progress: bool = True,
+        progress: bool | None = None,
         desc: str = "train",
         stream: TextIO | None = None,
         on_step: Callable[[Any, StepResult], None] | None = None,

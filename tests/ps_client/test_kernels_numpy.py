@@ -1,5 +1,5 @@
 """The numpy kernels give exactly what the Numba kernels give, and the client works
-without Numba, prometheus-client, kubernetes and PyYAML installed."""
+without Numba, prometheus-client, kubernetes, PyYAML and tqdm installed."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_feature_id_hashes_match(rng):
 _WITHOUT_CLUSTER_DEPS = """
 import importlib.abc, sys
 
-BLOCKED = {"numba", "llvmlite", "prometheus_client", "kubernetes", "yaml"}
+BLOCKED = {"numba", "llvmlite", "prometheus_client", "kubernetes", "yaml", "tqdm"}
 
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -93,6 +93,9 @@ with PSClient([sys.argv[1]]) as client:
 assert rows.shape == (4, 4) and not np.array_equal(rows, after)
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 assert loaded == [], loaded
+from ps_client.trainer import ProgressBar
+with ProgressBar(3) as bar:  # no tqdm: no bar, and no error
+    bar.update(1, loss=0.5)
 from monolith_ps.cli import main
 assert main(["server", "--role", "training", "--shard-index", "0", "--num-shards", "1",
              "--config", "tables.yaml"]) == 2

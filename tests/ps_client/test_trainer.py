@@ -147,9 +147,14 @@ def test_first_ctrl_c_stops_after_the_batch_and_restores_the_handler():
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_progress_bar_prints_counts_and_fields():
+def test_progress_bar_is_tqdm_with_counts_and_fields():
     out = io.StringIO()
     with ProgressBar(total=4, desc="train", stream=out, log_every=0.0) as bar:
+        assert type(bar._bar).__module__.startswith("tqdm")
         bar.update(2, loss=0.25)
     text = out.getvalue()
-    assert "train [" in text and "2/4" in text and "loss=0.25" in text
+    assert "train:" in text and "2/4" in text and "loss=0.25" in text
+    silent = io.StringIO()
+    with ProgressBar(total=4, stream=silent, enabled=False) as bar:
+        bar.update(4)
+    assert silent.getvalue() == ""
