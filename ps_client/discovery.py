@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable, Sequence
 
 from monolith_ps.transport.cluster import ShardInfo
-from ps_client.errors import ServerUnavailableError, TopologyError
+from ps_client.errors import NameResolutionError, TopologyError
 
 __all__ = ["Resolver", "resolve_service", "shard_order"]
 
@@ -34,7 +34,7 @@ def resolve_service(target: str, resolver: Resolver | None = None) -> list[str]:
     port = int(port_text)
     ips = list(dict.fromkeys((resolver or _getaddrinfo)(host, port)))
     if not ips:
-        raise ServerUnavailableError(f"{target}: the name resolves to no address")
+        raise NameResolutionError(f"{target}: the name resolves to no address")
     return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
 
 
@@ -42,7 +42,7 @@ def _getaddrinfo(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ServerUnavailableError(f"cannot resolve {host!r}: {exc}") from None
+        raise NameResolutionError(f"cannot resolve {host!r}: {exc}") from None
     return [str(info[4][0]) for info in infos]
 
 
