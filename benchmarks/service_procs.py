@@ -144,7 +144,7 @@ def start_ps(workdir: Path, dim: int) -> tuple[Process, str]:
     cmd = [sys.executable, "-m", "monolith_ps.cli", "server", "--role", "training",
            "--shard-index", "0", "--num-shards", "1", "--config", str(workdir / "config.json"),
            "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-           "--log-format", "json"]  # fmt: skip
+           "--log-format", "json", "--auth", "off"]  # fmt: skip
     process = Process(cmd, log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

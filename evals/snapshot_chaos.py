@@ -57,7 +57,7 @@ class Server:
             sys.executable, "-m", "monolith_ps.cli", "server", "--role", "training",
             "--shard-index", "0", "--num-shards", "1", "--config", str(config),
             "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-            "--log-format", "json", "--snapshot-dir", str(snapshot_dir),
+            "--log-format", "json", "--snapshot-dir", str(snapshot_dir), "--auth", "off",
         ]  # fmt: skip
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None

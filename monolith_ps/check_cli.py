@@ -30,10 +30,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", metavar="FILE", help="CA certificate (PEM) of the servers")
     parser.add_argument("--tls-cert", metavar="FILE", help="client certificate, mutual TLS")
     parser.add_argument("--tls-key", metavar="FILE", help="client private key, mutual TLS")
+    parser.add_argument(
+        "--token-file", metavar="FILE", help="bearer token (first line), where servers check roles"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Check every listed server; 0 when all answered as they should."""
+    from monolith_ps.transport.bearer import read_token_file
     from monolith_ps.transport.channels import ClientTLS
 
     groups = []
@@ -46,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     tls = None
     if args.tls_ca or args.tls_cert:
         tls = ClientTLS(ca_path=args.tls_ca, cert_path=args.tls_cert, key_path=args.tls_key)
+    token = read_token_file(args.token_file) if args.token_file else None
     failed = 0
     for role, addresses in groups:
-        failed += _check_group(role, addresses, tls, args.timeout)
+        failed += _check_group(role, addresses, tls, args.timeout, token)
     print("all checks passed" if not failed else f"{failed} check(s) failed")
     return 1 if failed else 0
 
@@ -57,7 +62,9 @@ def _addresses(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
-def _check_group(role: str, addresses: list[str], tls, timeout: float) -> int:  # noqa: ANN001
+def _check_group(  # noqa: ANN001
+    role: str, addresses: list[str], tls, timeout: float, token: str | None = None
+) -> int:
     """Health of each server, then topology and (serving) lookups; returns failures."""
     import grpc
     import numpy as np
@@ -80,7 +87,7 @@ def _check_group(role: str, addresses: list[str], tls, timeout: float) -> int:  
                 status = f"{exc.code().name}: {exc.details()}"
         failures += _report(status == "SERVING", f"{role} {address} health", status)
     try:
-        with PSClient(addresses, role=role, tls=tls, timeout=timeout) as client:
+        with PSClient(addresses, role=role, tls=tls, timeout=timeout, token=token) as client:
             shards = client.describe(timeout=timeout)
             if problems := client_view_problems(shards, role):
                 return failures + _report(False, f"{role} topology", "; ".join(problems))

@@ -31,6 +31,8 @@ from monolith_ps.errors import ConfigError
 from monolith_ps.table_config import DENSE_INITIALIZERS, TableConfig, validate_training_fields
 
 __all__ = [
+    "CALLER_ROLES",
+    "AuthConfig",
     "ClusterConfig",
     "ConfigError",
     "DenseConfig",
@@ -113,6 +115,25 @@ class SyncConfig:
     chunk_rows: int = 65536
 
 
+CALLER_ROLES = ("trainer", "reader", "agent", "admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthConfig:
+    """Who a caller is, for per-RPC authorization (switched on and off by the server's
+    ``--auth`` flag, not here).
+
+    ``identities`` maps a client certificate's subject CN or a SAN (DNS name, URI, e-mail
+    or IP as written in the certificate) to a role. ``token_files`` and ``token_env`` name,
+    per role, a file or an environment variable holding that role's bearer tokens (one a
+    line), so no token is written in the config itself.
+    """
+
+    identities: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    token_files: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    token_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig:
     """The whole config file, validated."""
@@ -122,6 +143,7 @@ class ClusterConfig:
     server: ServerConfig = ServerConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     sync: SyncConfig = SyncConfig()
+    auth: AuthConfig = AuthConfig()
 
     def table(self, name: str) -> TableConfig:
         """The config of table ``name`` (``KeyError`` naming it when absent)."""
@@ -157,7 +179,7 @@ def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
 def parse_config(raw: Any) -> ClusterConfig:
     """Validate an already parsed config mapping (the contents of the file)."""
     _require_mapping(raw, "config")
-    _reject_unknown(raw, {"tables", "dense", "server", "snapshot", "sync"}, "")
+    _reject_unknown(raw, {"tables", "dense", "server", "snapshot", "sync", "auth"}, "")
     if "tables" not in raw:
         raise ConfigError("tables: required (a list of table definitions)")
     tables = _parse_tables(raw["tables"])
@@ -165,6 +187,7 @@ def parse_config(raw: Any) -> ClusterConfig:
     server = _parse_section(raw.get("server"), ServerConfig, "server")
     snapshot = _parse_section(raw.get("snapshot"), SnapshotConfig, "snapshot")
     sync = _parse_section(raw.get("sync"), SyncConfig, "sync")
+    auth = _parse_auth(raw.get("auth"))
     for where, value, minimum in (
         ("server.max_message_bytes", server.max_message_bytes, 1 << 16),
         ("server.max_batch_keys", server.max_batch_keys, 1),
@@ -181,7 +204,9 @@ def parse_config(raw: Any) -> ClusterConfig:
     ):
         if value < minimum:
             raise ConfigError(f"{where}: must be >= {minimum}, got {value}")
-    return ClusterConfig(tables=tables, dense=dense, server=server, snapshot=snapshot, sync=sync)
+    return ClusterConfig(
+        tables=tables, dense=dense, server=server, snapshot=snapshot, sync=sync, auth=auth
+    )
 
 
 def config_to_dict(config: ClusterConfig) -> dict[str, Any]:
@@ -199,7 +224,34 @@ def config_to_dict(config: ClusterConfig) -> dict[str, Any]:
         "server": dataclasses.asdict(config.server),
         "snapshot": dataclasses.asdict(config.snapshot),
         "sync": dataclasses.asdict(config.sync),
+        "auth": {
+            "identities": dict(config.auth.identities),
+            "token_files": dict(config.auth.token_files),
+            "token_env": dict(config.auth.token_env),
+        },
     }
+
+
+def _parse_auth(raw: Any) -> AuthConfig:
+    if raw is None:
+        return AuthConfig()
+    _require_mapping(raw, "auth")
+    _reject_unknown(raw, {"identities", "token_files", "token_env"}, "auth")
+    parsed: dict[str, dict[str, str]] = {}
+    for section in ("identities", "token_files", "token_env"):
+        entries = raw.get(section) or {}
+        _require_mapping(entries, f"auth.{section}")
+        for key, value in entries.items():
+            where = f"auth.{section}.{key}"
+            if not isinstance(key, str) or not key or not isinstance(value, str) or not value:
+                raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+            role = value if section == "identities" else key
+            if role not in CALLER_ROLES:
+                raise ConfigError(
+                    f"{where}: unknown role {role!r} (roles: {', '.join(CALLER_ROLES)})"
+                )
+        parsed[section] = dict(entries)
+    return AuthConfig(**parsed)
 
 
 def _parse_tables(raw: Any) -> tuple[TableConfig, ...]:

@@ -416,6 +416,7 @@ class LocalCluster:
             "--host", "127.0.0.1",
             "--log-format", "json",
             "--log-level", self.log_level,
+            "--auth", "off",  # one machine, loopback only, no TLS: see docs/deploy.md
         ]  # fmt: skip
         if role == "training" and self.snapshot_dir is not None:
             args += ["--snapshot-dir", str(self.snapshot_dir / name)]

@@ -100,6 +100,8 @@ class PSClient:
     UNAVAILABLE and DEADLINE_EXCEEDED by ``retry`` within ``timeout`` seconds in all,
     except a failed TLS handshake (``TLSHandshakeError``) or an address that does not
     resolve (``NameResolutionError``): those fail at once, naming the cause.
+    ``tls`` (mutual TLS: the client certificate) or ``token`` (a bearer token, see
+    ``monolith_ps.transport.bearer.read_token_file``) is who the servers' authorization sees.
     Thread-safe.
     """
 
@@ -115,6 +117,7 @@ class PSClient:
         tls: ClientTLS | None = None,
         max_workers: int | None = None,
         resolver: Resolver | None = None,
+        token: str | None = None,
     ) -> None:
         self._service = addresses if isinstance(addresses, str) else None
         self._resolver = resolver
@@ -135,6 +138,7 @@ class PSClient:
             retry if retry is not None else RetryPolicy(),
             timeout,
             attempt_timeout,
+            token,
         )
         self._connect(addresses)
         self._executor = concurrent.futures.ThreadPoolExecutor(

@@ -39,9 +39,11 @@ class ShardCalls:
         retry: RetryPolicy,
         timeout: float,
         attempt_timeout: float,
+        token: str | None = None,
     ) -> None:
         self._options = options
         self._tls = tls
+        self._token = token
         self._retry = retry
         self._timeout = timeout
         self._attempt_timeout = attempt_timeout
@@ -55,7 +57,9 @@ class ShardCalls:
         old = self._channels
         self.addresses = tuple(addresses)
         self.num_shards = len(self.addresses)
-        self._channels = [open_channel(a, self._options, self._tls) for a in self.addresses]
+        self._channels = [
+            open_channel(a, self._options, self._tls, self._token) for a in self.addresses
+        ]
         self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
         # Lookup answers are read in place (wire.decode_lookup_response), not through
         # the generated class, which would copy every row twice.

@@ -47,6 +47,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--tls-client-ca", help="PEM CA bundle; clients must present a cert")
     parser.add_argument(
+        "--auth",
+        choices=("on", "off"),
+        default="on",
+        help="per-RPC authorization by caller role from the config's auth section "
+        "(default on; off only for a trusted network, e.g. a local cluster)",
+    )
+    parser.add_argument(
         "--log-format", choices=("json", "text"), default="text", help="one event a line"
     )
     parser.add_argument(
@@ -126,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_from=args.bootstrap_from,
         tls=tls,
         grace_seconds=args.grace_seconds,
+        authorization=args.auth == "on",
     )
     try:
         code = serve(settings, snapshotter_factory=make_snapshotter)

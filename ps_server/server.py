@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from monolith_ps import wire
 from monolith_ps.logs import fields
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_server.authz import Authorizer
 from ps_server.dense import DenseStore
 from ps_server.errors import UndecodableRequests
 from ps_server.hooks import Snapshotter, SnapshotterFactory
@@ -150,10 +151,14 @@ class PSServer:
         server_config = settings.config.server
         max_bytes = server_config.max_message_bytes
         self.streams = StreamGuard(server_config, self.registry)
+        access: list[grpc.ServerInterceptor] = []
+        if settings.authorization:
+            access.append(Authorizer(settings.role, settings.config.auth, self.registry))
         self._grpc = grpc.server(
             DaemonThreadPool(handler_threads(server_config), thread_name_prefix="ps-rpc"),
             interceptors=[
                 RpcMetricsInterceptor(self.metrics, self.state.tables),
+                *access,
                 StartupGate(self._ready),
                 self.streams,
                 PreEncodedResponses(),
@@ -216,6 +221,7 @@ class PSServer:
                 metrics_port=self.metrics_port,
                 tables=",".join(self.state.tables),
                 tls=self.settings.tls is not None,
+                authorization=self.settings.authorization,
             ),
         )
         if self.snapshotter is not None:

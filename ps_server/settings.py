@@ -47,3 +47,5 @@ class ServerSettings:
     bootstrap_from: str | None = None
     tls: ServerTLS | None = None
     grace_seconds: float = 10.0
+    # Per-RPC authorization by caller role (config ``auth``); off only when asked.
+    authorization: bool = True

@@ -100,7 +100,7 @@ class SyncAgent:
         self.settings = settings
         self.discovery = discovery
         self.metrics = SyncMetrics(registry if registry is not None else CollectorRegistry())
-        self._channels = ChannelPool(settings.max_message_bytes, settings.tls)
+        self._channels = ChannelPool(settings.max_message_bytes, settings.tls, settings.token)
         self._limits = StreamLimits(
             chunk_rows=settings.chunk_rows,
             stream_timeout=settings.stream_timeout,

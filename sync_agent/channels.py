@@ -24,10 +24,13 @@ class _Entry(NamedTuple):
 class ChannelPool:
     """Stubs by address; ``retain`` closes the channels of servers discovery no longer lists."""
 
-    def __init__(self, max_message_bytes: int, tls: ClientTLS | None = None) -> None:
+    def __init__(
+        self, max_message_bytes: int, tls: ClientTLS | None = None, token: str | None = None
+    ) -> None:
         # A replaced or restarted server must be reached again within a round or two.
         self._options = channel_options(max_message_bytes, (200, 2000), tls, keepalive=True)
         self._tls = tls
+        self._token = token
         self._lock = threading.Lock()
         self._channels: dict[str, _Entry] = {}
 
@@ -43,7 +46,7 @@ class ChannelPool:
         with self._lock:
             entry = self._channels.get(address)
             if entry is None:
-                channel = open_channel(address, self._options, self._tls)
+                channel = open_channel(address, self._options, self._tls, self._token)
                 entry = _Entry(
                     channel,
                     ps_pb2_grpc.ParameterServerStub(channel),

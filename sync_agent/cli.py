@@ -70,6 +70,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), mutual TLS")
     tls.add_argument("--tls-key", metavar="FILE", help="client private key (PEM), mutual TLS")
     parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bearer token (first line) sent with every call: the agent's role where the "
+        "servers authorize by token",
+    )
+    parser.add_argument(
         "--once",
         action="store_true",
         help="run one sparse and one dense round, then exit (status 1 if any stream failed)",

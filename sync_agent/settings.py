@@ -10,6 +10,7 @@ import socket
 from collections.abc import Mapping
 
 from monolith_ps.config import ConfigError, SyncConfig, load_config, parse_duration
+from monolith_ps.transport.bearer import read_token_file
 from monolith_ps.transport.channels import ClientTLS
 from sync_agent.discovery.static import parse_address_list
 
@@ -41,6 +42,7 @@ class AgentSettings:
     max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES
     metrics_port: int | None = None
     tls: ClientTLS | None = None  # the CA of the servers and, for mutual TLS, the agent's own
+    token: str | None = None  # bearer token, when the servers' TLS ends elsewhere
     once: bool = False
     log_format: str = "text"
     rpc_timeout: float = 5.0
@@ -119,6 +121,7 @@ class AgentSettings:
             max_message_bytes=max_message_bytes,
             metrics_port=args.metrics_port,
             tls=ClientTLS(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None,
+            token=_token(args.token_file),
             once=args.once,
             log_format=args.log_format,
             rpc_timeout=_duration(args.rpc_timeout, "--rpc-timeout", cls.rpc_timeout),
@@ -151,6 +154,15 @@ def parse_partition(text: str | None, env: Mapping[str, str] = os.environ) -> tu
     if not sep or count < 1 or not 0 <= index < count:
         raise SettingsError(f"--partition {text!r}: need 0 <= INDEX < COUNT")
     return (index, count)
+
+
+def _token(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return read_token_file(path)
+    except ValueError as exc:
+        raise SettingsError(f"--token-file: {exc}") from exc
 
 
 def _addresses(text: str | None, flag: str) -> list[str]:

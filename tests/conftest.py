@@ -122,7 +122,7 @@ def server_factory() -> Iterator[Callable[..., Any]]:
             host="127.0.0.1",
             port=0,
             metrics_port=0,
-            **settings,
+            **{"authorization": False, **settings},
         )
         server, _ = create_server(
             settings,
@@ -240,6 +240,8 @@ def process_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
             "--config", str(config_path), "--host", "127.0.0.1", "--metrics-port", "0",
             "--grace-seconds", "2", *extra_args,
         ]  # fmt: skip
+        if "--auth" not in extra_args:
+            args += ["--auth", "off"]
         server = ServerProcess(args, workdir / f"server-{n}.log", env)
         made.append(server)
         server.start(wait=wait)

@@ -6,6 +6,8 @@ import dataclasses
 
 import grpc
 
+from monolith_ps.transport.bearer import with_token
+
 __all__ = ["ClientTLS", "channel_options", "open_channel"]
 
 
@@ -59,9 +61,15 @@ def channel_options(
 
 
 def open_channel(
-    address: str, options: list[tuple[str, int | str]], tls: ClientTLS | None = None
+    address: str,
+    options: list[tuple[str, int | str]],
+    tls: ClientTLS | None = None,
+    token: str | None = None,
 ) -> grpc.Channel:
-    """A channel to ``address``: TLS with ``tls``, plaintext without."""
+    """A channel to ``address``: TLS with ``tls``, plaintext without; every call carries
+    ``token`` as a bearer token when one is given (the caller's role for authorization)."""
     if tls is None:
-        return grpc.insecure_channel(address, options=options)
-    return grpc.secure_channel(address, tls.credentials(), options=options)
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        channel = grpc.secure_channel(address, tls.credentials(), options=options)
+    return with_token(channel, token)

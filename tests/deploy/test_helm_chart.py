@@ -475,3 +475,37 @@ def test_readme_values_table_lists_every_key() -> None:
     readme = (CHART_DIR / "README.md").read_text()
     documented = set(re.findall(r"^\| `([\w.]+)` \|", readme, flags=re.MULTILINE))
     assert documented == keys(values)
+
+
+def test_authorization_is_on_by_default_and_the_agent_holds_only_its_token() -> None:
+    from monolith_ps.config import parse_config
+
+    rendering = render(None)
+    config = parse_config(yaml.safe_load(rendering.tables_config_map()["data"]["tables.yaml"]))
+    assert set(config.auth.token_files) == {"trainer", "reader", "agent", "admin"}
+    secret = next(m for m in rendering.of_kind("Secret") if m["metadata"]["name"].endswith(
+        "-auth-tokens"))  # fmt: skip
+    assert set(secret["data"]) == {"trainer", "reader", "agent", "admin"}
+    for component in ("training", "serving"):
+        pod = rendering.one("StatefulSet", component)["spec"]["template"]["spec"]
+        assert "--auth=on" in pod["containers"][0]["args"]
+    agent = rendering.one("Deployment", "sync-agent")["spec"]["template"]["spec"]
+    assert any(a.startswith("--token-file=") for a in agent["containers"][0]["args"])
+    volume = next(v for v in agent["volumes"] if v["name"] == "auth-tokens")
+    assert [item["key"] for item in volume["secret"]["items"]] == ["agent"]
+    assert rendering.of_kind("NetworkPolicy")  # on by default
+
+
+def test_an_agent_certificate_name_becomes_an_agent_identity() -> None:
+    from monolith_ps.config import parse_config
+
+    values = {"tls": {"enabled": True, "secretName": "ps-tls", "clientAuth": True},
+              "auth": {"enabled": True, "agentIdentity": "ps.example",
+                       "identities": {"trainer.ml": "trainer"}}}  # fmt: skip
+    text = render(values).tables_config_map()["data"]["tables.yaml"]
+    identities = parse_config(yaml.safe_load(text)).auth.identities
+    assert identities == {"ps.example": "agent", "trainer.ml": "trainer"}
+    off = render({"auth": {"enabled": False}})
+    assert "--auth=off" in off.one("StatefulSet", "serving")["spec"]["template"]["spec"][
+        "containers"][0]["args"]  # fmt: skip
+    assert not [m for m in off.of_kind("Secret") if m["metadata"]["name"].endswith("-auth-tokens")]

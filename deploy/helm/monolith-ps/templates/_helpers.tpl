@@ -131,6 +131,64 @@ Where the config file, TLS files, snapshots and the Numba cache live in the pods
 */}}
 {{- define "monolith-ps.configPath" -}}/etc/monolith-ps/tables.yaml{{- end }}
 {{- define "monolith-ps.tlsDir" -}}/etc/monolith-ps/tls{{- end }}
+{{- define "monolith-ps.authDir" -}}/etc/monolith-ps/auth{{- end }}
+
+{{/*
+The Secret of the callers' bearer tokens: auth.tokenSecret, or the one the chart makes.
+*/}}
+{{- define "monolith-ps.authSecret" -}}
+{{- .Values.auth.tokenSecret | default (printf "%s-auth-tokens" (include "monolith-ps.fullname" .)) -}}
+{{- end }}
+
+{{/*
+The bearer-token volume with the Secret's keys of the given roles (dict ctx, roles).
+*/}}
+{{- define "monolith-ps.authVolume" -}}
+{{- if .ctx.Values.auth.enabled }}
+- name: auth-tokens
+  secret:
+    secretName: {{ include "monolith-ps.authSecret" .ctx }}
+    items:
+      {{- range .roles }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the bearer-token volume is mounted.
+*/}}
+{{- define "monolith-ps.authVolumeMount" -}}
+{{- if .Values.auth.enabled }}
+- name: auth-tokens
+  mountPath: {{ include "monolith-ps.authDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+The cluster config of the ConfigMap: .Values.config, with auth.identities and
+auth.token_files filled in from .Values.auth when authorization is on.
+*/}}
+{{- define "monolith-ps.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if .Values.auth.enabled }}
+{{- $auth := deepCopy ($config.auth | default dict) }}
+{{- $ids := merge (deepCopy ($auth.identities | default dict)) (deepCopy (.Values.auth.identities | default dict)) }}
+{{- if .Values.auth.agentIdentity }}
+{{- $_ := set $ids .Values.auth.agentIdentity "agent" }}
+{{- end }}
+{{- $files := dict }}
+{{- range $role := list "trainer" "reader" "agent" "admin" }}
+{{- $_ := set $files $role (printf "%s/%s" (include "monolith-ps.authDir" $) $role) }}
+{{- end }}
+{{- $_ := set $auth "identities" $ids }}
+{{- $_ := set $auth "token_files" $files }}
+{{- $_ := set $config "auth" $auth }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
 {{- define "monolith-ps.snapshotDir" -}}/var/lib/monolith-ps/snapshots{{- end }}
 {{- define "monolith-ps.numbaCacheDir" -}}/var/cache/monolith-ps/numba{{- end }}
 
@@ -266,6 +324,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
     - --tls-client-ca={{ include "monolith-ps.tlsDir" $ctx }}/ca.crt
     {{- end }}
     {{- end }}
+    - --auth={{ ternary "on" "off" $v.auth.enabled }}
     - --log-format={{ $v.logFormat }}
     {{- with .role.extraArgs }}
     {{- toYaml . | nindent 4 }}
@@ -330,6 +389,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
     {{- toYaml $v.containerSecurityContext | nindent 4 }}
   volumeMounts:
     {{- include "monolith-ps.commonVolumeMounts" $ctx | nindent 4 }}
+    {{- include "monolith-ps.authVolumeMount" $ctx | nindent 4 }}
     {{- if eq .component "training" }}
     - name: snapshots
       mountPath: {{ include "monolith-ps.snapshotDir" $ctx }}
