@@ -52,6 +52,11 @@ format: $(STAMP)
 test: $(STAMP) $(ADAPTERS_STAMP)
 	$(BIN)/python -m pytest
 
+# The long fuzz run (not in `make test`): 100,000 raw-bytes requests, 50,000 a server role,
+# on top of the structured cases. Figures in docs/reliability.md.
+fuzz: $(STAMP)
+	MPS_FUZZ_RAW_CASES=50000 $(BIN)/python -m pytest -q -s --timeout=3600 tests/ps_server/test_fuzz.py
+
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/monolith_ps/v1/ps.proto
 	cp proto/monolith_ps/v1/ps.proto monolith_ps/v1/ps.proto

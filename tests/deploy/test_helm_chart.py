@@ -489,7 +489,7 @@ def test_authorization_is_on_by_default_and_the_agent_holds_only_its_token() -> 
     for component in ("training", "serving"):
         pod = rendering.one("StatefulSet", component)["spec"]["template"]["spec"]
         assert "--auth=on" in pod["containers"][0]["args"]
-    agent = rendering.one("Deployment", "sync-agent")["spec"]["template"]["spec"]
+    agent = rendering.one("StatefulSet", "sync-agent")["spec"]["template"]["spec"]
     assert any(a.startswith("--token-file=") for a in agent["containers"][0]["args"])
     volume = next(v for v in agent["volumes"] if v["name"] == "auth-tokens")
     assert [item["key"] for item in volume["secret"]["items"]] == ["agent"]
