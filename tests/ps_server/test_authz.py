@@ -6,6 +6,7 @@ environment; health stays open."""
 from __future__ import annotations
 
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -149,8 +150,14 @@ def _call(stub: ps_pb2_grpc.ParameterServerStub, rpc: str, metadata=()) -> grpc.
 
 
 def _wait_serving(channel: grpc.Channel) -> None:
+    """Until health says SERVING (health answers every caller, whatever its role)."""
     health = health_pb2_grpc.HealthStub(channel)
-    health.Check(health_pb2.HealthCheckRequest(), timeout=120, wait_for_ready=True)
+    for _ in range(1200):
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=120, wait_for_ready=True)
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the server did not become SERVING")
 
 
 def test_every_rpc_with_every_role_is_allowed_or_refused_as_the_table_says(servers, pki):
@@ -175,6 +182,8 @@ def test_every_rpc_with_every_role_is_allowed_or_refused_as_the_table_says(serve
 
 
 def test_refusal_names_the_caller_and_the_roles_that_may(servers, pki):
+    with _channel(servers["training"].address, pki, "reader") as channel:
+        _wait_serving(channel)
     with (
         _channel(servers["training"].address, pki, "reader") as channel,
         pytest.raises(grpc.RpcError) as refused,
@@ -190,6 +199,7 @@ def test_bearer_tokens_from_a_file_and_the_environment(servers, pki):
     """Where TLS ends before the server, a token in metadata names the role (here over
     the same mutual-TLS channel with a certificate that maps to no role)."""
     with _channel(servers["serving"].address, pki, "stranger") as channel:
+        _wait_serving(channel)
         stub = ps_pb2_grpc.ParameterServerStub(channel)
         bearer = lambda token: (("authorization", f"Bearer {token}"),)  # noqa: E731
         assert _call(stub, "GetSyncState") == grpc.StatusCode.PERMISSION_DENIED
@@ -215,6 +225,9 @@ def _matrix(observed: dict[str, dict[str, set[str]]]) -> str:
 
 def test_the_agent_syncs_with_its_token_and_a_client_with_its_certificate(servers, pki):
     training, serving = servers["training"].address, servers["serving"].address
+    for address in (training, serving):
+        with _channel(address, pki, "stranger") as channel:
+            _wait_serving(channel)
     trainer = ClientTLS(str(pki / "ca.pem"), str(pki / "trainer.pem"), str(pki / "trainer.key"))
     keys = np.arange(1, 33, dtype=np.uint64)
     with PSClient([training], tls=trainer, timeout=60) as client:
