@@ -27,7 +27,17 @@ import numpy as np
 
 from monolith_ps.errors import ConfigError
 from monolith_ps.table_config import TableConfig
-from ps_server.table import cuckoo, delta_io, export, frequency, lookup, metadata, rows, update
+from ps_server.table import (
+    cuckoo,
+    delta_io,
+    export,
+    frequency,
+    lookup,
+    metadata,
+    push,
+    rows,
+    update,
+)
 from ps_server.table.arrays import TableArrays
 from ps_server.table.delta import Delta
 from ps_server.table.errors import NotTrainableError
@@ -244,26 +254,7 @@ class EmbeddingTable:
         with self._lock:
             t = self._t
             self._promote(unique)
-            found_rows = self._resolve(unique, now, count_sightings=False, touch_rows=False)
-            updated, pending = update.apply_steps(
-                t.rows,
-                t.meta,
-                t.scalars,
-                found_rows,
-                grads,
-                first,
-                next_same,
-                counts,
-                t.opt_kind,
-                t.hp,
-                float(self._config.lr_frequency_power),
-                now,
-                t.learned,
-                t.default_row,
-                t.default_state,
-                t.lfu,
-                np.empty((2, self.dim), dtype=np.float32),
-            )
+            updated, pending = self._push(unique, grads, first, next_same, counts, now)
             t.stats["updates"] += updated
             self._after_change()
         return int(updated), int(pending)
@@ -362,13 +353,44 @@ class EmbeddingTable:
         if self._tiering is not None:
             self._tiering.demote_over_budget()
 
+    def _push(
+        self,
+        keys: np.ndarray,
+        grads: np.ndarray,
+        first: np.ndarray,
+        next_same: np.ndarray,
+        counts: np.ndarray,
+        now: int,
+    ) -> tuple[int, int]:
+        """Run the fused push kernel over distinct ``keys``, growing what it asks for;
+        returns ``(updated, pending)``."""
+        t = self._t
+        scratch = np.zeros((2, self.dim), dtype=np.float32)
+        totals = np.zeros(3, dtype=np.int64)
+        rows_scratch = np.empty(keys.shape[0], dtype=np.int64)
+        start = 0
+        first_admitted = False
+        while True:
+            status, start = push.push_rows(
+                t.index, t.max_live, t.walk, t.scalars, t.row_keys, t.meta, t.rows, keys,
+                grads, first, next_same, counts, start, first_admitted, rows_scratch, t.sketch,
+                self._config.admit_after, t.lfu, t.init_kind, t.init_params, t.seed,
+                t.default_row, t.default_state, t.opt_kind, t.hp,
+                float(self._config.lr_frequency_power), now, t.learned, scratch, totals,
+            )  # fmt: skip
+            if status == rows.DONE:
+                break
+            first_admitted = status == rows.NEED_INDEX_ADMITTED
+            t.grow(status)
+        t.stats["inserts"] += int(totals[push.INSERTED])
+        return int(totals[push.UPDATED]), int(totals[push.PENDING])
+
     def _resolve(
         self,
         keys: np.ndarray,
         now: int,
         *,
         count_sightings: bool,
-        touch_rows: bool = True,
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Row of each key (-1: not admitted), inserting admitted new keys; with
@@ -386,7 +408,7 @@ class EmbeddingTable:
                 t.index, t.max_live, t.walk, t.scalars, t.row_keys,
                 t.meta, t.rows, keys, count_sightings, start, first_admitted,
                 found_rows,
-                t.sketch, self._config.admit_after, t.lfu, touch_rows, t.init_kind,
+                t.sketch, self._config.admit_after, t.lfu, True, t.init_kind,
                 t.init_params, t.seed, t.default_row, now, out,
             )  # fmt: skip
             inserted += ins

@@ -169,7 +169,7 @@ def resolve_rows(
     caller grows them and calls again from the returned position (after
     ``NEED_INDEX_ADMITTED``, with ``first_admitted`` set: that key already passed
     admission). Rows already found stay valid across growth: rows never move. Without
-    ``touch_rows`` the caller records the accesses itself (``update.apply_steps`` does, in
+    ``touch_rows`` the caller records the accesses itself (``push.push_rows`` does, in
     its own pass).
     ``arena`` holds each row's values (``dim`` columns) followed by its optimizer state.
     With ``out`` of ``len(keys)`` rows (find-or-insert), each key's vector is written there

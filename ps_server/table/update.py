@@ -1,4 +1,4 @@
-"""Update kernels: merge duplicate keys, apply optimizer steps, upsert delta rows."""
+"""Update kernels: merge duplicate keys, upsert delta rows (optimizer steps: ``push``)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import numpy as np
 from numba import njit
 
 from monolith_ps.routing import mix64
-from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.cuckoo import insert, probe
 from ps_server.table.jit import hot_kernel
-from ps_server.table.prefetch import prefetch_row
 from ps_server.table.rows import (
-    DEFAULT_PUSHES,
-    DEFAULT_VERSION,
     DONE,
     LIVE,
     NEED_INDEX,
@@ -29,10 +25,6 @@ from ps_server.table.rows import (
 )
 
 SEED_BATCH = np.uint64(0x452821E638D01377)
-
-
-STEP_LOOKAHEAD = 8  # rows ahead: each prefetch is a whole row plus its metadata
-_MAX_PUSHES = 0xFFFFFFFF  # exported as uint32
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -91,98 +83,6 @@ def dedup(keys):
                 break
             h = (h + np.uint64(1)) & mask
     return unique, counts, first, next_same, u
-
-
-@njit(nogil=True, cache=True, error_model="numpy", inline="always")
-def _add_occurrences(grads, i, next_same, out, row):
-    """``out[row] = sum of grads rows i, next_same[i], ...`` (all occurrences of one key)."""
-    dim = grads.shape[1]
-    for j in range(dim):
-        out[row, j] = grads[i, j]
-    i = next_same[i]
-    while i >= 0:
-        for j in range(dim):
-            out[row, j] += grads[i, j]
-        i = next_same[i]
-
-
-@hot_kernel
-def apply_steps(
-    arena,
-    meta,
-    scalars,
-    rows,
-    grads,
-    first,
-    next_same,
-    counts,
-    opt_kind,
-    hp,
-    frequency_power,
-    now,
-    learn_default,
-    default_row,
-    default_state,
-    lfu,
-    scratch,
-):
-    """One optimizer step per distinct key ``u`` with ``rows[u] >= 0``, its gradient the sum
-    of its occurrences in ``grads`` (``first``/``next_same`` from :func:`dedup`); each
-    updated row takes the next version and records the access (LRU/LFU); a row's first push
-    writes its initial optimizer state first. With ``learn_default``, the summed gradients of
-    keys not admitted (``rows[u] < 0``) train the default row in one step. ``now`` is in unix
-    microseconds. ``arena`` holds each row's values (``dim`` columns) and then its optimizer
-    state, so one step touches one contiguous stretch of memory. ``scratch`` is a float32
-    ``(2, dim)`` work space (a hot kernel allocates nothing). Returns ``(updated, pending)``."""
-    updated = 0
-    pending = 0
-    dim = grads.shape[1]
-    n = rows.shape[0]
-    summed = 0  # rows of scratch
-    pending_grad = 1
-    for j in range(dim):
-        scratch[pending_grad, j] = np.float32(0.0)
-    for i in range(n + STEP_LOOKAHEAD):
-        if i < n and rows[i] >= 0:
-            r = rows[i]
-            prefetch_row(arena, r)
-            prefetch_row(meta, r)
-        u = i - STEP_LOOKAHEAD
-        if u < 0:
-            continue
-        r = rows[u]
-        if counts[u] == 1:
-            g = grads
-            gr = first[u]
-        else:
-            _add_occurrences(grads, first[u], next_same, scratch, summed)
-            g = scratch
-            gr = summed
-        if r < 0:
-            pending += 1
-            if learn_default:
-                for j in range(dim):
-                    scratch[pending_grad, j] += g[gr, j]
-            continue
-        if meta[r, PUSHES_COL] == 0:  # first push: the row gets its optimizer state now
-            init_state(opt_kind, hp, arena[r, dim:])
-        scale = frequency_lr_scale(float(meta[r, PUSHES_COL]), frequency_power)
-        optimizer_step(opt_kind, hp, arena[r, :dim], arena[r, dim:], g[gr], scale)
-        meta[r, PUSHES_COL] = min(meta[r, PUSHES_COL] + counts[u], _MAX_PUSHES)
-        touch(scalars, meta, r, counts[u], lfu)
-        meta[r, UPDATED_COL] = now
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        meta[r, VERSION_COL] = v
-        updated += 1
-    if learn_default and pending > 0:
-        scale = frequency_lr_scale(float(scalars[DEFAULT_PUSHES]), frequency_power)
-        optimizer_step(opt_kind, hp, default_row[0], default_state[0], scratch[pending_grad], scale)
-        scalars[DEFAULT_PUSHES] += 1
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        scalars[DEFAULT_VERSION] = v
-    return updated, pending
 
 
 @hot_kernel

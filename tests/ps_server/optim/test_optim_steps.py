@@ -83,3 +83,34 @@ def test_frequency_power_shrinks_steps_of_often_pushed_rows():
     np.testing.assert_allclose(
         scaled.find(key)[0][0], -np.full(2, 1 + 1 / 2 + 1 / 3 + 1 / 4), rtol=1e-6
     )
+
+
+def test_one_push_inserts_admitted_keys_across_growth_and_trains_the_learned_row(rng):
+    """The fused push kernel stops for growth and resumes mid-batch: admitted keys without
+    a row get one (from the learned default row) and their step, keys not admitted train the
+    learned row once, every sum of duplicates applied once."""
+    dim, args = 4, {"lr": 0.1, "initial_accumulator": 0.1}
+    config = TableConfig(
+        name="t", dim=dim, optimizer="adagrad", optimizer_args=args, initializer="learned",
+        admit_after=2,
+    )  # fmt: skip
+    counted = EmbeddingTable(config)
+    admitted = np.arange(1, 3001, dtype=np.uint64)
+    counted.find_or_insert(admitted)
+    counted.find_or_insert(admitted)
+    table = EmbeddingTable(config)
+    table.import_meta(counted.export_meta())  # keys admitted, no rows: the push inserts
+    assert len(table) == 0
+    pending = np.arange(10_001, 10_050, dtype=np.uint64)
+    keys = np.concatenate([admitted, admitted[:500], pending])
+    grads = rng.normal(0, 1, (keys.size, dim)).astype(np.float32)
+    assert table.apply_gradients(keys, grads) == (3000, pending.size)
+    # the learned row took one step from zeros with the summed pending gradients
+    learned = step("adagrad", args, np.zeros(dim), new_state("adagrad", args, dim),
+                   grads[-pending.size:].astype(np.float64).sum(axis=0), scale=1.0)[0]  # fmt: skip
+    np.testing.assert_allclose(table.find(pending[:1])[0][0], learned, rtol=2e-4, atol=2e-5)
+    values = table.find(admitted)[0]
+    for i in (0, 499, 500, 2999):  # rows start from the learned row as it was (zeros)
+        g = grads[keys == admitted[i]].astype(np.float64).sum(axis=0)
+        w = step("adagrad", args, np.zeros(dim), new_state("adagrad", args, dim), g, 1.0)[0]
+        np.testing.assert_allclose(values[i], w, rtol=2e-4, atol=2e-5, err_msg=f"key {i}")
