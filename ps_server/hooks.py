@@ -1,8 +1,8 @@
 """Seams where other parts plug into a PS server without changing it.
 
-A ``Snapshotter`` is built by a ``SnapshotterFactory(state, settings, metrics)`` once the
-server's state exists:
-the server calls ``restore()`` before health turns SERVING, ``start()`` after, the
+A ``Snapshotter`` is built by a ``SnapshotterFactory(state, settings, metrics, receiver)``
+once the server's state exists (``receiver``: the serving server's ``DeltaReceiver``, None
+on training): the server calls ``restore()`` before health turns SERVING, ``start()`` after, the
 ``Snapshot`` RPC calls ``snapshot(full)``, and shutdown calls ``close(final=True)``
 (which writes the last snapshot) before the gRPC server stops.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from ps_server.delta_receiver import DeltaReceiver
     from ps_server.metrics import ServerMetrics
     from ps_server.settings import ServerSettings
     from ps_server.state import ShardState
@@ -44,4 +45,6 @@ class Snapshotter(Protocol):
         """Stop periodic snapshots; with ``final``, write one last snapshot first."""
 
 
-SnapshotterFactory = Callable[["ShardState", "ServerSettings", "ServerMetrics"], Snapshotter]
+SnapshotterFactory = Callable[
+    ["ShardState", "ServerSettings", "ServerMetrics", "DeltaReceiver | None"], Snapshotter
+]

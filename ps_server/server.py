@@ -25,11 +25,13 @@ from monolith_ps import wire
 from monolith_ps.logs import fields
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_server.authz import Authorizer
+from ps_server.delta_metrics import DeltaMetrics
+from ps_server.delta_receiver import DeltaReceiver
 from ps_server.dense import DenseStore
 from ps_server.errors import UndecodableRequests
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
-from ps_server.servicers import servicer_for
+from ps_server.servicers import BaseServicer, ServingServicer, TrainingServicer
 from ps_server.settings import ServerSettings
 from ps_server.state import ShardState
 from ps_server.stream_guard import StreamBudget, StreamGuard, handler_threads
@@ -131,8 +133,13 @@ class PSServer:
         )
         self.metrics.watch_shard(self.state)
         self.stream_budget = StreamBudget(settings.config.server.stream_memory_bytes, self.registry)
-        self.servicer = servicer_for(settings.role)(
-            self.state, self.metrics, budget=self.stream_budget
+        delta_metrics = DeltaMetrics(self.registry)
+        # Serving applies deltas, and a serving bootstrap loads its rows through the same
+        # receiver, so the sync cursors start at the versions it loaded.
+        receiver = (
+            DeltaReceiver(self.state, delta_metrics, self.stream_budget)
+            if settings.role == "serving"
+            else None
         )
         self.snapshotter: Snapshotter | None = None
         if settings.snapshot_dir or settings.bootstrap_from:
@@ -140,12 +147,14 @@ class PSServer:
                 raise ValueError(
                     "--snapshot-dir/--bootstrap-from given, but no snapshotter is available"
                 )
-            self.snapshotter = snapshotter_factory(self.state, settings, self.metrics)
-            self.servicer.snapshotter = self.snapshotter
-            if hasattr(self.snapshotter, "delta_receiver"):
-                # A serving bootstrap loads its rows through the sync receiver, so the
-                # sync cursors start at the versions it loaded.
-                self.snapshotter.delta_receiver = getattr(self.servicer, "delta_receiver", None)
+            self.snapshotter = snapshotter_factory(self.state, settings, self.metrics, receiver)
+        self.servicer: BaseServicer
+        if receiver is not None:
+            self.servicer = ServingServicer(self.state, self.metrics, receiver, self.snapshotter)
+        else:
+            self.servicer = TrainingServicer(
+                self.state, self.metrics, delta_metrics, self.stream_budget, self.snapshotter
+            )
 
         self._ready = threading.Event()
         server_config = settings.config.server

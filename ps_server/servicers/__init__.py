@@ -4,9 +4,4 @@ from ps_server.servicers.base import BaseServicer
 from ps_server.servicers.serving import ServingServicer
 from ps_server.servicers.training import TrainingServicer
 
-__all__ = ["BaseServicer", "ServingServicer", "TrainingServicer", "servicer_for"]
-
-
-def servicer_for(role: str) -> type[BaseServicer]:
-    """The servicer class of a role (``training`` or ``serving``)."""
-    return {"training": TrainingServicer, "serving": ServingServicer}[role]
+__all__ = ["BaseServicer", "ServingServicer", "TrainingServicer"]

@@ -25,7 +25,6 @@ from ps_server.errors import (
 from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
 from ps_server.state import ShardState
-from ps_server.stream_guard import StreamBudget
 from ps_server.table import EmbeddingTable
 
 __all__ = [
@@ -168,18 +167,12 @@ class BaseServicer(ps_pb2_grpc.ParameterServerServicer):
         state: ShardState,
         metrics: ServerMetrics,
         snapshotter: Snapshotter | None = None,
-        budget: StreamBudget | None = None,
     ) -> None:
         if state.role != self.role:
             raise ValueError(f"{type(self).__name__} serves role {self.role}, not {state.role}")
         self.state = state
         self.metrics = metrics
         self.snapshotter = snapshotter
-        self.budget = (
-            budget
-            if budget is not None
-            else StreamBudget(state.config.server.stream_memory_bytes, metrics.registry)
-        )
 
     @rpc_errors
     def DescribeTables(

@@ -8,13 +8,12 @@ import grpc
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
+from ps_server.delta_receiver import DeltaReceiver
 from ps_server.errors import WrongRoleError, rpc_errors
 from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
 from ps_server.servicers.base import BaseServicer, check_view, decode_key_batches
 from ps_server.state import ShardState
-from ps_server.stream_guard import StreamBudget
-from ps_server.sync import DeltaReceiver, SyncMetrics
 from ps_server.table import EmbeddingTable
 
 __all__ = ["ServingServicer"]
@@ -40,11 +39,11 @@ class ServingServicer(BaseServicer):
         self,
         state: ShardState,
         metrics: ServerMetrics,
+        receiver: DeltaReceiver,
         snapshotter: Snapshotter | None = None,
-        budget: StreamBudget | None = None,
     ) -> None:
-        super().__init__(state, metrics, snapshotter, budget)
-        self.delta_receiver = DeltaReceiver(state, SyncMetrics(metrics.registry), self.budget)
+        super().__init__(state, metrics, snapshotter)
+        self.delta_receiver = receiver
 
     @rpc_errors
     def Lookup(self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext) -> bytes:

@@ -11,6 +11,8 @@ import grpc
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
 from ps_server.dedup import RequestDeduplicator
+from ps_server.delta_export import export_dense_chunks, export_table_chunks
+from ps_server.delta_metrics import DeltaMetrics
 from ps_server.errors import BadRequestError, WrongRoleError, rpc_errors
 from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
@@ -22,7 +24,6 @@ from ps_server.servicers.base import (
 )
 from ps_server.state import ShardState
 from ps_server.stream_guard import StreamBudget
-from ps_server.sync import SyncMetrics, export_dense_chunks, export_table_chunks
 from ps_server.table import EmbeddingTable
 
 __all__ = ["TrainingServicer"]
@@ -45,14 +46,16 @@ class TrainingServicer(BaseServicer):
         self,
         state: ShardState,
         metrics: ServerMetrics,
+        delta_metrics: DeltaMetrics,
+        budget: StreamBudget,
         snapshotter: Snapshotter | None = None,
-        budget: StreamBudget | None = None,
     ) -> None:
-        super().__init__(state, metrics, snapshotter, budget)
+        super().__init__(state, metrics, snapshotter)
+        self.budget = budget
         window = state.config.server.push_dedup_window
         self._push_dedup: RequestDeduplicator[ps_pb2.PushResponse] = RequestDeduplicator(window)
         self._dense_dedup: RequestDeduplicator[int] = RequestDeduplicator(window)
-        self._sync_metrics = SyncMetrics(metrics.registry)
+        self._delta_metrics = delta_metrics
 
     @rpc_errors
     def Lookup(self, request: ps_pb2.LookupRequest, context: grpc.ServicerContext) -> bytes:
@@ -131,7 +134,7 @@ class TrainingServicer(BaseServicer):
             self.state,
             request,
             self.state.config.sync.chunk_rows,
-            self._sync_metrics,
+            self._delta_metrics,
             self.budget,
         )
 

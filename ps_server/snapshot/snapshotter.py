@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from monolith_ps.logs import fields
 from monolith_ps.routing import can_share_keys
+from ps_server.errors import NotConfiguredError
 from ps_server.hooks import SnapshotResult
+from ps_server.snapshot.export import (
+    is_bundle,
+    load_serving_sources,
+    missing_shards,
+    not_a_source_message,
+    read_bundle,
+)
 from ps_server.snapshot.format import Manifest, ServerInfo, write_json
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.metrics import SnapshotMetrics
@@ -47,10 +55,10 @@ from ps_server.snapshot.tables import (
 from ps_server.state import new_epoch
 
 if TYPE_CHECKING:
+    from ps_server.delta_receiver import DeltaReceiver
     from ps_server.metrics import ServerMetrics
     from ps_server.settings import ServerSettings
     from ps_server.state import ShardState
-    from ps_server.sync import DeltaReceiver
 
 __all__ = [
     "EmptyOverwriteError",
@@ -127,8 +135,6 @@ class TrainingSnapshotter:
         result = self.store.restore()
         source = self.store
         if result.empty and not result.skipped and self.bootstrap_from is not None:
-            from ps_server.snapshot.export import is_bundle, not_a_source_message
-
             if is_bundle(self.bootstrap_from):
                 self._restore_bundle(started)
                 return
@@ -180,8 +186,6 @@ class TrainingSnapshotter:
         """Start from a serving bundle: this shard's rows with their values and versions;
         optimizer state, push counts and admission sketches start fresh (a bundle holds
         none), the learned default row keeps its value. Takes a new epoch."""
-        from ps_server.snapshot.export import missing_shards, read_bundle
-
         assert self.bootstrap_from is not None
         state = self.state
         sources = read_bundle(self.bootstrap_from)
@@ -417,45 +421,32 @@ class TrainingSnapshotter:
 class ServingBootstrap:
     """A serving server's start from ``--bootstrap-from``: its shard of every source's rows.
 
-    With ``delta_receiver`` (the serving servicer's, set by the server) the rows go in as
-    one full-resync stream per table and training shard, so the sync cursors start at the
-    sources' epochs and versions and the agent continues with deltas; without it they are
-    loaded into the tables directly.
+    The rows go in through ``receiver`` (the serving server's ``DeltaReceiver``) as one
+    full-resync stream per table and training shard, so the sync cursors start at the
+    sources' epochs and versions and the agent continues with deltas.
     """
 
-    def __init__(self, state: ShardState, bootstrap_from: str | Path) -> None:
+    def __init__(self, state: ShardState, bootstrap_from: str | Path, receiver: DeltaReceiver):
         self.state = state
         self.bootstrap_from = Path(bootstrap_from)
-        self.delta_receiver: DeltaReceiver | None = None
+        self.receiver = receiver
 
     def restore(self) -> None:
-        from ps_server.snapshot.export import load_serving_sources
-
         started = time.monotonic()
         sources = load_serving_sources([self.bootstrap_from])
         state = self.state
         rows = 0
         for source in sources:
             for name, table in source.tables.items():
-                target = state.tables.get(name)
-                if target is None:
+                if name not in state.tables:
                     _LOGGER.warning("bootstrap_table_dropped", extra=fields(table=name))
-                    continue
-                if self.delta_receiver is None:
-                    rows += load_serving_table(
-                        target, name, table, state.shard_index, state.num_shards
-                    )
                     continue
                 chunk = serving_chunk(
                     name, table, source.server, state.shard_index, state.num_shards
                 )
                 self._apply(chunk, f"table {name!r}")
                 rows += len(chunk.keys) // 8
-            if source.dense is None or state.dense is None:
-                continue
-            if self.delta_receiver is None:
-                load_dense(state.dense, source.dense, trainable=False)
-            else:
+            if source.dense is not None and state.dense is not None:
                 known = {info.name for info in state.dense.describe()}
                 self._apply(dense_chunk(source.dense, source.server, known), "dense arrays")
         _LOGGER.info(
@@ -464,15 +455,13 @@ class ServingBootstrap:
                 source=str(self.bootstrap_from),
                 shards=len(sources),
                 rows=rows,
-                cursors=self.delta_receiver is not None,
                 seconds=round(time.monotonic() - started, 3),
             ),
         )
 
     def _apply(self, chunk: Any, what: str) -> None:
-        assert self.delta_receiver is not None
         try:
-            self.delta_receiver.apply_stream([chunk])
+            self.receiver.apply_stream([chunk])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise SnapshotMismatchError(
                 f"{what}: the bootstrap rows do not fit the configured table ({exc})"
@@ -482,8 +471,6 @@ class ServingBootstrap:
         """Serving servers write no snapshots."""
 
     def snapshot(self, full: bool) -> SnapshotResult:
-        from ps_server.errors import NotConfiguredError
-
         raise NotConfiguredError("serving servers do not write snapshots")
 
     def close(self, final: bool) -> None:
@@ -491,13 +478,16 @@ class ServingBootstrap:
 
 
 def make_snapshotter(
-    state: ShardState, settings: ServerSettings, metrics: ServerMetrics
+    state: ShardState,
+    settings: ServerSettings,
+    metrics: ServerMetrics,
+    receiver: DeltaReceiver | None,
 ) -> TrainingSnapshotter | ServingBootstrap:
     """The server's ``SnapshotterFactory``: training snapshots, or a serving bootstrap."""
-    if state.role == "serving":
+    if receiver is not None:
         if not settings.bootstrap_from:
             raise ValueError("a serving server takes --bootstrap-from, not --snapshot-dir")
-        return ServingBootstrap(state, settings.bootstrap_from)
+        return ServingBootstrap(state, settings.bootstrap_from, receiver)
     if not settings.snapshot_dir:
         raise ValueError("a training server needs --snapshot-dir to keep snapshots")
     config = settings.config.snapshot

@@ -270,7 +270,7 @@ class RecordingSnapshotter:
 def test_snapshot_seam_restores_before_serving_and_snapshots_last(server_factory, tmp_path):
     made = []
 
-    def factory(state, settings, metrics):
+    def factory(state, settings, metrics, receiver):
         made.append(RecordingSnapshotter(state, settings, metrics))
         return made[-1]
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from monolith_ps.config import parse_config
 from monolith_ps.routing import shard_of
+from ps_server.delta_receiver import DeltaReceiver
 from ps_server.snapshot.export import export_bundle
 from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.metrics import SnapshotMetrics
@@ -223,7 +224,7 @@ def test_serving_bootstrap_takes_its_shard_from_snapshots_and_bundles(tmp_path):
     for source, dtype in ((tmp_path / "snaps", np.float32), (tmp_path / "bundle", np.float16)):
         for shard in range(2):
             serving = _state(role="serving", shard=shard, shards=2)
-            ServingBootstrap(serving, source).restore()
+            ServingBootstrap(serving, source, DeltaReceiver(serving)).restore()
             mine = shard_of(user.keys, 2) == shard
             values, found = serving.tables["user"].find(user.keys)
             assert found[mine].all() and not found[~mine].any()
@@ -244,12 +245,10 @@ def test_serving_bootstrap_refuses_rows_that_do_not_fit(tmp_path):
     wider = {**CONFIG, "tables": [{**CONFIG["tables"][0], "dim": 16}, CONFIG["tables"][1]]}
     serving = _state(wider, role="serving", shard=0, shards=1)
     with pytest.raises(SnapshotMismatchError, match="table 'user': the bootstrap rows do not fit"):
-        ServingBootstrap(serving, tmp_path / "snaps").restore()
+        ServingBootstrap(serving, tmp_path / "snaps", DeltaReceiver(serving)).restore()
 
 
 def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
-    from ps_server.sync import DeltaReceiver
-
     live = _state()
     snapshotter = _snapshotter(live, tmp_path / "snaps")
     snapshotter.restore()
@@ -259,9 +258,8 @@ def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
     user = live.tables["user"].export_since(0)
     for source in (tmp_path / "snaps", tmp_path / "bundle"):
         serving = _state(role="serving", shard=1, shards=2)
-        bootstrap = ServingBootstrap(serving, source)
-        bootstrap.delta_receiver = receiver = DeltaReceiver(serving)
-        bootstrap.restore()
+        receiver = DeltaReceiver(serving)
+        ServingBootstrap(serving, source, receiver).restore()
         state = receiver.sync_state()
         cursors = {(c.table, c.source_shard): c for c in state.cursors}
         assert set(cursors) == {("user", 0), ("item", 0)}
@@ -330,7 +328,8 @@ def test_bootstrap_refuses_what_is_neither_snapshots_nor_a_bundle(tmp_path):
         assert found in str(err.value)
         assert not list((tmp_path / "own").glob("snap-*"))
         with pytest.raises(FileNotFoundError, match=found):
-            ServingBootstrap(_state(role="serving"), path).restore()
+            serving = _state(role="serving")
+            ServingBootstrap(serving, path, DeltaReceiver(serving)).restore()
 
 
 def test_training_bootstrap_refuses_a_partial_bundle_missing_its_rows(tmp_path):
