@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The framework adapters' extras: `make test` runs their tests, `make demo` needs none.
+# The extra admits any torch 2.x; the tests run on the CPU build of TORCH_TEST_VERSION (a
+# newer release would resolve to a CUDA build of several GB).
+TORCH_TEST_VERSION ?= 2.13.0
 $(ADAPTERS_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,cluster,trainer,torch]'
+	$(BIN)/pip install --quiet -e '.[dev,cluster,trainer,torch]' 'torch==$(TORCH_TEST_VERSION)'
 	touch $(ADAPTERS_STAMP)
 
 install: $(STAMP)
