@@ -161,9 +161,14 @@ class ManagedProcess:
 
     def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
         """The first log line of ``event`` since the last start (raises if the process dies)."""
+        return self.wait_event_any((event,), timeout)
+
+    def wait_event_any(self, events: Sequence[str], timeout: float) -> dict[str, Any]:
+        """The first log line of the first of ``events`` seen since the last start."""
         deadline = time.monotonic() + timeout
+        event = " or ".join(events)
         with self._event:
-            while event not in self._events:
+            while not any(e in self._events for e in events):
                 if not self.running():
                     status = self.proc.returncode if self.proc is not None else "?"
                     raise LocalClusterError(
@@ -176,7 +181,7 @@ class ManagedProcess:
                         f"{self.name} did not log {event} within {timeout:g}s; see {self.log_path}"
                     )
                 self._event.wait(min(remaining, 0.5))
-            return self._events[event]
+            return next(self._events[e] for e in events if e in self._events)
 
     def send(self, signum: int) -> None:
         if self.running():
@@ -209,8 +214,10 @@ class LocalCluster:
     Every argument maps to an ``mps local up`` flag (``sparse_interval=None`` or
     ``dense_interval=None``: the config's ``sync`` section); ``agent=False`` starts the servers only
     and ``agent_args`` adds ``mps sync-agent`` flags (e.g. ``["--stall-timeout", "2s"]``).
-    ``start()`` (or entering the context) returns once every server reports gRPC health
-    SERVING and the agent serves its metrics; ``stop()`` (or leaving it) ends them all.
+    ``start()`` (or entering the context) returns once every server is ready (serving
+    servers: synced from every training shard by the agent) and the agent serves its
+    metrics; ``stop()`` (or leaving it) ends them all. ``serve_before_sync`` (default: when
+    there is no agent) makes serving servers ready before their first sync.
     """
 
     def __init__(
@@ -226,6 +233,7 @@ class LocalCluster:
         log_dir: str | os.PathLike[str] | None = None,
         agent: bool = True,
         agent_args: Sequence[str] = (),
+        serve_before_sync: bool | None = None,
         startup_timeout: float = 120.0,
         log_level: str = "info",
         stop_timeout: float = 15.0,
@@ -249,6 +257,8 @@ class LocalCluster:
         self.sparse_interval = None if sparse_interval is None else str(sparse_interval)
         self.dense_interval = None if dense_interval is None else str(dense_interval)
         self.snapshot_dir = Path(snapshot_dir).resolve() if snapshot_dir else None
+        # Without an agent nothing syncs serving; it then answers from what it holds.
+        self.serve_before_sync = (not agent) if serve_before_sync is None else serve_before_sync
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.stop_timeout = stop_timeout
@@ -342,9 +352,11 @@ class LocalCluster:
             for proc in self._servers():
                 self._start_server(proc, wait=False)
             for proc in self._servers():
-                self._wait_ready(proc)
+                self._wait_started(proc)
             if self._agent is not None:
                 self._start_agent()
+            for proc in self._serving_flat():
+                self._wait_ready(proc)
         except BaseException:
             self.stop()
             raise
@@ -374,8 +386,9 @@ class LocalCluster:
     def restart(self, role: str, index: int = 0, replica: int = 0, wait: bool = True) -> None:
         """Start a stopped process again on its old ports (kills it first if it still runs).
 
-        A serving replica comes back empty and is rebuilt by the agent; a training shard
-        restores from ``snapshot_dir`` when one was given, with a new epoch either way.
+        A serving replica comes back empty and is rebuilt by the agent (``wait`` waits
+        until it is ready: synced; while the agent is down, until it started); a training
+        shard restores from ``snapshot_dir`` when one was given, with a new epoch either way.
         """
         proc = self.process(role, index, replica)
         proc.kill()
@@ -383,7 +396,9 @@ class LocalCluster:
             self._start_agent(wait=wait)
         else:
             self._start_server(proc, wait=wait)
-            if wait:
+            if wait and role == "serving" and not (self._agent and self._agent.running()):
+                self._wait_started(proc)  # no agent runs to sync it now
+            elif wait:
                 self._wait_ready(proc)
 
     def __enter__(self) -> LocalCluster:
@@ -420,6 +435,8 @@ class LocalCluster:
         ]  # fmt: skip
         if role == "training" and self.snapshot_dir is not None:
             args += ["--snapshot-dir", str(self.snapshot_dir / name)]
+        if role == "serving" and self.serve_before_sync:
+            args.append("--serve-before-sync")
         return ManagedProcess(
             name, args, self.log_dir / f"{name}.log", port, metrics_port, python=python
         )
@@ -433,6 +450,15 @@ class LocalCluster:
         line = proc.wait_event("server_started", self.startup_timeout)
         proc.port = int(line["port"])
         proc.metrics_port = int(line["metrics_port"])
+
+    def _wait_started(self, proc: ManagedProcess) -> None:
+        """Until the server is ready, or, for a serving server behind the agent, restored
+        and waiting for its first sync."""
+        self._learn_ports(proc)
+        if proc.args[proc.args.index("--role") + 1] == "training" or self.serve_before_sync:
+            proc.wait_event("server_ready", self.startup_timeout)
+        else:
+            proc.wait_event_any(("server_waiting_for_sync", "server_ready"), self.startup_timeout)
 
     def _wait_ready(self, proc: ManagedProcess) -> None:
         self._learn_ports(proc)

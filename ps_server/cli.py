@@ -57,6 +57,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=("json", "text"), default="text", help="one event a line"
     )
     parser.add_argument(
+        "--serve-before-sync",
+        action="store_true",
+        help="serving: report ready and answer lookups as soon as started, before holding a "
+        "state from every training shard (for servers fed by hand or experiments on "
+        "staleness; never behind a load balancer)",
+    )
+    parser.add_argument(
         "--grace-seconds",
         type=float,
         default=10.0,
@@ -134,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         grace_seconds=args.grace_seconds,
         authorization=args.auth == "on",
+        await_first_sync=not args.serve_before_sync,
     )
     try:
         code = serve(settings, snapshotter_factory=make_snapshotter)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -81,6 +81,11 @@ class DeltaReceiver:
         # so no applied row is lost in the swap. Lookups never take it.
         self._table_locks = {name: threading.Lock() for name in state.tables}
         self._dense_epoch = 0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_cursor_moved(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (outside the receiver's locks) after every cursor move."""
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------------ state
 
@@ -105,9 +110,21 @@ class DeltaReceiver:
         with self._lock:
             return frozenset(self._active)
 
-    def apply_stream(self, chunks: Iterable[ps_pb2.DeltaChunk]) -> ps_pb2.ApplyDeltaResponse:
+    def apply_stream(
+        self, chunks: Iterable[ps_pb2.DeltaChunk], as_of: float | None = None
+    ) -> ps_pb2.ApplyDeltaResponse:
         """Apply one ``ApplyDelta`` stream; raises (changing no cursor) when it is refused
-        or ends before its last chunk."""
+        or ends before its last chunk. ``as_of`` (unix seconds) is when the rows were
+        current, if not now (a bootstrap from an older bundle); the cursor keeps it."""
+        try:
+            return self._apply_stream(chunks, as_of)
+        finally:
+            for listener in self._listeners:
+                listener()
+
+    def _apply_stream(
+        self, chunks: Iterable[ps_pb2.DeltaChunk], as_of: float | None
+    ) -> ps_pb2.ApplyDeltaResponse:
         stream = iter(chunks)
         first = next(stream, None)
         if first is None:
@@ -126,7 +143,7 @@ class DeltaReceiver:
             self._active.add(key)
         try:
             if first.full_resync:
-                return self._apply_full(first, stream, table)
+                return self._apply_full(first, stream, table, as_of)
             return self._apply_incremental(first, stream)
         finally:
             with self._lock:
@@ -203,6 +220,7 @@ class DeltaReceiver:
         first: ps_pb2.DeltaChunk,
         stream: Iterator[ps_pb2.DeltaChunk],
         live: EmbeddingTable,
+        as_of: float | None = None,
     ) -> ps_pb2.ApplyDeltaResponse:
         name, source = first.table, first.source_shard
         staging = EmbeddingTable(live.config, trainable=False, dtype=live.dtype)
@@ -218,11 +236,15 @@ class DeltaReceiver:
                 held.grow_to(staging.memory_bytes())
                 self._count_chunk(chunk, counts)
                 if chunk.last:
-                    return self._swap_in(chunk, staging, counts)
+                    return self._swap_in(chunk, staging, counts, as_of)
         raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
 
     def _swap_in(
-        self, chunk: ps_pb2.DeltaChunk, staging: EmbeddingTable, counts: _Counts
+        self,
+        chunk: ps_pb2.DeltaChunk,
+        staging: EmbeddingTable,
+        counts: _Counts,
+        as_of: float | None = None,
     ) -> ps_pb2.ApplyDeltaResponse:
         """Make a completed full resync's new generation the live table."""
         name, source, num_sources = chunk.table, chunk.source_shard, chunk.source_num_shards
@@ -254,7 +276,7 @@ class DeltaReceiver:
                 )
             )
             self._state.tables[name] = staging
-            self._move_cursor(chunk, drop_other_shard_counts=True)
+            self._move_cursor(chunk, drop_other_shard_counts=True, as_of=as_of)
         if self._metrics is not None:
             self._metrics.full_resyncs.labels(name).inc()
         return counts.response()
@@ -366,8 +388,13 @@ class DeltaReceiver:
         if self._metrics is not None:
             self._metrics.bytes_received.labels(chunk.table).inc(chunk.ByteSize())
 
-    def _move_cursor(self, last: ps_pb2.DeltaChunk, drop_other_shard_counts: bool = False) -> None:
-        now = time.time()
+    def _move_cursor(
+        self,
+        last: ps_pb2.DeltaChunk,
+        drop_other_shard_counts: bool = False,
+        as_of: float | None = None,
+    ) -> None:
+        now = time.time() if as_of is None else as_of
         key = (last.table, last.source_shard)
         with self._lock:
             held = self._cursors.get(key)

@@ -356,11 +356,14 @@ class _PooledWSGIServer(WSGIServer):
 
 
 class MetricsHTTPServer:
-    """``/metrics`` and ``/healthz`` over HTTP on their own port; ``port`` is the bound one
-    (0 picks a free port).
+    """``/metrics`` and the health checks over HTTP on their own port; ``port`` is the bound
+    one (0 picks a free port).
 
-    ``/healthz`` answers 200 while ``ready()`` holds and 503 otherwise: the same answer as
-    the gRPC health service, for probes that cannot speak gRPC over TLS (the kubelet's).
+    ``/healthz`` answers 200 while ``ready()`` holds and 503 otherwise, the same answer as
+    the gRPC health service, for probes that cannot speak gRPC over TLS (the kubelet's);
+    the body says SERVING or NOT_SERVING and, when not serving, why (``reason()``).
+    ``/healthz/startup`` answers 200 once ``started()`` (restore done) and ``/healthz/live``
+    while the process serves HTTP at all: the startup and liveness probes.
 
     Serving ``/metrics`` turns off the ``_created`` samples of this process's counters and
     histograms: one more series each, which dashboards and alerts do not use.
@@ -372,15 +375,24 @@ class MetricsHTTPServer:
         port: int,
         host: str = "0.0.0.0",
         ready: Callable[[], bool] = lambda: True,
+        reason: Callable[[], str] = lambda: "",
+        started: Callable[[], bool] | None = None,
     ) -> None:
         disable_created_metrics()
         metrics_app = make_wsgi_app(registry)
+        checks: dict[str, Callable[[], tuple[bool, str]]] = {
+            "/healthz": lambda: (ready(), reason()),
+            "/healthz/startup": lambda: ((started or ready)(), ""),
+            "/healthz/live": lambda: (True, ""),
+        }
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ.get("PATH_INFO") != "/healthz":
+            check = checks.get(environ.get("PATH_INFO", ""))
+            if check is None:
                 return metrics_app(environ, start_response)
-            serving = ready()
-            body = b"SERVING\n" if serving else b"NOT_SERVING\n"
+            serving, why = check()
+            text = "SERVING\n" if serving else "NOT_SERVING\n" + (f"{why}\n" if why else "")
+            body = text.encode()
             status = "200 OK" if serving else "503 Service Unavailable"
             headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
             start_response(status, headers)

@@ -22,8 +22,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from monolith_ps import wire
+from monolith_ps.health import LIVENESS_SERVICE, SERVICE_NAME, STARTUP_SERVICE
 from monolith_ps.logs import fields
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from monolith_ps.v1 import ps_pb2_grpc
 from ps_server.authz import Authorizer
 from ps_server.delta_metrics import DeltaMetrics
 from ps_server.delta_receiver import DeltaReceiver
@@ -31,6 +32,7 @@ from ps_server.dense import DenseStore
 from ps_server.errors import UndecodableRequests
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
+from ps_server.readiness import StalenessGauge, missing_state
 from ps_server.servicers import BaseServicer, ServingServicer, TrainingServicer
 from ps_server.settings import ServerSettings
 from ps_server.state import ShardState
@@ -39,7 +41,9 @@ from ps_server.table import EmbeddingTable
 from ps_server.threads import DaemonThreadPool
 
 __all__ = [
+    "LIVENESS_SERVICE",
     "SERVICE_NAME",
+    "STARTUP_SERVICE",
     "PSServer",
     "PreEncodedResponses",
     "StartupGate",
@@ -51,33 +55,42 @@ _LOGGER = logging.getLogger(__name__)
 # After the grace period cut every stream, the gRPC server gets this long to wind down.
 _STOP_MARGIN_SECONDS = 1.0
 
-SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
+_WAITING_LOG_SECONDS = 10.0
 
 
 class StartupGate(grpc.ServerInterceptor):
     """Refuses ParameterServer RPCs with UNAVAILABLE (which clients retry) until the server
-    is ready: while a snapshot is restored, a push must not land in a half-loaded table.
-    Health checks and reflection answer throughout."""
+    is ready: while a snapshot is restored, a push must not land in a half-loaded table,
+    and until a serving server holds a state from every training shard, a lookup must not
+    report a row it was never sent as missing. Once ``started`` (restore done), the sync
+    RPCs pass, so the agent can fill it. Health checks and reflection answer throughout."""
 
-    _MESSAGE = "server is starting (restoring state, loading kernels); retry shortly"
+    _STARTING = "server is starting (restoring state, loading kernels); retry shortly"
+    _SYNCING = (
+        "serving server is not ready: it holds no state yet from every training shard "
+        "(waiting for its first sync); retry shortly or ask another replica"
+    )
+    SYNC_METHODS = frozenset({"ApplyDelta", "GetSyncState", "DescribeTables"})
 
-    def __init__(self, ready: threading.Event) -> None:
+    def __init__(self, ready: threading.Event, started: threading.Event | None = None) -> None:
         self._ready = ready
+        self._started = started if started is not None else ready
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
-        if (
-            handler is None
-            or self._ready.is_set()
-            or not handler_call_details.method.startswith(f"/{SERVICE_NAME}/")
-        ):
+        method = handler_call_details.method
+        if handler is None or self._ready.is_set() or not method.startswith(f"/{SERVICE_NAME}/"):
             return handler
+        started = self._started.is_set()
+        if started and method.rsplit("/", 1)[-1] in self.SYNC_METHODS:
+            return handler
+        message = self._SYNCING if started else self._STARTING
 
         def refuse(request: object, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, self._MESSAGE)
+            context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
         def refuse_stream(request: object, context: grpc.ServicerContext) -> Iterator[None]:
-            context.abort(grpc.StatusCode.UNAVAILABLE, self._MESSAGE)
+            context.abort(grpc.StatusCode.UNAVAILABLE, message)
             yield  # a generator, as streaming handlers are
 
         kind = {
@@ -157,6 +170,12 @@ class PSServer:
             )
 
         self._ready = threading.Event()
+        self._started = threading.Event()
+        self._ready_lock = threading.Lock()
+        self._start_time = time.monotonic()
+        self._receiver = receiver
+        if receiver is not None:
+            StalenessGauge(self.registry, lambda: receiver.sync_state().cursors)
         server_config = settings.config.server
         max_bytes = server_config.max_message_bytes
         self.streams = StreamGuard(server_config, self.registry)
@@ -168,7 +187,7 @@ class PSServer:
             interceptors=[
                 RpcMetricsInterceptor(self.metrics, self.state.tables),
                 *access,
-                StartupGate(self._ready),
+                StartupGate(self._ready, self._started),
                 self.streams,
                 PreEncodedResponses(),
                 UndecodableRequests(),
@@ -181,7 +200,7 @@ class PSServer:
         )
         ps_pb2_grpc.add_ParameterServerServicer_to_server(self.servicer, self._grpc)
         self.health = health.HealthServicer()
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, STARTUP_SERVICE, LIVENESS_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
@@ -211,12 +230,16 @@ class PSServer:
 
     def start(self) -> None:
         """Serve; restore first (health stays NOT_SERVING until the tables are ready)."""
+        self._start_time = time.monotonic()
         self._grpc.start()
+        self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self._metrics_http = MetricsHTTPServer(
             self.registry,
             self.settings.metrics_port,
             self.settings.host,
             ready=lambda: self._ready.is_set() and not self._stopping,
+            reason=self.not_ready_reason,
+            started=lambda: self._started.is_set() and not self._stopping,
         )
         self.metrics_port = self._metrics_http.port
         _LOGGER.info(
@@ -244,10 +267,65 @@ class PSServer:
             self._start_expiry_sweep()
         if self.snapshotter is not None:
             self.snapshotter.start()
-        self._ready.set()
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        _LOGGER.info("server_ready", extra=fields(port=self.port, epoch=f"{self.state.epoch:016x}"))
+        self._started.set()
+        self.health.set(STARTUP_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        if self._receiver is None or not self.settings.await_first_sync:
+            self._mark_ready()
+            return
+        missing = self.not_ready_reason()
+        _LOGGER.info("server_waiting_for_sync", extra=fields(port=self.port, missing=missing))
+        self._receiver.on_cursor_moved(self._check_synced)
+        self._check_synced()
+        threading.Thread(target=self._report_waiting, name="ps-readiness", daemon=True).start()
+
+    def not_ready_reason(self) -> str:
+        """Why the server does not answer yet ('' when ready)."""
+        if self._ready.is_set():
+            return ""
+        if not self._started.is_set():
+            return "starting: restoring state and loading kernels"
+        assert self._receiver is not None
+        state = self._receiver.sync_state()
+        missing = missing_state(
+            self.state.tables, state.cursors, self.state.shard_index, self.state.num_shards
+        )
+        return "; ".join(missing)
+
+    def _check_synced(self) -> None:
+        if self._ready.is_set() or self._receiver is None:
+            return
+        state = self._receiver.sync_state()
+        if not missing_state(
+            self.state.tables, state.cursors, self.state.shard_index, self.state.num_shards
+        ):
+            self._mark_ready()
+
+    def _report_waiting(self) -> None:
+        """Log why the server is not ready yet, every ``_WAITING_LOG_SECONDS``, until it is."""
+        while not self._ready.wait(_WAITING_LOG_SECONDS) and not self._stopping:
+            _LOGGER.warning(
+                "server_not_ready",
+                extra=fields(
+                    seconds=round(time.monotonic() - self._start_time, 1),
+                    missing=self.not_ready_reason(),
+                ),
+            )
+
+    def _mark_ready(self) -> None:
+        with self._ready_lock:
+            if self._ready.is_set() or self._stopping:
+                return
+            self._ready.set()
+            for service in ("", SERVICE_NAME):
+                self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        _LOGGER.info(
+            "server_ready",
+            extra=fields(
+                port=self.port,
+                epoch=f"{self.state.epoch:016x}",
+                seconds=round(time.monotonic() - self._start_time, 3),
+            ),
+        )
 
     def stop(self, grace: float | None = None, final_snapshot: bool = True) -> None:
         """NOT_SERVING, drain in-flight RPCs for ``grace`` s, write the last snapshot, stop.

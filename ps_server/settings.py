@@ -49,3 +49,7 @@ class ServerSettings:
     grace_seconds: float = 10.0
     # Per-RPC authorization by caller role (config ``auth``); off only when asked.
     authorization: bool = True
+    # Serving: report ready only once every table holds a state from every training shard
+    # (ps_server.readiness). False makes a serving server ready as soon as it started,
+    # for one fed by hand (an embedded server, a test), never for one behind the agent.
+    await_first_sync: bool = True

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry
 
 from monolith_ps.logs import fields
+from monolith_ps.routing import can_share_keys
 from monolith_ps.v1 import ps_pb2_grpc
 from sync_agent.channels import ChannelPool
 from sync_agent.cluster_reader import ClusterReader
@@ -48,6 +49,9 @@ _LOGGER = logging.getLogger(__name__)
 # Each export holds one stream (a server thread) on every replica it feeds; staying
 # well under a server's handler threads leaves room for lookups.
 _MAX_PARALLEL_EXPORTS = 4
+# After a failed sync of a new replica, wait this long (doubling, up to the sparse
+# interval) before the next try, so a replica that keeps failing is not hammered.
+_NEW_REPLICA_RETRY_SECONDS = 2.0
 
 
 @dataclasses.dataclass
@@ -120,6 +124,8 @@ class SyncAgent:
         self._isolated: set[str] = set()
         self._background: dict[str, concurrent.futures.Future[RoundReport]] = {}
         self._lag = LagTracker(self.metrics)
+        self._training_tables: set[tuple[str, int, int]] = set()  # (table, shard, shards)
+        self._new_replica_retry: dict[str, tuple[float, float]] = {}  # name -> (at, pause)
         self._reader = ClusterReader(
             discovery, self._channels, self._run_parallel, settings.rpc_timeout, settings.partition
         )
@@ -141,6 +147,7 @@ class SyncAgent:
 
     def _loop(self) -> int:
         next_sparse = next_dense = time.monotonic()
+        next_check = next_sparse + self.settings.new_replica_interval
         failed = False
         while not self._stop.is_set():
             now = time.monotonic()
@@ -148,6 +155,12 @@ class SyncAgent:
                 next_sparse = now + self.settings.sparse_interval
                 report = self.sync_sparse(wait_background=self.settings.once)
                 failed |= report.outcome not in ("ok", "stopped")
+            elif now >= next_check:
+                try:
+                    self.sync_new_replicas()
+                except Exception:  # the check must never end the agent; rounds go on
+                    _LOGGER.exception("new_replica_check_failed")
+            next_check = time.monotonic() + self.settings.new_replica_interval
             if self._stop.is_set():
                 break
             now = time.monotonic()
@@ -156,7 +169,8 @@ class SyncAgent:
                 failed |= self.sync_dense().outcome not in ("ok", "stopped")
             if self.settings.once:
                 return 1 if failed else 0
-            self._stop.wait(max(0.0, min(next_sparse, next_dense) - time.monotonic()))
+            wake = min(next_sparse, next_dense, next_check)
+            self._stop.wait(max(0.0, wake - time.monotonic()))
         _LOGGER.info("agent_stopped")
         return 0
 
@@ -276,6 +290,73 @@ class SyncAgent:
         )
         return report
 
+    def sync_new_replicas(self) -> RoundReport | None:
+        """Sync at once the serving replicas that lack a state of some table from some
+        training shard (new or restarted: no cursors); the others keep their interval.
+
+        The run loop calls it every ``new_replica_interval``: one ``GetSyncState`` per
+        replica when nothing is new; None then.
+        """
+        now = time.monotonic()
+        fresh = {
+            r.name
+            for r in self._reader.read_replicas()
+            if self._lacks_state(r) and self._new_replica_retry.get(r.name, (0.0, 0.0))[0] <= now
+        }
+        if not fresh:
+            return None
+        report = RoundReport("new_replicas")
+        started = time.monotonic()
+        training, replicas = self._read_cluster(report)
+        targets = [r for r in replicas if r.name in fresh]
+        plans = [
+            plan
+            for shard in training
+            for table in shard.tables
+            for plan in plan_exports(shard, table, targets, ())
+        ]
+        outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
+        try:
+            for plan, (plan_outcomes, _) in self._run_parallel(plans, self._export):
+                outcomes.extend((plan, o) for o in plan_outcomes)
+            source = next((s for s in training if s.shard_index == 0), None)
+            behind = [r for r in targets if source is not None and r.dense_epoch != source.epoch]
+            if source is not None and source.dense_names and behind:
+                dense, _ = run_dense_export(
+                    source,
+                    behind,
+                    self._channels.stub(source.endpoint.address),
+                    self._serving_stub,
+                    self._limits,
+                    self._stop,
+                )
+                for outcome in dense:
+                    self._count_outcome(report, outcome, "")
+        except SyncStoppedError:
+            report.outcome = "stopped"
+        for plan, outcome in outcomes:
+            self._count_outcome(report, outcome, plan.table.name, plan.source.shard_index)
+        failed = {o.replica.name for _, o in outcomes if not o.ok}
+        for name in fresh:
+            if name in failed or not training:
+                pause = 2 * self._new_replica_retry.get(name, (0.0, 0.0))[1]
+                pause = min(self.settings.sparse_interval, max(_NEW_REPLICA_RETRY_SECONDS, pause))
+                self._new_replica_retry[name] = (time.monotonic() + pause, pause)
+            else:
+                self._new_replica_retry.pop(name, None)
+        return self._finish(report, started)
+
+    def _lacks_state(self, replica: ReplicaState) -> bool:
+        """Whether the replica has no cursor for a table of a training shard whose keys it
+        can own (as far as the last round saw training), or no cursor at all."""
+        if not replica.sync.cursors:
+            return True
+        return any(
+            replica.cursor(table, shard) is None
+            for table, shard, shards in self._training_tables
+            if can_share_keys(shard, shards, replica.shard_index, replica.num_shards)
+        )
+
     def sync_dense(self) -> RoundReport:
         """One dense round: training shard 0's dense arrays to every replica behind it."""
         report = RoundReport("dense")
@@ -319,6 +400,10 @@ class SyncAgent:
             return [], []
         with self._lock:
             self._isolated.update(view.silent_replicas)
+        if view.training:
+            self._training_tables = {
+                (t.name, s.shard_index, s.num_shards) for s in view.training for t in s.tables
+            }
         self.metrics.training_shards.set(len(view.training))
         self.metrics.replicas.set(len(view.replicas))
         report.training_shards, report.replicas = len(view.training), len(view.replicas)

@@ -52,6 +52,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "last one, for this long; it is then synced apart (default: 30s)",
     )
     timing.add_argument(
+        "--new-replica-check",
+        metavar="DURATION",
+        help="how often to look for serving replicas that hold no state yet (new or "
+        "restarted) and sync them at once, whatever the intervals (default: 1s)",
+    )
+    timing.add_argument(
         "--stream-timeout",
         metavar="DURATION",
         help="deadline of one export or apply stream (default: 600s)",

@@ -11,6 +11,7 @@ import grpc
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
+from monolith_ps.health import SERVICE_NAME, STARTUP_SERVICE
 from monolith_ps.transport.cluster import (
     consistent_shards,
     shard_info_from_proto,
@@ -24,7 +25,6 @@ from sync_agent.discovery.base import Discovery, Endpoint, Role
 
 __all__ = ["ClusterReader", "ClusterView"]
 
-_SERVICE_NAME = ps_pb2.DESCRIPTOR.services_by_name["ParameterServer"].full_name
 RunParallel = Callable[[Sequence, Callable], list[tuple]]
 
 
@@ -89,28 +89,48 @@ class ClusterReader:
             view.problems.append(("topology", shard.endpoint.name, problem))
         return view
 
-    def _not_ready(self, endpoint: Endpoint) -> str:
-        """Why a server cannot take part in a round now ('' when it reports SERVING).
+    def read_replicas(self) -> list[ReplicaState]:
+        """The serving replicas of this agent's partition that answered (no training call):
+        the cheap per-second look for replicas without state."""
+        try:
+            serving_eps = self._discovery.endpoints(Role.SERVING)
+        except Exception:  # the next round reports discovery failures
+            return []
+        return [
+            state
+            for _, state in self._run_parallel(serving_eps, self._sync_state)
+            if not isinstance(state, str)
+            and state.shard_index % self._partition[1] == self._partition[0]
+        ]
 
-        A server restoring a snapshot already answers RPCs, from tables not yet loaded;
-        syncing from (or to) it then would wipe rows on serving until the next round.
+    def _not_ready(self, endpoint: Endpoint, service: str = SERVICE_NAME) -> str:
+        """Why a server cannot take part in a round now ('' when ``service`` is SERVING).
+
+        A training server restoring a snapshot already answers RPCs, from tables not yet
+        loaded; syncing from it then would wipe rows on serving until the next round. A
+        serving server takes part once started (``STARTUP_SERVICE``): it becomes ready
+        only after the agent has given it a state from every training shard.
         """
         try:
             reply = self._channels.health(endpoint.address).Check(
-                health_pb2.HealthCheckRequest(service=_SERVICE_NAME),
+                health_pb2.HealthCheckRequest(service=service),
                 timeout=self._rpc_timeout,
             )
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and service != SERVICE_NAME:
+                return self._not_ready(endpoint)  # a server older than the startup health
             return error_text(exc)
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             return f"not ready: health {status}"
         return ""
 
-    def _ask_ready(self, endpoint: Endpoint, method: str, request: Message) -> Message | str:
-        """The reply of RPC ``method`` from a server that reports SERVING, or why there is
-        none (a str)."""
-        if problem := self._not_ready(endpoint):
+    def _ask_ready(
+        self, endpoint: Endpoint, method: str, request: Message, service: str = SERVICE_NAME
+    ) -> Message | str:
+        """The reply of RPC ``method`` from a server whose health ``service`` is SERVING, or
+        why there is none (a str)."""
+        if problem := self._not_ready(endpoint, service):
             return problem
         try:
             call = getattr(self._channels.stub(endpoint.address), method)
@@ -127,7 +147,9 @@ class ClusterReader:
         return TrainingShard(endpoint, shard_info_from_proto(endpoint.name, response))
 
     def _sync_state(self, endpoint: Endpoint) -> ReplicaState | str:
-        response = self._ask_ready(endpoint, "GetSyncState", ps_pb2.GetSyncStateRequest())
+        response = self._ask_ready(
+            endpoint, "GetSyncState", ps_pb2.GetSyncStateRequest(), STARTUP_SERVICE
+        )
         if isinstance(response, str):
             return response
         if response.num_shards < 1 or response.shard_index >= response.num_shards:

@@ -36,7 +36,8 @@ class SyncMetrics:
         PlatformCollector(registry=registry)
         self.rounds = Counter(
             "monolith_ps_sync_rounds_total",
-            "Sync rounds run, by kind (sparse, dense) and outcome (ok, partial, failed).",
+            "Sync rounds run, by kind (sparse, dense, new_replicas: replicas synced as soon as "
+            "they appeared without state) and outcome (ok, partial, failed).",
             ["kind", "outcome"],
             registry=registry,
         )

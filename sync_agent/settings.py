@@ -49,6 +49,7 @@ class AgentSettings:
     stall_timeout: float = 30.0
     stream_timeout: float = 600.0
     partition: tuple[int, int] = (0, 1)
+    new_replica_interval: float = 1.0
 
     def __post_init__(self) -> None:
         index, count = self.partition
@@ -79,6 +80,7 @@ class AgentSettings:
             ("--rpc-timeout", self.rpc_timeout),
             ("--stall-timeout", self.stall_timeout),
             ("--stream-timeout", self.stream_timeout),
+            ("--new-replica-check", self.new_replica_interval),
         ):
             if value <= 0:
                 raise SettingsError(f"{flag} must be > 0, got {value:g}s")
@@ -128,6 +130,9 @@ class AgentSettings:
             stall_timeout=_duration(args.stall_timeout, "--stall-timeout", cls.stall_timeout),
             stream_timeout=_duration(args.stream_timeout, "--stream-timeout", cls.stream_timeout),
             partition=parse_partition(args.partition),
+            new_replica_interval=_duration(
+                args.new_replica_check, "--new-replica-check", cls.new_replica_interval
+            ),
         )
 
 

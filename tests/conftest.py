@@ -69,8 +69,9 @@ def write_config(path: Path, config: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def wait_for_serving(address: str, timeout: float = 120.0) -> None:
-    """Block until the gRPC health service at ``address`` answers SERVING."""
+def wait_for_serving(address: str, timeout: float = 120.0, service: str = "") -> None:
+    """Block until the gRPC health service at ``address`` answers SERVING for ``service``
+    ("": ready; ``STARTUP_SERVICE``: restored, a serving server then waits for sync)."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -80,7 +81,7 @@ def wait_for_serving(address: str, timeout: float = 120.0) -> None:
                 raise TimeoutError(f"{address} did not become SERVING within {timeout}s")
             try:
                 reply = stub.Check(
-                    health_pb2.HealthCheckRequest(service=""),
+                    health_pb2.HealthCheckRequest(service=service),
                     timeout=min(2.0, remaining),
                     wait_for_ready=True,
                 )
@@ -96,7 +97,9 @@ def server_factory() -> Iterator[Callable[..., Any]]:
     """Start in-process PS servers on 127.0.0.1:0; all are stopped when the module ends.
 
     ``server_factory(role="training", shard_index=0, num_shards=1, config=None,
-    registry=None, start=True, **settings)`` returns a started ``PSServer``.
+    registry=None, start=True, **settings)`` returns a started ``PSServer``. Serving
+    servers are ready at once (``await_first_sync=False``) unless a test asks otherwise:
+    most tests feed them by hand.
     """
     from monolith_ps.config import parse_config
     from ps_server.server import create_server
@@ -114,6 +117,8 @@ def server_factory() -> Iterator[Callable[..., Any]]:
         snapshotter_factory: Any = None,
         **settings: Any,
     ) -> Any:
+        if role == "serving":
+            settings.setdefault("await_first_sync", False)
         settings = ServerSettings(
             role=role,
             shard_index=shard_index,
@@ -142,8 +147,15 @@ def server_factory() -> Iterator[Callable[..., Any]]:
 class ServerProcess:
     """An ``mps server`` subprocess on loopback; ``port`` is learned from its start-up log."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        wait_service: str = "",
+    ) -> None:
         self.args = args
+        self.wait_service = wait_service
         self.env = env
         self.log_path = log_path
         self.port: int | None = None
@@ -165,7 +177,8 @@ class ServerProcess:
         return list(self._log_lines)
 
     def start(self, port: int | None = None, wait: bool = True, timeout: float = 120.0) -> None:
-        """Start (on ``port``, or the last one, or a free one) and wait for SERVING."""
+        """Start (on ``port``, or the last one, or a free one) and wait for SERVING of
+        ``wait_service``."""
         port = port if port is not None else (self.port or 0)
         cmd = [sys.executable, "-m", "monolith_ps.cli", "server", *self.args]
         cmd += ["--port", str(port), "--log-format", "json"]
@@ -185,7 +198,7 @@ class ServerProcess:
         if self.proc.poll() is not None and self.port is None:
             raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
         if wait:
-            wait_for_serving(self.address, timeout)
+            wait_for_serving(self.address, timeout, self.wait_service)
 
     def _read_log(self, proc: subprocess.Popen[bytes], started: threading.Event) -> None:
         assert proc.stderr is not None
@@ -219,8 +232,12 @@ def process_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     """Start ``mps server`` subprocesses; all are killed when the module ends.
 
     ``process_factory(role="training", shard_index=0, num_shards=1, config=None,
-    extra_args=(), wait=True, env=None)`` returns a started ``ServerProcess``.
+    extra_args=(), wait=True, env=None)`` returns a started ``ServerProcess``. A serving
+    server is waited for until it has started (its startup health): without a sync agent
+    it does not become ready.
     """
+    from ps_server.server import STARTUP_SERVICE
+
     made: list[ServerProcess] = []
     workdir = tmp_path_factory.mktemp("servers")
 
@@ -242,7 +259,8 @@ def process_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         ]  # fmt: skip
         if "--auth" not in extra_args:
             args += ["--auth", "off"]
-        server = ServerProcess(args, workdir / f"server-{n}.log", env)
+        wait_service = STARTUP_SERVICE if role == "serving" else ""
+        server = ServerProcess(args, workdir / f"server-{n}.log", env, wait_service)
         made.append(server)
         server.start(wait=wait)
         return server

@@ -94,6 +94,7 @@ class ServingSource:
     tables: dict[str, ServingTable]
     dense: DenseSnapshot | None
     seqs: tuple[int, ...]
+    created_unix: float = 0.0  # when the newest snapshot of this state was written
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def sources_from_snapshots(root: Path | str) -> ServingSource:
     dense = None
     if merged.dense is not None:
         dense = DenseSnapshot(dict(merged.dense.arrays), merged.dense.version)
-    return ServingSource(merged.server, tables, dense, merged.seqs)
+    created = result.chain[-1].manifest.created_unix
+    return ServingSource(merged.server, tables, dense, merged.seqs, created)
 
 
 def load_serving_sources(paths: Sequence[Path | str]) -> list[ServingSource]:
@@ -318,6 +320,7 @@ def _write_bundle(
             {
                 "server": source.server.to_json(),
                 "seqs": list(source.seqs),
+                "created_unix": source.created_unix,
                 "tables": tables,
                 "dense": dense,
             }
@@ -447,6 +450,7 @@ def read_bundle(path: Path | str) -> list[ServingSource]:
                 tables,
                 dense,
                 tuple(source.get("seqs", ())),
+                float(source.get("created_unix") or manifest.created_unix),
             )
         )
     return sources

@@ -444,7 +444,7 @@ class ServingBootstrap:
                 chunk = serving_chunk(
                     name, table, source.server, state.shard_index, state.num_shards
                 )
-                self._apply(chunk, f"table {name!r}")
+                self._apply(chunk, f"table {name!r}", source.created_unix or None)
                 rows += len(chunk.keys) // 8
             if source.dense is not None and state.dense is not None:
                 known = {info.name for info in state.dense.describe()}
@@ -459,9 +459,9 @@ class ServingBootstrap:
             ),
         )
 
-    def _apply(self, chunk: Any, what: str) -> None:
+    def _apply(self, chunk: Any, what: str, as_of: float | None = None) -> None:
         try:
-            self.receiver.apply_stream([chunk])
+            self.receiver.apply_stream([chunk], as_of=as_of)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise SnapshotMismatchError(
                 f"{what}: the bootstrap rows do not fit the configured table ({exc})"

@@ -50,15 +50,19 @@ def load_kube_client() -> client.ApiClient:
 def pod_endpoint(pod: Mapping[str, Any], role: Role, grpc_port_name: str) -> Endpoint | None:
     """The endpoint of a pod (a watch event's raw object), or None unless it can serve now.
 
-    A pod serves when it is Running, its Ready condition is True, it is not being deleted,
-    it has an IP, and one of its containers declares the port ``grpc_port_name``.
+    A pod serves when it is Running, it is not being deleted, it has an IP, and one of its
+    containers declares the port ``grpc_port_name``; a training pod must also be Ready. A
+    serving pod becomes Ready only once it holds rows from every training shard, which
+    the agent gives it, so the agent takes serving pods before they are Ready and asks
+    each whether it accepts deltas (its startup health).
     """
     metadata = pod.get("metadata") or {}
     status = pod.get("status") or {}
     if metadata.get("deletionTimestamp") or status.get("phase") != "Running":
         return None
     conditions = status.get("conditions") or []
-    if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    if role is Role.TRAINING and not ready:
         return None
     pod_ip = status.get("podIP")
     port = _container_port(pod, grpc_port_name)

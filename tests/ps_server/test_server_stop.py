@@ -103,7 +103,7 @@ def test_a_second_sigterm_ends_a_stop_that_is_still_draining(process_factory):
 
     call = stub.ApplyDelta.future(hold(), timeout=90)
     try:
-        _wait_for_event(server, "server_ready")
+        _wait_for_event(server, "server_waiting_for_sync")
         time.sleep(0.3)  # the stream is open on the server
         server.signal(signal.SIGTERM)
         _wait_for_event(server, "server_stopping")

@@ -301,14 +301,22 @@ async def test_load_kube_client_reads_kubeconfig_outside_a_pod(
     ],
     ids=["ready", "terminating", "not-running", "no-ip", "no-ready-condition", "no-grpc-port"],
 )
-def test_pod_endpoint_requires_a_running_ready_pod_with_ip_and_port(
+def test_a_training_pod_endpoint_needs_a_running_ready_pod_with_ip_and_port(
     make_pod: PodFactory, change: Callable[[dict[str, Any]], None], serves: bool
 ) -> None:
-    pod = make_pod("serving", 3)
+    pod = make_pod("training", 3)
     pod.update(ready_status("10.0.1.4"))
     change(pod)
-    endpoint = pod_endpoint(pod, Role.SERVING, "grpc")
+    endpoint = pod_endpoint(pod, Role.TRAINING, "grpc")
     assert (endpoint is not None) is serves
+
+
+def test_a_serving_pod_is_found_before_it_is_ready(make_pod: PodFactory) -> None:
+    """It becomes Ready only after the agent synced it, so the agent must see it first."""
+    pod = make_pod("serving", 3)
+    pod.update(not_ready_status("10.0.1.4"))
+    endpoint = pod_endpoint(pod, Role.SERVING, "grpc")
+    assert endpoint is not None and endpoint.address.startswith("10.0.1.4:")
 
 
 def test_pod_endpoint_brackets_ipv6_addresses(make_pod: PodFactory) -> None:
