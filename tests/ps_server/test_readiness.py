@@ -156,4 +156,3 @@ def test_a_replica_with_nothing_to_start_from_stays_not_ready_and_says_why(clust
         assert body.startswith("NOT_SERVING\n") and "table 'emb': no state" in body
     finally:
         cluster.restart("agent")
-        cluster.restart("serving", 0, replica=0)  # and now it is synced: ready
