@@ -38,13 +38,11 @@ from typing import Any
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monolith_ps import wire  # noqa: E402
-from monolith_ps.local import LocalCluster  # noqa: E402
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc  # noqa: E402
-from ps_client import PSClient  # noqa: E402
-from ps_server.server import PreEncodedResponses  # noqa: E402
+from monolith_ps import wire
+from monolith_ps.local import LocalCluster
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_client import PSClient
+from ps_server.server import PreEncodedResponses
 
 _TABLES = {"user": 16, "item": 8}  # name -> dim
 _OPS = ("lookup", "push", "serving_lookup")

@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ps_server.snapshot.content import TableSnapshot  # noqa: E402
-from ps_server.snapshot.format import ServerInfo  # noqa: E402
-from ps_server.snapshot.merge import merge_sections  # noqa: E402
-from ps_server.snapshot.store import SnapshotStore  # noqa: E402
+from ps_server.snapshot.content import TableSnapshot
+from ps_server.snapshot.format import ServerInfo
+from ps_server.snapshot.merge import merge_sections
+from ps_server.snapshot.store import SnapshotStore
 
 
 def _table(rows: int, dim: int) -> TableSnapshot:

@@ -32,15 +32,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from monolith_ps import wire  # noqa: E402
-from monolith_ps.local import LocalCluster  # noqa: E402
-from monolith_ps.routing import shard_of  # noqa: E402
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc  # noqa: E402
-from sync_agent.agent import SyncAgent  # noqa: E402
-from sync_agent.discovery.static import StaticDiscovery  # noqa: E402
-from sync_agent.settings import AgentSettings  # noqa: E402
+from monolith_ps import wire
+from monolith_ps.local import LocalCluster
+from monolith_ps.routing import shard_of
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from sync_agent.agent import SyncAgent
+from sync_agent.discovery.static import StaticDiscovery
+from sync_agent.settings import AgentSettings
 
 _MAX_MESSAGE = 256 * 1024 * 1024
 _CHANNEL_OPTIONS = [

@@ -25,13 +25,10 @@ from typing import Any
 import numpy as np
 
 from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot
-from ps_server.snapshot.format import (
+from ps_server.snapshot.files import (
     CHECKSUM_ALGORITHM,
-    MANIFEST_NAME,
-    PARTIAL_SUFFIX,
     CorruptSnapshotError,
     FileEntry,
-    ServerInfo,
     UnsupportedFormatError,
     check_file_size,
     expect_files,
@@ -45,6 +42,7 @@ from ps_server.snapshot.format import (
     write_json,
     write_npy,
 )
+from ps_server.snapshot.format import MANIFEST_NAME, PARTIAL_SUFFIX, ServerInfo
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.store import SnapshotStore
 

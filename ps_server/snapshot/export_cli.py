@@ -38,7 +38,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ps_server.snapshot.export import export_bundle
-    from ps_server.snapshot.format import CorruptSnapshotError
+    from ps_server.snapshot.files import CorruptSnapshotError
 
     try:
         info = export_bundle(args.sources, args.dest, args.dtype, args.allow_partial)

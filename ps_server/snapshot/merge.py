@@ -19,7 +19,8 @@ from ps_server.snapshot.content import (
     LoadedSnapshot,
     TableSnapshot,
 )
-from ps_server.snapshot.format import CorruptSnapshotError, ServerInfo
+from ps_server.snapshot.files import CorruptSnapshotError
+from ps_server.snapshot.format import ServerInfo
 
 
 class ChainMismatchError(CorruptSnapshotError):

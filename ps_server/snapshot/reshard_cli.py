@@ -35,7 +35,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ps_server.snapshot.format import CorruptSnapshotError
+    from ps_server.snapshot.files import CorruptSnapshotError
     from ps_server.snapshot.reshard import reshard
 
     if args.chunk_mb < 1:

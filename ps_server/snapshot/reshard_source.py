@@ -17,13 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot, TableSnapshot
-from ps_server.snapshot.format import (
-    CorruptSnapshotError,
-    FileEntry,
-    Manifest,
-    ServerInfo,
-    read_npy,
-)
+from ps_server.snapshot.files import CorruptSnapshotError, FileEntry, read_npy
+from ps_server.snapshot.format import Manifest, ServerInfo
 from ps_server.snapshot.merge import merge_sections
 from ps_server.snapshot.store import SnapshotStore
 

@@ -37,7 +37,8 @@ from ps_server.snapshot.export import (
     not_a_source_message,
     read_bundle,
 )
-from ps_server.snapshot.format import Manifest, ServerInfo, write_json
+from ps_server.snapshot.files import write_json
+from ps_server.snapshot.format import Manifest, ServerInfo
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.metrics import SnapshotMetrics
 from ps_server.snapshot.reshard import RESHARDED_FROM

@@ -29,28 +29,30 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from ps_server.snapshot.content import DenseSnapshot, LoadedSnapshot, TableSnapshot
-from ps_server.snapshot.format import (
-    DELETING_SUFFIX,
-    MANIFEST_NAME,
-    PARTIAL_SUFFIX,
+from ps_server.snapshot.files import (
     CorruptSnapshotError,
-    DenseEntry,
     FileEntry,
-    Manifest,
-    ServerInfo,
-    TableEntry,
     check_file_size,
     fsync_dir,
-    parse_snapshot_dir_name,
-    parse_work_dir_name,
     publish_files,
     read_json,
     read_npy,
-    snapshot_dir_name,
     to_json_value,
     verify_file,
     write_json,
     write_npy,
+)
+from ps_server.snapshot.format import (
+    DELETING_SUFFIX,
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    DenseEntry,
+    Manifest,
+    ServerInfo,
+    TableEntry,
+    parse_snapshot_dir_name,
+    parse_work_dir_name,
+    snapshot_dir_name,
 )
 
 _LOGGER = logging.getLogger(__name__)

@@ -12,19 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ps_server.snapshot.format import (
+from ps_server.snapshot.files import (
     CorruptSnapshotError,
     FileEntry,
     UnsupportedFormatError,
-    parse_snapshot_dir_name,
     read_json,
     read_npy,
-    snapshot_dir_name,
     to_json_value,
     verify_file,
     write_json,
     write_npy,
 )
+from ps_server.snapshot.format import parse_snapshot_dir_name, snapshot_dir_name
 
 _DTYPES = st.sampled_from(["<f4", "<f2", "<u8", "<i8", "<u4", "|u1", "|b1", "<f8"])
 

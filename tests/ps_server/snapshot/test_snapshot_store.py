@@ -18,7 +18,8 @@ from snapshot_helpers import SERVER, ReferenceTable, Trainer, assert_section_mat
 
 from ps_server.snapshot import store as store_module
 from ps_server.snapshot.content import TableSnapshot
-from ps_server.snapshot.format import MANIFEST_NAME, CorruptSnapshotError
+from ps_server.snapshot.files import CorruptSnapshotError
+from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.store import SnapshotDirBusyError, SnapshotStore
 

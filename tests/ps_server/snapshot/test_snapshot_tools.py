@@ -20,7 +20,8 @@ from ps_server.snapshot.export import (
     load_serving_sources,
     read_bundle,
 )
-from ps_server.snapshot.format import MANIFEST_NAME, CorruptSnapshotError, ServerInfo
+from ps_server.snapshot.files import CorruptSnapshotError
+from ps_server.snapshot.format import MANIFEST_NAME, ServerInfo
 from ps_server.snapshot.inspect import inspect_path
 
 _REPO = Path(__file__).parents[3]
