@@ -19,7 +19,7 @@ from monolith_ps import wire
 from monolith_ps.local import LocalCluster
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {"tables": [{"name": "emb", "dim": 4, "optimizer": "sgd", "initializer": "uniform"}]}
 
 
