@@ -3,20 +3,22 @@
 A key already admitted whose row was removed (evicted, expired, deleted) gets it back
 (initialized, next version) before its step; a key not admitted yet (the sketch's estimate
 below ``admit_after``) gets no row, and its gradient trains the learned default row, if the
-table has one. The pass probes each key ``_PROBE_AHEAD`` keys ahead of its step and fetches
-the row and metadata it will touch, so the step finds them in cache.
+table has one. The pass fetches each key's index buckets ``_BUCKETS_AHEAD`` keys ahead of
+its step, probes them ``_PROBE_AHEAD`` keys ahead and fetches the row and metadata the step
+will touch, so each stage finds what it reads in cache.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from ps_server.optim.initializers import init_row
 from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.admission import estimate
-from ps_server.table.cuckoo import insert, probe
+from ps_server.table.cuckoo import bucket_a, bucket_b, insert, probe
 from ps_server.table.jit import hot_kernel
-from ps_server.table.prefetch import prefetch_row
+from ps_server.table.prefetch import prefetch_at, prefetch_row
 from ps_server.table.rows import (
     DEFAULT_PUSHES,
     DEFAULT_VERSION,
@@ -37,7 +39,8 @@ from ps_server.table.rows import (
     touch,
 )
 
-_PROBE_AHEAD = 8
+_BUCKETS_AHEAD = 16  # keys ahead whose index buckets are fetched
+_PROBE_AHEAD = 8  # keys ahead that are probed, their rows fetched
 _MAX_PUSHES = 0xFFFFFFFF  # exported as uint32
 # positions in ``totals``, which carries the counts across resumed calls
 UPDATED = 0
@@ -96,7 +99,12 @@ def push_rows(
     n = keys.shape[0]
     summed = 0
     pending_grad = 1
-    for i in range(start - _PROBE_AHEAD, n):
+    mask = np.uint64(index.shape[0] - 1)
+    for i in range(start - _BUCKETS_AHEAD, n):
+        fetch = i + _BUCKETS_AHEAD
+        if start <= fetch < n:
+            prefetch_at(index, bucket_a(keys[fetch], mask), 0)
+            prefetch_at(index, bucket_b(keys[fetch], mask), 0)
         ahead = i + _PROBE_AHEAD
         if start <= ahead < n:
             r = probe(index, keys[ahead])
