@@ -142,3 +142,62 @@ def test_dashboard_config_map_is_labelled_for_the_sidecar(renderings: dict[str, 
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
     assert all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in panels)
+
+
+def test_alerts_fire_on_the_signals_they_watch_and_only_there(
+    renderings: dict[str, Rendering], tmp_path
+) -> None:
+    """``promtool test rules``: series in, each alert's expression out. The not-found ratio
+    counts serving lookups only; a training shard's lookups must not dilute it."""
+    promtool = require_tool("promtool")
+    groups = rule_groups(_monitored(renderings))
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}))
+    exprs = {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
+    ns = 'namespace="ml"'
+    series = {
+        f'process_resident_memory_bytes{{{ns},instance="s"}}': "950x30",
+        f'monolith_ps_memory_limit_bytes{{{ns},instance="s"}}': "1000x30",
+        f'process_resident_memory_bytes{{{ns},instance="t"}}': "100x30",
+        f'monolith_ps_memory_limit_bytes{{{ns},instance="t"}}': "1000x30",
+        f'monolith_ps_rows_looked_up_total{{{ns},instance="s",table="emb"}}': "0+100x30",
+        f'monolith_ps_rows_not_found_total{{{ns},instance="s",table="emb"}}': "0+75x30",
+        f'monolith_ps_server_info{{{ns},instance="s",role="serving"}}': "1x30",
+        f'monolith_ps_rows_looked_up_total{{{ns},instance="t",table="emb"}}': "0+1000x30",
+        f'monolith_ps_rows_not_found_total{{{ns},instance="t",table="emb"}}': "0x30",
+        f'monolith_ps_server_info{{{ns},instance="t",role="training"}}': "1x30",
+        f'monolith_ps_sync_lag_seconds{{{ns},replica="r0",table="emb"}}': "700x30",
+        f'monolith_ps_sync_lag_seconds{{{ns},replica="r1",table="emb"}}': "5x30",
+        f'monolith_ps_restore_skipped_snapshots{{{ns},instance="t"}}': "2x30",
+        f'monolith_ps_restore_skipped_snapshots{{{ns},instance="s"}}': "0x30",
+    }
+    expected = {
+        "MonolithPSMemoryNearLimit": [('{namespace="ml",instance="s"}', 0.95)],
+        "MonolithPSServingNotFoundRatioHigh": [('{namespace="ml",table="emb"}', 0.75)],
+        "MonolithPSSyncLagHigh": [('{namespace="ml",replica="r0",table="emb"}', 700)],
+        "MonolithPSRestoreSkippedSnapshots": [
+            ('{__name__="monolith_ps_restore_skipped_snapshots",namespace="ml",instance="t"}', 2)
+        ],
+    }
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": exprs[alert],
+                        "eval_time": "20m",
+                        "exp_samples": [
+                            {"labels": labels, "value": value} for labels, value in want
+                        ],
+                    }
+                    for alert, want in expected.items()
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
+    result = run_tool([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
