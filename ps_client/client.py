@@ -361,6 +361,17 @@ class PSClient:
         responses = self._call_all("GetSyncState", calls, timeout)
         return [sync_state_from_proto(a, r) for a, r in zip(self.addresses, responses, strict=True)]
 
+    def reset_sync_cursors(
+        self, table: str = "", source_shards: Sequence[int] = (), *, timeout: float | None = None
+    ) -> int:
+        """Drop sync cursors on every (serving) server (an admin's call): ``table`` and
+        ``source_shards`` narrow it, empty means all. The agent's next round then sends
+        those tables whole. Returns the cursors dropped in all."""
+        request = ps_pb2.ResetSyncCursorsRequest(table=table, source_shards=list(source_shards))
+        calls = [(s, request) for s in range(self.num_shards)]
+        responses = self._call_all("ResetSyncCursors", calls, timeout)
+        return sum(r.cursors_reset for r in responses)
+
     def expire(self, now: float = 0.0, *, timeout: float | None = None) -> int:
         """Drop the rows whose TTL has passed at ``now`` (unix seconds; 0 = each server's
         clock) on every (training) server; returns the rows dropped in all."""

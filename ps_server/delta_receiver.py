@@ -11,6 +11,7 @@ resync changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -37,6 +38,7 @@ from ps_server.table import Delta, EmbeddingTable
 __all__ = ["DeltaReceiver"]
 
 _EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
+MAX_VERSION = (1 << 63) - 1  # table versions are int64 counters
 
 
 @dataclasses.dataclass
@@ -88,6 +90,28 @@ class DeltaReceiver:
         self._listeners.append(listener)
 
     # ------------------------------------------------------------------ state
+
+    def reset_cursors(self, table: str = "", sources: Iterable[int] = ()) -> int:
+        """Drop the cursors of ``table`` (all when empty) from ``sources`` (all when empty),
+        so the agent's next round sends those tables whole; returns how many were dropped.
+        The rows held keep serving until the full resync replaces them."""
+        if table:
+            self._state.table(table)
+        wanted = set(sources)
+        with self._lock:
+            gone = [
+                key
+                for key in self._cursors
+                if (not table or key[0] == table) and (not wanted or key[1] in wanted)
+            ]
+            for key in gone:
+                del self._cursors[key]
+        if self._metrics is not None:
+            for name, source in gone:
+                for gauge in (self._metrics.cursor_version, self._metrics.cursor_timestamp):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name, str(source))
+        return len(gone)
 
     def sync_state(self) -> ps_pb2.GetSyncStateResponse:
         """Every cursor, and the dense version and epoch held."""
@@ -207,6 +231,7 @@ class DeltaReceiver:
         self._count_chunk(chunk, counts)
         deltas.append(delta)
         if chunk.last:
+            _check_not_ahead(chunk, max(_top_version(d) for d in deltas))
             with self._table_locks[name]:
                 target = self._state.table(name)
                 for delta in deltas:
@@ -226,6 +251,7 @@ class DeltaReceiver:
         staging = EmbeddingTable(live.config, trainable=False, dtype=live.dtype)
         counts = _Counts()
         held = _Held(self._budget, f"full resync of table {name!r} from training shard {source}")
+        top = 0
         with held:
             for chunk in _with_first(first, stream):
                 self._check_header(first, chunk, staging)
@@ -234,8 +260,10 @@ class DeltaReceiver:
                 held.grow_to(staging.memory_bytes() + 2 * _delta_bytes(delta))
                 counts.add(staging.apply_delta(delta))
                 held.grow_to(staging.memory_bytes())
+                top = max(top, _top_version(delta))
                 self._count_chunk(chunk, counts)
                 if chunk.last:
+                    _check_not_ahead(chunk, top)
                     return self._swap_in(chunk, staging, counts, as_of)
         raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
 
@@ -303,6 +331,11 @@ class DeltaReceiver:
                 )[0]
             if not chunk.last:
                 continue
+            if chunk.dense_version > MAX_VERSION:
+                raise SyncCursorError(
+                    f"dense stream claims version {chunk.dense_version}, past the largest "
+                    f"version the dense arrays can have ({MAX_VERSION}); nothing changed"
+                )
             with self._lock:
                 held_epoch = self._dense_epoch
                 held_version = dense.version if dense is not None else 0
@@ -444,6 +477,34 @@ def _delta_bytes(delta: Delta) -> int:
         for a in (delta.keys, delta.values, delta.versions, delta.tombstone_keys)
         if a is not None
     )
+
+
+def _top_version(delta: Delta) -> int:
+    """The newest version a delta carries: rows, tombstones, the learned default row."""
+    top = delta.default_version
+    for versions in (delta.versions, delta.tombstone_versions):
+        if len(versions):
+            top = max(top, int(versions.max()))
+    return top
+
+
+def _check_not_ahead(last: ps_pb2.DeltaChunk, top: int) -> None:
+    """Refuse a stream that claims versions its source cannot have had: newer than the
+    version its export is complete to, or past what a table's version counter can reach.
+    Such a stream would pin the cursor ahead of training, and the real deltas after it
+    would be skipped."""
+    if last.complete_version > MAX_VERSION:
+        raise SyncCursorError(
+            f"delta stream for table {last.table!r} from training shard {last.source_shard} "
+            f"claims complete_version {last.complete_version}, past the largest version a "
+            f"table can have ({MAX_VERSION}); nothing changed"
+        )
+    if top > last.complete_version:
+        raise SyncCursorError(
+            f"delta stream for table {last.table!r} from training shard {last.source_shard} "
+            f"runs ahead of its source: it carries version {top}, but says it is complete "
+            f"to version {last.complete_version}; nothing changed"
+        )
 
 
 _ENDED_EARLY = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import queue
 import threading
@@ -38,6 +39,10 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 _END = object()
 _POLL_SECONDS = 0.25  # how often a blocked send looks at the stop signal
+# A training server at its stream limit (server.max_streams) is asked again this many
+# times, the wait doubling from this many seconds: a slot frees when a stream ends.
+_BUSY_ATTEMPTS = 4
+_BUSY_BACKOFF_SECONDS = 0.5
 
 
 class SyncStoppedError(Exception):
@@ -282,11 +287,11 @@ def run_export(
     if len(shard_counts) == 1 and limits.partition[1] > 1:
         # every replica counts serving shards alike: only this agent's shards are sent
         request.route_partition_index, request.route_partition_count = limits.partition
-    export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
-    stop.register(export)
+    export = None
     try:
+        export, chunks = _open_export(training_stub, request, limits, stop)
         last = None
-        for chunk in export:
+        for chunk in chunks:
             if stop.is_set():
                 raise SyncStoppedError
             _check_chunk(chunk, plan)
@@ -315,8 +320,9 @@ def run_export(
             raise SyncStoppedError from exc
         _export_failed(exc, plan.source, plan.table.name, outcomes)
     finally:
-        stop.unregister(export)
-        export.cancel()
+        if export is not None:
+            stop.unregister(export)
+            export.cancel()
         for stream in streams:
             stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
     if stop.is_set():
@@ -348,11 +354,11 @@ def run_dense_export(
     streams: list[_ReplicaStream] | None = None
     outcomes: list[ReplicaOutcome] = []
     received = 0
-    export = training_stub.ExportDelta(request, timeout=limits.stream_timeout)
-    stop.register(export)
+    export = None
     try:
+        export, chunks = _open_export(training_stub, request, limits, stop)
         last = None
-        for chunk in export:
+        for chunk in chunks:
             if stop.is_set():
                 raise SyncStoppedError
             if chunk.table or chunk.source_shard != source.shard_index:
@@ -393,13 +399,43 @@ def run_dense_export(
             raise SyncStoppedError from exc
         _export_failed(exc, source, "", outcomes)
     finally:
-        stop.unregister(export)
-        export.cancel()
+        if export is not None:
+            stop.unregister(export)
+            export.cancel()
         for stream in streams or ():
             stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
     if stop.is_set():
         raise SyncStoppedError
     return outcomes, received
+
+
+def _open_export(
+    stub: ps_pb2_grpc.ParameterServerStub,
+    request: ps_pb2.ExportDeltaRequest,
+    limits: StreamLimits,
+    stop: StopSignal,
+) -> tuple[grpc.Call, Iterator[ps_pb2.DeltaChunk]]:
+    """An ExportDelta call and its chunks, retried with backoff while the training server
+    refuses it at its stream limit (RESOURCE_EXHAUSTED before any chunk: nothing was sent,
+    so retrying is safe). Other failures, and the last refusal, propagate."""
+    delay = _BUSY_BACKOFF_SECONDS
+    for attempt in range(_BUSY_ATTEMPTS):
+        call = stub.ExportDelta(request, timeout=limits.stream_timeout)
+        stop.register(call)
+        try:
+            first = next(call)
+        except StopIteration:
+            return call, iter(())
+        except grpc.RpcError as exc:
+            stop.unregister(call)
+            busy = exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            if not busy or attempt == _BUSY_ATTEMPTS - 1 or stop.wait(delay):
+                raise
+            _LOGGER.info("export_busy_retry", extra=fields(delay=delay, error=error_text(exc)))
+            delay *= 2
+            continue
+        return call, itertools.chain([first], call)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _export_failed(

@@ -336,3 +336,17 @@ class GetSyncStateResponse(_message.Message):
     dense_version: int
     dense_epoch: int
     def __init__(self, shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., cursors: _Optional[_Iterable[_Union[SyncCursor, _Mapping]]] = ..., dense_version: _Optional[int] = ..., dense_epoch: _Optional[int] = ...) -> None: ...
+
+class ResetSyncCursorsRequest(_message.Message):
+    __slots__ = ("table", "source_shards")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    source_shards: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, table: _Optional[str] = ..., source_shards: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ResetSyncCursorsResponse(_message.Message):
+    __slots__ = ("cursors_reset",)
+    CURSORS_RESET_FIELD_NUMBER: _ClassVar[int]
+    cursors_reset: int
+    def __init__(self, cursors_reset: _Optional[int] = ...) -> None: ...

@@ -88,6 +88,11 @@ class ParameterServerStub:
                 request_serializer=monolith__ps_dot_v1_dot_ps__pb2.GetSyncStateRequest.SerializeToString,
                 response_deserializer=monolith__ps_dot_v1_dot_ps__pb2.GetSyncStateResponse.FromString,
                 _registered_method=True)
+        self.ResetSyncCursors = channel.unary_unary(
+                '/monolith_ps.v1.ParameterServer/ResetSyncCursors',
+                request_serializer=monolith__ps_dot_v1_dot_ps__pb2.ResetSyncCursorsRequest.SerializeToString,
+                response_deserializer=monolith__ps_dot_v1_dot_ps__pb2.ResetSyncCursorsResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -170,6 +175,15 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResetSyncCursors(self, request, context):
+        """Drop sync cursors, so the agent's next round sends those tables whole from their
+        training shards (serving only; the admin role's). The rows held keep serving until
+        the full resync replaces them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +236,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.GetSyncState,
                     request_deserializer=monolith__ps_dot_v1_dot_ps__pb2.GetSyncStateRequest.FromString,
                     response_serializer=monolith__ps_dot_v1_dot_ps__pb2.GetSyncStateResponse.SerializeToString,
+            ),
+            'ResetSyncCursors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResetSyncCursors,
+                    request_deserializer=monolith__ps_dot_v1_dot_ps__pb2.ResetSyncCursorsRequest.FromString,
+                    response_serializer=monolith__ps_dot_v1_dot_ps__pb2.ResetSyncCursorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +517,33 @@ class ParameterServer:
             '/monolith_ps.v1.ParameterServer/GetSyncState',
             monolith__ps_dot_v1_dot_ps__pb2.GetSyncStateRequest.SerializeToString,
             monolith__ps_dot_v1_dot_ps__pb2.GetSyncStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResetSyncCursors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/monolith_ps.v1.ParameterServer/ResetSyncCursors',
+            monolith__ps_dot_v1_dot_ps__pb2.ResetSyncCursorsRequest.SerializeToString,
+            monolith__ps_dot_v1_dot_ps__pb2.ResetSyncCursorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

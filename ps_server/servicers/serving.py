@@ -95,6 +95,13 @@ class ServingServicer(BaseServicer):
         return self.delta_receiver.apply_stream(request_iterator)
 
     @rpc_errors
+    def ResetSyncCursors(
+        self, request: ps_pb2.ResetSyncCursorsRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.ResetSyncCursorsResponse:
+        dropped = self.delta_receiver.reset_cursors(request.table, request.source_shards)
+        return ps_pb2.ResetSyncCursorsResponse(cursors_reset=dropped)
+
+    @rpc_errors
     def GetSyncState(
         self, request: ps_pb2.GetSyncStateRequest, context: grpc.ServicerContext
     ) -> ps_pb2.GetSyncStateResponse:

@@ -165,3 +165,9 @@ class TrainingServicer(BaseServicer):
         self, request: ps_pb2.GetSyncStateRequest, context: grpc.ServicerContext
     ) -> ps_pb2.GetSyncStateResponse:
         raise WrongRoleError(_SERVING_ONLY.format(rpc="GetSyncState"))
+
+    @rpc_errors
+    def ResetSyncCursors(
+        self, request: ps_pb2.ResetSyncCursorsRequest, context: grpc.ServicerContext
+    ) -> ps_pb2.ResetSyncCursorsResponse:
+        raise WrongRoleError(_SERVING_ONLY.format(rpc="ResetSyncCursors"))

@@ -25,7 +25,7 @@ from sync_agent.settings import AgentSettings
 _IDENTITIES = ("trainer", "reader", "agent", "admin", "stranger")
 _RPCS = (
     "Lookup", "Push", "PullDense", "PushDense", "DescribeTables", "ExportDelta",
-    "ApplyDelta", "GetSyncState", "Snapshot", "Expire",
+    "ApplyDelta", "GetSyncState", "Snapshot", "Expire", "ResetSyncCursors",
 )  # fmt: skip
 # The table of the issue, written out (not derived from the code under test):
 # which identities each RPC admits, per server role.
@@ -41,6 +41,7 @@ _EXPECTED = {
         "GetSyncState": {"agent", "admin"},
         "Snapshot": {"admin"},
         "Expire": {"admin"},
+        "ResetSyncCursors": {"admin"},
     },
     "serving": {
         "Lookup": {"reader", "admin"},
@@ -53,6 +54,7 @@ _EXPECTED = {
         "GetSyncState": {"agent", "admin"},
         "Snapshot": {"admin"},
         "Expire": {"admin"},
+        "ResetSyncCursors": {"admin"},
     },
 }
 
@@ -135,6 +137,7 @@ def _call(stub: ps_pb2_grpc.ParameterServerStub, rpc: str, metadata=()) -> grpc.
         "GetSyncState": ps_pb2.GetSyncStateRequest(),
         "Snapshot": ps_pb2.SnapshotRequest(),
         "Expire": ps_pb2.ExpireRequest(),
+        "ResetSyncCursors": ps_pb2.ResetSyncCursorsRequest(),
     }
     try:
         if rpc == "ExportDelta":

@@ -21,6 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from sync_agent.agent import SyncAgent
+from sync_agent.discovery.static import StaticDiscovery
+from sync_agent.settings import AgentSettings
 
 _DIM = 32
 _ROWS = 40_000  # ~5 MB of rows: more than loopback buffers, so an unread export blocks
@@ -237,3 +240,55 @@ def test_sigterm_with_hostile_streams_open_exits_within_the_grace(process_factor
             call.cancel()
     assert code == 0
     assert took < 2 + 1.5, took  # the grace, plus the final steps
+
+
+def test_poisoned_cursors_are_refused_and_an_admin_resets_cursors(serving):
+    """A stream whose versions run ahead of what it says its source has, or past what a
+    version counter can reach, changes nothing; an admin drops cursors on demand."""
+
+    def resync(last: ps_pb2.DeltaChunk) -> grpc.RpcError | ps_pb2.ApplyDeltaResponse:
+        try:
+            return stub.ApplyDelta(iter([_chunk(1, 8), last]), timeout=20)
+        except grpc.RpcError as exc:
+            return exc
+
+    with _stub(serving.address) as stub:
+        ahead = _chunk(100, 8, last=True)
+        ahead.complete_version = 50  # the rows carry versions up to 107
+        beyond = _chunk(100, 8, last=True)
+        beyond.complete_version = (1 << 64) - 1
+        for poisoned, why in ((ahead, "runs ahead of its source"), (beyond, "past the largest")):
+            refused = resync(poisoned)
+            assert isinstance(refused, grpc.RpcError)
+            assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert why in refused.details()
+            assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+        assert isinstance(resync(_chunk(100, 8, last=True)), ps_pb2.ApplyDeltaResponse)
+        cursors = stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+        assert [(c.table, c.version) for c in cursors] == [("emb", 108)]
+        reset = stub.ResetSyncCursors(ps_pb2.ResetSyncCursorsRequest(table="emb"), timeout=5)
+        assert reset.cursors_reset == 1
+        assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+
+
+def test_the_agent_gets_through_when_every_export_slot_is_taken(training, serving):
+    """Unread exports hold all of training's slots; the agent's export is refused
+    (RESOURCE_EXHAUSTED), retried with backoff, and the round succeeds once the idle
+    streams are cut."""
+    refused = 'monolith_ps_streams_refused_total{method="ExportDelta"}'
+    refused_before = _metric(training, refused)
+    with _stub(training.address) as stub:
+        request = ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=64)
+        hogs = [stub.ExportDelta(request, timeout=60) for _ in range(3)]
+        next(hogs[0])  # the streams hold their slots
+        settings = AgentSettings(training=(training.address,), serving=(serving.address,),
+                                 rpc_timeout=10, stall_timeout=20)  # fmt: skip
+        with SyncAgent(settings, StaticDiscovery(settings.training, settings.serving)) as agent:
+            report = agent.sync_sparse()
+        for call in hogs:
+            call.cancel()
+    assert report.outcome == "ok", report.errors
+    assert _metric(training, refused) > refused_before
+    with _stub(serving.address) as stub:
+        cursors = stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+    assert [c.table for c in cursors] == ["emb"]
