@@ -59,7 +59,34 @@ def training(process_factory):
 
 @pytest.fixture(scope="module")
 def serving(process_factory):
-    return process_factory("serving", config=_CONFIG)
+    """A serving server made ready by one valid full resync (rows 1..8 of training shard 0
+    of 1); ``serving.cursors`` is what it holds then."""
+    server = process_factory("serving", config=_CONFIG, wait=False)
+    with _stub(server.address) as stub:
+        first = _chunk(1, 8, last=True)
+        first.source_num_shards = 1
+        for _ in range(1800):  # UNAVAILABLE while it starts (kernels load)
+            try:
+                stub.ApplyDelta(iter([first]), timeout=120, wait_for_ready=True)
+                break
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                time.sleep(0.1)
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(server.address))
+        for _ in range(600):
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.1)
+        server.cursors = _cursors(stub)
+    assert server.cursors == [("emb", 0, 9)]
+    return server
+
+
+def _cursors(stub: ps_pb2_grpc.ParameterServerStub) -> list[tuple[str, int, int]]:
+    answer = stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5)
+    return [(c.table, c.source_shard, c.version) for c in answer.cursors]
 
 
 @contextlib.contextmanager
@@ -196,7 +223,7 @@ def test_trickling_resyncs_are_cut_while_valid_calls_go_on(serving):
     cut = next(details for code, details in outcomes if code.name == "DEADLINE_EXCEEDED")
     assert "the writer sent no chunk" in cut
     with _stub(serving.address) as stub:  # nothing was applied, no cursor moved
-        assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+        assert _cursors(stub) == serving.cursors
     assert "rpc_failed" not in serving.events  # a cut stream is no server error
 
 
@@ -215,7 +242,7 @@ def test_endless_resync_stays_within_the_memory_budget(serving):
         with pytest.raises(grpc.RpcError) as refused:
             stub.ApplyDelta(endless(), timeout=60)
         peak = _rss_bytes(serving.proc.pid)
-        assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+        assert _cursors(stub) == serving.cursors
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "server.stream_memory_bytes" in refused.value.details()
     assert sent < 200
@@ -262,10 +289,9 @@ def test_poisoned_cursors_are_refused_and_an_admin_resets_cursors(serving):
             assert isinstance(refused, grpc.RpcError)
             assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert why in refused.details()
-            assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
+            assert _cursors(stub) == serving.cursors
         assert isinstance(resync(_chunk(100, 8, last=True)), ps_pb2.ApplyDeltaResponse)
-        cursors = stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
-        assert [(c.table, c.version) for c in cursors] == [("emb", 108)]
+        assert _cursors(stub) == [("emb", 0, 108)]
         reset = stub.ResetSyncCursors(ps_pb2.ResetSyncCursorsRequest(table="emb"), timeout=5)
         assert reset.cursors_reset == 1
         assert not stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=5).cursors
