@@ -24,188 +24,24 @@ cluster; children also receive SIGTERM if the process that started them dies (Li
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from monolith_ps.logs import fields
+from monolith_ps.processes import LocalClusterError, ManagedProcess, wait_http
 
-__all__ = ["LocalCluster", "LocalClusterError", "ManagedProcess", "tee_json_log"]
+__all__ = ["LocalCluster", "LocalClusterError", "ManagedProcess", "run_until_signalled"]
 
 _LOGGER = logging.getLogger(__name__)
 _ROLES = ("training", "serving", "agent")
-_PR_SET_PDEATHSIG = 1
-
-
-class LocalClusterError(RuntimeError):
-    """A process of the local cluster failed to start or become ready; names its log."""
-
-
-def tee_json_log(
-    stream: IO[bytes], log_path: str | os.PathLike[str], on_line: Callable[[Any], None]
-) -> None:
-    """Append a process's JSON-lines output (its stderr) to ``log_path`` line by line as it
-    comes, handing each line that parses as JSON to ``on_line``; closes ``stream`` at its
-    end. Lines that are not JSON are logged all the same."""
-    with stream, open(log_path, "ab") as log:
-        for raw in stream:
-            log.write(raw)
-            log.flush()
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            on_line(line)
-
-
-def _run_child(argv: list[str]) -> int:
-    """Entry point of every cluster process: ``<launcher pid> <mps arguments...>``.
-
-    Asks Linux to SIGTERM this process when the launcher dies, then runs ``mps``. Done
-    here, after exec, because code run between fork and exec (``preexec_fn``) is not safe
-    in a launcher whose gRPC threads are running.
-    """
-    launcher, mps_args = int(argv[0]), argv[1:]
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != launcher:
-        return 1  # the launcher died before we could ask to follow it
-    from monolith_ps.cli import main
-
-    return main(mps_args)
-
-
-class ManagedProcess:
-    """One ``mps`` subprocess: its command, log file and the ports it reported."""
-
-    def __init__(
-        self,
-        name: str,
-        args: Sequence[str],
-        log_path: Path,
-        port: int = 0,
-        metrics_port: int = 0,
-        python: str = sys.executable,
-    ) -> None:
-        self.name = name
-        self.args = list(args)
-        self.log_path = log_path
-        self.port = port
-        self.metrics_port = metrics_port
-        self.python = python
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._events: dict[str, dict[str, Any]] = {}
-        self._event = threading.Condition()
-        self._reader: threading.Thread | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, extra: Sequence[str] = ()) -> None:
-        """Start the process; its stderr goes to the log file, line by line."""
-        if self.running():
-            raise LocalClusterError(f"{self.name} is already running (pid {self.pid})")
-        cmd = [self.python, "-m", "monolith_ps.local", str(os.getpid()), *self.args, *extra]
-        with self._event:
-            self._events = {}
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches only the launcher, which stops us in order
-        )
-        self._reader = threading.Thread(
-            target=self._read_log, args=(self.proc,), name=f"log-{self.name}", daemon=True
-        )
-        self._reader.start()
-
-    def _read_log(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        tee_json_log(proc.stderr, self.log_path, self._note_event)
-        with self._event:
-            self._event.notify_all()
-
-    def _note_event(self, line: Any) -> None:
-        if isinstance(line, dict) and "event" in line:
-            with self._event:
-                self._events.setdefault(line["event"], line)
-                self._event.notify_all()
-
-    def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
-        """The first log line of ``event`` since the last start (raises if the process dies)."""
-        return self.wait_event_any((event,), timeout)
-
-    def wait_event_any(self, events: Sequence[str], timeout: float) -> dict[str, Any]:
-        """The first log line of the first of ``events`` seen since the last start."""
-        deadline = time.monotonic() + timeout
-        event = " or ".join(events)
-        with self._event:
-            while not any(e in self._events for e in events):
-                if not self.running():
-                    status = self.proc.returncode if self.proc is not None else "?"
-                    raise LocalClusterError(
-                        f"{self.name} exited with status {status} before logging {event}; "
-                        f"see {self.log_path}"
-                    )
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LocalClusterError(
-                        f"{self.name} did not log {event} within {timeout:g}s; see {self.log_path}"
-                    )
-                self._event.wait(min(remaining, 0.5))
-            return next(self._events[e] for e in events if e in self._events)
-
-    def send(self, signum: int) -> None:
-        if self.running():
-            assert self.proc is not None
-            self.proc.send_signal(signum)
-
-    def wait(self, timeout: float) -> int | None:
-        """Reap the process; None if it is still running after ``timeout``."""
-        if self.proc is None:
-            return None
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
 
 
 class LocalCluster:
@@ -471,7 +307,7 @@ class LocalCluster:
         if wait:
             line = self._agent.wait_event("agent_started", self.startup_timeout)
             self._agent.metrics_port = int(line["metrics_port"])
-            _wait_http(self._agent.metrics_url, self.startup_timeout, self._agent)
+            wait_http(self._agent.metrics_url, self.startup_timeout, self._agent)
 
     def agent_argv(self) -> list[str]:
         """The agent's ``mps`` arguments: interval flags only where this cluster was given
@@ -497,22 +333,6 @@ class LocalCluster:
 
     def _serving_flat(self) -> list[ManagedProcess]:
         return [p for replicas in self._serving for p in replicas]
-
-
-def _wait_http(url: str, timeout: float, proc: ManagedProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if not proc.running():
-            raise LocalClusterError(f"{proc.name} exited; see {proc.log_path}")
-        if time.monotonic() > deadline:
-            raise LocalClusterError(f"{url} did not answer within {timeout:g}s")
-        time.sleep(0.1)
 
 
 def run_until_signalled(args: Any) -> int:
@@ -582,7 +402,3 @@ def _describe(cluster: LocalCluster) -> str:
     )
     lines.append("Ctrl-C stops every process.")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(_run_child(sys.argv[1:]))

@@ -8,13 +8,8 @@ Both bind 127.0.0.1 port 0 and stop everything they started.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from monolith_ps.local import tee_json_log
+from monolith_ps.processes import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".numba_cache"))
@@ -144,7 +139,7 @@ def server_factory() -> Iterator[Callable[..., Any]]:
         server.stop(grace=0, final_snapshot=False)
 
 
-class ServerProcess:
+class ServerProcess(ManagedProcess):
     """An ``mps server`` subprocess on loopback; ``port`` is learned from its start-up log."""
 
     def __init__(
@@ -154,77 +149,42 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         wait_service: str = "",
     ) -> None:
-        self.args = args
+        super().__init__(
+            "server",
+            ["server", *args, "--log-format", "json"],
+            log_path,
+            env=env,
+            follow_launcher=False,  # tests restart servers from helper threads
+        )
         self.wait_service = wait_service
-        self.env = env
-        self.log_path = log_path
-        self.port: int | None = None
-        self.metrics_port: int | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_lines: list[dict[str, Any]] = []
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        self.port: int | None = None  # type: ignore[assignment]
+        self.metrics_port: int | None = None  # type: ignore[assignment]
 
     @property
     def events(self) -> list[str]:
-        return [line.get("event", "") for line in self._log_lines]
+        return [line.get("event", "") for line in self.lines]
 
-    @property
-    def lines(self) -> list[dict[str, Any]]:
-        """The JSON log lines of the current run, parsed."""
-        return list(self._log_lines)
-
-    def start(self, port: int | None = None, wait: bool = True, timeout: float = 120.0) -> None:
+    def start(self, port: int | None = None, wait: bool = True, timeout: float = 120.0) -> None:  # type: ignore[override]
         """Start (on ``port``, or the last one, or a free one) and wait for SERVING of
         ``wait_service``."""
         port = port if port is not None else (self.port or 0)
-        cmd = [sys.executable, "-m", "monolith_ps.cli", "server", *self.args]
-        cmd += ["--port", str(port), "--log-format", "json"]
-        self._log_lines = []
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env={**os.environ, **(self.env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        started = threading.Event()
-        threading.Thread(target=self._read_log, args=(self.proc, started), daemon=True).start()
-        if not started.wait(timeout):
-            self.kill()
-            raise TimeoutError(f"server did not log server_started; log: {self.log_path}")
-        if self.proc.poll() is not None and self.port is None:
-            raise RuntimeError(f"server exited with {self.proc.returncode}; log: {self.log_path}")
+        super().start(["--port", str(port)])
+        started = self.wait_event("server_started", timeout)
+        self.port = int(started["port"])
+        self.metrics_port = int(started["metrics_port"])
         if wait:
             wait_for_serving(self.address, timeout, self.wait_service)
 
-    def _read_log(self, proc: subprocess.Popen[bytes], started: threading.Event) -> None:
-        assert proc.stderr is not None
-        tee_json_log(proc.stderr, self.log_path, functools.partial(self._note_line, started))
-        started.set()
-
-    def _note_line(self, started: threading.Event, line: Any) -> None:
-        self._log_lines.append(line)
-        if line.get("event") == "server_started":
-            self.port = int(line["port"])
-            self.metrics_port = int(line["metrics_port"])
-            started.set()
-
     def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
+        self.send(signum)
 
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    def wait(self, timeout: float = 30.0) -> int:
+    def wait(self, timeout: float = 30.0) -> int:  # type: ignore[override]
+        """Reap the process and read its log to the end."""
         assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
+        code = self.proc.wait(timeout=timeout)
+        if self._reader is not None:
+            self._reader.join(timeout)
+        return code
 
 
 @pytest.fixture(scope="module")
