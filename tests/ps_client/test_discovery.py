@@ -8,11 +8,14 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from monolith_ps import wire
 from monolith_ps.config import parse_config
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import PSClient, TopologyError
 from ps_client.discovery import resolve_service
 from ps_server.server import PSServer, create_server
@@ -43,6 +46,7 @@ def cluster(service_config) -> Iterator[Callable[..., PSServer]]:
             host=host,
             port=port,
             metrics_port=0,
+            authorization=False,
         )
         server, _ = create_server(settings, registry=CollectorRegistry())
         server.start()
@@ -127,9 +131,22 @@ def test_resharded_cluster_behind_the_same_name_is_found_again(cluster):
         np.testing.assert_array_equal(before, after)  # normal init is seeded by key
 
 
-def test_a_serving_name_uses_one_replica_of_each_shard(cluster):
-    cluster("127.0.0.2", 0, 1, role="serving")
-    cluster("127.0.0.3", 0, 1, role="serving")
+def _ready(server: PSServer, tables: dict[str, int]) -> None:
+    """A serving server holds a (here empty) state from its one training shard."""
+    with grpc.insecure_channel(server.address) as channel:
+        stub = ps_pb2_grpc.ParameterServerStub(channel)
+        for name, dim in tables.items():
+            chunk = ps_pb2.DeltaChunk(
+                table=name, source_shard=0, source_num_shards=1, epoch=1, full_resync=True,
+                dim=dim, dtype=wire.dtype_to_wire(np.dtype(np.float32)), last=True,
+            )  # fmt: skip
+            stub.ApplyDelta(iter([chunk]), timeout=30)
+
+
+def test_a_serving_name_uses_one_replica_of_each_shard(cluster, service_config):
+    tables = {t["name"]: t["dim"] for t in service_config["tables"]}
+    for host in ("127.0.0.2", "127.0.0.3"):
+        _ready(cluster(host, 0, 1, role="serving"), tables)
     with PSClient(
         f"{NAME}:{cluster.port}", role="serving", resolver=Names("127.0.0.3", "127.0.0.2")
     ) as client:
