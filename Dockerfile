@@ -45,7 +45,12 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     && for wheel in /wheels/*.whl; do \
          /opt/monolith-ps/bin/pip install --constraint /wheels/constraints.txt "${wheel}[cluster]"; \
        done
+# Compile every kernel now into NUMBA_CACHE_DIR, for a CPU model every node has
+# (generic x86-64 / aarch64), so the cache matches on any node: the chart's init container
+# copies it into the pod's writable cache volume and servers start without compiling.
+ENV NUMBA_CPU_NAME=generic
 USER 10001:10001
+RUN mps warmup
 WORKDIR /var/lib/monolith-ps
 # gRPC API and Prometheus metrics; the orchestrator probes gRPC health (no HEALTHCHECK here).
 EXPOSE 50051 9090

@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,cluster,trainer]'
+	$(BIN)/mps warmup  # compile the kernels into NUMBA_CACHE_DIR now, not at each start
 	touch $(STAMP)
 
 # The framework adapters' extras: `make test` runs their tests, `make demo` needs none.

@@ -39,14 +39,16 @@ def test_extras_render_on_every_component_and_validate(renderings: dict[str, Ren
         assert [c["name"] for c in pod["containers"]] == [main, "log-shipper"]
         assert "shipper-config" in {v["name"] for v in pod["volumes"]}
     training = _pod(rendering, "StatefulSet", "training")
-    assert [c["name"] for c in training["initContainers"]] == ["fetch-certs"]
+    # the chart's own kernel-cache copy first, then the user's
+    assert [c["name"] for c in training["initContainers"]] == ["numba-cache", "fetch-certs"]
     mounts = {m["name"]: m for m in training["containers"][0]["volumeMounts"]}
     assert mounts["certs"]["mountPath"] == "/etc/extra-certs"
     agent = _pod(rendering, "StatefulSet", "sync-agent")
     assert "/var/cache/extra" in {m["mountPath"] for m in agent["containers"][0]["volumeMounts"]}
     # Nothing extra by default.
     default = _pod(renderings["default"], "StatefulSet", "serving")
-    assert "initContainers" not in default and len(default["containers"]) == 1
+    assert [c["name"] for c in default["initContainers"]] == ["numba-cache"]
+    assert len(default["containers"]) == 1
 
 
 def test_global_image_registry_prefixes_every_chart_image(renderings: dict[str, Rendering]) -> None:

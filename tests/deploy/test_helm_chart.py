@@ -341,7 +341,15 @@ def test_pods_run_as_non_root_with_a_read_only_root_and_no_capabilities(
 
 
 def test_server_probes_use_grpc_health_and_allow_a_long_restore(rendering: Rendering) -> None:
+    """Startup: restore done; readiness: can answer correctly (serving: synced from every
+    training shard); liveness: the process answers. Three health names, so a serving pod
+    waiting for its first sync is neither restarted nor sent traffic."""
     tls = rendering.values["tls"]["enabled"]
+    services = {
+        "startupProbe": ("monolith_ps.v1.startup", "/healthz/startup"),
+        "readinessProbe": (None, "/healthz"),
+        "livenessProbe": ("monolith_ps.v1.liveness", "/healthz/live"),
+    }
     for component in ("training", "serving"):
         container = rendering.one("StatefulSet", component)["spec"]["template"]["spec"][
             "containers"
@@ -349,13 +357,44 @@ def test_server_probes_use_grpc_health_and_allow_a_long_restore(rendering: Rende
         grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe, (service, path) in services.items():
             if tls:  # the kubelet's gRPC probe cannot do TLS: /healthz says the same
                 assert "grpc" not in container[probe]
-                if probe != "livenessProbe":
-                    assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+                assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
             else:
-                assert container[probe]["grpc"] == {"port": grpc_port}
+                expected = {"port": grpc_port, **({"service": service} if service else {})}
+                assert container[probe]["grpc"] == expected
+
+
+def test_pods_start_from_the_kernels_built_into_the_image(rendering: Rendering) -> None:
+    """The cache volume is mounted over the image's cache path, so an init container of
+    the same image copies the image's kernels into it first."""
+    for component in ("training", "serving"):
+        spec = rendering.one("StatefulSet", component)["spec"]["template"]["spec"]
+        server = spec["containers"][0]
+        cache = next(e["value"] for e in server["env"] if e["name"] == "NUMBA_CACHE_DIR")
+        assert {"name": "numba-cache", "mountPath": cache} in [
+            {k: m[k] for k in ("name", "mountPath")} for m in server["volumeMounts"]
+        ]
+        init = next(c for c in spec["initContainers"] if c["name"] == "numba-cache")
+        assert init["image"] == server["image"]
+        assert init["command"] == ["cp", "-a", f"{cache}/.", "/numba-cache/"]
+        assert init["volumeMounts"] == [{"name": "numba-cache", "mountPath": "/numba-cache"}]
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_rollouts_keep_a_replica_of_every_serving_shard(rendering: Rendering) -> None:
+    values = rendering.values
+    for component in ("training", "serving"):
+        spec = rendering.one("StatefulSet", component)["spec"]
+        assert spec["updateStrategy"] == values[component]["updateStrategy"]
+        assert spec["podManagementPolicy"] == values[component]["podManagementPolicy"]
+    pdbs = {
+        p["metadata"]["name"].rsplit("-", 1)[1]: p for p in rendering.of_kind("PodDisruptionBudget")
+    }
+    if "serving" in pdbs and values["serving"]["podDisruptionBudget"].get("maxUnavailable") is None:
+        replicas = values["serving"]["replicas"]
+        assert pdbs["serving"]["spec"]["maxUnavailable"] == max(1, replicas - 1)
 
 
 def test_agent_may_only_read_pods(rendering: Rendering) -> None:

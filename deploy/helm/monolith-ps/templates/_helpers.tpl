@@ -344,7 +344,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
   {{- if $v.tls.enabled }}
   startupProbe:
     httpGet:
-      path: /healthz
+      path: /healthz/startup
       port: metrics
     periodSeconds: {{ $v.probes.startup.periodSeconds }}
     failureThreshold: {{ $v.probes.startup.failureThreshold }}
@@ -357,7 +357,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
     timeoutSeconds: {{ $v.probes.readiness.timeoutSeconds }}
   livenessProbe:
     httpGet:
-      path: /metrics
+      path: /healthz/live
       port: metrics
     periodSeconds: {{ $v.probes.liveness.periodSeconds }}
     failureThreshold: {{ $v.probes.liveness.failureThreshold }}
@@ -366,6 +366,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
   startupProbe:
     grpc:
       port: {{ $v.ports.grpc }}
+      service: monolith_ps.v1.startup
     periodSeconds: {{ $v.probes.startup.periodSeconds }}
     failureThreshold: {{ $v.probes.startup.failureThreshold }}
   readinessProbe:
@@ -377,6 +378,7 @@ The container of a server role. Call with (dict "ctx" $ "component" "training" "
   livenessProbe:
     grpc:
       port: {{ $v.ports.grpc }}
+      service: monolith_ps.v1.liveness
     periodSeconds: {{ $v.probes.liveness.periodSeconds }}
     failureThreshold: {{ $v.probes.liveness.failureThreshold }}
     timeoutSeconds: {{ $v.probes.liveness.timeoutSeconds }}
@@ -425,4 +427,20 @@ affinity:
 topologySpreadConstraints:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/*
+Init container that copies the kernels compiled into the image (mps warmup) into the
+pod's writable Numba cache volume, which the server container mounts over that path.
+*/}}
+{{- define "monolith-ps.numbaCacheInit" -}}
+- name: numba-cache
+  image: {{ include "monolith-ps.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["cp", "-a", "{{ include "monolith-ps.numbaCacheDir" . }}/.", "/numba-cache/"]
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  volumeMounts:
+    - name: numba-cache
+      mountPath: /numba-cache
 {{- end }}

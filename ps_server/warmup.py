@@ -1,0 +1,61 @@
+"""Compile the Numba kernels ahead of time into ``NUMBA_CACHE_DIR`` (``mps warmup``).
+
+A server loads its kernels from that cache in a fraction of a second; compiling them
+takes most of a minute. ``make install`` and the image run this once, so no process
+compiles at start. Without a config it warms a built-in one that covers every kernel
+signature a server can use: each optimizer, both serving dtypes, admission, TTL, both
+eviction policies, the learned default row, dense arrays, and the sync kernels
+(export, apply, delete, expire) of training and serving tables.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from monolith_ps.config import ClusterConfig, parse_config
+
+__all__ = ["COVERAGE_CONFIG", "warm_kernels"]
+
+COVERAGE_CONFIG: dict[str, Any] = {
+    "tables": [
+        {"name": "sgd", "dim": 4, "optimizer": "sgd", "initializer": "zeros",
+         "serving_dtype": "float16"},
+        {"name": "momentum", "dim": 4, "optimizer": "momentum", "initializer": "uniform",
+         "admit_after": 2},
+        {"name": "adagrad", "dim": 4, "optimizer": "adagrad", "initializer": "normal",
+         "ttl_seconds": 60, "serving_dtype": "float16"},
+        {"name": "adam", "dim": 4, "optimizer": "adam", "initializer": "learned",
+         "max_rows": 64, "eviction": "lru"},
+        {"name": "ftrl", "dim": 4, "optimizer": "ftrl", "initializer": "constant",
+         "max_rows": 64, "eviction": "lfu"},
+    ],
+    "dense": [{"name": "mlp", "size": 8, "optimizer": "adam"}],
+}  # fmt: skip
+
+
+def warm_kernels(config: ClusterConfig | None = None) -> float:
+    """Run every kernel a training and a serving server of ``config`` use, so Numba
+    compiles them into its cache (or finds them there); returns the seconds it took."""
+    from ps_server.server import warm_up
+    from ps_server.state import ShardState
+
+    started = time.monotonic()
+    config = config if config is not None else parse_config(COVERAGE_CONFIG)
+    for role in ("training", "serving"):
+        state = ShardState.from_config(config, role, 0, 1)
+        warm_up(state)
+        for table in state.tables.values():
+            keys = np.arange(1, 9, dtype=np.uint64)
+            if table.trainable:
+                table.find_or_insert(keys)
+                table.find_or_insert(keys)  # admitted now, where admission counts sightings
+                table.apply_gradients(keys, np.ones((len(keys), table.dim), np.float32))
+            delta = table.export_since(0)
+            table.apply_delta(delta)
+            table.delete(keys[:2])
+            if table.trainable and table.config.ttl_seconds:
+                table.expire(time.time() + 10 * table.config.ttl_seconds)
+    return time.monotonic() - started
