@@ -186,7 +186,12 @@ def test_unread_exports_are_capped_and_cut_while_valid_calls_go_on(training):
         for _ in range(6):  # more than max_streams (3)
             request = ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=64)
             exports.append(stub.ExportDelta(request, timeout=60))
-        failures = _valid_calls(training.address, "training", seconds=2.5)
+        cut_metric = 'monolith_ps_streams_cut_total{method="ExportDelta",reason="idle"}'
+        failures = []
+        for _ in range(20):  # valid traffic until the unread exports are cut (~1 s)
+            failures += _valid_calls(training.address, "training", seconds=0.5)
+            if _metric(training, cut_metric) >= 3:
+                break
         outcomes = []
         for call in exports:  # read them now: refused at once, or cut while unread
             try:
@@ -215,7 +220,12 @@ def test_unread_exports_are_capped_and_cut_while_valid_calls_go_on(training):
 def test_trickling_resyncs_are_cut_while_valid_calls_go_on(serving):
     with _stub(serving.address) as stub:
         trickles = [_Trickle(stub, [_chunk(1 + 1000 * i, 10, source=i)]) for i in range(5)]
-        failures = _valid_calls(serving.address, "serving", seconds=2.5)
+        cut_metric = 'monolith_ps_streams_cut_total{method="ApplyDelta",reason="idle"}'
+        failures = []
+        for _ in range(20):  # valid traffic until the trickling resyncs are cut (~1 s)
+            failures += _valid_calls(serving.address, "serving", seconds=0.5)
+            if _metric(serving, cut_metric) >= 3:
+                break
         outcomes = [t.code() for t in trickles]
     assert failures == []
     codes = sorted(code.name for code, _ in outcomes)
