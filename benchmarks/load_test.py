@@ -35,19 +35,15 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
+from load_reference import TABLES, reference_cluster
+from load_rss import RssSampler
 
-from monolith_ps import wire
 from monolith_ps.local import LocalCluster
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from ps_client import PSClient
-from ps_server.server import PreEncodedResponses
 
-_TABLES = {"user": 16, "item": 8}  # name -> dim
 _OPS = ("lookup", "push", "serving_lookup")
 _OP_WEIGHTS = np.array([0.6, 0.3, 0.1])
-_RSS_INTERVAL = 0.5  # seconds between RSS samples
 _READY_TIMEOUT = 180.0
 
 
@@ -55,9 +51,9 @@ def cluster_config(snapshot_incremental: float, snapshot_full: float, sparse: fl
     """The tables and the short snapshot and sync intervals of the load test."""
     return {
         "tables": [
-            {"name": "user", "dim": _TABLES["user"], "optimizer": "adagrad",
+            {"name": "user", "dim": TABLES["user"], "optimizer": "adagrad",
              "optimizer_args": {"lr": 0.05}, "initializer": "normal"},
-            {"name": "item", "dim": _TABLES["item"], "optimizer": "sgd",
+            {"name": "item", "dim": TABLES["item"], "optimizer": "sgd",
              "optimizer_args": {"lr": 0.1}, "initializer": "uniform"},
         ],
         "snapshot": {"full_interval": f"{snapshot_full}s",
@@ -104,7 +100,7 @@ class ClientLoop:
             op = int(self.rng.choice(3, p=weights))
             keys = {
                 name: self.rng.integers(1, self.key_space, self.batch, dtype=np.uint64)
-                for name in _TABLES
+                for name in TABLES
             }
             started = time.perf_counter()
             try:
@@ -112,7 +108,7 @@ class ClientLoop:
                     self.training.lookup_many(keys)
                 elif op == 1:
                     grads = {
-                        name: (k, self.rng.standard_normal((k.size, _TABLES[name]), np.float32))
+                        name: (k, self.rng.standard_normal((k.size, TABLES[name]), np.float32))
                         for name, k in keys.items()
                     }
                     result = self.training.push_many(grads)
@@ -297,149 +293,6 @@ def latency_stats(merged: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- memory
 
 
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` from /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
-
-
-class RssSampler:
-    """Samples the RSS of named processes every ``_RSS_INTERVAL`` s until ``stop_at``."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.samples: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
-
-    def __call__(self, start_at: float, stop_at: float) -> None:
-        max_samples = int((stop_at - time.time()) / _RSS_INTERVAL) + 20
-        for _ in range(max_samples):
-            now = time.time()
-            if now > stop_at:
-                break
-            if now >= start_at:
-                for name, pid in self.pids.items():
-                    rss = rss_bytes(pid)
-                    if rss is not None:
-                        self.samples[name].append((now - start_at, rss))
-            time.sleep(_RSS_INTERVAL)
-
-    def report(self, seconds: float) -> dict[str, Any]:
-        """Per process: RSS at the start, half-way and the end, the peak, and the growth
-        over the second half (median of the last 10 % of samples vs. around half-way)."""
-        out = {}
-        for name, samples in self.samples.items():
-            if len(samples) < 4:
-                continue
-            t = np.array([s[0] for s in samples])
-            mb = np.array([s[1] for s in samples]) / 2**20
-            mid = mb[(t >= 0.45 * seconds) & (t <= 0.55 * seconds)]
-            end = mb[t >= 0.9 * seconds]
-            mid_mb = float(np.median(mid)) if mid.size else float(mb[len(mb) // 2])
-            end_mb = float(np.median(end)) if end.size else float(mb[-1])
-            step = max(1, len(samples) // 12)
-            out[name] = {
-                "start_mb": float(mb[0]),
-                "half_mb": mid_mb,
-                "end_mb": end_mb,
-                "peak_mb": float(mb.max()),
-                "second_half_growth_pct": 100.0 * (end_mb - mid_mb) / mid_mb,
-                "series": [[round(float(a), 1), round(float(b), 1)]
-                           for a, b in zip(t[::step], mb[::step], strict=True)],
-            }  # fmt: skip
-        return out
-
-
-# ---------------------------------------------------------------- reference servers
-
-
-class _CannedServicer(ps_pb2_grpc.ParameterServerServicer):
-    """Answers DescribeTables truthfully and Lookup/Push with zeros: transport only."""
-
-    def __init__(self, role: str, shard_index: int, num_shards: int) -> None:
-        self.role = role
-        self.shard_index = shard_index
-        self.num_shards = num_shards
-
-    def DescribeTables(self, request, context):  # noqa: ANN001, ANN201
-        role = ps_pb2.ROLE_TRAINING if self.role == "training" else ps_pb2.ROLE_SERVING
-        return ps_pb2.DescribeTablesResponse(
-            role=role,
-            shard_index=self.shard_index,
-            num_shards=self.num_shards,
-            tables=[ps_pb2.TableInfo(name=n, dim=d) for n, d in _TABLES.items()],
-            max_message_bytes=64 << 20,
-            max_batch_keys=1 << 20,
-        )
-
-    def Lookup(self, request, context):  # noqa: ANN001, ANN201
-        """Serialized, as the real server answers (``PreEncodedResponses``)."""
-        answers = []
-        for entry in request.tables:
-            n, dim = len(entry.keys) // 8, _TABLES[entry.table]
-            found = np.ones(n, bool) if self.role == "serving" else None
-            answers.append((entry.table, dim, np.zeros((n, dim), np.float32), found))
-        return wire.encode_lookup_response(answers)
-
-    def Push(self, request, context):  # noqa: ANN001, ANN201
-        rows = sum(len(entry.keys) // 8 for entry in request.tables)
-        return ps_pb2.PushResponse(rows_updated=rows)
-
-
-def reference_server_main(role: str, shard_index: int, num_shards: int) -> int:
-    """A canned server on 127.0.0.1:0; prints its port, serves until stdin closes."""
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8), interceptors=[PreEncodedResponses()]
-    )
-    ps_pb2_grpc.add_ParameterServerServicer_to_server(
-        _CannedServicer(role, shard_index, num_shards), server
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(port, flush=True)
-    sys.stdin.read()
-    server.stop(0)
-    return 0
-
-
-@contextlib.contextmanager
-def reference_cluster(num_training: int):  # noqa: ANN201
-    """Canned training shards and one canned serving shard, as subprocesses."""
-    procs = []
-    try:
-        addresses: dict[str, list[str]] = {"training": [], "serving": []}
-        for role, shard, count in [("training", i, num_training) for i in range(num_training)] + [
-            ("serving", 0, 1)
-        ]:
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--reference-server", f"{role}:{shard}:{count}"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            addresses[role].append(f"127.0.0.1:{int(proc.stdout.readline())}")
-        yield addresses
-    finally:
-        for proc in procs:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-# ---------------------------------------------------------------- checks and main
-
-
 def training_versions(addresses: list[str]) -> int:
     """Sum of every table's version counter over the training shards."""
     with PSClient(addresses, role="training") as client:
@@ -532,7 +385,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serving", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--reference-server", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.seconds > 3600:
         parser.error("--seconds must be in (0, 3600]")
@@ -543,9 +395,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.reference_server:
-        role, shard, count = args.reference_server.split(":")
-        return reference_server_main(role, int(shard), int(count))
     if args.worker:
         return worker_main(args)
 

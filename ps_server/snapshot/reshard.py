@@ -37,6 +37,7 @@ import numpy as np
 from monolith_ps.routing import MAX_SHARDS, shard_of, split_by_shard
 from ps_server.snapshot.content import ROW_KEYS, DenseSnapshot, TableSnapshot
 from ps_server.snapshot.format import ServerInfo
+from ps_server.snapshot.records import SnapshotDirBusyError
 from ps_server.snapshot.reshard_source import (
     LiveRows,
     ReshardError,
@@ -44,7 +45,7 @@ from ps_server.snapshot.reshard_source import (
     open_sources,
     row_layout,
 )
-from ps_server.snapshot.store import SnapshotDirBusyError, SnapshotStore
+from ps_server.snapshot.store import SnapshotStore
 from ps_server.table.admission import DEPTH, as_width, stages
 
 _LOGGER = logging.getLogger(__name__)

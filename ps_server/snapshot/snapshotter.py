@@ -28,11 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from monolith_ps.logs import fields
 from monolith_ps.routing import can_share_keys
-from ps_server.errors import NotConfiguredError
 from ps_server.hooks import SnapshotResult
 from ps_server.snapshot.export import (
     is_bundle,
-    load_serving_sources,
     missing_shards,
     not_a_source_message,
     read_bundle,
@@ -41,16 +39,16 @@ from ps_server.snapshot.files import write_json
 from ps_server.snapshot.format import Manifest, ServerInfo
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.metrics import SnapshotMetrics
+from ps_server.snapshot.records import RestoreResult
 from ps_server.snapshot.reshard import RESHARDED_FROM
-from ps_server.snapshot.store import RestoreResult, SnapshotStore
+from ps_server.snapshot.serving_bootstrap import ServingBootstrap
+from ps_server.snapshot.store import SnapshotStore
 from ps_server.snapshot.tables import (
     SnapshotMismatchError,
-    dense_chunk,
     dense_section,
     load_dense,
     load_serving_table,
     load_table,
-    serving_chunk,
     table_section,
 )
 from ps_server.state import new_epoch
@@ -417,65 +415,6 @@ class TrainingSnapshotter:
                 self.snapshot(full=False, final=True)
         finally:
             self.store.unlock()
-
-
-class ServingBootstrap:
-    """A serving server's start from ``--bootstrap-from``: its shard of every source's rows.
-
-    The rows go in through ``receiver`` (the serving server's ``DeltaReceiver``) as one
-    full-resync stream per table and training shard, so the sync cursors start at the
-    sources' epochs and versions and the agent continues with deltas.
-    """
-
-    def __init__(self, state: ShardState, bootstrap_from: str | Path, receiver: DeltaReceiver):
-        self.state = state
-        self.bootstrap_from = Path(bootstrap_from)
-        self.receiver = receiver
-
-    def restore(self) -> None:
-        started = time.monotonic()
-        sources = load_serving_sources([self.bootstrap_from])
-        state = self.state
-        rows = 0
-        for source in sources:
-            for name, table in source.tables.items():
-                if name not in state.tables:
-                    _LOGGER.warning("bootstrap_table_dropped", extra=fields(table=name))
-                    continue
-                chunk = serving_chunk(
-                    name, table, source.server, state.shard_index, state.num_shards
-                )
-                self._apply(chunk, f"table {name!r}", source.created_unix or None)
-                rows += len(chunk.keys) // 8
-            if source.dense is not None and state.dense is not None:
-                known = {info.name for info in state.dense.describe()}
-                self._apply(dense_chunk(source.dense, source.server, known), "dense arrays")
-        _LOGGER.info(
-            "bootstrap_done",
-            extra=fields(
-                source=str(self.bootstrap_from),
-                shards=len(sources),
-                rows=rows,
-                seconds=round(time.monotonic() - started, 3),
-            ),
-        )
-
-    def _apply(self, chunk: Any, what: str, as_of: float | None = None) -> None:
-        try:
-            self.receiver.apply_stream([chunk], as_of=as_of)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise SnapshotMismatchError(
-                f"{what}: the bootstrap rows do not fit the configured table ({exc})"
-            ) from None
-
-    def start(self) -> None:
-        """Serving servers write no snapshots."""
-
-    def snapshot(self, full: bool) -> SnapshotResult:
-        raise NotConfiguredError("serving servers do not write snapshots")
-
-    def close(self, final: bool) -> None:
-        """Nothing to write."""
 
 
 def make_snapshotter(

@@ -21,7 +21,8 @@ from ps_server.snapshot.content import TableSnapshot
 from ps_server.snapshot.files import CorruptSnapshotError
 from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.merge import merge_chain
-from ps_server.snapshot.store import SnapshotDirBusyError, SnapshotStore
+from ps_server.snapshot.records import SnapshotDirBusyError
+from ps_server.snapshot.store import SnapshotStore
 
 _STORE_LOGGER = "ps_server.snapshot.store"
 

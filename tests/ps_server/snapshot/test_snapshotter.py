@@ -15,12 +15,9 @@ from ps_server.delta_receiver import DeltaReceiver
 from ps_server.snapshot.export import export_bundle
 from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.metrics import SnapshotMetrics
-from ps_server.snapshot.snapshotter import (
-    NoValidSnapshotError,
-    ServingBootstrap,
-    TrainingSnapshotter,
-)
-from ps_server.snapshot.store import SnapshotDirBusyError
+from ps_server.snapshot.records import SnapshotDirBusyError
+from ps_server.snapshot.serving_bootstrap import ServingBootstrap
+from ps_server.snapshot.snapshotter import NoValidSnapshotError, TrainingSnapshotter
 from ps_server.snapshot.tables import SnapshotMismatchError
 from ps_server.state import ShardState
 

@@ -1,0 +1,73 @@
+"""Resident memory of the load test's server processes, sampled while the load runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RssSampler", "rss_bytes"]
+
+_RSS_INTERVAL = 0.5  # seconds between RSS samples
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of ``pid`` from /proc, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples the RSS of named processes every ``_RSS_INTERVAL`` s until ``stop_at``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.samples: dict[str, list[tuple[float, int]]] = {name: [] for name in pids}
+
+    def __call__(self, start_at: float, stop_at: float) -> None:
+        max_samples = int((stop_at - time.time()) / _RSS_INTERVAL) + 20
+        for _ in range(max_samples):
+            now = time.time()
+            if now > stop_at:
+                break
+            if now >= start_at:
+                for name, pid in self.pids.items():
+                    rss = rss_bytes(pid)
+                    if rss is not None:
+                        self.samples[name].append((now - start_at, rss))
+            time.sleep(_RSS_INTERVAL)
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        """Per process: RSS at the start, half-way and the end, the peak, and the growth
+        over the second half (median of the last 10 % of samples vs. around half-way)."""
+        out = {}
+        for name, samples in self.samples.items():
+            if len(samples) < 4:
+                continue
+            t = np.array([s[0] for s in samples])
+            mb = np.array([s[1] for s in samples]) / 2**20
+            mid = mb[(t >= 0.45 * seconds) & (t <= 0.55 * seconds)]
+            end = mb[t >= 0.9 * seconds]
+            mid_mb = float(np.median(mid)) if mid.size else float(mb[len(mb) // 2])
+            end_mb = float(np.median(end)) if end.size else float(mb[-1])
+            step = max(1, len(samples) // 12)
+            out[name] = {
+                "start_mb": float(mb[0]),
+                "half_mb": mid_mb,
+                "end_mb": end_mb,
+                "peak_mb": float(mb.max()),
+                "second_half_growth_pct": 100.0 * (end_mb - mid_mb) / mid_mb,
+                "series": [[round(float(a), 1), round(float(b), 1)]
+                           for a, b in zip(t[::step], mb[::step], strict=True)],
+            }  # fmt: skip
+        return out
+
+
+# ---------------------------------------------------------------- reference servers
