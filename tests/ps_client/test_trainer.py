@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import threading
 import types
 
 import numpy as np
@@ -110,10 +111,13 @@ def test_trainer_pushes_summed_gradients_of_unique_keys(prefetch):
 
 def test_prefetch_looks_up_the_next_batch_before_the_current_push():
     events = []
+    second_lookup = threading.Event()
 
     class Store(_RecordingStore):
         def lookup_many(self, keys_by_table):
             events.append("lookup")
+            if events.count("lookup") == 2:
+                second_lookup.set()
             return super().lookup_many(keys_by_table)
 
         def push_many(self, grads_by_table):
@@ -121,9 +125,10 @@ def test_prefetch_looks_up_the_next_batch_before_the_current_push():
             return super().push_many(grads_by_table)
 
     def slow_step(batch, rows, dense):
-        import time
-
-        time.sleep(0.05)  # the next lookup overlaps this
+        # The first step lasts until the next batch's lookup has started beside it (a
+        # trainer without prefetch never starts it: the wait times out, the order is wrong).
+        if events.count("push") == 0:
+            second_lookup.wait(timeout=10)
         return _step_echo_rows(batch, rows, dense)
 
     Trainer(Store(), slow_step, prefetch=True, progress=False).run(_batches(3))

@@ -405,9 +405,20 @@ def test_training_shard_restarted_with_a_new_epoch(faults):
 
 def test_replica_unreachable_for_a_while(faults):
     local, workload, _ = faults
+    frozen = local.process("serving", 0, replica=1)
+    errors_before = _agent_metric(
+        local, "monolith_ps_sync_errors_total", {"server": frozen.address}
+    )
     local.kill("serving", 0, replica=1, sig=signal.SIGSTOP)
     try:
-        time.sleep(3.0)  # longer than the agent's rpc and stall timeouts
+        # until the agent has given up on the frozen replica (its rpc or stall timeout)
+        deadline = time.monotonic() + TIMEOUT
+        while (
+            _agent_metric(local, "monolith_ps_sync_errors_total", {"server": frozen.address})
+            <= errors_before
+        ):
+            assert time.monotonic() < deadline, "the agent never noticed the frozen replica"
+            time.sleep(0.2)
         workload.pause()
         others = {(s, r) for s in range(N_SERVE) for r in range(REPLICAS)} - {(0, 1)}
         _wait_converged(local, others)  # the frozen replica holds nobody back
