@@ -12,7 +12,6 @@ resync changes nothing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +23,15 @@ from monolith_ps.routing import shard_of
 from monolith_ps.transport.cluster import SyncCursor
 from monolith_ps.v1 import ps_pb2
 from ps_server.delta_metrics import DeltaMetrics
+from ps_server.delta_stream import (
+    ENDED_EARLY,
+    ApplyCounts,
+    HeldBytes,
+    check_not_ahead,
+    delta_bytes,
+    top_version,
+    with_first,
+)
 from ps_server.errors import (
     BadRequestError,
     StreamConflictError,
@@ -34,30 +42,11 @@ from ps_server.errors import (
 from ps_server.state import ShardState
 from ps_server.stream_guard import StreamBudget
 from ps_server.table import Delta, EmbeddingTable
+from ps_server.table.validation import MAX_VERSION
 
 __all__ = ["DeltaReceiver"]
 
 _EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
-MAX_VERSION = (1 << 63) - 1  # table versions are int64 counters
-
-
-@dataclasses.dataclass
-class _Counts:
-    applied: int = 0
-    skipped: int = 0
-    tombstones: int = 0
-
-    def add(self, result: tuple[int, int, int]) -> None:
-        self.applied += result[0]
-        self.skipped += result[1]
-        self.tombstones += result[2]
-
-    def response(self) -> ps_pb2.ApplyDeltaResponse:
-        return ps_pb2.ApplyDeltaResponse(
-            rows_applied=self.applied,
-            rows_skipped=self.skipped,
-            tombstones_applied=self.tombstones,
-        )
 
 
 class DeltaReceiver:
@@ -199,24 +188,24 @@ class DeltaReceiver:
             )
         # The whole stream is decoded and checked before any row is applied, so a stream
         # refused at any chunk, or cut short, changes nothing.
-        counts = _Counts()
+        counts = ApplyCounts()
         deltas = []
-        held = _Held(self._budget, f"incremental ApplyDelta of table {name!r}")
+        held = HeldBytes(self._budget, f"incremental ApplyDelta of table {name!r}")
         with held:
-            for chunk in _with_first(first, stream):
+            for chunk in with_first(first, stream):
                 result = self._stage_incremental(first, chunk, cursor, counts, deltas, held)
                 if result is not None:
                     return result
-        raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
+        raise BadRequestError(ENDED_EARLY.format(table=name, source=source))
 
     def _stage_incremental(
         self,
         first: ps_pb2.DeltaChunk,
         chunk: ps_pb2.DeltaChunk,
         cursor: SyncCursor,
-        counts: _Counts,
+        counts: ApplyCounts,
         deltas: list[Delta],
-        held: _Held,
+        held: HeldBytes,
     ) -> ps_pb2.ApplyDeltaResponse | None:
         """Check and hold one chunk; at the last one apply them all and move the cursor."""
         name = first.table
@@ -226,12 +215,12 @@ class DeltaReceiver:
         # row from an older export must not bring back a key deleted since.
         delta = self._decode(chunk, table, floor=cursor.version)
         table.check_delta(delta)
-        held.grow_to(held.nbytes + _delta_bytes(delta))
+        held.grow_to(held.nbytes + delta_bytes(delta))
         counts.skipped += len(chunk.keys) // wire.KEY_DTYPE.itemsize - len(delta)
         self._count_chunk(chunk, counts)
         deltas.append(delta)
         if chunk.last:
-            _check_not_ahead(chunk, max(_top_version(d) for d in deltas))
+            check_not_ahead(chunk, max(top_version(d) for d in deltas))
             with self._table_locks[name]:
                 target = self._state.table(name)
                 for delta in deltas:
@@ -249,29 +238,31 @@ class DeltaReceiver:
     ) -> ps_pb2.ApplyDeltaResponse:
         name, source = first.table, first.source_shard
         staging = EmbeddingTable(live.config, trainable=False, dtype=live.dtype)
-        counts = _Counts()
-        held = _Held(self._budget, f"full resync of table {name!r} from training shard {source}")
+        counts = ApplyCounts()
+        held = HeldBytes(
+            self._budget, f"full resync of table {name!r} from training shard {source}"
+        )
         top = 0
         with held:
-            for chunk in _with_first(first, stream):
+            for chunk in with_first(first, stream):
                 self._check_header(first, chunk, staging)
                 delta = self._decode(chunk, staging)
                 # the decoded chunk and the new generation's growth, before it happens
-                held.grow_to(staging.memory_bytes() + 2 * _delta_bytes(delta))
+                held.grow_to(staging.memory_bytes() + 2 * delta_bytes(delta))
                 counts.add(staging.apply_delta(delta))
                 held.grow_to(staging.memory_bytes())
-                top = max(top, _top_version(delta))
+                top = max(top, top_version(delta))
                 self._count_chunk(chunk, counts)
                 if chunk.last:
-                    _check_not_ahead(chunk, top)
+                    check_not_ahead(chunk, top)
                     return self._swap_in(chunk, staging, counts, as_of)
-        raise BadRequestError(_ENDED_EARLY.format(table=name, source=source))
+        raise BadRequestError(ENDED_EARLY.format(table=name, source=source))
 
     def _swap_in(
         self,
         chunk: ps_pb2.DeltaChunk,
         staging: EmbeddingTable,
-        counts: _Counts,
+        counts: ApplyCounts,
         as_of: float | None = None,
     ) -> ps_pb2.ApplyDeltaResponse:
         """Make a completed full resync's new generation the live table."""
@@ -314,7 +305,7 @@ class DeltaReceiver:
     ) -> ps_pb2.ApplyDeltaResponse:
         dense = self._state.dense
         arrays: dict[str, np.ndarray] = {}
-        for chunk in _with_first(first, stream):
+        for chunk in with_first(first, stream):
             if chunk.table or chunk.epoch != first.epoch:
                 raise BadRequestError(
                     "a dense stream (table '') must keep table '' and one epoch on every chunk"
@@ -417,7 +408,7 @@ class DeltaReceiver:
                 f"{self._state.shard_index} of {self._state.num_shards}"
             )
 
-    def _count_chunk(self, chunk: ps_pb2.DeltaChunk, counts: _Counts) -> None:
+    def _count_chunk(self, chunk: ps_pb2.DeltaChunk, counts: ApplyCounts) -> None:
         if self._metrics is not None:
             self._metrics.bytes_received.labels(chunk.table).inc(chunk.ByteSize())
 
@@ -448,73 +439,3 @@ class DeltaReceiver:
             labels = (last.table, str(last.source_shard))
             self._metrics.cursor_version.labels(*labels).set(version)
             self._metrics.cursor_timestamp.labels(*labels).set(now)
-
-
-class _Held:
-    """Bytes one stream holds against the stream budget, given back when it ends."""
-
-    def __init__(self, budget: StreamBudget, what: str) -> None:
-        self._budget = budget
-        self._what = what
-        self.nbytes = 0
-
-    def grow_to(self, nbytes: int) -> None:
-        if nbytes > self.nbytes:
-            self._budget.take(nbytes - self.nbytes, self._what)
-            self.nbytes = nbytes
-
-    def __enter__(self) -> _Held:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._budget.give_back(self.nbytes)
-        self.nbytes = 0
-
-
-def _delta_bytes(delta: Delta) -> int:
-    return sum(
-        a.nbytes
-        for a in (delta.keys, delta.values, delta.versions, delta.tombstone_keys)
-        if a is not None
-    )
-
-
-def _top_version(delta: Delta) -> int:
-    """The newest version a delta carries: rows, tombstones, the learned default row."""
-    top = delta.default_version
-    for versions in (delta.versions, delta.tombstone_versions):
-        if len(versions):
-            top = max(top, int(versions.max()))
-    return top
-
-
-def _check_not_ahead(last: ps_pb2.DeltaChunk, top: int) -> None:
-    """Refuse a stream that claims versions its source cannot have had: newer than the
-    version its export is complete to, or past what a table's version counter can reach.
-    Such a stream would pin the cursor ahead of training, and the real deltas after it
-    would be skipped."""
-    if last.complete_version > MAX_VERSION:
-        raise SyncCursorError(
-            f"delta stream for table {last.table!r} from training shard {last.source_shard} "
-            f"claims complete_version {last.complete_version}, past the largest version a "
-            f"table can have ({MAX_VERSION}); nothing changed"
-        )
-    if top > last.complete_version:
-        raise SyncCursorError(
-            f"delta stream for table {last.table!r} from training shard {last.source_shard} "
-            f"runs ahead of its source: it carries version {top}, but says it is complete "
-            f"to version {last.complete_version}; nothing changed"
-        )
-
-
-_ENDED_EARLY = (
-    "delta stream for table {table!r} from training shard {source} ended before its last "
-    "chunk; nothing changed and the cursor did not move"
-)
-
-
-def _with_first(
-    first: ps_pb2.DeltaChunk, rest: Iterator[ps_pb2.DeltaChunk]
-) -> Iterator[ps_pb2.DeltaChunk]:
-    yield first
-    yield from rest
