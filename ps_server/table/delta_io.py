@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ps_server.optim.optimizers import init_state_rows
-from ps_server.table import export, rows, update
+from ps_server.table import removal, rows, update
 from ps_server.table.arrays import TableArrays
 from ps_server.table.delta import Delta
 from ps_server.table.tiering import Tiering
@@ -24,7 +24,7 @@ def delta_since(t: TableArrays, tiering: Tiering | None, version: int, with_stat
     current = t.version
     full = version < int(t.scalars[rows.LOG_FLOOR]) or version > current
     since = 0 if full else version
-    picked = export.rows_since(t.meta, t.high, since)
+    picked = removal.rows_since(t.meta, t.high, since)
     row_keys = t.row_keys[picked]
     meta = t.meta[picked]
     values = t.rows[picked, : t.dim]
@@ -32,7 +32,7 @@ def delta_since(t: TableArrays, tiering: Tiering | None, version: int, with_stat
     cold = None if tiering is None else tiering.cold
     if cold is not None and len(cold):
         cold.settle()
-        cold_picked = export.rows_since(cold.meta, cold.high, since)
+        cold_picked = removal.rows_since(cold.meta, cold.high, since)
         row_keys = np.concatenate([row_keys, cold.keys[cold_picked]])
         meta = np.concatenate([meta, cold.meta[cold_picked]])
         values = np.concatenate([values, cold.arena[cold_picked, : t.dim]])
@@ -45,7 +45,7 @@ def delta_since(t: TableArrays, tiering: Tiering | None, version: int, with_stat
         t_keys = np.zeros(0, dtype=np.uint64)
         t_versions = np.zeros(0, dtype=np.int64)
     else:
-        t_keys, t_versions = export.tombstones_since(t.scalars, t.log_keys, t.log_versions, since)
+        t_keys, t_versions = removal.tombstones_since(t.scalars, t.log_keys, t.log_versions, since)
     delta = Delta(
         keys=row_keys,
         values=values,
@@ -117,7 +117,7 @@ def apply_delta(
             tiering.demote_over_budget()
     if tiering is not None:
         tiering.promote(t_keys)
-    deleted = t.run_removal(export.apply_tombstones, t_keys, t_versions)
+    deleted = t.run_removal(removal.apply_tombstones, t_keys, t_versions)
     if delta.default_value is not None and delta.default_version > int(
         t.scalars[rows.DEFAULT_VERSION]
     ):

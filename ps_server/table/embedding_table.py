@@ -30,11 +30,11 @@ from monolith_ps.table_config import TableConfig
 from ps_server.table import (
     cuckoo,
     delta_io,
-    export,
     frequency,
     lookup,
     metadata,
     push,
+    removal,
     rows,
     update,
 )
@@ -266,7 +266,7 @@ class EmbeddingTable:
         keys = check_keys(keys)
         with self._lock:
             self._promote(keys)
-            deleted = self._t.run_removal(export.delete_keys, keys)
+            deleted = self._t.run_removal(removal.delete_keys, keys)
             self._t.stats["deleted"] += deleted
         return deleted
 
@@ -279,11 +279,11 @@ class EmbeddingTable:
             return 0
         cutoff = micros(now - ttl)
         with self._lock:
-            expired = self._t.run_removal(export.expire_rows, cutoff)
+            expired = self._t.run_removal(removal.expire_rows, cutoff)
             tiering = self._tiering
             if tiering is not None and len(tiering):
                 tiering.cold.settle()
-                expired += tiering.run_removal(export.expire_rows, cutoff)
+                expired += tiering.run_removal(removal.expire_rows, cutoff)
                 tiering.cold.release()
             self._t.stats["expired"] += expired
         return expired

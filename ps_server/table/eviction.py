@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ps_server.table import export
+from ps_server.table import removal
 from ps_server.table.arrays import TableArrays, usage_ranks
 from ps_server.table.tiering import Tiering
 
@@ -31,7 +31,7 @@ def evict_over_limit(t: TableArrays, tiering: Tiering | None) -> None:
     if total > high:
         cold_victims = victims[victims >= high] - high
         victims = victims[victims < high]
-        t.stats["evicted"] += tiering.run_removal(export.evict_rows, cold_victims)
+        t.stats["evicted"] += tiering.run_removal(removal.evict_rows, cold_victims)
         cold.release()
-    evicted = t.run_removal(export.evict_rows, victims)
+    evicted = t.run_removal(removal.evict_rows, victims)
     t.stats["evicted"] += evicted

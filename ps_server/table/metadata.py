@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ps_server.table import admission, export, rows
+from ps_server.table import admission, removal, rows
 from ps_server.table.arrays import MIN_LOG, TableArrays
 
 __all__ = ["export_meta", "import_meta"]
@@ -15,7 +15,7 @@ __all__ = ["export_meta", "import_meta"]
 
 def export_meta(t: TableArrays) -> dict[str, np.ndarray | int]:
     """Everything of ``t`` that is not a row; inverse of :func:`import_meta`."""
-    t_keys, t_versions = export.tombstones_since(t.scalars, t.log_keys, t.log_versions, -1)
+    t_keys, t_versions = removal.tombstones_since(t.scalars, t.log_keys, t.log_versions, -1)
     s = t.scalars
     return {
         "version": int(s[rows.VERSION]),

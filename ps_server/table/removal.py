@@ -1,4 +1,4 @@
-"""Export, delete, expiry and eviction kernels.
+"""Removal kernels (delete, expiry, eviction, applied tombstones) and the since-version scans.
 
 Every row that leaves the table (delete, expiry, eviction, a delta's tombstone) leaves a
 tombstone, so deltas carry removals to serving replicas. The removing kernels are resumable:
