@@ -9,6 +9,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE constraints.txt ./
+COPY proto ./proto
 COPY monolith_ps ./monolith_ps
 COPY ps_server ./ps_server
 COPY ps_client ./ps_client

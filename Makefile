@@ -63,7 +63,6 @@ fuzz: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/monolith_ps/v1/ps.proto
-	cp proto/monolith_ps/v1/ps.proto monolith_ps/v1/ps.proto
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json

@@ -219,7 +219,10 @@ def _replay_dockerfile(root: Path) -> Image:
             origin = REPO / source
             if origin.is_dir():
                 shutil.copytree(
-                    origin, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                    origin,
+                    target,
+                    symlinks=True,  # as COPY does: a link resolves only if its target is copied
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
                 )
             else:
                 target.mkdir(parents=True, exist_ok=True)
