@@ -69,11 +69,7 @@ def markdown(doc: dict[str, Any]) -> str:
         *(f"{t} rows" for t in tables),
         "table bytes",
         "of which empty tables",
-        "test AUC (mean ± sd)",
-        "Δ test AUC",
-        "test AUC, users seen in training",
-        "progressive AUC (training part)",
-        "test keys with a row",
+        *results.QUALITY_HEADER,
     ]
     rows = [
         [
@@ -83,11 +79,7 @@ def markdown(doc: dict[str, Any]) -> str:
             *(f"{s['rows_per_table'][t]:.0f}" for t in tables),
             f"{s['memory_bytes_mean'] / 1e6:.2f} MB",
             f"{s['memory_bytes_at_start_mean'] / 1e6:.2f} MB",
-            results.pm(s, "test_auc"),
-            f"{s['delta_auc_vs_first']:+.4f}",
-            results.pm(s, "test_auc_seen_users"),
-            results.pm(s, "train_auc"),
-            f"{s['found_mean']:.1%}",
+            *results.quality_cells(s),
         ]
         for s in doc["summary"]
     ]

@@ -138,11 +138,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "movie rows",
         "rows, mean over windows",
         "rows expired",
-        "test AUC",
-        "Δ test AUC",
-        "test AUC, users seen in training",
-        "progressive AUC (training part)",
-        "test keys with a row",
+        *results.QUALITY_HEADER,
     ]
     rows = [
         [
@@ -153,11 +149,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{s['rows_per_table']['movie']:.0f}",
             f"{s['rows_window_mean_mean']:.0f}",
             f"{s['expired_mean']:.0f}",
-            results.pm(s, "test_auc"),
-            f"{s['delta_auc_vs_first']:+.4f}",
-            results.pm(s, "test_auc_seen_users"),
-            results.pm(s, "train_auc"),
-            f"{s['found_mean']:.1%}",
+            *results.quality_cells(s),
         ]
         for s in doc["summary"]
     ]
@@ -169,13 +161,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "training shards."
     )
     text = results.document(TITLE, doc, description, header, rows)
-    if doc["no_effect"]:
-        text += (
-            "\n\nNot results (they would change nothing): "
-            + "; ".join(f"TTL {v['ttl']}: {v['why']}" for v in doc["no_effect"])
-            + "."
-        )
-    return text
+    return text + results.no_effect_note(doc, "Not results", lambda v: f"TTL {v['ttl']}")
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

@@ -246,13 +246,7 @@ def markdown(doc: dict[str, Any]) -> str:
         "average."
     )
     text = results.document(TITLE, doc, description, header, rows)
-    if doc["no_effect"]:
-        text += (
-            "\n\nNot run (they would change nothing): "
-            + "; ".join(f"{v['variant']}: {v['why']}" for v in doc["no_effect"])
-            + "."
-        )
-    return text
+    return text + results.no_effect_note(doc, "Not run", lambda v: v["variant"])
 
 
 def plot(doc: dict[str, Any], path: Path) -> None:

@@ -20,12 +20,15 @@ import numpy as np
 from examples.movielens.data import Dataset, describe_dataset
 
 __all__ = [
+    "QUALITY_HEADER",
     "document",
     "machine",
     "markdown_table",
     "mean_and_spread",
+    "no_effect_note",
     "now_iso",
     "pm",
+    "quality_cells",
     "run_info",
     "utc_date",
     "write_results",
@@ -35,6 +38,34 @@ __all__ = [
 def pm(entry: Mapping[str, Any], metric: str, digits: int = 4) -> str:
     """``mean ± sd`` of a summarized metric."""
     return f"{entry[metric + '_mean']:.{digits}f} ± {entry[metric + '_sd']:.{digits}f}"
+
+
+QUALITY_HEADER = (
+    "test AUC (mean ± sd)",
+    "Δ test AUC",
+    "test AUC, users seen in training",
+    "progressive AUC (training part)",
+    "test keys with a row",
+)
+
+
+def quality_cells(entry: Mapping[str, Any]) -> list[str]:
+    """A summary entry's cells under :data:`QUALITY_HEADER`: its AUCs and test coverage."""
+    return [
+        pm(entry, "test_auc"),
+        f"{entry['delta_auc_vs_first']:+.4f}",
+        pm(entry, "test_auc_seen_users"),
+        pm(entry, "train_auc"),
+        f"{entry['found_mean']:.1%}",
+    ]
+
+
+def no_effect_note(doc: Mapping[str, Any], lead: str, label: Callable[[Any], str]) -> str:
+    """The note after a result's table naming the variants left out as changing nothing."""
+    if not doc["no_effect"]:
+        return ""
+    skipped = "; ".join(f"{label(v)}: {v['why']}" for v in doc["no_effect"])
+    return f"\n\n{lead} (they would change nothing): {skipped}."
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
