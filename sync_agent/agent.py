@@ -222,12 +222,9 @@ class SyncAgent:
         background = [self._start_background(name, group) for name, group in apart.items()]
         outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
         try:
-            for plan, (plan_outcomes, received) in self._run_parallel(
+            for plan, plan_outcomes in self._run_parallel(
                 [p for p in plans if not p.isolated], self._export
             ):
-                self.metrics.bytes_exported.labels(
-                    str(plan.source.shard_index), plan.table.name
-                ).inc(received)
                 outcomes.extend((plan, o) for o in plan_outcomes)
         except SyncStoppedError:
             report.outcome = "stopped"
@@ -239,14 +236,19 @@ class SyncAgent:
                     report.merge(future.result())
         return self._finish(report, started)
 
-    def _export(self, plan: ExportPlan) -> tuple[list[ReplicaOutcome], int]:
-        return run_export(
+    def _export(self, plan: ExportPlan) -> list[ReplicaOutcome]:
+        """Run one export plan, counting the bytes received from its training shard."""
+        outcomes, received = run_export(
             plan,
             self._channels.stub(plan.source.endpoint.address),
             self._serving_stub,
             self._limits,
             self._stop,
         )
+        self.metrics.bytes_exported.labels(str(plan.source.shard_index), plan.table.name).inc(
+            received
+        )
+        return outcomes
 
     def _start_background(
         self, name: str, plans: list[ExportPlan]
@@ -264,11 +266,7 @@ class SyncAgent:
         outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
         try:
             for plan in plans:
-                plan_outcomes, received = self._export(plan)
-                self.metrics.bytes_exported.labels(
-                    str(plan.source.shard_index), plan.table.name
-                ).inc(received)
-                outcomes.extend((plan, o) for o in plan_outcomes)
+                outcomes.extend((plan, o) for o in self._export(plan))
         except SyncStoppedError:
             report.outcome = "stopped"
         for plan, outcome in outcomes:
@@ -317,7 +315,7 @@ class SyncAgent:
         ]
         outcomes: list[tuple[ExportPlan, ReplicaOutcome]] = []
         try:
-            for plan, (plan_outcomes, _) in self._run_parallel(plans, self._export):
+            for plan, plan_outcomes in self._run_parallel(plans, self._export):
                 outcomes.extend((plan, o) for o in plan_outcomes)
             source = next((s for s in training if s.shard_index == 0), None)
             behind = [r for r in targets if source is not None and r.dense_epoch != source.epoch]
