@@ -9,14 +9,14 @@ arrays.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ps_server.snapshot.format import Manifest, check_field_name
+from ps_server.snapshot.format import Manifest, TableEntry, check_field_name
 
 ROW_KEYS = "keys"
 ROW_VERSIONS = "versions"
@@ -41,6 +41,25 @@ class TableSnapshot:
     tombstone_versions: np.ndarray = field(default_factory=lambda: _EMPTY_KEYS)
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_entry(
+        cls,
+        entry: TableEntry,
+        read_rows: Callable[[str], np.ndarray],
+        read_arrays: Callable[[str], np.ndarray],
+    ) -> TableSnapshot:
+        """A manifest entry's section: ``read_rows`` opens its row and tombstone files (by
+        relative path), ``read_arrays`` its extra arrays."""
+        return cls(
+            rows={f: read_rows(rel) for f, rel in entry.row_files.items()},
+            since_version=entry.since_version,
+            complete_version=entry.complete_version,
+            tombstone_keys=read_rows(entry.tombstone_files["keys"]),
+            tombstone_versions=read_rows(entry.tombstone_files["versions"]),
+            arrays={f: read_arrays(rel) for f, rel in entry.array_files.items()},
+            meta=entry.meta,
+        )
 
     @property
     def num_rows(self) -> int:

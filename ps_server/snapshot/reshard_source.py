@@ -223,18 +223,10 @@ def _mapped_tables(path: Path, manifest: Manifest) -> dict[str, TableSnapshot]:
     def loaded(rel: str) -> np.ndarray:
         return read_npy(path / rel, manifest.files[rel])
 
-    tables = {}
-    for name, entry in manifest.tables.items():
-        tables[name] = TableSnapshot(
-            rows={f: mapped(rel) for f, rel in entry.row_files.items()},
-            since_version=entry.since_version,
-            complete_version=entry.complete_version,
-            tombstone_keys=mapped(entry.tombstone_files["keys"]),
-            tombstone_versions=mapped(entry.tombstone_files["versions"]),
-            arrays={f: loaded(rel) for f, rel in entry.array_files.items()},
-            meta=entry.meta,
-        )
-    return tables
+    return {
+        name: TableSnapshot.from_entry(entry, mapped, loaded)
+        for name, entry in manifest.tables.items()
+    }
 
 
 def _describe(layout: dict[str, tuple[np.dtype, tuple]]) -> str:

@@ -233,15 +233,7 @@ class SnapshotStore:
 
         tables = {}
         for name, entry in manifest.tables.items():
-            tables[name] = TableSnapshot(
-                rows={f: get(rel) for f, rel in entry.row_files.items()},
-                since_version=entry.since_version,
-                complete_version=entry.complete_version,
-                tombstone_keys=get(entry.tombstone_files["keys"]),
-                tombstone_versions=get(entry.tombstone_files["versions"]),
-                arrays={f: get(rel) for f, rel in entry.array_files.items()},
-                meta=entry.meta,
-            )
+            tables[name] = TableSnapshot.from_entry(entry, get, get)
             try:
                 tables[name].validate(name)
             except (TypeError, ValueError) as exc:
