@@ -176,34 +176,39 @@ def _checked_first(
     handler: grpc.RpcMethodHandler, check: Callable[[grpc.ServicerContext], None]
 ) -> grpc.RpcMethodHandler:
     """``handler`` with ``check(context)`` run before its behaviour (it aborts to refuse)."""
-    if handler.unary_unary is not None:
-        unary = handler.unary_unary
+    for kind, wrap in (
+        ("unary_unary", _check_then_answer),
+        ("stream_unary", _check_then_answer),
+        ("unary_stream", _check_then_stream),
+        ("stream_stream", _check_then_stream),
+    ):
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+            return handler._replace(**{kind: wrap(behaviour, check)})
+    raise ValueError("an RPC method handler without a behaviour")
 
-        def checked_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return unary(request, context)
 
-        return handler._replace(unary_unary=checked_unary)
-    if handler.unary_stream is not None:
-        unary_stream = handler.unary_stream
+def _check_then_answer(
+    behaviour: Callable[[Any, grpc.ServicerContext], Any],
+    check: Callable[[grpc.ServicerContext], None],
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """A single-answer behaviour (request or request stream in) run after ``check``."""
 
-        def checked_unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            check(context)
-            yield from unary_stream(request, context)
-
-        return handler._replace(unary_stream=checked_unary_stream)
-    if handler.stream_unary is not None:
-        stream_unary = handler.stream_unary
-
-        def checked_stream_unary(requests: Any, context: grpc.ServicerContext) -> Any:
-            check(context)
-            return stream_unary(requests, context)
-
-        return handler._replace(stream_unary=checked_stream_unary)
-    stream_stream = handler.stream_stream
-
-    def checked_stream_stream(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
         check(context)
-        yield from stream_stream(requests, context)
+        return behaviour(request, context)
 
-    return handler._replace(stream_stream=checked_stream_stream)
+    return checked
+
+
+def _check_then_stream(
+    behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]],
+    check: Callable[[grpc.ServicerContext], None],
+) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+    """A streaming-answer behaviour run after ``check`` (a generator, as the one it wraps)."""
+
+    def checked(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        check(context)
+        yield from behaviour(request, context)
+
+    return checked
