@@ -388,26 +388,35 @@ class SnapshotStore:
                 yield snap, exc
 
 
-def _check_continues(parent: Manifest, tables: Mapping[str, TableSnapshot]) -> None:
+def _chain_gap(
+    parent: Manifest, tables: Mapping[str, TableSnapshot | TableEntry]
+) -> tuple[str, int, int] | None:
+    """The first table whose ``since_version`` is not where ``parent`` ends (0 for a table
+    it lacks), as ``(name, since_version, parent's end)``; None where every table continues."""
     for name, section in tables.items():
         entry = parent.tables.get(name)
         expected = entry.complete_version if entry else 0
         if section.since_version != expected:
-            raise ValueError(
-                f"table {name!r}: incremental since_version {section.since_version} does not "
-                f"continue parent seq {parent.seq} (complete_version {expected})"
-            )
+            return name, section.since_version, expected
+    return None
+
+
+def _check_continues(parent: Manifest, tables: Mapping[str, TableSnapshot]) -> None:
+    if gap := _chain_gap(parent, tables):
+        name, since, expected = gap
+        raise ValueError(
+            f"table {name!r}: incremental since_version {since} does not "
+            f"continue parent seq {parent.seq} (complete_version {expected})"
+        )
 
 
 def _check_link(parent: Manifest, child: Manifest) -> None:
-    for name, entry in child.tables.items():
-        previous = parent.tables.get(name)
-        expected = previous.complete_version if previous else 0
-        if entry.since_version != expected:
-            raise ChainLinkError(
-                f"seq {child.seq} table {name!r} starts at version {entry.since_version}, "
-                f"parent seq {parent.seq} ends at {expected}"
-            )
+    if gap := _chain_gap(parent, child.tables):
+        name, since, expected = gap
+        raise ChainLinkError(
+            f"seq {child.seq} table {name!r} starts at version {since}, "
+            f"parent seq {parent.seq} ends at {expected}"
+        )
 
 
 def _write_arrays(
