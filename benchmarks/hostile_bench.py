@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from report import write_result
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
@@ -324,9 +325,7 @@ def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        args.json.with_suffix(".md").write_text(_markdown(result))
+        write_result(args.json, result, _markdown(result))
 
 
 def _markdown(r: dict) -> str:

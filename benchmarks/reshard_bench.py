@@ -16,7 +16,6 @@ it once). Ratio = reshard seconds / copy seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import write_result
 
 from monolith_ps.config import parse_config
 from monolith_ps.routing import shard_of
@@ -128,8 +128,7 @@ def main() -> int:
         f"{result['ratio_reshard_to_copy']:.1f} | {peak_anon:.0f} | {maxrss:.0f} |"
     )
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_result(args.json, result)
     return 0
 
 

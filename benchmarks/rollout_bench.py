@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report import write_result
 
 from monolith_ps.local import LocalCluster
 from ps_client import PSClient
@@ -247,9 +248,7 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     print(table)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        Path(args.json).with_suffix(".md").write_text(table + "\n")
+        write_result(args.json, result, table)
     return 0
 
 

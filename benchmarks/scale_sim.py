@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
+from report import write_result
 
 from monolith_ps.local import LocalCluster
 from ps_client import PSClient
@@ -340,8 +341,7 @@ def main() -> int:
     markdown = _markdown(report)
     print(markdown)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_result(args.json, report)
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(markdown)

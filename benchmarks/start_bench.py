@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from report import write_result
 
 _CONFIG = {"tables": [{"name": "emb", "dim": 64, "optimizer": "adagrad"}]}
 
@@ -105,9 +106,7 @@ def main() -> int:
     print(json.dumps(result, indent=1))
     print(table)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        Path(args.json).with_suffix(".md").write_text(table + "\n")
+        write_result(args.json, result, table)
     return 0
 
 

@@ -43,6 +43,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1]
 
 import numba  # noqa: E402
 from numba import njit  # noqa: E402
+from report import write_result
 
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
@@ -277,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = render(result)
     print(markdown)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        args.json.with_suffix(".md").write_text(markdown + "\n")
+        write_result(args.json, result, markdown)
     enforced_ok = all(
         c["ok"] for name, c in checks.items() if name not in TARGETS or TARGETS[name][1]
     )

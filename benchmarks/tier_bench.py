@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -42,6 +41,7 @@ import numpy as np
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
 
 from numba import njit, types  # noqa: E402
+from report import write_result
 
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
@@ -232,8 +232,7 @@ def main() -> int:
         "of a page-cached file"
     )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_result(args.json, report)
     return 0
 
 
