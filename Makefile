@@ -29,7 +29,8 @@ install: $(STAMP)
 
 # Command-line tools some tests run that pip cannot install: promtool (Debian's
 # `prometheus` package) checks the /metrics pages and the alert rules. Installed here when
-# missing and run as root (CI); otherwise those tests skip unless MPS_REQUIRE_TOOLS=1.
+# missing and run as root (CI, `make test`); otherwise those tests skip unless
+# MPS_REQUIRE_TOOLS=1, which CI sets.
 tools:
 ifeq ($(shell which promtool 2>/dev/null),)
 ifeq ($(shell id -u),0)
@@ -53,7 +54,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) $(ADAPTERS_STAMP)
+test: tools $(STAMP) $(ADAPTERS_STAMP)
 	$(BIN)/python -m pytest
 
 # The long fuzz run (not in `make test`): 100,000 raw-bytes requests, 50,000 a server role,
