@@ -360,11 +360,17 @@ def test_serving_replica_killed_and_restarted_empty(faults):
     _wait_converged(local, others)
     workload.resume()
     local.restart("serving", 0, replica=0)
-    _wait_converged(local, {(0, 0)}, timeout=TIMEOUT)
-    assert (
+    # It is refilled by a full resync while training keeps changing; once that resync is
+    # counted, the training side is held still so "equal to training" has one answer.
+    deadline = time.monotonic() + TIMEOUT
+    while (
         _agent_metric(local, "monolith_ps_sync_full_resyncs_total", {"replica": target.address})
-        > resyncs
-    )
+        <= resyncs
+    ):
+        assert time.monotonic() < deadline, "no full resync of the restarted replica"
+        time.sleep(0.2)
+    workload.pause()
+    _wait_converged(local, {(0, 0)}, timeout=TIMEOUT)
 
 
 def test_training_shard_restarted_with_a_new_epoch(faults):
