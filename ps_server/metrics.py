@@ -2,9 +2,8 @@
 
 ``ServerMetrics(registry)`` owns the RPC metrics (filled by ``RpcMetricsInterceptor``)
 and a collector that reads table counters and sizes at scrape time, so the hot path
-pays nothing for them. Other parts add their own metrics to ``metrics.registry``::
-
-    snapshot_age = Gauge("monolith_ps_snapshot_age_seconds", "...", registry=metrics.registry)
+pays nothing for them. Other parts declare their own ``MetricSet``
+(``monolith_ps.metrics``) and build it on ``metrics.registry``.
 
 Names follow Prometheus conventions: ``monolith_ps_`` prefix, base units, ``_total``
 on counters.
@@ -22,8 +21,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import grpc
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -32,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from monolith_ps.metrics import MetricSet, counter, histogram
 from ps_server.cgroup import MemoryLimitCollector
 from ps_server.threads import DaemonThreadPool
 
@@ -84,49 +82,46 @@ _HTTP_PENDING = 64  # connections accepted but not yet served; more are closed a
 _HTTP_TIMEOUT_SECONDS = 10.0  # a client that sends nothing this long is dropped
 
 
-class ServerMetrics:
+class ServerMetrics(MetricSet):
     """Every metric the server core exports, registered on ``registry``: the process's own
     (``process_*``: resident memory, CPU, open fds, start time; ``python_info``), the
     container's memory limit, and the server's."""
 
+    rpc_duration = histogram(
+        "monolith_ps_rpc_duration_seconds",
+        "RPC latency by method and table (a multi-table RPC counts once for each table; "
+        'table="" when the RPC names no table).',
+        "method",
+        "table",
+        buckets=_LATENCY_BUCKETS,
+    )
+    rpc_requests = counter(
+        "monolith_ps_rpc_requests_total",
+        "RPCs handled, by method and status code.",
+        "method",
+        "code",
+    )
+    push_duplicates = counter(
+        "monolith_ps_push_duplicates_total",
+        "Pushes acknowledged without applying them again, because their request_id "
+        "was already applied.",
+        "method",
+    )
+    shutdown_errors = counter(
+        "monolith_ps_shutdown_errors_total",
+        "Steps of a graceful stop that failed (final_snapshot, drain, ...); the process "
+        "then exits with status 1.",
+        "step",
+    )
+    expiry_sweeps = counter(
+        "monolith_ps_expiry_sweeps_total", "Expiry sweeps run over tables with a TTL."
+    )
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         registry.register(MemoryLimitCollector())
-        self.rpc_duration = Histogram(
-            "monolith_ps_rpc_duration_seconds",
-            "RPC latency by method and table (a multi-table RPC counts once for each table; "
-            'table="" when the RPC names no table).',
-            ["method", "table"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.rpc_requests = Counter(
-            "monolith_ps_rpc_requests_total",
-            "RPCs handled, by method and status code.",
-            ["method", "code"],
-            registry=registry,
-        )
-        self.push_duplicates = Counter(
-            "monolith_ps_push_duplicates_total",
-            "Pushes acknowledged without applying them again, because their request_id "
-            "was already applied.",
-            ["method"],
-            registry=registry,
-        )
-        self.shutdown_errors = Counter(
-            "monolith_ps_shutdown_errors_total",
-            "Steps of a graceful stop that failed (final_snapshot, drain, ...); the process "
-            "then exits with status 1.",
-            ["step"],
-            registry=registry,
-        )
-        self.expiry_sweeps = Counter(
-            "monolith_ps_expiry_sweeps_total",
-            "Expiry sweeps run over tables with a TTL.",
-            registry=registry,
-        )
+        super().__init__(registry)
 
     def watch_shard(self, state: ShardState) -> None:
         """Export the tables and dense arrays of ``state``, read at each scrape."""

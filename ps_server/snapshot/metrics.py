@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from monolith_ps.metrics import MetricSet, counter, gauge, histogram
 
 __all__ = ["SnapshotMetrics"]
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
-class SnapshotMetrics:
+class SnapshotMetrics(MetricSet):
     """Snapshot duration, size, rows and age; restore duration, rows and skipped snapshots.
 
     ``monolith_ps_snapshot_age_seconds`` counts from the newest snapshot this server wrote
@@ -19,59 +21,46 @@ class SnapshotMetrics:
     when snapshots never succeed.
     """
 
+    duration = histogram(
+        "monolith_ps_snapshot_duration_seconds",
+        "Time to write one snapshot, by kind (full or incr).",
+        "kind",
+        buckets=_DURATION_BUCKETS,
+    )
+    bytes = gauge(
+        "monolith_ps_snapshot_bytes", "Bytes of the last snapshot written, by kind.", "kind"
+    )
+    rows = gauge("monolith_ps_snapshot_rows", "Rows in the last snapshot written, by kind.", "kind")
+    snapshots = counter(
+        "monolith_ps_snapshots_total",
+        "Snapshots attempted, by kind and result (ok or error).",
+        "kind",
+        "result",
+    )
+    last_success = gauge(
+        "monolith_ps_snapshot_last_success_timestamp_seconds",
+        "Unix time of the newest snapshot written or restored (0 = none).",
+    )
+    age = gauge(
+        "monolith_ps_snapshot_age_seconds",
+        "Seconds since the newest snapshot written or restored (since process start "
+        "when there is none).",
+    )
+    restore_duration = gauge(
+        "monolith_ps_restore_duration_seconds",
+        "Time the start-up restore took (read, verify, load).",
+    )
+    restore_rows = gauge("monolith_ps_restore_rows", "Rows loaded by the start-up restore.")
+    restore_skipped = gauge(
+        "monolith_ps_restore_skipped_snapshots",
+        "Snapshots newer than the restored state that restore could not use.",
+    )
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self._started = time.time()
         self._last_success: float | None = None
-        self.duration = Histogram(
-            "monolith_ps_snapshot_duration_seconds",
-            "Time to write one snapshot, by kind (full or incr).",
-            ["kind"],
-            buckets=_DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.bytes = Gauge(
-            "monolith_ps_snapshot_bytes",
-            "Bytes of the last snapshot written, by kind.",
-            ["kind"],
-            registry=registry,
-        )
-        self.rows = Gauge(
-            "monolith_ps_snapshot_rows",
-            "Rows in the last snapshot written, by kind.",
-            ["kind"],
-            registry=registry,
-        )
-        self.snapshots = Counter(
-            "monolith_ps_snapshots_total",
-            "Snapshots attempted, by kind and result (ok or error).",
-            ["kind", "result"],
-            registry=registry,
-        )
-        self.last_success = Gauge(
-            "monolith_ps_snapshot_last_success_timestamp_seconds",
-            "Unix time of the newest snapshot written or restored (0 = none).",
-            registry=registry,
-        )
-        self.age = Gauge(
-            "monolith_ps_snapshot_age_seconds",
-            "Seconds since the newest snapshot written or restored (since process start "
-            "when there is none).",
-            registry=registry,
-        )
+        super().__init__(registry)
         self.age.set_function(self._age)
-        self.restore_duration = Gauge(
-            "monolith_ps_restore_duration_seconds",
-            "Time the start-up restore took (read, verify, load).",
-            registry=registry,
-        )
-        self.restore_rows = Gauge(
-            "monolith_ps_restore_rows", "Rows loaded by the start-up restore.", registry=registry
-        )
-        self.restore_skipped = Gauge(
-            "monolith_ps_restore_skipped_snapshots",
-            "Snapshots newer than the restored state that restore could not use.",
-            registry=registry,
-        )
 
     def _age(self) -> float:
         return time.time() - (self._last_success or self._started)
