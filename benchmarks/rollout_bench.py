@@ -60,6 +60,8 @@ class Load:
         self.failed_lookups = 0
         self.not_found = 0
         self.failed_pushes = 0
+        self.failures: list[dict[str, Any]] = []  # what each failed call saw, for the report
+        self.restarting = "-"  # the pod being restarted, set by the rollout
         self.acked = np.zeros(len(COUNTERS), np.int64)
         self._stop = threading.Event()
         self._rng = np.random.default_rng(7)
@@ -83,16 +85,19 @@ class Load:
         while not self._stop.is_set():
             keys = rng.choice(KNOWN, 256, replace=False)
             started = time.monotonic()
+            errors: list[str] = []
             for attempt in range(2 * len(self.sets)):  # each replica set, twice
                 client = self.sets[(first + attempt) % len(self.sets)]
                 try:
                     _, found = client.lookup("emb", keys, with_found=True)
-                except Exception:
+                except Exception as exc:
+                    errors.append(f"set {(first + attempt) % len(self.sets)}: {exc}"[:300])
                     continue
                 self.not_found += int((~found).sum())
                 break
             else:
                 self.failed_lookups += 1
+                self._record("lookup", started, errors)
                 continue
             self.lookups.append((started, time.monotonic() - started))
             time.sleep(0.005)
@@ -100,13 +105,25 @@ class Load:
     def _push(self) -> None:
         while not self._stop.is_set():
             picked = self._rng.choice(len(COUNTERS), 16, replace=False)
+            started = time.monotonic()
             try:
                 self.training.push("counter", COUNTERS[picked], -np.ones((16, 1), np.float32))
-            except Exception:
+            except Exception as exc:
                 self.failed_pushes += 1
+                self._record("push", started, [str(exc)[:300]])
                 continue
             self.acked[picked] += 1
             time.sleep(0.01)
+
+    def _record(self, call: str, started: float, errors: list[str]) -> None:
+        self.failures.append(
+            {
+                "call": call,
+                "seconds": round(time.monotonic() - started, 3),
+                "while_restarting": self.restarting,
+                "errors": errors,
+            }
+        )
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -172,6 +189,7 @@ def run_rollout(workdir: Path, baseline_seconds: float = 3.0) -> dict[str, Any]:
         order = [("training", 1, 0), ("training", 0, 0)]
         order += [("serving", s, r) for r in (1, 0) for s in (1, 0)]  # highest ordinal first
         for role, index, replica in order:
+            load.restarting = cluster.process(role, index, replica).name
             ready = _restart(cluster, role, index, replica)
             name = cluster.process(role, index, replica).name
             caught_up = ready
@@ -188,6 +206,7 @@ def run_rollout(workdir: Path, baseline_seconds: float = 3.0) -> dict[str, Any]:
             pods.append(
                 {"pod": name, "ready_s": round(ready, 2), "caught_up_s": round(caught_up, 2)}
             )
+        load.restarting = "agent"
         agent_started = time.monotonic()
         cluster.kill("agent", sig=signal.SIGTERM)
         cluster.process("agent").wait(30)
@@ -209,6 +228,7 @@ def run_rollout(workdir: Path, baseline_seconds: float = 3.0) -> dict[str, Any]:
             "lookups_during": _percentiles(during),
             "errors_before": errors_before,
             "failed_client_calls": load.failed_lookups + load.failed_pushes,
+            "failures": load.failures,
             "not_found_synced_keys": load.not_found,
             "acknowledged_pushes": int(load.acked.sum()),
             "acknowledged_pushes_missing": missing,
