@@ -45,6 +45,7 @@ import numba  # noqa: E402
 from numba import njit  # noqa: E402
 from report import write_result
 
+from monolith_ps.allocator import reuse_large_buffers  # noqa: E402
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
 from ps_server.table.arena import RowArena  # noqa: E402
@@ -131,8 +132,10 @@ def make_keys(rows: int) -> tuple[np.random.Generator, np.ndarray]:
 
 
 def first_build_child(rows: int, batch: int) -> dict[str, float]:
-    """The ``--first-build-child`` mode: build the table once in this (fresh) process, then
-    fault in as many new bytes as it holds; CPU seconds of each."""
+    """The ``--first-build-child`` mode: build the table once in this (fresh) process, set
+    up as ``mps server`` sets up its own (fixed malloc thresholds), then fault in as many
+    new bytes as it holds; CPU seconds of each."""
+    reuse_large_buffers()
     _, keys = make_keys(rows)
     warm_up()
     table, build = build_table(keys, batch)

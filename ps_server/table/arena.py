@@ -3,8 +3,10 @@
 An arena reserves address space for many rows up front (``MAP_NORESERVE``: no memory is
 taken until a page is written) and asks for transparent huge pages, so random row access
 costs one TLB entry per 2 MiB instead of per 4 KiB. Growing is only a longer view over the
-same memory: nothing is copied, and memory in use (``nbytes`` of the view) follows the
-capacity the table asked for. Outgrowing the reservation (or a platform without
+same memory: nothing is copied and nothing is touched. A page is faulted in when a row on
+it is first written, so resident memory follows the rows in use, not the capacity: where
+faulting new memory is slow (a virtual machine whose host backs guest memory lazily runs
+at a few hundred MB/s), capacity reserved ahead of use costs nothing. Outgrowing the reservation (or a platform without
 ``MAP_NORESERVE``) falls back to a new block and a copy.
 
 Views keep their mapping alive through the buffer protocol, so no array ever points at
@@ -62,17 +64,11 @@ class RowArena:
                 self._block = np.zeros(need, dtype=np.uint8)
             else:
                 self._mapping, self._offset, self._block = reserved
-                self._populate(0, need)
             self.array = self._view(rows)
             self.array[: old.shape[0]] = old
         else:
-            self._populate(self.capacity * self._row_bytes, need)
             self.array = self._view(rows)
         return self.array
-
-    def _populate(self, start: int, stop: int) -> None:
-        if self._mapping is not None:
-            _populate(self._mapping, self._offset + start, self._offset + stop)
 
     def _block_size(self) -> int:
         return 0 if self._block is None else int(self._block.shape[0])
