@@ -6,8 +6,8 @@ costs one TLB entry per 2 MiB instead of per 4 KiB. Growing is only a longer vie
 same memory: nothing is copied and nothing is touched. A page is faulted in when a row on
 it is first written, so resident memory follows the rows in use, not the capacity: where
 faulting new memory is slow (a virtual machine whose host backs guest memory lazily runs
-at a few hundred MB/s), capacity reserved ahead of use costs nothing. Outgrowing the reservation (or a platform without
-``MAP_NORESERVE``) falls back to a new block and a copy.
+at a few hundred MB/s), capacity reserved ahead of use costs nothing. Outgrowing the
+reservation (or a platform without ``MAP_NORESERVE``) falls back to a new block and a copy.
 
 Views keep their mapping alive through the buffer protocol, so no array ever points at
 unmapped memory.
