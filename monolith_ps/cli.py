@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from monolith_ps import __version__
+from monolith_ps.logs import configure_logging
 
 # name -> (module, one-line help). Order is the order of `mps --help`.
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -81,8 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from monolith_ps.logs import configure_logging
-
     configure_logging(getattr(args, "log_format", "text"), args.log_level.upper())
     try:
         return int(args._run(args) or 0)

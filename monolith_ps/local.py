@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from monolith_ps.logs import fields
+from monolith_ps.logs import configure_logging, fields
 from monolith_ps.processes import LocalClusterError, ManagedProcess, wait_http
 
 __all__ = ["LocalCluster", "LocalClusterError", "ManagedProcess", "run_until_signalled"]
@@ -337,8 +337,6 @@ class LocalCluster:
 
 def run_until_signalled(args: Any) -> int:
     """``mps local up``: start the cluster, print where it listens, stop it on SIGINT/SIGTERM."""
-    from monolith_ps.logs import configure_logging
-
     configure_logging("text", getattr(args, "log_level", "info").upper())
     stop = threading.Event()
     previous = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from monolith_ps.local import run_until_signalled
+
 __all__ = ["configure_parser", "run"]
 
 
@@ -43,6 +45,4 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monolith_ps.local import run_until_signalled
-
     return run_until_signalled(args)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from monolith_ps.cli import main
+
 __all__ = ["LocalClusterError", "ManagedProcess", "tee_json_log", "wait_http"]
 
 _PR_SET_PDEATHSIG = 1
@@ -59,8 +61,6 @@ def _run_child(argv: list[str]) -> int:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != launcher:
         return 1  # the launcher died before we could ask to follow it
-    from monolith_ps.cli import main
-
     return main(mps_args)
 
 

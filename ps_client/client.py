@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from monolith_ps.config import ClusterConfig, load_config
 from monolith_ps.transport.channels import ClientTLS, channel_options
 from monolith_ps.transport.cluster import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -154,8 +155,6 @@ class PSClient:
     def from_config(cls, config: Any, addresses: Sequence[str] | str, **options: Any) -> PSClient:
         """A client for ``addresses`` (a list, or one comma-separated string) that takes
         its message size limit from the cluster config (a ``ClusterConfig`` or a path)."""
-        from monolith_ps.config import ClusterConfig, load_config
-
         if not isinstance(config, ClusterConfig):
             config = load_config(os.fspath(config))
         if isinstance(addresses, str):

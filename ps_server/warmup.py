@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from monolith_ps.config import ClusterConfig, parse_config
+from ps_server.server import warm_up
+from ps_server.state import ShardState
 
 __all__ = ["COVERAGE_CONFIG", "warm_kernels"]
 
@@ -39,9 +41,6 @@ COVERAGE_CONFIG: dict[str, Any] = {
 def warm_kernels(config: ClusterConfig | None = None) -> float:
     """Run every kernel a training and a serving server of ``config`` use, so Numba
     compiles them into its cache (or finds them there); returns the seconds it took."""
-    from ps_server.server import warm_up
-    from ps_server.state import ShardState
-
     started = time.monotonic()
     config = config if config is not None else parse_config(COVERAGE_CONFIG)
     for role in ("training", "serving"):

@@ -7,11 +7,12 @@ import argparse
 import logging
 import sys
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
 from monolith_ps.logs import configure_logging, fields
 from sync_agent.agent import SyncAgent
 from sync_agent.discovery.base import Discovery
+from sync_agent.discovery.static import StaticDiscovery
 from sync_agent.settings import AgentSettings, SettingsError
 
 __all__ = ["build_discovery", "main"]
@@ -23,8 +24,6 @@ _DISCOVERY_SYNC_SECONDS = 30.0
 def build_discovery(settings: AgentSettings) -> Discovery:
     """The discovery source the settings name."""
     if settings.discovery == "static":
-        from sync_agent.discovery.static import StaticDiscovery
-
         return StaticDiscovery(training=settings.training, serving=settings.serving)
     from sync_agent.discovery.kubernetes import KubernetesDiscovery
 
@@ -51,8 +50,6 @@ def main(args: argparse.Namespace) -> int:
     metrics_server = None
     metrics_port = None
     if settings.metrics_port is not None:
-        from prometheus_client import disable_created_metrics, start_http_server
-
         disable_created_metrics()  # one more series per counter, used by no alert or panel
         metrics_server, _ = start_http_server(settings.metrics_port, registry=registry)
         metrics_port = metrics_server.server_port

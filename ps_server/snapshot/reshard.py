@@ -46,6 +46,7 @@ from ps_server.snapshot.reshard_source import (
     row_layout,
 )
 from ps_server.snapshot.store import SnapshotStore
+from ps_server.state import new_epoch
 from ps_server.table.admission import DEPTH, as_width, stages
 
 _LOGGER = logging.getLogger(__name__)
@@ -242,8 +243,6 @@ def _write_shards(
     scratch: _Scratch,
     created: list[Path],
 ) -> int:
-    from ps_server.state import new_epoch
-
     combined = {
         t: combine_table_meta(t, [o.tables[t][-1] for o in olds if t in o.tables]) for t in tables
     }

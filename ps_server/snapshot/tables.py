@@ -13,14 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from monolith_ps import wire
+from monolith_ps.routing import shard_of
+from monolith_ps.v1 import ps_pb2
 from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot, TableSnapshot
+from ps_server.table import Delta, DeltaError, EmbeddingTable
 
 if TYPE_CHECKING:
-    from monolith_ps.v1 import ps_pb2
     from ps_server.dense import DenseStore
     from ps_server.snapshot.export import ServingTable
     from ps_server.snapshot.format import ServerInfo
-    from ps_server.table import EmbeddingTable
 
 ROW_FIELDS = ("values", "opt_state", "push_counts", "last_update")
 OPTIONAL_ROW_FIELDS = ("usage",)  # eviction rank; older tables did not export it
@@ -69,8 +71,6 @@ def table_section(table: EmbeddingTable, since: int) -> tuple[TableSnapshot, boo
 def load_table(table: EmbeddingTable, name: str, section: TableSnapshot) -> int:
     """Load a merged section (live rows with their state, and the metadata) into an
     empty training table; returns the rows loaded."""
-    from ps_server.table import Delta, DeltaError
-
     missing = [f for f in ROW_FIELDS if f not in section.rows]
     if missing:
         raise SnapshotMismatchError(f"table {name!r}: snapshot lacks row fields {missing}")
@@ -104,9 +104,6 @@ def load_serving_table(
     target: EmbeddingTable, name: str, table: ServingTable, shard_index: int, num_shards: int
 ) -> int:
     """Load the rows of ``table`` that serving shard ``shard_index`` owns; returns how many."""
-    from monolith_ps.routing import shard_of
-    from ps_server.table import Delta, DeltaError
-
     mine = shard_of(table.keys, num_shards) == shard_index
     delta = Delta.of_rows(
         table.keys[mine],
@@ -131,10 +128,6 @@ def serving_chunk(
     """The rows of ``table`` that serving shard ``shard_index`` owns, as the one chunk of a
     full-resync stream from training shard ``source``: applied through the server's sync
     receiver, it also sets the sync cursor to the source's epoch and complete version."""
-    from monolith_ps import wire
-    from monolith_ps.routing import shard_of
-    from monolith_ps.v1 import ps_pb2
-
     mine = shard_of(table.keys, num_shards) == shard_index
     values = table.values[mine]
     chunk = ps_pb2.DeltaChunk(
@@ -161,8 +154,6 @@ def serving_chunk(
 
 def dense_chunk(snapshot: DenseSnapshot, source: ServerInfo, known: set[str]) -> ps_pb2.DeltaChunk:
     """The dense values the config declares, as a one-chunk dense sync stream."""
-    from monolith_ps.v1 import ps_pb2
-
     return ps_pb2.DeltaChunk(
         source_shard=source.shard_index,
         source_num_shards=source.num_shards,
