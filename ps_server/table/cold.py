@@ -1,27 +1,26 @@
-"""The cold tier of a table: rows in a memory-mapped file, their keys in a cuckoo index.
+"""The cold tier of a table: arena rows in a file read and written with ``pread``/``pwrite``,
+their keys, metadata and cuckoo index in memory.
 
-The cold tier holds the hot tier's rows (see ``embedding_table``): the metadata line, the
-key, and an arena row of values then optimizer state, packed into one record of a file in
-``cold_dir`` mapped shared (so touching a cold row faults one or two pages, not one per
-array), seen through strided views with the hot tier's shapes; plus a cuckoo index and its
-own live/high-water/free-list scalars in memory (about 18-36 bytes a cold row).
+The file in ``cold_dir`` holds one arena row (values then optimizer state) per slot and is
+unlinked as soon as it is opened: the cold tier is a cache of the table, not its durable
+copy (snapshots export every row, whatever its tier), so a killed process leaves nothing
+behind on disk. Nothing of it is mapped: the process's resident memory holds the hot tier,
+the cold keys, metadata and index (about 60-80 bytes a cold row) and one segment buffer;
+the rows themselves live in the page cache and on disk.
 
-The file is unlinked as soon as it is opened: the cold tier is a cache of the table, not
-its durable copy (snapshots export every row, whatever its tier), so a killed process
-leaves nothing behind on disk.
-
-The kernels touch the mapping like any array; pages they fault in count towards the
-process's resident memory until :meth:`ColdTier.release` drops them from the mapping (the
-data stays in the file and the page cache). The table releases after every operation that
-may have mapped more than ``release_bytes`` of cold pages, and works through many cold rows
-in chunks of that size with a release after each, so resident memory stays within the hot
-budget plus that window. Whole-tier scans (export, expiry, eviction ranks, ``keys``) map
-what they read and release at their end.
+Slots are grouped in segments of about 1 MiB, written like a log: demoted rows are copied
+into the buffer of the head segment and written with one ``pwrite`` per demotion pass, so
+demoting costs a copy, not a system call, per row. A promotion reads its row with one
+``pread`` straight into the hot arena and leaves a hole. When the head segment is full the
+next head is an empty segment, else the segment with the fewest live rows when at most
+three quarters are live (read whole, compacted in memory, its holes become the head's free
+tail), else a new segment at the end of the file: the file stays within 4/3 of the cold
+rows plus a segment, and each compaction frees at least a quarter segment for two segment
+transfers.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
 import weakref
@@ -29,18 +28,17 @@ import weakref
 import numpy as np
 
 from monolith_ps.errors import ConfigError
-from ps_server.table import cuckoo, rows, tiers
+from ps_server.table import cold_io, cuckoo, rows
+from ps_server.table.arena import RowArena
 from ps_server.table.arrays import max_live_for
 
-GROWTH = 1.5
-# resident bytes one row access may map: a read fault maps up to 16 neighbouring pages that
-# are in the page cache ("fault-around", 64 KiB by default), and a record spans at most two
-# pages
-TOUCH_CHARGE = 2 * 16 * 4096
-_MIN_ROWS = 1024
-# cold rows freed by promotions that the in-memory stack holds before they go on the free
-# list (in the files) in one pass: 256 KiB
-FREED_STACK = 1 << 15
+SEGMENT_BYTES = 1 << 20
+_MIN_SEGMENT_ROWS = 16
+_GROWTH = 1.5
+# a segment is compacted into the head when at most this share of it is live
+_COMPACT_LIVE = 0.75
+# rows one read of cold rows brings into memory at a time
+READ_CHUNK_ROWS = 4096
 # scalars the cold tier shares with the table (version, clocks, tombstone log):
 # copied in before and out after a removal kernel runs over the cold tier
 SHARED_SCALARS = np.array(
@@ -49,70 +47,40 @@ SHARED_SCALARS = np.array(
 )
 
 
-class FileArena:
-    """A ``(capacity, *row_shape)`` array of ``dtype`` in an unlinked, shared-mapped file;
-    capacity only grows (the file is extended and mapped again: nothing is copied)."""
-
-    def __init__(self, directory: str, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self._row_shape = row_shape
-        self._dtype = np.dtype(dtype)
-        self.row_bytes = self._dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
-        try:
-            fd, path = tempfile.mkstemp(prefix="cold-", suffix=".rows", dir=directory)
-        except OSError as exc:
-            raise ConfigError(
-                f"cold_dir {directory!r}: cannot create a file there ({exc})"
-            ) from None
-        os.unlink(path)
-        self._fd = fd
-        weakref.finalize(self, os.close, fd)
-        self._map: mmap.mmap | None = None
-        self.array = np.zeros((0, *row_shape), dtype=self._dtype)
-
-    @property
-    def capacity(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def file_bytes(self) -> int:
-        return self.capacity * self.row_bytes
-
-    def grow(self, rows_wanted: int) -> np.ndarray:
-        """Make room for ``rows_wanted`` rows (new rows are zero) and return the new view."""
-        if rows_wanted <= self.capacity:
-            return self.array
-        nbytes = rows_wanted * self.row_bytes
-        os.ftruncate(self._fd, nbytes)
-        m = mmap.mmap(self._fd, nbytes, flags=mmap.MAP_SHARED)
-        if hasattr(mmap, "MADV_RANDOM"):
-            m.madvise(mmap.MADV_RANDOM)  # rows are read one by one: no readahead
-        self._map = m
-        self.array = np.frombuffer(m, dtype=self._dtype).reshape((rows_wanted, *self._row_shape))
-        return self.array
-
-    def release(self) -> None:
-        """Drop the mapping's resident pages (the file keeps the data)."""
-        if self._map is not None:
-            self._map.madvise(mmap.MADV_DONTNEED)
+def _open_unlinked(directory: str) -> int:
+    try:
+        fd, path = tempfile.mkstemp(prefix="cold-", suffix=".rows", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cold_dir {directory!r}: cannot create a file there ({exc})") from None
+    os.unlink(path)
+    return fd
 
 
 class ColdTier:
-    """Cold rows of one table: arenas in ``directory``, index and scalars in memory."""
+    """Cold rows of one table: arena rows in a file in ``directory``, the rest in memory.
+
+    ``cursor`` is ``[head segment, rows used in it, rows of it written to the file]``."""
 
     def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
-        self._meta_bytes = 8 * rows.META_COLUMNS
-        self._storage = np.dtype(storage)
-        self._arena_bytes = row_width * self._storage.itemsize
-        record = self._meta_bytes + 8 + self._arena_bytes
-        self._file = FileArena(directory, (record + -record % 8,), np.uint8)
-        self.arena, self.keys, self.meta = self._views(self._file.array)
+        self._fd = _open_unlinked(directory)
+        weakref.finalize(self, os.close, self._fd)
+        self.storage = np.dtype(storage)
+        self.row_bytes = row_width * self.storage.itemsize
+        self.segment_rows = max(_MIN_SEGMENT_ROWS, SEGMENT_BYTES // self.row_bytes)
+        self.buffer = np.zeros((self.segment_rows, row_width), dtype=self.storage)
+        self._arenas = (RowArena((), np.uint64), RowArena((rows.META_COLUMNS,), np.int64))
+        self.keys, self.meta = (a.array for a in self._arenas)
+        self.segment_live = np.zeros(0, dtype=np.int64)
+        self.segments = 0
+        self.cursor = np.array([-1, self.segment_rows, self.segment_rows], dtype=np.int64)
         self.index = cuckoo.new_index(1)
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
-        self.freed = np.zeros(FREED_STACK, dtype=np.int64)
-        self.freed_count = np.zeros(1, dtype=np.int64)
-        self.row_bytes = self._file.row_bytes
-        self.touched_bytes = 0
+        self.stats = {"segments_compacted": 0, "rows_compacted": 0}
+
+    @property
+    def fd(self) -> int:
+        return self._fd
 
     def __len__(self) -> int:
         return int(self.scalars[rows.LIVE])
@@ -122,51 +90,83 @@ class ColdTier:
         return int(self.scalars[rows.HIGH])
 
     def file_bytes(self) -> int:
-        return self._file.file_bytes
+        return self.segments * self.segment_rows * self.row_bytes
 
     def memory_bytes(self) -> int:
-        """Bytes the cold tier keeps in memory (its index, freed-row stack and scalars)."""
-        return int(self.index.nbytes + self.freed.nbytes + self.scalars.nbytes)
+        """Bytes the cold tier keeps in memory: index, keys, metadata, segment buffer."""
+        arrays = (self.index, self.keys, self.meta, self.buffer, self.segment_live, self.scalars)
+        return int(sum(a.nbytes for a in arrays))
 
-    def settle(self) -> None:
-        """Mark the rows on the freed stack free in the files: call before scanning the
-        cold rows (a row there still looks live in its metadata)."""
-        if self.freed_count[0]:
-            tiers.release_freed(self.scalars, self.keys, self.meta, self.freed, self.freed_count)
+    def grow_index(self) -> None:
+        index = cuckoo.new_index(self.index.shape[0] * 2)
+        cuckoo.rehash_doubled(self.index, index)
+        self.index = index
+        self.max_live = max_live_for(index.shape[0])
 
-    def grow(self, status: int) -> None:
-        """Grow what a tier kernel's ``status`` asks for (index or files)."""
-        if status == rows.NEED_INDEX:
-            index = cuckoo.new_index(self.index.shape[0] * 2)
-            cuckoo.rehash_doubled(self.index, index)
-            self.index = index
-            self.max_live = max_live_for(index.shape[0])
-        elif status == rows.NEED_ROWS:
-            cap = self.arena.shape[0]
-            new = max(_MIN_ROWS, int(cap * GROWTH))
-            self.arena, self.keys, self.meta = self._views(self._file.grow(new))
-        else:  # pragma: no cover - tier kernels return only the codes above
-            raise AssertionError(f"unknown kernel status {status}")
+    def read_rows(self, slots: np.ndarray) -> np.ndarray:
+        """The arena rows at ``slots`` (live cold rows), in that order."""
+        out = np.empty((slots.shape[0], self.buffer.shape[1]), dtype=self.storage)
+        order = np.argsort(slots, kind="stable")
+        for lo in range(0, slots.shape[0], READ_CHUNK_ROWS):
+            part = order[lo : lo + READ_CHUNK_ROWS]
+            chunk = np.empty((part.shape[0], self.buffer.shape[1]), dtype=self.storage)
+            if cold_io.read_rows(self._fd, self.row_bytes, slots[part], chunk) < 0:
+                raise OSError(f"short read from the cold tier's file ({chunk.nbytes} bytes)")
+            out[part] = chunk
+        return out
 
-    @staticmethod
-    def chunk_rows(release_bytes: int) -> int:
-        """Cold rows one chunk of a batch may touch before the pages must be released."""
-        return max(1, release_bytes // TOUCH_CHARGE)
+    def flush(self) -> None:
+        """Write the head segment's rows not yet in the file."""
+        head, used, written = (int(v) for v in self.cursor)
+        if used > written:
+            data = memoryview(self.buffer[written:used]).cast("B")
+            offset = (head * self.segment_rows + written) * self.row_bytes
+            if os.pwrite(self._fd, data, offset) != data.nbytes:
+                raise OSError(f"short write to the cold tier's file ({data.nbytes} bytes)")
+            self.cursor[2] = used
 
-    def note_touched(self, nrows: int, release_bytes: int) -> None:
-        """Count ``nrows`` rows of cold pages faulted in; release them past the window."""
-        self.touched_bytes += nrows * TOUCH_CHARGE
-        if self.touched_bytes > release_bytes:
-            self.release()
+    def next_head(self) -> None:
+        """The head segment is full: write it out and pick the next (see the module doc)."""
+        self.flush()
+        head = int(self.cursor[0])
+        live = self.segment_live[: self.segments].copy()
+        if head >= 0:
+            live[head] = self.segment_rows
+        best = int(np.argmin(live)) if self.segments else -1
+        if best >= 0 and live[best] <= _COMPACT_LIVE * self.segment_rows:
+            used = self._compact(best) if live[best] else 0
+            self.cursor[:] = (best, used, 0)
+        else:
+            self._add_segment()
+            self.cursor[:] = (self.segments - 1, 0, 0)
 
-    def release(self) -> None:
-        self._file.release()
-        self.touched_bytes = 0
+    def recount(self) -> None:
+        """Count live rows per segment again (after a removal kernel freed cold rows)."""
+        live = self.meta[: self.high, rows.VERSION_COL] != 0
+        per_segment = live.reshape(self.segments, self.segment_rows).sum(axis=1)
+        self.segment_live[: self.segments] = per_segment
 
-    def _views(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The arena, key and metadata views of a ``(rows, record bytes)`` uint8 array."""
-        m, k = self._meta_bytes, self._meta_bytes + 8
-        meta = records[:, :m].view(np.int64)
-        keys = records[:, m:k].view(np.uint64)[:, 0]
-        arena = records[:, k : k + self._arena_bytes].view(self._storage)
-        return arena, keys, meta
+    def _compact(self, segment: int) -> int:
+        """Read ``segment`` into the buffer, its live rows moved to its start; returns them."""
+        first = segment * self.segment_rows
+        got = os.preadv(self._fd, [memoryview(self.buffer).cast("B")], first * self.row_bytes)
+        live = int(self.segment_live[segment])
+        used = cold_io.compact_segment(self.index, self.keys, self.meta, self.buffer, first)
+        if used != live or got < used * self.row_bytes:
+            raise OSError(f"cold segment {segment}: {used} live rows, {live} counted")
+        self.stats["segments_compacted"] += 1
+        self.stats["rows_compacted"] += used
+        return used
+
+    def _add_segment(self) -> None:
+        self.segments += 1
+        high = self.segments * self.segment_rows
+        if high > self.keys.shape[0]:
+            capacity = max(high, int(self.keys.shape[0] * _GROWTH))
+            capacity += -capacity % self.segment_rows
+            self.keys, self.meta = (a.grow(capacity) for a in self._arenas)
+        if self.segments > self.segment_live.shape[0]:
+            live = np.zeros(max(4, 2 * self.segments), dtype=np.int64)
+            live[: self.segment_live.shape[0]] = self.segment_live
+            self.segment_live = live
+        self.scalars[rows.HIGH] = high

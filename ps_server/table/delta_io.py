@@ -31,14 +31,13 @@ def delta_since(t: TableArrays, tiering: Tiering | None, version: int, with_stat
     state = t.rows[picked, t.dim :] if with_state and t.trainable else None
     cold = None if tiering is None else tiering.cold
     if cold is not None and len(cold):
-        cold.settle()
         cold_picked = removal.rows_since(cold.meta, cold.high, since)
         row_keys = np.concatenate([row_keys, cold.keys[cold_picked]])
         meta = np.concatenate([meta, cold.meta[cold_picked]])
-        values = np.concatenate([values, cold.arena[cold_picked, : t.dim]])
+        cold_rows = cold.read_rows(cold_picked)
+        values = np.concatenate([values, cold_rows[:, : t.dim]])
         if state is not None:
-            state = np.concatenate([state, cold.arena[cold_picked, t.dim :]])
-        cold.release()
+            state = np.concatenate([state, cold_rows[:, t.dim :]])
     if t.storage is np.uint16:
         values = values.view(np.float16)
     if full:

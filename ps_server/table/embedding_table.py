@@ -179,11 +179,8 @@ class EmbeddingTable:
             cold = None if self._tiering is None else self._tiering.cold
             if cold is None or len(cold) == 0:
                 return hot
-            cold.settle()
             high = cold.high
-            keys = np.concatenate([hot, cold.keys[:high][cold.meta[:high, rows.VERSION_COL] != 0]])
-            cold.release()
-            return keys
+            return np.concatenate([hot, cold.keys[:high][cold.meta[:high, rows.VERSION_COL] != 0]])
 
     # ------------------------------------------------------------------ lookups
 
@@ -282,9 +279,7 @@ class EmbeddingTable:
             expired = self._t.run_removal(removal.expire_rows, cutoff)
             tiering = self._tiering
             if tiering is not None and len(tiering):
-                tiering.cold.settle()
                 expired += tiering.run_removal(removal.expire_rows, cutoff)
-                tiering.cold.release()
             self._t.stats["expired"] += expired
         return expired
 

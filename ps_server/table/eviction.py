@@ -23,7 +23,6 @@ def evict_over_limit(t: TableArrays, tiering: Tiering | None) -> None:
     usage = usage_ranks(t.meta, high)
     cold = None if tiering is None else tiering.cold
     if cold is not None and len(cold):
-        cold.settle()
         usage = np.concatenate([usage, usage_ranks(cold.meta, cold.high)])
     total = usage.shape[0]
     victims = np.argpartition(usage, excess - 1)[:excess] if excess < total else np.arange(total)
@@ -32,6 +31,5 @@ def evict_over_limit(t: TableArrays, tiering: Tiering | None) -> None:
         cold_victims = victims[victims >= high] - high
         victims = victims[victims < high]
         t.stats["evicted"] += tiering.run_removal(removal.evict_rows, cold_victims)
-        cold.release()
     evicted = t.run_removal(removal.evict_rows, victims)
     t.stats["evicted"] += evicted

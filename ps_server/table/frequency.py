@@ -51,9 +51,7 @@ def age_frequencies(t: TableArrays, tiering: Tiering | None) -> None:
     rows.halve_frequencies(t.meta, t.high)
     cold = None if tiering is None else tiering.cold
     if cold is not None and len(cold):
-        cold.settle()
         rows.halve_frequencies(cold.meta, cold.high)
-        cold.release()
     np.right_shift(t.sketch, 1, out=t.sketch)
     t.next_aging = int(t.scalars[rows.TICK]) + t.aging_period
 

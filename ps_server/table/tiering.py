@@ -2,8 +2,8 @@
 disk-backed cold tier (``cold``) and come back when a lookup, push or delta touches them.
 
 Reads of cold rows (``find``) leave them cold; everything that changes a row promotes it
-first, so the kernels that change rows only ever see the hot tier. Work over many cold
-rows goes in chunks with a release of the mapped pages after each (see ``cold``).
+first, so the kernels that change rows only ever see the hot tier. Rows move in batches:
+a promotion is one ``pread`` a row, a demotion pass one ``pwrite`` a segment.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ps_server.table import cuckoo, lookup, rows, tiers
+from ps_server.table import cuckoo, rows, tiers
 from ps_server.table.arrays import TableArrays, usage_ranks
 from ps_server.table.cold import SHARED_SCALARS, ColdTier
 
@@ -22,8 +22,6 @@ HALF_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float
 # hot bytes a row costs beyond its arena row: key, metadata line, and its share of the
 # index (64-byte buckets of 4 slots, filled between 45% and 90%)
 _ROW_OVERHEAD = 8 + 8 * rows.META_COLUMNS + 36
-_MIN_RELEASE = 4 << 20
-_MAX_RELEASE = 64 << 20
 
 
 def hot_row_bytes(dim: int, state_width: int, storage: np.dtype | type) -> int:
@@ -39,7 +37,6 @@ class Tiering:
         self._t = t
         self.cold = ColdTier(cold_dir, t.dim + t.state_width, t.storage)
         self.hot_limit = max(1, budget // hot_row_bytes(t.dim, t.state_width, t.storage))
-        self.release_bytes = min(_MAX_RELEASE, max(_MIN_RELEASE, budget // 4))
 
     def __len__(self) -> int:
         return len(self.cold)
@@ -53,24 +50,11 @@ class Tiering:
         cuckoo.locate(cold.index, keys[missed], cold_rows)
         hit = cold_rows >= 0
         at = missed[hit]
-        cold_rows = cold_rows[hit]
-        k = at.shape[0]
-        step = cold.chunk_rows(self.release_bytes)
-        for lo in range(0, k, step):
-            part = slice(lo, lo + step)
-            sub = np.empty((cold_rows[part].shape[0], t.dim), dtype=np.float32)
-            if t.storage is np.float32:
-                lookup.gather_rows(cold.arena, cold_rows[part], keys[at[part]], sub, *t.init_args())
-            else:
-                lookup.gather_rows_f16(
-                    cold.arena, HALF_TO_F32, cold_rows[part], keys[at[part]], sub,
-                    *t.init_args(),
-                )  # fmt: skip
-            out[at[part]] = sub
-            cold.note_touched(sub.shape[0], self.release_bytes)
+        values = cold.read_rows(cold_rows[hit])[:, : t.dim]
+        out[at] = values if t.storage is np.float32 else HALF_TO_F32[values]
         found[at] = True
-        t.stats["cold_hits"] += k
-        return k
+        t.stats["cold_hits"] += at.shape[0]
+        return at.shape[0]
 
     def promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:
         """Bring the cold rows among ``keys`` into the hot tier."""
@@ -79,25 +63,20 @@ class Tiering:
             return
         cold_rows = np.empty(keys.shape[0], dtype=np.int64)
         cuckoo.locate(cold.index, keys, cold_rows)
-        hits = np.flatnonzero(cold_rows >= 0)
         promoted = 0
-        step = cold.chunk_rows(self.release_bytes)
-        for lo in range(0, hits.shape[0], step):
-            part = hits[lo : lo + step]
-            chunk_keys = keys[part]
-            chunk_rows = cold_rows[part]
-            start = 0
-            while True:
-                status, start, n = tiers.promote_rows(
-                    t.index, t.max_live, t.walk, t.scalars, t.row_keys,
-                    t.meta, t.rows, cold.index, cold.scalars, cold.keys, cold.meta,
-                    cold.arena, cold.freed, cold.freed_count, chunk_keys, chunk_rows, start,
-                )  # fmt: skip
-                promoted += n
-                if status == rows.DONE:
-                    break
-                t.grow(status)
-            cold.note_touched(part.shape[0], self.release_bytes)
+        start = 0
+        while True:
+            status, start, n = tiers.promote_rows(
+                t.index, t.max_live, t.walk, t.scalars, t.row_keys, t.meta, t.rows,
+                cold.index, cold.scalars, cold.keys, cold.meta, cold.segment_live,
+                cold.segment_rows, cold.fd, cold.row_bytes, keys, cold_rows, start,
+            )  # fmt: skip
+            promoted += n
+            if status == rows.DONE:
+                break
+            if status == tiers.READ_FAILED:
+                raise OSError(f"short read from the cold tier's file (key {keys[start]})")
+            t.grow(status)
         t.stats["promoted"] += promoted
         if for_lookup:
             t.stats["cold_hits"] += promoted
@@ -114,26 +93,29 @@ class Tiering:
         usage = usage_ranks(t.meta, high)
         victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
         demoted = 0
-        step = cold.chunk_rows(self.release_bytes)
-        for lo in range(0, victims.shape[0], step):
-            part = victims[lo : lo + step]
-            start = 0
+        start = 0
+        try:
             while True:
                 status, start, n = tiers.demote_rows(
                     t.index, t.scalars, t.row_keys, t.meta, t.rows,
                     cold.index, cold.max_live, t.walk, cold.scalars, cold.keys, cold.meta,
-                    cold.arena, cold.freed, cold.freed_count, part, start,
+                    cold.segment_live, cold.cursor, cold.buffer, victims, start,
                 )  # fmt: skip
                 demoted += n
                 if status == rows.DONE:
                     break
-                cold.grow(status)
-            cold.note_touched(part.shape[0], self.release_bytes)
+                if status == tiers.NEED_SEGMENT:
+                    cold.next_head()
+                else:
+                    cold.grow_index()
+        finally:
+            cold.flush()
         t.stats["demoted"] += demoted
 
     def run_removal(self, kernel: Any, *args: Any) -> int:
         """:meth:`TableArrays.run_removal` over the cold tier: the cold scalars take the
-        table's version, clock and tombstone-log fields for each call."""
+        table's version, clock and tombstone-log fields for each call; the removed rows
+        become holes in their segments."""
         t, cold = self._t, self.cold
         removed = 0
         start = 0
@@ -153,5 +135,6 @@ class Tiering:
             t.scalars[SHARED_SCALARS] = cold.scalars[SHARED_SCALARS]
             removed += int(n)
             if status == rows.DONE:
+                cold.recount()
                 return removed
             t.grow(status)

@@ -14,7 +14,7 @@ from table_helpers import fingerprint
 from monolith_ps.errors import ConfigError
 from monolith_ps.optimizer_specs import OPTIMIZERS
 from monolith_ps.table_config import TableConfig
-from ps_server.table import EmbeddingTable
+from ps_server.table import EmbeddingTable, cold
 
 TTL = 40.0
 KEY_SPACE = 900
@@ -111,6 +111,38 @@ def test_eviction_and_admission_see_both_tiers(eviction, tmp_path):
     )
     _run_random_operations(tiered, plain, seed=7)
     assert tiered.stats()["evicted"] == plain.stats()["evicted"] > 0
+
+
+SEGMENT_ROWS = 32
+
+
+@pytest.fixture
+def small_segments(monkeypatch):
+    """Cold segments of 32 rows (dim 4 with Adagrad: 32 bytes a row), so demotions fill
+    segments and promotions empty them all the time."""
+    monkeypatch.setattr(cold, "SEGMENT_BYTES", SEGMENT_ROWS * 32)
+
+
+def test_compacted_segments_lose_no_row(small_segments, tmp_path):
+    tiered, plain = _pair(tmp_path, optimizer="adagrad", ttl_seconds=TTL, max_rows=600)
+    _run_random_operations(tiered, plain, seed=11)
+
+
+def test_cold_file_reuses_the_holes_promotions_leave(small_segments, tmp_path):
+    tiered, plain = _pair(tmp_path, budget=4000, optimizer="adagrad")
+    row_bytes = (tiered.dim + tiered.state_width) * 4
+    rng = np.random.default_rng(4)
+    most_cold = 0
+    for _ in range(40):
+        keys = rng.integers(0, 2000, 200).astype(np.uint64)
+        np.testing.assert_array_equal(tiered.find_or_insert(keys), plain.find_or_insert(keys))
+        most_cold = max(most_cold, tiered.tier_stats()["cold_rows"])
+    tiers, stats = tiered.tier_stats(), tiered.stats()
+    assert stats["promoted"] > 1000 and stats["demoted"] > 2000
+    # a segment is reused once at most 3/4 of it is live: the file holds at most 4/3 of the
+    # most cold rows, plus the head segment and the one being filled
+    assert tiers["cold_bytes"] <= (most_cold * 4 // 3 + 2 * SEGMENT_ROWS) * row_bytes
+    assert _without_stats(tiered) == _without_stats(plain)
 
 
 def test_serving_table_fed_by_deltas_matches(tmp_path):
