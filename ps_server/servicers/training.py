@@ -10,7 +10,7 @@ import grpc
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
-from ps_server.dedup import RequestDeduplicator
+from ps_server.applied_requests import AppliedRequests
 from ps_server.delta_export import export_dense_chunks, export_table_chunks
 from ps_server.delta_metrics import DeltaMetrics
 from ps_server.errors import BadRequestError, WrongRoleError, rpc_errors
@@ -53,8 +53,8 @@ class TrainingServicer(BaseServicer):
         super().__init__(state, metrics, snapshotter)
         self.budget = budget
         window = state.config.server.push_dedup_window
-        self._push_dedup: RequestDeduplicator[ps_pb2.PushResponse] = RequestDeduplicator(window)
-        self._dense_dedup: RequestDeduplicator[int] = RequestDeduplicator(window)
+        self._applied_pushes: AppliedRequests[ps_pb2.PushResponse] = AppliedRequests(window)
+        self._applied_dense_pushes: AppliedRequests[int] = AppliedRequests(window)
         self._delta_metrics = delta_metrics
 
     @rpc_errors
@@ -92,7 +92,7 @@ class TrainingServicer(BaseServicer):
                 pending += int(rows_pending)
             return ps_pb2.PushResponse(rows_updated=updated, rows_pending_admission=pending)
 
-        result, duplicate = self._push_dedup.run(request.request_id, apply)
+        result, duplicate = self._applied_pushes.run(request.request_id, apply)
         if duplicate:
             self.metrics.push_duplicates.labels("Push").inc()
             return ps_pb2.PushResponse(
@@ -117,7 +117,9 @@ class TrainingServicer(BaseServicer):
             grads[array.name] = wire.decode_values(
                 array.values, 1, size, field=f"grads of dense array {array.name!r}"
             )[0]
-        version, duplicate = self._dense_dedup.run(request.request_id, lambda: dense.push(grads))
+        version, duplicate = self._applied_dense_pushes.run(
+            request.request_id, lambda: dense.push(grads)
+        )
         if duplicate:
             self.metrics.push_duplicates.labels("PushDense").inc()
         return ps_pb2.PushDenseResponse(duplicate=duplicate, version=version)

@@ -93,7 +93,7 @@ def make_dense(version: int, seed: int = 0) -> DenseSnapshot:
     )
 
 
-class Trainer:
+class ReferenceShard:
     """Two reference tables changing between snapshots, and the state at each snapshot."""
 
     def __init__(self, root: Path, seed: int = 0, server: ServerInfo = SERVER) -> None:

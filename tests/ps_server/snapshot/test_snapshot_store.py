@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from snapshot_helpers import SERVER, ReferenceTable, Trainer, assert_section_matches, make_dense
+from snapshot_helpers import (
+    SERVER,
+    ReferenceShard,
+    ReferenceTable,
+    assert_section_matches,
+    make_dense,
+)
 
 from ps_server.snapshot import store as store_module
 from ps_server.snapshot.content import TableSnapshot
@@ -81,7 +87,7 @@ def test_no_pickle_in_the_snapshot_package():
 
 
 def test_incremental_chain_restores_every_change(snap_root):
-    trainer = Trainer(snap_root)
+    trainer = ReferenceShard(snap_root)
     kinds = ["full", "incr", "incr", "incr"]
     for kind in kinds:
         trainer.step()
@@ -173,9 +179,9 @@ _DAMAGE = {
 
 
 @pytest.fixture
-def two_chains(snap_root) -> Trainer:
+def two_chains(snap_root) -> ReferenceShard:
     """F1 I2 I3, then F4 I5 I6."""
-    trainer = Trainer(snap_root)
+    trainer = ReferenceShard(snap_root)
     for kind in ["full", "incr", "incr", "full", "incr", "incr"]:
         trainer.step()
         trainer.snapshot(kind)
@@ -286,7 +292,7 @@ def test_crash_while_writing_keeps_the_previous_chain(two_chains):
 
 
 def test_retention_keeps_the_last_k_chains(snap_root):
-    trainer = Trainer(snap_root)
+    trainer = ReferenceShard(snap_root)
     for kind in ["full", "incr", "full", "incr", "incr", "full", "full", "incr"]:
         trainer.step(5, 1)
         trainer.snapshot(kind)
@@ -306,7 +312,7 @@ def test_retention_keeps_the_last_k_chains(snap_root):
 
 
 def test_retention_does_not_count_a_broken_full(snap_root):
-    trainer = Trainer(snap_root)
+    trainer = ReferenceShard(snap_root)
     for kind in ["full", "full", "full"]:
         trainer.step(5, 1)
         trainer.snapshot(kind)
@@ -360,7 +366,7 @@ def test_restore_is_the_newest_intact_state_under_any_single_damage(
 ):
     kinds = ["full", *kinds[1:]]
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(Path(tmp) / "snaps", seed)
+        trainer = ReferenceShard(Path(tmp) / "snaps", seed)
         for kind in kinds:
             trainer.step(8, 2)
             trainer.snapshot(kind)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from snapshot_helpers import Trainer
+from snapshot_helpers import ReferenceShard
 
 from ps_server.snapshot import cli as snapshot_cli
 from ps_server.snapshot import export_cli
@@ -34,12 +34,12 @@ def _run(module, argv: list[str]) -> int:
 
 
 @pytest.fixture
-def shard_dirs(tmp_path) -> tuple[list[Path], list[Trainer]]:
+def shard_dirs(tmp_path) -> tuple[list[Path], list[ReferenceShard]]:
     """Two training shards, each with a chain F1 I2 I3 F4 I5."""
     trainers = []
     for shard in range(2):
         server = ServerInfo("training", shard, 2, 1000 + shard)
-        trainer = Trainer(tmp_path / f"shard-{shard}", seed=shard, server=server)
+        trainer = ReferenceShard(tmp_path / f"shard-{shard}", seed=shard, server=server)
         for kind in ["full", "incr", "incr", "full", "incr"]:
             trainer.step()
             trainer.snapshot(kind)
@@ -91,7 +91,7 @@ def test_a_bundle_and_its_snapshots_load_the_same(shard_dirs, tmp_path):
 
 
 def test_float16_export_halves_values_and_clips_out_of_range(tmp_path):
-    trainer = Trainer(tmp_path / "s0")
+    trainer = ReferenceShard(tmp_path / "s0")
     trainer.step()
     key = next(iter(trainer.tables["user"].rows))
     value, state, pushes, version = trainer.tables["user"].rows[key]

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from ps_server.dedup import RequestDeduplicator
+from ps_server.applied_requests import AppliedRequests
 
 
 def test_a_retry_during_the_first_attempt_waits_and_gets_its_answer():
-    dedup = RequestDeduplicator(10)
+    applied = AppliedRequests(10)
     entered, release = threading.Event(), threading.Event()
     calls = []
 
@@ -21,10 +21,10 @@ def test_a_retry_during_the_first_attempt_waits_and_gets_its_answer():
         return "applied"
 
     results = []
-    first = threading.Thread(target=lambda: results.append(dedup.run("r1", slow_apply)))
+    first = threading.Thread(target=lambda: results.append(applied.run("r1", slow_apply)))
     first.start()
     entered.wait(10)
-    second = threading.Thread(target=lambda: results.append(dedup.run("r1", slow_apply)))
+    second = threading.Thread(target=lambda: results.append(applied.run("r1", slow_apply)))
     second.start()
     release.set()
     first.join(10)
@@ -34,28 +34,28 @@ def test_a_retry_during_the_first_attempt_waits_and_gets_its_answer():
 
 
 def test_a_failed_apply_is_forgotten_so_a_retry_applies():
-    dedup = RequestDeduplicator(10)
+    applied = AppliedRequests(10)
 
     def fail():
         raise ValueError("bad")
 
     with pytest.raises(ValueError):
-        dedup.run("r1", fail)
-    assert dedup.run("r1", lambda: 7) == (7, False)
-    assert dedup.run("r1", lambda: 8) == (7, True)
+        applied.run("r1", fail)
+    assert applied.run("r1", lambda: 7) == (7, False)
+    assert applied.run("r1", lambda: 8) == (7, True)
 
 
 def test_memory_is_bounded_oldest_first():
-    dedup = RequestDeduplicator(3)
+    applied = AppliedRequests(3)
     for i in range(5):
-        dedup.run(f"r{i}", lambda i=i: i)
-    assert len(dedup) == 3
-    assert dedup.run("r4", lambda: -1) == (4, True)
-    assert dedup.run("r0", lambda: -1) == (-1, False)  # forgotten, applied again
+        applied.run(f"r{i}", lambda i=i: i)
+    assert len(applied) == 3
+    assert applied.run("r4", lambda: -1) == (4, True)
+    assert applied.run("r0", lambda: -1) == (-1, False)  # forgotten, applied again
 
 
 def test_empty_ids_and_a_zero_window_always_apply():
-    assert RequestDeduplicator(10).run("", lambda: 1) == (1, False)
-    assert RequestDeduplicator(0).run("r", lambda: 2) == (2, False)
+    assert AppliedRequests(10).run("", lambda: 1) == (1, False)
+    assert AppliedRequests(0).run("r", lambda: 2) == (2, False)
     with pytest.raises(ValueError, match="request_id is 200 bytes"):
-        RequestDeduplicator(10).run("x" * 200, lambda: 3)
+        AppliedRequests(10).run("x" * 200, lambda: 3)

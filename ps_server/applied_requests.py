@@ -1,7 +1,7 @@
 """Apply-once pushes: remember the answers of the last N request ids.
 
 A client retries a push with the same ``request_id`` when it could not tell whether the
-first attempt landed. ``RequestDeduplicator.run(request_id, apply)`` runs ``apply`` at
+first attempt landed. ``AppliedRequests.run(request_id, apply)`` runs ``apply`` at
 most once per id among the last ``window`` ids, even when the retry arrives while the
 first attempt is still running (it waits for it and returns its answer).
 """
@@ -13,19 +13,19 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-__all__ = ["MAX_REQUEST_ID_BYTES", "RequestDeduplicator"]
+__all__ = ["MAX_REQUEST_ID_BYTES", "AppliedRequests"]
 
 MAX_REQUEST_ID_BYTES = 128
 
 _Result = TypeVar("_Result")
 
 
-class RequestDeduplicator(Generic[_Result]):
+class AppliedRequests(Generic[_Result]):
     """Bounded memory of applied request ids (oldest forgotten first)."""
 
     def __init__(self, window: int) -> None:
         if window < 0:
-            raise ValueError(f"dedup window must be >= 0, got {window}")
+            raise ValueError(f"the request id window must be >= 0, got {window}")
         self._window = window
         self._lock = threading.Lock()
         self._applied: OrderedDict[str, _Result] = OrderedDict()
