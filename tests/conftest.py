@@ -2,7 +2,9 @@
 
 ``server_factory`` starts in-process servers (module-scoped: one set per test module);
 ``process_factory`` starts ``mps server`` subprocesses and waits for gRPC health SERVING.
-Both bind 127.0.0.1 port 0 and stop everything they started.
+Both bind 127.0.0.1 port 0 and stop everything they started. ``local_cluster`` builds a
+whole local cluster in a fresh directory; ``metric_value`` reads one metric off a live
+process's /metrics page.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 import json
 import os
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
+from monolith_ps.local import LocalCluster
 from monolith_ps.processes import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +67,46 @@ def write_config(path: Path, config: dict[str, Any] | None = None) -> Path:
     """Write a cluster config (default ``SERVICE_CONFIG``) as JSON and return its path."""
     path.write_text(json.dumps(SERVICE_CONFIG if config is None else config))
     return path
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LocalCluster]:
+    """Build (not start) local clusters, each in a fresh directory.
+
+    ``local_cluster(config, name="cluster", snapshots=False, **options)`` writes ``config``
+    there as ``tables.json`` and returns ``LocalCluster(that file, log_dir=<dir>/logs,
+    **options)``; ``snapshots`` gives the training shards ``<dir>/snapshots``.
+    """
+
+    def build(
+        config: dict[str, Any], name: str = "cluster", snapshots: bool = False, **options: Any
+    ) -> LocalCluster:
+        workdir = tmp_path_factory.mktemp(name)
+        if snapshots:
+            options["snapshot_dir"] = workdir / "snapshots"
+        config_path = write_config(workdir / "tables.json", config)
+        return LocalCluster(config_path, log_dir=workdir / "logs", **options)
+
+    return build
+
+
+def read_metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples ``name`` on the /metrics page at ``url`` whose labels
+    include ``labels``; 0 when there are none."""
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+@pytest.fixture(scope="session")
+def metric_value() -> Callable[..., float]:
+    """``metric_value(url, name, **labels)``: see :func:`read_metric`."""
+    return read_metric
 
 
 def wait_for_serving(address: str, timeout: float = 120.0, service: str = "") -> None:

@@ -15,7 +15,6 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from monolith_ps.local import LocalCluster
 from ps_client import PSClient
 from tests.deploy.chart_render import CHART_DIR, load_values, render
 from tests.tooling import require_tool, run_tool
@@ -35,18 +34,15 @@ def _scrape(url: str, accept: str | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory):
+def pages(local_cluster):
     """The text and OpenMetrics pages of each role after a training step and a sync."""
-    workdir = tmp_path_factory.mktemp("exposition")
-    config = workdir / "tables.json"
-    config.write_text(json.dumps(CONFIG))
-    cluster = LocalCluster(
-        config,
+    cluster = local_cluster(
+        CONFIG,
+        name="exposition",
+        snapshots=True,
         training_shards=1,
         serving_shards=1,
         sparse_interval="0.3s",
-        snapshot_dir=workdir / "snapshots",
-        log_dir=workdir / "logs",
     )
     keys = np.arange(1, 65, dtype=np.uint64)
     with cluster:

@@ -147,7 +147,7 @@ def test_a_folder_that_is_no_release_is_refused_before_any_cluster_starts(tmp_pa
     assert "MONOLITH_PS_DATA" in capsys.readouterr().out
 
 
-def test_ctrl_c_shuts_the_cluster_down(tmp_path):
+def test_ctrl_c_shuts_the_cluster_down(tmp_path, metric_value):
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "examples.movielens.demo", "--windows", "40",
@@ -165,8 +165,13 @@ def test_ctrl_c_shuts_the_cluster_down(tmp_path):
         for line in proc.stderr:
             if line.startswith("cluster up") or time.monotonic() > deadline:
                 break
-        time.sleep(1.0)  # into the stream
-        proc.send_signal(signal.SIGINT)
+        log = (tmp_path / "logs" / "training-0.log").read_text().splitlines()
+        started = next(json.loads(x) for x in log if '"server_started"' in x)
+        metrics_url = f"http://127.0.0.1:{started['metrics_port']}/metrics"
+        while not metric_value(metrics_url, "monolith_ps_rpc_requests_total", method="Push"):
+            assert time.monotonic() < deadline, "the stream never pushed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # in the stream: training has taken a push
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

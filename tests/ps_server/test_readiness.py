@@ -4,7 +4,6 @@ whatever its sparse interval. Real processes on loopback; kill means SIGKILL."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import urllib.error
@@ -16,7 +15,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_ps.health import STARTUP_SERVICE
-from monolith_ps.local import LocalCluster
 from monolith_ps.v1 import ps_pb2
 from ps_client import PSClient
 from ps_server.readiness import missing_state
@@ -70,18 +68,15 @@ def _healthz(metrics_port: int) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("readiness")
-    config = workdir / "tables.json"
-    config.write_text(json.dumps(CONFIG))
-    local = LocalCluster(
-        config,
+def cluster(local_cluster):
+    local = local_cluster(
+        CONFIG,
+        name="readiness",
         training_shards=2,
         serving_shards=1,
         serving_replicas=2,
         sparse_interval="5m",  # no round will come: only the new-replica check syncs
         dense_interval="1h",
-        log_dir=workdir / "logs",
     )
     with local:
         yield local

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +13,18 @@ import pytest
 from monolith_ps.cli import main
 from ps_client import PSClient, RetryPolicy
 from ps_server.cli import resolve_shard_index, shard_dir
+
+
+class _RetryLogged(logging.Handler):
+    """Sets ``seen`` when the client logs a retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("rpc retry"):
+            self.seen.set()
 
 
 def test_client_retries_through_a_kill_and_restart_on_the_same_port(process_factory, caplog):
@@ -25,10 +36,17 @@ def test_client_retries_through_a_kill_and_restart_on_the_same_port(process_fact
         epoch = client.describe()[0].epoch
         port = server.port
         server.kill()  # SIGKILL: no goodbye, in-memory rows are gone
-        restarter = threading.Thread(target=lambda: (time.sleep(0.5), server.start(port=port)))
-        restarter.start()
-        with caplog.at_level(logging.INFO, logger="ps_client"):
-            pushed = client.push("user_id", keys, np.ones((64, 8), np.float32))
+        retried = _RetryLogged()
+        restarter = threading.Thread(
+            target=lambda: (retried.seen.wait(60), server.start(port=port))
+        )
+        logging.getLogger("ps_client").addHandler(retried)
+        try:
+            with caplog.at_level(logging.INFO, logger="ps_client"):
+                restarter.start()  # once the push has failed and is being retried
+                pushed = client.push("user_id", keys, np.ones((64, 8), np.float32))
+        finally:
+            logging.getLogger("ps_client").removeHandler(retried)
         restarter.join(60)
         assert server.port == port
         assert any("rpc retry" in r.getMessage() for r in caplog.records)

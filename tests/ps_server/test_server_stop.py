@@ -58,13 +58,6 @@ def _break_disk(snapshots: Path, mounted: bool) -> str:
     return "ENOTDIR"
 
 
-def _wait_for_event(server, event: str, timeout: float = 30.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while event not in server.events:
-        assert time.monotonic() < deadline, f"no {event} in {server.log_path}"
-        time.sleep(0.02)
-
-
 def test_a_final_snapshot_on_a_full_disk_is_logged_and_exits_1_in_time(process_factory, tmp_path):
     with _small_disk(tmp_path / "disk") as mounted:
         snapshots = tmp_path / "disk" / "snapshots"
@@ -77,7 +70,6 @@ def test_a_final_snapshot_on_a_full_disk_is_logged_and_exits_1_in_time(process_f
         sent = time.monotonic()
         status = server.wait(timeout=30)
         took = time.monotonic() - sent
-        time.sleep(0.1)  # let the log reader take the last lines
     assert status == 1
     assert took < _GRACE + 10, took
     failed = [line for line in server.lines if line.get("event") == "stop_step_failed"]
@@ -88,7 +80,7 @@ def test_a_final_snapshot_on_a_full_disk_is_logged_and_exits_1_in_time(process_f
     assert stopped and stopped[0]["exit_code"] == 1
 
 
-def test_a_second_sigterm_ends_a_stop_that_is_still_draining(process_factory):
+def test_a_second_sigterm_ends_a_stop_that_is_still_draining(process_factory, metric_value):
     server = process_factory("serving", extra_args=("--grace-seconds", "60"))
     channel = grpc.insecure_channel(server.address)
     stub = ps_pb2_grpc.ParameterServerStub(channel)
@@ -103,14 +95,18 @@ def test_a_second_sigterm_ends_a_stop_that_is_still_draining(process_factory):
 
     call = stub.ApplyDelta.future(hold(), timeout=90)
     try:
-        _wait_for_event(server, "server_waiting_for_sync")
-        time.sleep(0.3)  # the stream is open on the server
-        server.signal(signal.SIGTERM)
-        _wait_for_event(server, "server_stopping")
+        server.wait_event("server_waiting_for_sync", 30)
+        deadline = time.monotonic() + 30
+        while not metric_value(
+            server.metrics_url, "monolith_ps_delta_bytes_received_total", table="user_id"
+        ):
+            assert time.monotonic() < deadline, "the server never took the stream's first chunk"
+            time.sleep(0.02)
+        server.signal(signal.SIGTERM)  # the stream is open on the server
+        server.wait_event("server_stopping", 30)
         assert server.proc.poll() is None  # still draining the open stream
         server.signal(signal.SIGTERM)
         assert server.wait(timeout=10) == 1
-        time.sleep(0.1)
         assert "forced_exit" in server.events
     finally:
         release.set()

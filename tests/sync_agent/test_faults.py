@@ -10,11 +10,9 @@ too. After each fault: every replica converges to training, exactly.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
-import urllib.request
 import uuid
 
 import grpc
@@ -22,7 +20,6 @@ import numpy as np
 import pytest
 
 from monolith_ps import wire
-from monolith_ps.local import LocalCluster
 from monolith_ps.routing import shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from sync_agent.router import can_share_keys
@@ -79,7 +76,8 @@ class Workload:
         self._stubs = [_stub(a) for a in training]
         self._running = threading.Event()
         self._stop = threading.Event()
-        self._idle = threading.Event()
+        self._batch = threading.Lock()  # held while a batch is pushed
+        self._pushed = threading.Condition()
         self._rng = np.random.default_rng(7)
         self.pushes = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -90,38 +88,50 @@ class Workload:
         for _ in range(1_000_000):
             if self._stop.is_set():
                 return
-            if not self._running.is_set():
-                self._idle.set()
-                self._running.wait(0.1)
+            if not self._running.wait(0.1):
                 continue
-            self._idle.clear()
-            batch = self._rng.choice(len(KEYS), size=300, replace=False)
-            for i, stub in enumerate(self._stubs):
-                keys = KEYS[batch][owner[batch] == i]
-                request = ps_pb2.PushRequest(
-                    tables=[
-                        ps_pb2.TableGradients(
-                            table="emb",
-                            keys=wire.encode_keys(keys),
-                            grads=(-np.ones((len(keys), DIM), np.float32)).tobytes(),
-                        )
-                    ],
-                    request_id=uuid.uuid4().hex,
-                )
-                try:
-                    stub.Push(request, timeout=2.0)
-                    self.pushes += 1
-                except grpc.RpcError:
-                    pass  # a shard being restarted
-            time.sleep(0.02)
+            with self._batch:
+                if self._running.is_set():
+                    self._push_batch(owner)
+            self._stop.wait(0.02)  # the workload's pace
+
+    def _push_batch(self, owner: np.ndarray) -> None:
+        batch = self._rng.choice(len(KEYS), size=300, replace=False)
+        for i, stub in enumerate(self._stubs):
+            keys = KEYS[batch][owner[batch] == i]
+            request = ps_pb2.PushRequest(
+                tables=[
+                    ps_pb2.TableGradients(
+                        table="emb",
+                        keys=wire.encode_keys(keys),
+                        grads=(-np.ones((len(keys), DIM), np.float32)).tobytes(),
+                    )
+                ],
+                request_id=uuid.uuid4().hex,
+            )
+            try:
+                stub.Push(request, timeout=2.0)
+            except grpc.RpcError:
+                continue  # a shard being restarted
+            with self._pushed:
+                self.pushes += 1
+                self._pushed.notify_all()
 
     def resume(self) -> None:
         self._running.set()
 
     def pause(self) -> None:
+        """Stop pushing; returns once no push is in flight."""
         self._running.clear()
-        self._idle.wait(10.0)
-        time.sleep(0.05)
+        with self._batch:
+            pass
+
+    def wait_pushes(self, count: int, timeout: float = TIMEOUT) -> None:
+        """Until ``count`` more pushes have been taken by training."""
+        with self._pushed:
+            target = self.pushes + count
+            moved = self._pushed.wait_for(lambda: self.pushes >= target, timeout)
+        assert moved, f"training took {self.pushes - target + count} of {count} pushes"
 
     def close(self) -> None:
         self._stop.set()
@@ -185,19 +195,16 @@ class Monitor:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("faults")
-    config = workdir / "tables.json"
-    config.write_text(json.dumps(CONFIG))
-    local = LocalCluster(
-        config,
+def cluster(local_cluster):
+    local = local_cluster(
+        CONFIG,
+        name="faults",
+        snapshots=True,
         training_shards=N_TRAIN,
         serving_shards=N_SERVE,
         serving_replicas=REPLICAS,
         sparse_interval="0.5s",
         dense_interval="1h",
-        snapshot_dir=workdir / "snapshots",
-        log_dir=workdir / "logs",
         agent_args=["--rpc-timeout", "1s", "--stall-timeout", "2s"],
     )
     with local:
@@ -264,14 +271,12 @@ def _wait_converged(local, replicas=None, timeout=TIMEOUT) -> None:
     assert not problem, problem
 
 
-def _agent_metric(local, name, labels=None) -> float:
-    with urllib.request.urlopen(local.agent_metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in (labels or {}).items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def _wait_until(condition, failure: str, timeout: float = TIMEOUT) -> None:
+    """Until ``condition()`` holds, asking every 20 ms; fails with ``failure`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -305,56 +310,54 @@ def test_ephemeral_rows_expire_on_serving_too(faults):
     assert owner.size == EPHEMERAL_KEYS.size
 
 
-def test_agent_killed_mid_round_then_restarted(faults):
+def test_agent_killed_mid_round_then_restarted(faults, metric_value):
     local, workload, monitor = faults
     workload.pause()
     _wait_converged(local)
-    # A replica restarted empty needs a long full bootstrap: kill the agent in the middle.
+    # A replica restarted empty needs a long full bootstrap (table bulk): the agent is
+    # frozen once that stream has begun reaching the replica, then killed.
     target = local.process("serving", 1, replica=1)
     local.kill("agent")
     local.kill("serving", 1, replica=1)
     monitor.forget(target.address)
     local.restart("serving", 1, replica=1)
     local.restart("agent")
+    _wait_until(
+        lambda: (
+            metric_value(target.metrics_url, "monolith_ps_delta_bytes_received_total", table="bulk")
+            > 0
+        ),
+        "the agent never began the full bootstrap of the restarted replica",
+    )
+    local.kill("agent", sig=signal.SIGSTOP)  # mid-round: some streams started, not all done
     stub = _stub(target.address)
-    caught = False
-    for _ in range(500):
-        state = stub.GetSyncState(ps_pb2.GetSyncStateRequest(), timeout=15, wait_for_ready=True)
-        received = _serving_bytes_received(target.metrics_url)
-        if received > 0 and len(state.cursors) < N_TRAIN * NUM_TABLES:
-            local.kill("agent")  # mid-round: some streams started, not all finished
-            caught = True
-            break
-        time.sleep(0.005)
-    assert caught, "never saw the agent mid-round"
     before = {(c.table, c.source_shard) for c in stub.GetSyncState(
         ps_pb2.GetSyncStateRequest(), timeout=15, wait_for_ready=True).cursors}  # fmt: skip
-    assert len(before) < N_TRAIN * NUM_TABLES  # the round was cut: cursors are missing
+    assert len(before) < N_TRAIN * NUM_TABLES, "the bootstrap ended before the agent froze"
+    local.kill("agent")  # SIGKILL, while frozen
     workload.resume()
-    time.sleep(1.0)
+    workload.wait_pushes(10)  # training moves on while no agent runs
     local.restart("agent")
 
 
-def _serving_bytes_received(url: str) -> float:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("monolith_ps_delta_bytes_received_total{")
-    )
-
-
-def test_serving_replica_killed_and_restarted_empty(faults):
+def test_serving_replica_killed_and_restarted_empty(faults, metric_value):
     local, workload, monitor = faults
     target = local.process("serving", 0, replica=0)
-    resyncs = _agent_metric(
-        local, "monolith_ps_sync_full_resyncs_total", {"replica": target.address}
-    )
+
+    def agent_counts(name: str, **labels: str) -> float:
+        return metric_value(local.agent_metrics_url, name, **labels)
+
+    resyncs = agent_counts("monolith_ps_sync_full_resyncs_total", replica=target.address)
+    errors = agent_counts("monolith_ps_sync_errors_total", server=target.address)
     local.kill("serving", 0, replica=0)
     monitor.forget(target.address)
-    time.sleep(1.0)
-    # While it is down the other replicas keep up.
+    # While it is down the agent goes on without it, training moves on and the other
+    # replicas keep up.
+    _wait_until(
+        lambda: agent_counts("monolith_ps_sync_errors_total", server=target.address) > errors,
+        "the agent never noticed the killed replica",
+    )
+    workload.wait_pushes(10)
     workload.pause()
     others = {(s, r) for s in range(N_SERVE) for r in range(REPLICAS)} - {(0, 0)}
     _wait_converged(local, others)
@@ -362,13 +365,12 @@ def test_serving_replica_killed_and_restarted_empty(faults):
     local.restart("serving", 0, replica=0)
     # It is refilled by a full resync while training keeps changing; once that resync is
     # counted, the training side is held still so "equal to training" has one answer.
-    deadline = time.monotonic() + TIMEOUT
-    while (
-        _agent_metric(local, "monolith_ps_sync_full_resyncs_total", {"replica": target.address})
-        <= resyncs
-    ):
-        assert time.monotonic() < deadline, "no full resync of the restarted replica"
-        time.sleep(0.2)
+    _wait_until(
+        lambda: (
+            agent_counts("monolith_ps_sync_full_resyncs_total", replica=target.address) > resyncs
+        ),
+        "no full resync of the restarted replica",
+    )
     workload.pause()
     _wait_converged(local, {(0, 0)}, timeout=TIMEOUT)
 
@@ -409,28 +411,26 @@ def test_training_shard_restarted_with_a_new_epoch(faults):
     workload.resume()
 
 
-def test_replica_unreachable_for_a_while(faults):
+def test_replica_unreachable_for_a_while(faults, metric_value):
     local, workload, _ = faults
     frozen = local.process("serving", 0, replica=1)
-    errors_before = _agent_metric(
-        local, "monolith_ps_sync_errors_total", {"server": frozen.address}
-    )
+
+    def errors(**labels: str) -> float:
+        return metric_value(local.agent_metrics_url, "monolith_ps_sync_errors_total", **labels)
+
+    errors_before = errors(server=frozen.address)
     local.kill("serving", 0, replica=1, sig=signal.SIGSTOP)
     try:
         # until the agent has given up on the frozen replica (its rpc or stall timeout)
-        deadline = time.monotonic() + TIMEOUT
-        while (
-            _agent_metric(local, "monolith_ps_sync_errors_total", {"server": frozen.address})
-            <= errors_before
-        ):
-            assert time.monotonic() < deadline, "the agent never noticed the frozen replica"
-            time.sleep(0.2)
+        _wait_until(
+            lambda: errors(server=frozen.address) > errors_before,
+            "the agent never noticed the frozen replica",
+        )
         workload.pause()
         others = {(s, r) for s in range(N_SERVE) for r in range(REPLICAS)} - {(0, 1)}
         _wait_converged(local, others)  # the frozen replica holds nobody back
         workload.resume()
-        time.sleep(1.0)
+        workload.wait_pushes(10)  # the frozen replica falls behind
     finally:
         local.kill("serving", 0, replica=1, sig=signal.SIGCONT)
-    errors = _agent_metric(local, "monolith_ps_sync_errors_total")
-    assert errors > 0
+    assert errors() > 0

@@ -4,9 +4,7 @@ leaves exactly its partition behind; restarted, it catches up."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -72,26 +70,14 @@ def _push_one(local: LocalCluster) -> np.ndarray:
         return client.lookup("emb", KEYS)
 
 
-def _replicas_synced(agent: ManagedProcess) -> float:
-    with urllib.request.urlopen(agent.metrics_url, timeout=5) as response:
-        text = response.read().decode()
-    return next(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("monolith_ps_sync_replicas ")
-    )
-
-
 @pytest.fixture
-def cluster(tmp_path):
-    config = tmp_path / "tables.json"
-    config.write_text(json.dumps(CONFIG))
-    local = LocalCluster(
-        config,
+def cluster(local_cluster):
+    local = local_cluster(
+        CONFIG,
+        name="partition",
         training_shards=N_TRAIN,
         serving_shards=N_SERVE,
         serving_replicas=REPLICAS,
-        log_dir=tmp_path / "logs",
         agent=False,
     )
     agents: list[ManagedProcess] = []
@@ -101,11 +87,11 @@ def cluster(tmp_path):
             name = f"agent-{partition.replace('/', '-of-')}"
             agent = next((a for a in agents if a.name == name), None)
             if agent is None:
-                agent = ManagedProcess(name, [], tmp_path / "logs" / f"{name}.log")
+                agent = ManagedProcess(name, [], local.log_dir / f"{name}.log")
                 agents.append(agent)
             serving = [a for replicas in local.serving_addresses for a in replicas]
             agent.args = [
-                "sync-agent", "--config", str(config),
+                "sync-agent", "--config", str(local.config_path),
                 "--training", ",".join(local.training_addresses),
                 "--serving", ",".join(serving),
                 "--sparse-interval", "0.3s", "--metrics-port", "0",
@@ -122,13 +108,19 @@ def cluster(tmp_path):
                 agent.kill()
 
 
-def test_partitioned_agents_converge_and_a_killed_one_leaves_only_its_shards_behind(cluster):
+def test_partitioned_agents_converge_and_a_killed_one_leaves_only_its_shards_behind(
+    cluster, metric_value
+):
     local, start = cluster
+
+    def replicas_synced(agent: ManagedProcess) -> float:
+        return metric_value(agent.metrics_url, "monolith_ps_sync_replicas")
+
     first = _push_one(local)
     agents = {p: start(p) for p in ("0/2", "1/2")}
     _wait_until(local, first, stale=set())
-    assert _replicas_synced(agents["0/2"]) == 2 * REPLICAS  # serving shards 0 and 2
-    assert _replicas_synced(agents["1/2"]) == REPLICAS  # serving shard 1
+    assert replicas_synced(agents["0/2"]) == 2 * REPLICAS  # serving shards 0 and 2
+    assert replicas_synced(agents["1/2"]) == REPLICAS  # serving shard 1
 
     agents["1/2"].kill()  # SIGKILL
     second = _push_one(local)

@@ -228,7 +228,10 @@ def test_sigterm_snapshot_holds_every_acknowledged_push_then_damage_falls_back(
     threads = [threading.Thread(target=pusher, args=(w,)) for w in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while len(acked) <= 10:  # the stop comes while pushes are being acknowledged
+        assert time.monotonic() < deadline, f"{len(acked)} pushes acknowledged in 60 s"
+        time.sleep(0.01)
     server.signal(signal.SIGTERM)
     assert server.wait(timeout=60) == 0
     stop.set()
