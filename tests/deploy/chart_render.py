@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,33 @@ VARIANTS: dict[str, Path | None] = {"default": None} | {
     path.name.removesuffix("-values.yaml"): path
     for path in sorted(CHART_DIR.glob("ci/*-values.yaml"))
 }
+
+
+def operator_resource_schema(
+    kind: str, spec: dict[str, Any], metadata_required: Sequence[str] = ("name",)
+) -> dict[str, Any]:
+    """JSON schema of a Prometheus-operator resource (``monitoring.coreos.com/v1``) of
+    ``kind``, closed: metadata of name, namespace and string labels, and ``spec``."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": {
+                "type": "object",
+                "required": list(metadata_required),
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "namespace": {"type": "string"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+            "spec": spec,
+        },
+    }
 
 
 def load_values(variant: str) -> dict[str, Any] | None:

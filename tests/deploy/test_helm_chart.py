@@ -13,7 +13,16 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from chart_render import CHART_DIR, NAMESPACE, RELEASE, VARIANTS, Rendering, load_values, render
+from chart_render import (
+    CHART_DIR,
+    NAMESPACE,
+    RELEASE,
+    VARIANTS,
+    Rendering,
+    load_values,
+    operator_resource_schema,
+    render,
+)
 
 import monolith_ps
 
@@ -95,68 +104,52 @@ _DURATION = {
     "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?"
     r"(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
 }
-_SERVICE_MONITOR = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string"},
-                "namespace": {"type": "string"},
-                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "selector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "matchLabels": {
-                            "type": "object",
-                            "additionalProperties": {"type": "string"},
-                        }
-                    },
-                },
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
+_SERVICE_MONITOR = operator_resource_schema(
+    "ServiceMonitor",
+    {
+        "type": "object",
+        "required": ["selector", "endpoints"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "matchLabels": {
                         "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-                            "interval": _DURATION,
-                            "scrapeTimeout": _DURATION,
-                            "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                            "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
-                        },
+                        "additionalProperties": {"type": "string"},
+                    }
+                },
+            },
+            "namespaceSelector": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "any": {"type": "boolean"},
+                    "matchNames": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+            "endpoints": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "port": {"type": "string"},
+                        "path": {"type": "string"},
+                        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                        "interval": _DURATION,
+                        "scrapeTimeout": _DURATION,
+                        "relabelings": {"type": "array", "items": _RELABEL_CONFIG},
+                        "metricRelabelings": {"type": "array", "items": _RELABEL_CONFIG},
                     },
                 },
             },
         },
     },
-}
+)
 
 
 def test_service_monitor_has_the_operator_shape_and_scrapes_each_pod_once(

@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 import yaml
-from chart_render import CHART_DIR, Rendering
+from chart_render import CHART_DIR, Rendering, operator_resource_schema
 
 from tests.tooling import require_tool, run_tool
 
@@ -33,45 +33,30 @@ _RULE = {
     },
 }
 # The subset of monitoring.coreos.com/v1 PrometheusRule the chart renders, closed.
-_PROMETHEUS_RULE = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": {
-            "type": "object",
-            "required": ["name", "namespace", "labels"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string"},
-                "namespace": {"type": "string"},
-                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "spec": {
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string"},
-                            "rules": {"type": "array", "minItems": 1, "items": _RULE},
-                        },
+_PROMETHEUS_RULE = operator_resource_schema(
+    "PrometheusRule",
+    {
+        "type": "object",
+        "required": ["groups"],
+        "additionalProperties": False,
+        "properties": {
+            "groups": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "rules"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "rules": {"type": "array", "minItems": 1, "items": _RULE},
                     },
                 },
             },
         },
     },
-}
+    metadata_required=("name", "namespace", "labels"),
+)
 # What the issue asks the alerts to cover, by the metric each one reads.
 _COVERED = (
     "monolith_ps_sync_lag_seconds",

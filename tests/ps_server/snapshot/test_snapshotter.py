@@ -52,6 +52,26 @@ def _train(state: ShardState, rng: np.random.Generator, steps: int = 3, now: flo
     state.tables["user"].delete(rng.integers(0, 500, 20, dtype=np.uint64))
 
 
+def _restored(root: Path, **state_options) -> tuple[ShardState, TrainingSnapshotter]:
+    """A fresh state restored from ``root`` (nothing there: empty) and its snapshotter."""
+    state = _state(**state_options)
+    snapshotter = _snapshotter(state, root)
+    snapshotter.restore()
+    return state, snapshotter
+
+
+def _cleanly_stopped(root: Path, seed: int) -> ShardState:
+    """A trained training state, stopped cleanly (the SIGTERM path) into ``root``."""
+    live, snapshotter = _restored(root)
+    _train(live, np.random.default_rng(seed))
+    snapshotter.close(final=True)
+    return live
+
+
+# CONFIG with table "user" twice as wide: rows of CONFIG do not fit it.
+WIDER = {**CONFIG, "tables": [{**CONFIG["tables"][0], "dim": 16}, CONFIG["tables"][1]]}
+
+
 def _assert_same(a: ShardState, b: ShardState, *, same_cuckoo_rng: bool = True) -> None:
     """Rows, table metadata and dense state are equal. ``same_cuckoo_rng=False`` skips the
     cuckoo walk's random state: a restore rebuilds the index from the rows, so the slots
@@ -77,9 +97,7 @@ def _assert_same(a: ShardState, b: ShardState, *, same_cuckoo_rng: bool = True) 
 
 def test_restore_is_exact_and_training_continues_identically(tmp_path):
     rng = np.random.default_rng(7)
-    live = _state()
-    writer = _snapshotter(live, tmp_path)
-    writer.restore()
+    live, writer = _restored(tmp_path)
     _train(live, rng)
     assert writer.snapshot(full=True).path.endswith("-full")
     _train(live, rng)
@@ -88,9 +106,7 @@ def test_restore_is_exact_and_training_continues_identically(tmp_path):
     writer.snapshot(full=False)
     writer.close(final=False)
 
-    restored = _state()
-    reader = _snapshotter(restored, tmp_path)
-    reader.restore()
+    restored, reader = _restored(tmp_path)
     _assert_same(live, restored)
     assert restored.epoch != live.epoch  # no clean final snapshot: a new epoch
     more = np.random.default_rng(99)
@@ -101,15 +117,9 @@ def test_restore_is_exact_and_training_continues_identically(tmp_path):
 
 
 def test_clean_stop_keeps_the_epoch_and_holds_the_directory(tmp_path):
-    first = _state()
-    snapshotter = _snapshotter(first, tmp_path)
-    snapshotter.restore()
-    _train(first, np.random.default_rng(1))
-    snapshotter.close(final=True)  # the SIGTERM path
+    first = _cleanly_stopped(tmp_path, 1)
 
-    second = _state()
-    second_snapshotter = _snapshotter(second, tmp_path)
-    second_snapshotter.restore()
+    second, second_snapshotter = _restored(tmp_path)
     assert second.epoch == first.epoch
     _assert_same(first, second)
     with pytest.raises(SnapshotDirBusyError, match="another process"):
@@ -118,14 +128,8 @@ def test_clean_stop_keeps_the_epoch_and_holds_the_directory(tmp_path):
 
 
 def test_dead_run_after_clean_restore_forces_a_new_epoch(tmp_path):
-    first = _state()
-    snapshotter = _snapshotter(first, tmp_path)
-    snapshotter.restore()
-    _train(first, np.random.default_rng(1))
-    snapshotter.close(final=True)
-    second = _state()
-    second_snapshotter = _snapshotter(second, tmp_path)
-    second_snapshotter.restore()
+    first = _cleanly_stopped(tmp_path, 1)
+    second, second_snapshotter = _restored(tmp_path)
     assert second.epoch == first.epoch
     second_snapshotter.store.unlock()  # dies: no final snapshot, lock released by the OS
     third = _state()
@@ -134,9 +138,7 @@ def test_dead_run_after_clean_restore_forces_a_new_epoch(tmp_path):
 
 
 def test_skipped_tail_forces_a_new_epoch_and_a_new_full(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path)
-    snapshotter.restore()
+    live, snapshotter = _restored(tmp_path)
     _train(live, np.random.default_rng(3))
     snapshotter.snapshot(full=True)
     _train(live, np.random.default_rng(4))
@@ -144,33 +146,22 @@ def test_skipped_tail_forces_a_new_epoch_and_a_new_full(tmp_path):
     final = max(tmp_path.glob("snap-*-incr"))
     (final / MANIFEST_NAME).unlink()
 
-    restored = _state()
-    again = _snapshotter(restored, tmp_path)
-    again.restore()
+    restored, again = _restored(tmp_path)
     assert restored.epoch != live.epoch
     assert again.snapshot(full=False).path.endswith("-full")  # a new chain after a loss
     again.close(final=False)
 
 
 def test_snapshot_of_another_shard_or_shape_is_refused(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path)
-    snapshotter.restore()
-    _train(live, np.random.default_rng(5))
-    snapshotter.close(final=True)
+    _cleanly_stopped(tmp_path, 5)
     with pytest.raises(SnapshotMismatchError, match="shard 0 of 1; this server is shard 1 of 2"):
         _snapshotter(_state(shard=1, shards=2), tmp_path).restore()
-    wider = {**CONFIG, "tables": [{**CONFIG["tables"][0], "dim": 16}, CONFIG["tables"][1]]}
     with pytest.raises(SnapshotMismatchError, match="table 'user'.*dim or optimizer"):
-        _snapshotter(_state(wider), tmp_path).restore()
+        _snapshotter(_state(WIDER), tmp_path).restore()
 
 
 def test_nothing_verifies_refuses_to_start_empty(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path)
-    snapshotter.restore()
-    _train(live, np.random.default_rng(6))
-    snapshotter.close(final=True)
+    _cleanly_stopped(tmp_path, 6)
     for manifest in tmp_path.glob("snap-*/" + MANIFEST_NAME):
         manifest.write_text("{}")
     with pytest.raises(NoValidSnapshotError, match="none verifies"):
@@ -211,11 +202,7 @@ def test_periodic_snapshots_and_metrics(tmp_path):
 
 
 def test_serving_bootstrap_takes_its_shard_from_snapshots_and_bundles(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path / "snaps")
-    snapshotter.restore()
-    _train(live, np.random.default_rng(9))
-    snapshotter.close(final=True)
+    live = _cleanly_stopped(tmp_path / "snaps", 9)
     export_bundle([tmp_path / "snaps"], tmp_path / "bundle", dtype="float16")
     user = live.tables["user"].export_since(0)
     for source, dtype in ((tmp_path / "snaps", np.float32), (tmp_path / "bundle", np.float16)):
@@ -234,23 +221,14 @@ def test_serving_bootstrap_takes_its_shard_from_snapshots_and_bundles(tmp_path):
 
 
 def test_serving_bootstrap_refuses_rows_that_do_not_fit(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path / "snaps")
-    snapshotter.restore()
-    _train(live, np.random.default_rng(10))
-    snapshotter.close(final=True)
-    wider = {**CONFIG, "tables": [{**CONFIG["tables"][0], "dim": 16}, CONFIG["tables"][1]]}
-    serving = _state(wider, role="serving", shard=0, shards=1)
+    _cleanly_stopped(tmp_path / "snaps", 10)
+    serving = _state(WIDER, role="serving", shard=0, shards=1)
     with pytest.raises(SnapshotMismatchError, match="table 'user': the bootstrap rows do not fit"):
         ServingBootstrap(serving, tmp_path / "snaps", DeltaReceiver(serving)).restore()
 
 
 def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path / "snaps")
-    snapshotter.restore()
-    _train(live, np.random.default_rng(11))
-    snapshotter.close(final=True)
+    live = _cleanly_stopped(tmp_path / "snaps", 11)
     export_bundle([tmp_path / "snaps"], tmp_path / "bundle")
     user = live.tables["user"].export_since(0)
     for source in (tmp_path / "snaps", tmp_path / "bundle"):
@@ -271,11 +249,7 @@ def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
 
 
 def test_training_bootstrap_from_a_bundle_gets_values_and_fresh_optimizer_state(tmp_path):
-    live = _state()
-    snapshotter = _snapshotter(live, tmp_path / "snaps")
-    snapshotter.restore()
-    _train(live, np.random.default_rng(12))
-    snapshotter.close(final=True)
+    live = _cleanly_stopped(tmp_path / "snaps", 12)
     export_bundle([tmp_path / "snaps"], tmp_path / "bundle")
     for shard in range(2):  # a 1-shard bundle into a 2-shard cluster: each takes its own rows
         fresh = _state(shard=shard, shards=2)
@@ -356,16 +330,10 @@ def test_training_bootstrap_refuses_a_partial_bundle_missing_its_rows(tmp_path):
 def test_no_empty_snapshot_beside_snapshots_with_rows_after_an_empty_restore(tmp_path):
     from ps_server.snapshot.snapshotter import EmptyOverwriteError
 
-    live = _state()
-    writer = _snapshotter(live, tmp_path / "snaps")
-    writer.restore()
-    _train(live, np.random.default_rng(13))
-    writer.close(final=True)
+    _cleanly_stopped(tmp_path / "snaps", 13)
     # A server that restored nothing (its own directory was empty at the time) while rows
     # appeared in it since, e.g. copied in by an operator: its empty state is not written.
-    empty = _state()
-    late = _snapshotter(empty, tmp_path / "late")
-    late.restore()
+    empty, late = _restored(tmp_path / "late")
     for path in (tmp_path / "snaps").glob("snap-*"):
         path.rename(tmp_path / "late" / path.name)
     with pytest.raises(EmptyOverwriteError, match="holds no rows"):
