@@ -8,15 +8,15 @@ behind on disk. Nothing of it is mapped: the process's resident memory holds the
 the cold keys, metadata and index (about 60-80 bytes a cold row) and one segment buffer;
 the rows themselves live in the page cache and on disk.
 
-Slots are grouped in segments of about 1 MiB, written like a log: demoted rows are copied
-into the buffer of the head segment and written with one ``pwrite`` per demotion pass, so
-demoting costs a copy, not a system call, per row. A promotion reads its row with one
-``pread`` straight into the hot arena and leaves a hole. When the head segment is full the
-next head is an empty segment, else the segment with the fewest live rows when at most
-three quarters are live (read whole, compacted in memory, its holes become the head's free
-tail), else a new segment at the end of the file: the file stays within 4/3 of the cold
-rows plus a segment, and each compaction frees at least a quarter segment for two segment
-transfers.
+Slots are grouped in segments of about 1 MiB. A promotion reads its row with one ``pread``
+straight into the hot arena and leaves a hole in its segment. Demoted rows fill the holes
+of the head segment, whose rows the head buffer holds, and each demotion pass writes the
+stretch of the buffer it changed with one ``pwrite``: demoting costs a copy, not a system
+call, per row. When the head segment has no hole left the next head is the segment with
+the fewest live rows when at most three quarters are live (read whole with one ``preadv``;
+an empty one is not read), else a new segment at the end of the file: the file stays within
+4/3 of the cold rows plus two segments, and each reuse fills at least a quarter segment of
+holes for one segment read and one written.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from ps_server.table.arrays import max_live_for
 SEGMENT_BYTES = 1 << 20
 _MIN_SEGMENT_ROWS = 16
 _GROWTH = 1.5
-# a segment is compacted into the head when at most this share of it is live
-_COMPACT_LIVE = 0.75
+# a segment becomes the head again when at most this share of it is live
+_REUSE_LIVE = 0.75
 # rows one read of cold rows brings into memory at a time
 READ_CHUNK_ROWS = 4096
 # scalars the cold tier shares with the table (version, clocks, tombstone log):
@@ -59,7 +59,8 @@ def _open_unlinked(directory: str) -> int:
 class ColdTier:
     """Cold rows of one table: arena rows in a file in ``directory``, the rest in memory.
 
-    ``cursor`` is ``[head segment, rows used in it, rows of it written to the file]``."""
+    ``cursor`` is ``[head segment, next row of it to fill, first and last + 1 row of the
+    buffer not written to the file yet]``."""
 
     def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
         self._fd = _open_unlinked(directory)
@@ -72,11 +73,10 @@ class ColdTier:
         self.keys, self.meta = (a.array for a in self._arenas)
         self.segment_live = np.zeros(0, dtype=np.int64)
         self.segments = 0
-        self.cursor = np.array([-1, self.segment_rows, self.segment_rows], dtype=np.int64)
+        self.cursor = np.array([-1, self.segment_rows, self.segment_rows, 0], dtype=np.int64)
         self.index = cuckoo.new_index(1)
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
-        self.stats = {"segments_compacted": 0, "rows_compacted": 0}
 
     @property
     def fd(self) -> int:
@@ -117,13 +117,13 @@ class ColdTier:
 
     def flush(self) -> None:
         """Write the head segment's rows not yet in the file."""
-        head, used, written = (int(v) for v in self.cursor)
-        if used > written:
-            data = memoryview(self.buffer[written:used]).cast("B")
-            offset = (head * self.segment_rows + written) * self.row_bytes
+        head, _, lo, hi = (int(v) for v in self.cursor)
+        if hi > lo:
+            data = memoryview(self.buffer[lo:hi]).cast("B")
+            offset = (head * self.segment_rows + lo) * self.row_bytes
             if os.pwrite(self._fd, data, offset) != data.nbytes:
                 raise OSError(f"short write to the cold tier's file ({data.nbytes} bytes)")
-            self.cursor[2] = used
+        self.cursor[2:] = (self.segment_rows, 0)
 
     def next_head(self) -> None:
         """The head segment is full: write it out and pick the next (see the module doc)."""
@@ -133,30 +133,20 @@ class ColdTier:
         if head >= 0:
             live[head] = self.segment_rows
         best = int(np.argmin(live)) if self.segments else -1
-        if best >= 0 and live[best] <= _COMPACT_LIVE * self.segment_rows:
-            used = self._compact(best) if live[best] else 0
-            self.cursor[:] = (best, used, 0)
+        if best >= 0 and live[best] <= _REUSE_LIVE * self.segment_rows:
+            if live[best]:
+                offset = best * self.segment_rows * self.row_bytes
+                os.preadv(self._fd, [memoryview(self.buffer).cast("B")], offset)
         else:
             self._add_segment()
-            self.cursor[:] = (self.segments - 1, 0, 0)
+            best = self.segments - 1
+        self.cursor[:2] = (best, 0)
 
     def recount(self) -> None:
         """Count live rows per segment again (after a removal kernel freed cold rows)."""
         live = self.meta[: self.high, rows.VERSION_COL] != 0
         per_segment = live.reshape(self.segments, self.segment_rows).sum(axis=1)
         self.segment_live[: self.segments] = per_segment
-
-    def _compact(self, segment: int) -> int:
-        """Read ``segment`` into the buffer, its live rows moved to its start; returns them."""
-        first = segment * self.segment_rows
-        got = os.preadv(self._fd, [memoryview(self.buffer).cast("B")], first * self.row_bytes)
-        live = int(self.segment_live[segment])
-        used = cold_io.compact_segment(self.index, self.keys, self.meta, self.buffer, first)
-        if used != live or got < used * self.row_bytes:
-            raise OSError(f"cold segment {segment}: {used} live rows, {live} counted")
-        self.stats["segments_compacted"] += 1
-        self.stats["rows_compacted"] += used
-        return used
 
     def _add_segment(self) -> None:
         self.segments += 1

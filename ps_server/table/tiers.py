@@ -3,8 +3,8 @@ a file, see ``cold``), keeping their values, optimizer state, metadata and versi
 
 Both tiers keep a cuckoo index, keys, metadata lines and ``scalars`` in memory; a key lives
 in at most one tier. A promotion reads the row from the file straight into the hot arena
-and leaves a hole in its cold segment; a demotion copies the row into the buffer of the
-cold head segment, which the caller writes out in one piece.
+and leaves a hole in its cold segment; a demotion copies the row into a hole of the cold
+head segment's buffer, which the caller writes out in one piece.
 
 Moving a row is not a change to the table: its version, push count, update time and usage
 stay as they were. Both kernels are resumable: they stop with a status when the
@@ -109,10 +109,12 @@ def demote_rows(
     victims,
     start,
 ):
-    """Move the live hot rows ``victims`` into the cold head segment (``cursor``: its
-    number, rows used), freeing their hot rows. Returns ``(status, position, demoted)``;
-    ``NEED_INDEX`` is about the cold index."""
+    """Move the live hot rows ``victims`` into the holes of the cold head segment, whose
+    rows ``buffer`` holds (``cursor``: its number, the next row to look at, the changed
+    stretch of the buffer), freeing their hot rows. Returns ``(status, position,
+    demoted)``; ``NEED_INDEX`` is about the cold index."""
     segment_rows = buffer.shape[0]
+    first = cursor[0] * segment_rows
     demoted = 0
     for i in range(start, victims.shape[0]):
         h = victims[i]
@@ -120,19 +122,24 @@ def demote_rows(
             continue
         if cold_scalars[LIVE] + 1 > cold_max_live:
             return NEED_INDEX, i, demoted
-        used = cursor[1]
-        if used == segment_rows:
+        at = cursor[1]
+        while at < segment_rows and cold_meta[first + at, VERSION_COL] != 0:
+            at += 1
+        cursor[1] = at
+        if at == segment_rows:
             return NEED_SEGMENT, i, demoted
-        c = cursor[0] * segment_rows + used
+        c = first + at
         key = hot_keys[h]
         if not insert(cold_index, key, c, walk):
             return NEED_INDEX, i, demoted
         for k in range(buffer.shape[1]):
-            buffer[used, k] = hot_arena[h, k]
+            buffer[at, k] = hot_arena[h, k]
         for k in range(META_COLUMNS):
             cold_meta[c, k] = hot_meta[h, k]
         cold_keys[c] = key
-        cursor[1] = used + 1
+        cursor[1] = at + 1
+        cursor[2] = min(cursor[2], at)
+        cursor[3] = max(cursor[3], at + 1)
         segment_live[cursor[0]] += 1
         cold_scalars[LIVE] += 1
         remove(hot_index, key)

@@ -123,7 +123,7 @@ def small_segments(monkeypatch):
     monkeypatch.setattr(cold, "SEGMENT_BYTES", SEGMENT_ROWS * 32)
 
 
-def test_compacted_segments_lose_no_row(small_segments, tmp_path):
+def test_reused_segments_lose_no_row(small_segments, tmp_path):
     tiered, plain = _pair(tmp_path, optimizer="adagrad", ttl_seconds=TTL, max_rows=600)
     _run_random_operations(tiered, plain, seed=11)
 
