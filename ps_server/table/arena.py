@@ -30,7 +30,8 @@ _PAGE = mmap.PAGESIZE
 
 
 class RowArena:
-    """A ``(capacity, *row_shape)`` array of ``dtype`` whose capacity only grows."""
+    """A ``(capacity, *row_shape)`` array of ``dtype`` that grows in place and can give its
+    tail back."""
 
     def __init__(self, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
         self._row_shape = row_shape
@@ -68,6 +69,24 @@ class RowArena:
             self.array[: old.shape[0]] = old
         else:
             self.array = self._view(rows)
+        return self.array
+
+    def shrink(self, rows: int) -> np.ndarray:
+        """Drop the rows from ``rows`` on, their memory back to the system (grown again,
+        they are zero), and return the new view."""
+        if rows >= self.capacity or self._row_bytes == 0:
+            return self.array
+        start, stop = rows * self._row_bytes, self.capacity * self._row_bytes
+        if self._mapping is None:
+            self._block = np.array(self._block[:start])
+        else:
+            first_page = -(-(self._offset + start) // _PAGE) * _PAGE - self._offset
+            self._block[start : min(first_page, stop)] = 0
+            if stop > first_page:
+                self._mapping.madvise(
+                    mmap.MADV_DONTNEED, self._offset + first_page, stop - first_page
+                )
+        self.array = self._view(rows)
         return self.array
 
     def _block_size(self) -> int:

@@ -22,7 +22,7 @@ from ps_server.optim.optimizers import init_state_rows
 from ps_server.table import admission, cuckoo, rows
 from ps_server.table.arena import RowArena
 
-__all__ = ["MAX_LOAD_FACTOR", "STAT_NAMES", "TableArrays", "usage_ranks"]
+__all__ = ["ARENA_GROWTH", "MAX_LOAD_FACTOR", "STAT_NAMES", "TableArrays", "usage_ranks"]
 
 MAX_LOAD_FACTOR = 0.9
 ARENA_GROWTH = 1.125
@@ -156,6 +156,10 @@ class TableArrays:
             if status == rows.DONE:
                 return removed
             self.grow(status)
+
+    def shrink_rows(self, capacity: int) -> None:
+        """Drop the arena rows from ``capacity`` on (none of them live)."""
+        self.rows, self.row_keys, self.meta = (a.shrink(capacity) for a in self.arenas)
 
     def _grow_index(self) -> None:
         index = cuckoo.new_index(self.index.shape[0] * 2)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ps_server.table import cuckoo, rows, tiers
-from ps_server.table.arrays import TableArrays, usage_ranks
+from ps_server.table.arrays import ARENA_GROWTH, TableArrays, usage_ranks
 from ps_server.table.cold import SHARED_SCALARS, ColdTier
 
 __all__ = ["HALF_TO_F32", "Tiering"]
@@ -111,6 +111,18 @@ class Tiering:
         finally:
             cold.flush()
         t.stats["demoted"] += demoted
+        self._shrink_hot()
+
+    def _shrink_hot(self) -> None:
+        """Give back the hot arena rows a batch over the limit made the arenas grow to, once
+        they are more than a growth step past the limit plus an eighth."""
+        t = self._t
+        target = self.hot_limit + self.hot_limit // 8
+        if t.rows.shape[0] <= target * ARENA_GROWTH or t.live > target:
+            return
+        if tiers.pack_rows(t.index, t.walk, t.scalars, t.row_keys, t.meta, t.rows, target) < 0:
+            raise AssertionError("the hot index refused a key while packing rows")
+        t.shrink_rows(target)
 
     def run_removal(self, kernel: Any, *args: Any) -> int:
         """:meth:`TableArrays.run_removal` over the cold tier: the cold scalars take the

@@ -19,6 +19,8 @@ from ps_server.table.cuckoo import insert, probe, remove
 from ps_server.table.jit import hot_kernel
 from ps_server.table.rows import (
     DONE,
+    FREE_HEAD,
+    HIGH,
     LIVE,
     META_COLUMNS,
     NEED_INDEX,
@@ -147,3 +149,39 @@ def demote_rows(
         hot_scalars[LIVE] -= 1
         demoted += 1
     return DONE, victims.shape[0], demoted
+
+
+@hot_kernel
+def pack_rows(index, walk, scalars, row_keys, meta, arena, capacity):
+    """Move the live hot rows at or above ``capacity`` into free rows below it (the caller
+    checked that the live rows fit), keeping their keys, values, state and metadata, and
+    rebuild the free list below the new high-water mark. Returns the rows moved, or -1 when
+    the index refused a key it had just given up (it cannot)."""
+    high = scalars[HIGH]
+    free = 0
+    moved = 0
+    for r in range(capacity, high):
+        if meta[r, VERSION_COL] == 0:
+            continue
+        while meta[free, VERSION_COL] != 0:
+            free += 1
+        key = row_keys[r]
+        for k in range(arena.shape[1]):
+            arena[free, k] = arena[r, k]
+        for k in range(META_COLUMNS):
+            meta[free, k] = meta[r, k]
+        row_keys[free] = key
+        meta[r, VERSION_COL] = 0
+        remove(index, key)
+        if not insert(index, key, free, walk):
+            return -1
+        moved += 1
+    high = min(high, capacity)
+    while high > 0 and meta[high - 1, VERSION_COL] == 0:
+        high -= 1
+    scalars[HIGH] = high
+    scalars[FREE_HEAD] = -1
+    for r in range(high - 1, -1, -1):
+        if meta[r, VERSION_COL] == 0:
+            give_back_row(scalars, row_keys, meta, r)
+    return moved

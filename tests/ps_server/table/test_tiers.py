@@ -145,6 +145,23 @@ def test_cold_file_reuses_the_holes_promotions_leave(small_segments, tmp_path):
     assert _without_stats(tiered) == _without_stats(plain)
 
 
+def test_hot_arenas_shrink_back_after_a_batch_over_the_limit(tmp_path):
+    tiered, plain = _pair(tmp_path, budget=20_000, optimizer="adagrad")
+    limit = tiered.tier_stats()["hot_row_limit"]
+    keys = np.arange(20 * limit, dtype=np.uint64)
+    tiered.find_or_insert(keys, now=1.0)
+    plain.find_or_insert(keys, now=1.0)
+    # the batch grew the arenas to every key; demotion gave them back down to the limit
+    # plus an eighth (a growth step of headroom)
+    assert tiered.capacity <= limit + limit // 8 < plain.capacity
+    grads = np.ones((keys.shape[0], tiered.dim), np.float32)
+    assert tiered.apply_gradients(keys, grads, now=2.0) == plain.apply_gradients(
+        keys, grads, now=2.0
+    )
+    assert tiered.capacity <= limit + limit // 8
+    assert _without_stats(tiered) == _without_stats(plain)
+
+
 def test_serving_table_fed_by_deltas_matches(tmp_path):
     source = EmbeddingTable(TableConfig(name="t", dim=8, optimizer="adam"))
     tiered, plain = _pair(tmp_path, budget=3000, trainable=False, dim=8, serving_dtype="float16")
