@@ -30,24 +30,21 @@ def config_path(tmp_path):
     return path
 
 
-def test_local_up_takes_the_config_sync_section_unless_flags_are_given(config_path, tmp_path):
-    up = build_parser().parse_args(["local", "up", "--config", str(config_path)])
-    assert up.sparse_interval is None and up.dense_interval is None
+@pytest.mark.parametrize(
+    ("flags", "intervals"), [((), (7.0, 540.0)), (("--sparse-interval", "3s"), (3.0, 540.0))]
+)
+def test_local_up_takes_the_config_sync_section_unless_flags_are_given(
+    config_path, tmp_path, flags, intervals
+):
+    up = build_parser().parse_args(["local", "up", "--config", str(config_path), *flags])
+    if not flags:
+        assert up.sparse_interval is None and up.dense_interval is None
     cluster = LocalCluster(
         config_path, sparse_interval=up.sparse_interval, dense_interval=up.dense_interval,
         log_dir=tmp_path / "logs", base_port=40000,  # not started: ports only name servers
     )  # fmt: skip
     settings = _agent_settings(cluster)
-    assert (settings.sparse_interval, settings.dense_interval) == (7.0, 540.0)
-
-    flags = ["local", "up", "--config", str(config_path), "--sparse-interval", "3s"]
-    up = build_parser().parse_args(flags)
-    cluster = LocalCluster(
-        config_path, sparse_interval=up.sparse_interval, dense_interval=up.dense_interval,
-        log_dir=tmp_path / "logs", base_port=40000,  # not started: ports only name servers
-    )  # fmt: skip
-    settings = _agent_settings(cluster)
-    assert (settings.sparse_interval, settings.dense_interval) == (3.0, 540.0)
+    assert (settings.sparse_interval, settings.dense_interval) == intervals
 
 
 def _leaf_parsers(parser: argparse.ArgumentParser, path=()):

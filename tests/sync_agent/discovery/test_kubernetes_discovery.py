@@ -154,8 +154,17 @@ async def test_follows_pods_as_they_start_fail_and_are_replaced(
         # The StatefulSet replaces it: same name, new UID, new IP, Pending first.
         await cluster.delete(training[1])
         replacement = await cluster.create("training", 1)
-        await asyncio.sleep(0.2)
-        assert addresses(discovery, Role.TRAINING) == [f"10.0.0.1:{grpc_port}"]
+        # A pod made ready after it comes later through the same watch: once discovery
+        # lists that one, it has seen the Pending replacement too.
+        marker = await cluster.create("training", 2)
+        await cluster.set_status(marker, ready_status("10.0.0.3"))
+        await until(lambda: len(discovery.endpoints(Role.TRAINING)) > 1, "training-2")
+        assert addresses(discovery, Role.TRAINING) == [
+            f"10.0.0.1:{grpc_port}",
+            f"10.0.0.3:{grpc_port}",
+        ]
+        await cluster.delete(marker)
+        await until(lambda: len(discovery.endpoints(Role.TRAINING)) == 1, "training-2 to leave")
         await cluster.set_status(replacement, ready_status("10.0.0.42"))
         await until(
             lambda: (
@@ -180,6 +189,26 @@ async def test_follows_pods_as_they_start_fail_and_are_replaced(
         await asyncio.to_thread(discovery.close)
 
 
+async def _relists_then_follows(
+    kmock: PodApiEmulator,
+    cluster: Cluster,
+    discovery: KubernetesDiscovery,
+    agent_flags: dict[str, str],
+    role: Role,
+    ordinal: int,
+    ip: str,
+    want: list[str],
+) -> None:
+    """The watch of ``role`` ends and is started again after a fresh list; a pod made
+    ready after that is followed: discovery then lists ``want``."""
+    selector = agent_flags[f"{role.value}-selector"]
+    await until(lambda: kmock.count(action.WATCH, selector) >= 2, "a second watch")
+    assert kmock.count(action.LIST, selector) >= 2
+    pod = await cluster.create(role.value, ordinal)
+    await cluster.set_status(pod, ready_status(ip))
+    await until(lambda: addresses(discovery, role) == want, f"{want} after the re-list")
+
+
 @pytest.mark.asyncio
 async def test_expired_watch_relists_and_keeps_following(
     kmock: PodApiEmulator, cluster: Cluster, agent_flags: dict[str, str], grpc_port: int
@@ -189,18 +218,10 @@ async def test_expired_watch_relists_and_keeps_following(
     kmock.expire_next_watches = 2  # the first watch of each role answers 410 Gone
     discovery = start_discovery(kmock.url, agent_flags)
     try:
-        selector = agent_flags["serving-selector"]
-        await until(lambda: kmock.count(action.WATCH, selector) >= 2, "a second watch")
-        assert kmock.count(action.LIST, selector) >= 2
-        second = await cluster.create("serving", 1)
-        await cluster.set_status(second, ready_status("10.0.1.2"))
-        await until(
-            lambda: (
-                addresses(discovery, Role.SERVING)
-                == [f"10.0.1.1:{grpc_port}", f"10.0.1.2:{grpc_port}"]
-            ),
-            "both serving pods after the re-list",
-        )
+        await _relists_then_follows(
+            kmock, cluster, discovery, agent_flags, Role.SERVING, 1, "10.0.1.2",
+            [f"10.0.1.1:{grpc_port}", f"10.0.1.2:{grpc_port}"],
+        )  # fmt: skip
     finally:
         await asyncio.to_thread(discovery.close)
 
@@ -211,15 +232,10 @@ async def test_watch_ended_by_the_server_is_resumed_with_a_fresh_list(
 ) -> None:
     discovery = start_discovery(kmock.url, agent_flags, watch_timeout_seconds=1)
     try:
-        selector = agent_flags["training-selector"]
-        await until(lambda: kmock.count(action.WATCH, selector) >= 2, "the watch to restart")
-        assert kmock.count(action.LIST, selector) >= 2
-        pod = await cluster.create("training", 0)
-        await cluster.set_status(pod, ready_status("10.0.0.7"))
-        await until(
-            lambda: addresses(discovery, Role.TRAINING) == [f"10.0.0.7:{grpc_port}"],
-            "the pod created after the restart",
-        )
+        await _relists_then_follows(
+            kmock, cluster, discovery, agent_flags, Role.TRAINING, 0, "10.0.0.7",
+            [f"10.0.0.7:{grpc_port}"],
+        )  # fmt: skip
     finally:
         await asyncio.to_thread(discovery.close)
 
