@@ -70,22 +70,25 @@ def write_config(path: Path, config: dict[str, Any] | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LocalCluster]:
-    """Build (not start) local clusters, each in a fresh directory.
+def local_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., LocalCluster]:
+    """Build (not start) local clusters, each in a fresh directory named after the module.
 
-    ``local_cluster(config, name="cluster", snapshots=False, **options)`` writes ``config``
-    there as ``tables.json`` and returns ``LocalCluster(that file, log_dir=<dir>/logs,
-    **options)``; ``snapshots`` gives the training shards ``<dir>/snapshots``.
+    ``local_cluster(config, *shape, snapshots=False, **options)`` writes ``config`` there
+    as ``tables.json`` and returns ``LocalCluster(that file, *shape, log_dir=<dir>/logs,
+    **options)``; ``shape`` is training shards, serving shards and serving replicas;
+    ``snapshots`` gives the training shards ``<dir>/snapshots``.
     """
 
     def build(
-        config: dict[str, Any], name: str = "cluster", snapshots: bool = False, **options: Any
+        config: dict[str, Any], *shape: int, snapshots: bool = False, **options: Any
     ) -> LocalCluster:
-        workdir = tmp_path_factory.mktemp(name)
+        workdir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
         if snapshots:
             options["snapshot_dir"] = workdir / "snapshots"
         config_path = write_config(workdir / "tables.json", config)
-        return LocalCluster(config_path, log_dir=workdir / "logs", **options)
+        return LocalCluster(config_path, *shape, log_dir=workdir / "logs", **options)
 
     return build
 

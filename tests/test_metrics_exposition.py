@@ -38,7 +38,6 @@ def pages(local_cluster):
     """The text and OpenMetrics pages of each role after a training step and a sync."""
     cluster = local_cluster(
         CONFIG,
-        name="exposition",
         snapshots=True,
         training_shards=1,
         serving_shards=1,

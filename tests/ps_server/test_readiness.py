@@ -71,7 +71,6 @@ def _healthz(metrics_port: int) -> tuple[int, str]:
 def cluster(local_cluster):
     local = local_cluster(
         CONFIG,
-        name="readiness",
         training_shards=2,
         serving_shards=1,
         serving_replicas=2,

@@ -198,11 +198,10 @@ class Monitor:
 def cluster(local_cluster):
     local = local_cluster(
         CONFIG,
-        name="faults",
+        N_TRAIN,
+        N_SERVE,
+        REPLICAS,
         snapshots=True,
-        training_shards=N_TRAIN,
-        serving_shards=N_SERVE,
-        serving_replicas=REPLICAS,
         sparse_interval="0.5s",
         dense_interval="1h",
         agent_args=["--rpc-timeout", "1s", "--stall-timeout", "2s"],

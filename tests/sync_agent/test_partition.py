@@ -72,14 +72,7 @@ def _push_one(local: LocalCluster) -> np.ndarray:
 
 @pytest.fixture
 def cluster(local_cluster):
-    local = local_cluster(
-        CONFIG,
-        name="partition",
-        training_shards=N_TRAIN,
-        serving_shards=N_SERVE,
-        serving_replicas=REPLICAS,
-        agent=False,
-    )
+    local = local_cluster(CONFIG, N_TRAIN, N_SERVE, REPLICAS, agent=False)
     agents: list[ManagedProcess] = []
     with local:
 
