@@ -15,7 +15,6 @@ it once). Ratio = reshard seconds / copy seconds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from report import write_result
+from report import benchmark_parser, markdown_table, publish
 
 from monolith_ps.config import parse_config
 from monolith_ps.routing import shard_of
@@ -80,12 +79,9 @@ def _copy_with_fsync(dirs: list[Path], dest: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
+    parser = benchmark_parser(__doc__, rows=1_000_000, dim=64)
     parser.add_argument("--to-shards", type=int, default=4)
     parser.add_argument("--chunk-mb", type=int, default=64)
-    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mps-reshard-bench-"))
     try:
@@ -120,15 +116,11 @@ def main() -> int:
     }
     columns = ["rows", "snapshot MB", "reshard s", "rows/s", "copy+fsync s", "ratio"]
     columns += ["peak anon MB", "peak RSS MB"]
-    print("| " + " | ".join(columns) + " |")
-    print("| ---: " * 8 + "|")
-    print(
-        f"| {args.rows:,} | {result['snapshot_mb']:.0f} | {reshard_s:.1f} | "
-        f"{result['reshard_rows_per_s']:,.0f} | {copy_s:.1f} | "
-        f"{result['ratio_reshard_to_copy']:.1f} | {peak_anon:.0f} | {maxrss:.0f} |"
-    )
-    if args.json:
-        write_result(args.json, result)
+    row = [f"{args.rows:,}", f"{result['snapshot_mb']:.0f}", f"{reshard_s:.1f}",
+           f"{result['reshard_rows_per_s']:,.0f}", f"{copy_s:.1f}",
+           f"{result['ratio_reshard_to_copy']:.1f}", f"{peak_anon:.0f}",
+           f"{maxrss:.0f}"]  # fmt: skip
+    publish(result, markdown_table(columns, [row]), args.json)
     return 0
 
 

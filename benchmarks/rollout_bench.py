@@ -17,7 +17,6 @@ errors during the rollout against the same clients before it (the reference).
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import write_result
+from report import benchmark_parser, publish
 
 from monolith_ps.local import LocalCluster
 from ps_client import PSClient
@@ -259,16 +258,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the result here (and a .md beside it)")
-    args = parser.parse_args()
+    args = benchmark_parser(__doc__).parse_args()
     with tempfile.TemporaryDirectory(prefix="rollout-bench-") as tmp:
         result = run_rollout(Path(tmp))
-    table = markdown(result)
-    print(json.dumps(result, indent=1))
-    print(table)
-    if args.json:
-        write_result(args.json, result, table)
+    publish(result, markdown(result), args.json)
     return 0
 
 

@@ -21,13 +21,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.service_procs import MAX_MESSAGE_BYTES, TABLE  # noqa: E402
+from service_procs import MAX_MESSAGE_BYTES, TABLE
 
 _NEW_KEY_SHARE = 16  # one key in this many is new in a trainer step
 

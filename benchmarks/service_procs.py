@@ -21,10 +21,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 
-from monolith_ps.v1 import ps_pb2, ps_pb2_grpc  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TABLE = "emb"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -12,9 +12,7 @@ SHA-256 (hashlib), over the same bytes. Reads hit a warm page cache for both sid
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from report import benchmark_parser, markdown_table, publish
 
 from ps_server.snapshot.content import TableSnapshot
 from ps_server.snapshot.format import ServerInfo
@@ -82,12 +81,9 @@ def _reference_read(directory: Path) -> dict[str, np.ndarray]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
+    parser = benchmark_parser(__doc__, rows=1_000_000, dim=64)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
-    parser.add_argument("--json", help="write results here")
     args = parser.parse_args()
 
     table = _table(args.rows, args.dim)
@@ -135,28 +131,25 @@ def main() -> int:
             "sha256": values_mb / results["sha256_s"],
         },
     }
-    print(f"snapshot of {args.rows} rows x dim {args.dim}: {mb:.0f} MB\n")
-    print("| step | ours (s) | reference (s) | ratio ours/ref | ours MB/s |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    print(
-        f"| write (checksum, fsync, rename, manifest) vs np.save+fsync | "
-        f"{results['ours_write_s']:.3f} | {results['ref_write_s']:.3f} | "
-        f"{report['ratio_write']:.2f} | {report['write_mb_s']['ours']:.0f} |"
-    )
-    print(
-        f"| restore (verify every byte, load) vs np.load | {results['ours_restore_s']:.3f} | "
-        f"{results['ref_read_s']:.3f} | {report['ratio_read']:.2f} | "
-        f"{report['read_mb_s']['ours']:.0f} |"
-    )
-    print(f"| merge full + 10% incremental into live rows | {results['merge_s']:.3f} | - | - | - |")
-    print(
-        f"| checksum: crc32 vs sha256 ({values_mb:.0f} MB) | {results['crc32_s']:.3f} | "
-        f"{results['sha256_s']:.3f} | {results['crc32_s'] / results['sha256_s']:.2f} | "
-        f"{report['checksum_mb_s']['crc32']:.0f} |"
-    )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    # step, our seconds' key, the reference's key, our MB/s
+    steps = [
+        ("write (checksum, fsync, rename, manifest) vs np.save+fsync", "ours_write_s",
+         "ref_write_s", report["write_mb_s"]["ours"]),
+        ("restore (verify every byte, load) vs np.load", "ours_restore_s", "ref_read_s",
+         report["read_mb_s"]["ours"]),
+        (f"checksum: crc32 vs sha256 ({values_mb:.0f} MB)", "crc32_s", "sha256_s",
+         report["checksum_mb_s"]["crc32"]),
+    ]  # fmt: skip
+    rows = [
+        [step, f"{results[ours]:.3f}", f"{results[ref]:.3f}",
+         f"{results[ours] / results[ref]:.2f}", f"{mb_s:.0f}"]
+        for step, ours, ref, mb_s in steps
+    ]  # fmt: skip
+    rows.insert(2, ["merge full + 10% incremental into live rows", f"{results['merge_s']:.3f}",
+                    "-", "-", "-"])  # fmt: skip
+    header = ["step", "ours (s)", "reference (s)", "ratio ours/ref", "ours MB/s"]
+    title = f"snapshot of {args.rows} rows x dim {args.dim}: {mb:.0f} MB"
+    publish(report, f"{title}\n\n{markdown_table(header, rows)}", args.json)
     return 0
 
 

@@ -10,7 +10,6 @@ health SERVING. The cold run is the reference the warm one is compared with.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from report import write_result
+from report import benchmark_parser, publish
 
 _CONFIG = {"tables": [{"name": "emb", "dim": 64, "optimizer": "adagrad"}]}
 
@@ -69,8 +68,7 @@ def _serving_after(cache_dir: Path, role: str, workdir: Path, timeout: float = 9
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", help="write the result here (and a .md beside it)")
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="warm starts to time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="start-bench-") as tmp:
@@ -102,11 +100,7 @@ def main() -> int:
     for role in ("training", "serving"):
         median = result["warm_median_seconds"][role]
         rows.append(f"| {role} | {cold[role]:.1f} | {median:.2f} | {cold[role] / median:.1f} |")
-    table = "\n".join(rows)
-    print(json.dumps(result, indent=1))
-    print(table)
-    if args.json:
-        write_result(args.json, result, table)
+    publish(result, "\n".join(rows), args.json)
     return 0
 
 

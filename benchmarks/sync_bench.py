@@ -31,6 +31,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from report import benchmark_parser, markdown_table, publish
 
 from monolith_ps import wire
 from monolith_ps.local import LocalCluster
@@ -262,16 +263,13 @@ def measure_freshness(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=64)
+    parser = benchmark_parser(__doc__, rows=1_000_000, dim=64)
     parser.add_argument("--chunk-rows", type=int, default=65536)
     parser.add_argument("--sparse-interval", type=float, default=1.0)
     parser.add_argument("--latency-samples", type=int, default=40)
     parser.add_argument(
         "--repeats", type=int, default=2, help="full rounds and reference runs; best of each"
     )
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--reference-role", choices=("source", "sink"), help=argparse.SUPPRESS)
     parser.add_argument("--reference-chunks", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -318,23 +316,20 @@ def main() -> int:
         "ratio": ratio,
         "freshness": freshness,
     }
-    table = [
-        "| measure | ours (full round) | reference (bare gRPC, 2 hops) | ratio |",
-        "| --- | ---: | ---: | ---: |",
-        f"| rows/s, {args.rows:,} rows x dim {args.dim} | {ours['rows_per_second']:,.0f} "
-        f"| {reference['rows_per_second']:,.0f} | {ratio:.2f} |",
-        f"| seconds | {ours['seconds']:.2f} | {reference['seconds']:.2f} | |",
-        "",
-        f"| push -> visible on serving (sparse interval {args.sparse_interval:g} s, "
-        f"{freshness['samples']} samples) | p50 | p99 | max |",
-        "| --- | ---: | ---: | ---: |",
-        f"| latency | {freshness['p50_ms']:.0f} ms | {freshness['p99_ms']:.0f} ms "
-        f"| {freshness['max_ms']:.0f} ms |",
-    ]
-    print("\n".join(table))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    throughput = markdown_table(
+        ["measure", "ours (full round)", "reference (bare gRPC, 2 hops)", "ratio"],
+        [
+            [f"rows/s, {args.rows:,} rows x dim {args.dim}", f"{ours['rows_per_second']:,.0f}",
+             f"{reference['rows_per_second']:,.0f}", f"{ratio:.2f}"],
+            ["seconds", f"{ours['seconds']:.2f}", f"{reference['seconds']:.2f}", ""],
+        ],
+    )  # fmt: skip
+    latency = markdown_table(
+        [f"push -> visible on serving (sparse interval {args.sparse_interval:g} s, "
+         f"{freshness['samples']} samples)", "p50", "p99", "max"],
+        [["latency", *(f"{freshness[k]:.0f} ms" for k in ("p50_ms", "p99_ms", "max_ms"))]],
+    )  # fmt: skip
+    publish(result, f"{throughput}\n\n{latency}", args.json)
     return 0
 
 
