@@ -83,13 +83,11 @@ def markdown(doc: dict[str, Any]) -> str:
         ]
         for s in doc["summary"]
     ]
-    split = round(100 * (1 - doc["test_fraction"]))
-    description = (
-        f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
-        f"rest through the serving PS; {doc['seeds']} seeds. Rows and bytes: the training "
-        "shards at the end of training. Bytes as the servers report them (rows, optimizer "
-        "state, index and, with admit_after > 1, the admission sketch); the empty tables' "
-        "bytes, before any row, are what the tables hold whatever they learn."
+    description = results.split_description(doc) + (
+        ". Rows and bytes: the training shards at the end of training. Bytes as the servers "
+        "report them (rows, optimizer state, index and, with admit_after > 1, the admission "
+        "sketch); the empty tables' bytes, before any row, are what the tables hold whatever "
+        "they learn."
     )
     return results.document(TITLE, doc, description, header, rows)
 
@@ -110,9 +108,9 @@ def plot(doc: dict[str, Any], path: Path) -> None:
             xytext=(6, 8 + 10 * (i % 2)),
             fontsize=8,
         )
-    ax.set_xlabel("rows held by the training shards")
-    ax.set_ylabel("AUC (mean ± sd over seeds)")
-    plots.finish_axes(ax, TITLE, legend="best")
+    plots.finish_axes(
+        ax, TITLE, "best", "rows held by the training shards", "AUC (mean ± sd over seeds)"
+    )
     plots.save_figure(fig, path)
 
 

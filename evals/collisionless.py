@@ -153,10 +153,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 results.pm(s, "train_auc"),
             ]
         )
-    split = round(100 * (1 - doc["test_fraction"]))
     description = (
-        f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
-        f"rest through the serving PS; {doc['seeds']} seeds (initializers and hash salts). "
+        f"{results.split_description(doc)} (initializers and hash salts). "
         f"Hashed tables: {', '.join(tables)}."
     )
     return results.document(TITLE, doc, description, header, rows)
@@ -176,8 +174,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.errorbar(x, means, yerr=sds, fmt="o-", color=color, capsize=4, label=label)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names)
-    ax.set_ylabel("AUC (mean ± sd over seeds)")
-    plots.finish_axes(ax, TITLE, legend="best")
+    plots.finish_axes(ax, TITLE, "best", ylabel="AUC (mean ± sd over seeds)")
     plots.save_figure(fig, path)
 
 

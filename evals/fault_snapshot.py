@@ -258,9 +258,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         style = "k-" if result["interval_days"] == UNINTERRUPTED else "o--"
         ax.plot(windows, aucs, style, ms=3, lw=2 if style == "k-" else 1, label=result["variant"])
     ax.axvline(doc["crash_window"] + 0.5, color="tab:red", ls=":", label="kill -9 of a shard")
-    ax.set_xlabel("scored window, from the kill on (served by the model of the window before)")
-    ax.set_ylabel("serving AUC of the window")
-    plots.finish_axes(ax, TITLE, legend="lower right")
+    plots.finish_axes(
+        ax,
+        TITLE,
+        "lower right",
+        "scored window, from the kill on (served by the model of the window before)",
+        "serving AUC of the window",
+    )
     plots.save_figure(fig, path)
 
 

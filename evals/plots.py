@@ -26,9 +26,16 @@ AUC_SERIES = (
 )
 
 
-def finish_axes(ax: Any, title: str, legend: str) -> None:
-    """Title, light grid and a small legend at ``legend`` (a matplotlib location)."""
+def finish_axes(
+    ax: Any, title: str, legend: str, xlabel: str | None = None, ylabel: str | None = None
+) -> None:
+    """Title, axis labels, light grid and a small legend at ``legend`` (a matplotlib
+    location)."""
     ax.set_title(title)
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc=legend, fontsize=8)
 

@@ -30,6 +30,7 @@ __all__ = [
     "pm",
     "quality_cells",
     "run_info",
+    "split_description",
     "utc_date",
     "write_results",
 ]
@@ -58,6 +59,16 @@ def quality_cells(entry: Mapping[str, Any]) -> list[str]:
         pm(entry, "train_auc"),
         f"{entry['found_mean']:.1%}",
     ]
+
+
+def split_description(doc: Mapping[str, Any]) -> str:
+    """How a train-then-test eval used the stream: the first part trains, the rest is
+    scored through the serving PS, over ``seeds`` seeds (no closing full stop)."""
+    split = round(100 * (1 - doc["test_fraction"]))
+    return (
+        f"{doc['events']} ratings in time order: train on the first {split}%, test on the "
+        f"rest through the serving PS; {doc['seeds']} seeds"
+    )
 
 
 def no_effect_note(doc: Mapping[str, Any], lead: str, label: Callable[[Any], str]) -> str:

@@ -160,9 +160,13 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         aucs = [w["serving"][k]["auc"] for w in doc["per_window"]]
         style = "k--" if s["interval"] == NEVER else "o-"
         ax.plot(windows, aucs, style, ms=3, label=f"{s['name']} ({s['auc_all_events']:.4f})")
-    ax.set_xlabel("scored window (served by the model synced before it)")
-    ax.set_ylabel("serving AUC of the window")
-    plots.finish_axes(ax, TITLE, legend="lower right")
+    plots.finish_axes(
+        ax,
+        TITLE,
+        "lower right",
+        "scored window (served by the model synced before it)",
+        "serving AUC of the window",
+    )
     plots.save_figure(fig, path)
 
 
