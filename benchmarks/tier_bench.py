@@ -4,7 +4,8 @@ One process, dim 64 float32 with Adagrad state (512 payload bytes a row), ``--ro
 rows (default 200,000). Keys are drawn Zipf(``--exponent``, default 1.1) over the rows in a
 random order (so hot keys are spread over the table), in batches of 8,192. For each memory
 budget (1/16, 1/8, 1/4, 1/2 of the table's in-memory bytes) a tiered table is filled like
-the reference, warmed up with the same traffic, then timed:
+the reference, warmed up with the same traffic (four times the batches of one timed run,
+so the cold file's segments near their steady share of holes), then timed:
 
 - ``find_or_insert``: the training lookup; cold rows it touches are promoted, and the hot
   tier demotes its least recently used rows past the budget.
@@ -13,14 +14,15 @@ the reference, warmed up with the same traffic, then timed:
 The reference is an all-in-memory table of the same config and rows, timed in the same run,
 interleaved with ours. Times are CPU time of the benchmark thread (``time.thread_time``:
 page faults count, waiting for a core on a shared machine does not); each figure is the
-best of ``--repeats``. Reported per budget: rows/s and ratio to the reference, cold-hit rate
-(keys served from the cold tier over keys looked up), promotions and demotions per lookup,
-the table's memory (hot tier and cold index) and the process's resident memory.
+best of ``--repeats``. Reported per budget and operation: rows/s and ratio to the reference,
+cold-hit rate (keys served from the cold tier over keys looked up) and time per cold hit;
+promotions and demotions per lookup, the hot tier's arrays against the budget, the cold
+tier's memory (index, keys, metadata, segment buffer) and the process's resident memory.
 
 Per cold hit: the time a tiered lookup takes beyond the reference's, over its cold hits,
-against a second reference run in the same process: reading a cold record's bytes with
-``pread`` at random offsets of a page-cached file of the same size as the cold tier's file
-(what fetching a row from a file costs when nothing is mapped).
+against a second reference run in the same process: reading a cold row's bytes (values
+and optimizer state) with ``pread`` at random offsets of a page-cached file of as many rows
+(what fetching one row from a file costs at the least).
 
     python benchmarks/tier_bench.py --json results/tier_bench.json [--rows 200000]
 """
@@ -97,10 +99,11 @@ def _rss() -> int:
     return 0
 
 
-def zipf_batches(rows: int, exponent: float, count: int, seed: int) -> list[np.ndarray]:
-    """``count`` batches of keys ``0..rows-1`` whose popularity ranks follow Zipf."""
+def zipf_batches(order: np.ndarray, exponent: float, count: int, seed: int) -> list[np.ndarray]:
+    """``count`` batches of the keys in ``order`` (most popular first) whose popularity
+    ranks follow Zipf."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(rows).astype(np.uint64)
+    rows = order.shape[0]
     out = []
     for _ in range(count):
         ranks = rng.zipf(exponent, BATCH * 2)
@@ -140,13 +143,18 @@ def main() -> int:
     # the table's in-memory bytes per row, as the budget counts them
     per_row = hot_row_bytes(DIM, reference.state_width, np.float32)
     data_bytes = per_row * args.rows
-    warm = zipf_batches(args.rows, args.exponent, args.batches, seed=1)
-    measured = zipf_batches(args.rows, args.exponent, args.batches, seed=2)
+    # one popularity order for every draw; each repeat looks up batches of its own, so a
+    # repeat does not find the rows the one before it brought into the hot tier
+    order = np.random.default_rng(0).permutation(args.rows).astype(np.uint64)
+    warm = zipf_batches(order, args.exponent, 4 * args.batches, seed=1)
+    measured = [
+        zipf_batches(order, args.exponent, args.batches, seed=2 + r) for r in range(args.repeats)
+    ]
     for keys in warm:
         reference.find_or_insert(keys, now=2.0)
     results = []
     with tempfile.TemporaryDirectory(prefix="tier-bench-") as cold_dir:
-        record = per_row - 36  # the cold record: metadata, key, values and state
+        record = (DIM + reference.state_width) * 4  # a cold row: values and state
         pread_s = cold_read_seconds(cold_dir, record, args.rows, 100_000, args.repeats)
         for fraction in FRACTIONS:
             budget = int(data_bytes * fraction)
@@ -158,40 +166,50 @@ def main() -> int:
             fill(table, args.rows)
             for keys in warm:
                 table.find_or_insert(keys, now=2.0)
-            before = table.stats()
             best: dict[str, float] = {}
-            for _ in range(args.repeats):
+            moved = dict.fromkeys(("lookups", "cold_hits", "promoted", "demoted"), 0)
+            counts = {"find_or_insert": dict(moved), "find": dict(moved)}
+            for batches in measured:
                 for name, t in (("reference", reference), ("tiered", table)):
                     gc.collect()
-                    foi = timed(lambda k, t=t: t.find_or_insert(k, now=3.0), measured)
-                    find = timed(t.find, measured)
-                    best[f"{name} find_or_insert"] = max(best.get(f"{name} find_or_insert", 0), foi)
-                    best[f"{name} find"] = max(best.get(f"{name} find", 0), find)
-            after = table.stats()
-            looked_up = after["lookups"] - before["lookups"]
+                    calls = (
+                        ("find_or_insert", lambda k, t=t: t.find_or_insert(k, now=3.0)),
+                        ("find", t.find),
+                    )
+                    for op, call in calls:
+                        before = t.stats()
+                        rate = timed(call, batches)
+                        best[f"{name} {op}"] = max(best.get(f"{name} {op}", 0), rate)
+                        if t is table:
+                            after = t.stats()
+                            for k in moved:
+                                counts[op][k] += after[k] - before[k]
             tiers = table.tier_stats()
-            cold_rate = (after["cold_hits"] - before["cold_hits"]) / looked_up
-            extra = 1 / best["tiered find_or_insert"] - 1 / best["reference find_or_insert"]
-            per_hit = extra / cold_rate if cold_rate else 0.0
-            results.append(
+            row = {"budget_fraction": fraction, "budget_bytes": budget}
+            row.update({f"{k} rows/s": round(v) for k, v in best.items()})
+            for op, c in counts.items():
+                cold_rate = c["cold_hits"] / c["lookups"]
+                extra = 1 / best[f"tiered {op}"] - 1 / best[f"reference {op}"]
+                per_hit = extra / cold_rate if cold_rate else 0.0
+                row[f"{op} ratio"] = best[f"tiered {op}"] / best[f"reference {op}"]
+                row[f"{op} cold-hit rate"] = cold_rate
+                row[f"{op} seconds per cold hit"] = per_hit
+                row[f"{op} per cold hit / pread reference"] = per_hit / pread_s
+            lookups = counts["find_or_insert"]["lookups"]
+            row.update(
                 {
-                    "budget_fraction": fraction,
-                    "budget_bytes": budget,
-                    **{f"{k} rows/s": round(v) for k, v in best.items()},
-                    "find_or_insert ratio": best["tiered find_or_insert"]
-                    / best["reference find_or_insert"],
-                    "find ratio": best["tiered find"] / best["reference find"],
-                    "cold-hit rate": cold_rate,
-                    "seconds per cold hit": per_hit,
-                    "per cold hit / pread reference": per_hit / pread_s,
-                    "promoted per lookup": (after["promoted"] - before["promoted"]) / looked_up,
-                    "demoted per lookup": (after["demoted"] - before["demoted"]) / looked_up,
+                    "promoted per lookup": counts["find_or_insert"]["promoted"] / lookups,
+                    "demoted per lookup": counts["find_or_insert"]["demoted"] / lookups,
                     "hot rows": tiers["hot_rows"],
+                    "hot row limit": tiers["hot_row_limit"],
                     "cold rows": tiers["cold_rows"],
-                    "table memory MB": (tiers["hot_bytes"] + tiers["cold_memory_bytes"]) / 1e6,
+                    "hot arrays MB": tiers["hot_bytes"] / 1e6,
+                    "cold tier memory MB": tiers["cold_memory_bytes"] / 1e6,
+                    "cold file MB": tiers["cold_bytes"] / 1e6,
                     "process RSS MB": _rss() / 1e6,
                 }
             )
+            results.append(row)
             del table
             gc.collect()
     report = {
@@ -210,25 +228,32 @@ def main() -> int:
         f"{report['all-in-memory table MB']:.0f} MB\n"
     )
     print(
-        "| budget | find_or_insert rows/s (ratio) | find rows/s (ratio) | cold-hit rate "
-        "| us per cold hit (x pread) | promoted/lookup | table MB | RSS MB |"
+        "| budget | find_or_insert rows/s (ratio) | cold-hit rate | us per cold hit (x pread) "
+        "| find rows/s (ratio) | cold-hit rate | us per cold hit (x pread) "
+        "| hot arrays MB / budget MB | cold tier memory MB | RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(
-            f"| 1/{round(1 / r['budget_fraction'])} "
-            f"| {r['tiered find_or_insert rows/s'] / 1e6:.2f} M ({r['find_or_insert ratio']:.2f}) "
-            f"| {r['tiered find rows/s'] / 1e6:.2f} M ({r['find ratio']:.2f}) "
-            f"| {r['cold-hit rate']:.3f} | {r['seconds per cold hit'] * 1e6:.2f} "
-            f"({r['per cold hit / pread reference']:.1f}) | {r['promoted per lookup']:.3f} "
-            f"| {r['table memory MB']:.0f} | {r['process RSS MB']:.0f} |"
-        )
+        cells = [f"1/{round(1 / r['budget_fraction'])}"]
+        for op in ("find_or_insert", "find"):
+            cells += [
+                f"{r[f'tiered {op} rows/s'] / 1e6:.2f} M ({r[f'{op} ratio']:.2f})",
+                f"{r[f'{op} cold-hit rate']:.3f}",
+                f"{r[f'{op} seconds per cold hit'] * 1e6:.2f} "
+                f"({r[f'{op} per cold hit / pread reference']:.1f})",
+            ]
+        cells += [
+            f"{r['hot arrays MB']:.1f} / {r['budget_bytes'] / 1e6:.1f}",
+            f"{r['cold tier memory MB']:.1f}",
+            f"{r['process RSS MB']:.0f}",
+        ]
+        print("| " + " | ".join(cells) + " |")
     ref = results[0]
     print(
         f"\nreference (all in memory): find_or_insert "
         f"{ref['reference find_or_insert rows/s'] / 1e6:.2f} M rows/s, find "
         f"{ref['reference find rows/s'] / 1e6:.2f} M rows/s; cold-read reference: "
-        f"{pread_s * 1e6:.2f} us per pread of a {per_row - 36}-byte record at a random offset "
+        f"{pread_s * 1e6:.2f} us per pread of a {record}-byte row at a random offset "
         "of a page-cached file"
     )
     if args.json:

@@ -34,7 +34,6 @@ from ps_server.table.arrays import max_live_for
 
 SEGMENT_BYTES = 1 << 20
 _MIN_SEGMENT_ROWS = 16
-_GROWTH = 1.5
 # a segment becomes the head again when at most this share of it is live
 _REUSE_LIVE = 0.75
 # rows one read of cold rows brings into memory at a time
@@ -151,10 +150,7 @@ class ColdTier:
     def _add_segment(self) -> None:
         self.segments += 1
         high = self.segments * self.segment_rows
-        if high > self.keys.shape[0]:
-            capacity = max(high, int(self.keys.shape[0] * _GROWTH))
-            capacity += -capacity % self.segment_rows
-            self.keys, self.meta = (a.grow(capacity) for a in self._arenas)
+        self.keys, self.meta = (a.grow(high) for a in self._arenas)
         if self.segments > self.segment_live.shape[0]:
             live = np.zeros(max(4, 2 * self.segments), dtype=np.int64)
             live[: self.segment_live.shape[0]] = self.segment_live
