@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import grpc
 import numpy as np
@@ -35,6 +35,7 @@ __all__ = [
     "decode_key_batches",
     "describe",
     "first_non_finite_row",
+    "refused",
 ]
 
 _ROLE_ENUM = {"training": ps_pb2.ROLE_TRAINING, "serving": ps_pb2.ROLE_SERVING}
@@ -151,6 +152,24 @@ def describe(state: ShardState) -> ps_pb2.DescribeTablesResponse:
                 ps_pb2.DenseInfo(name=info.name, size=info.size, optimizer=info.optimizer)
             )
     return response
+
+
+def refused(rpc: str, reason: str, *, stream: bool = False) -> Callable[..., Any]:
+    """The servicer method of an RPC this role does not serve: it answers
+    FAILED_PRECONDITION with ``reason`` (``{rpc}`` in it names the RPC). ``stream`` for an
+    RPC that answers with a stream."""
+    message = reason.format(rpc=rpc)
+
+    def refuse(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        raise WrongRoleError(message)
+
+    def refuse_stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        raise WrongRoleError(message)
+        yield  # a generator, as every streaming servicer method
+
+    method = refuse_stream if stream else refuse
+    method.__name__ = method.__qualname__ = rpc
+    return rpc_errors(method)
 
 
 class BaseServicer(ps_pb2_grpc.ParameterServerServicer):

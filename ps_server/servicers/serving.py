@@ -9,10 +9,10 @@ import grpc
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
 from ps_server.delta_receiver import DeltaReceiver
-from ps_server.errors import WrongRoleError, rpc_errors
+from ps_server.errors import rpc_errors
 from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
-from ps_server.servicers.base import BaseServicer, check_view, decode_key_batches
+from ps_server.servicers.base import BaseServicer, check_view, decode_key_batches, refused
 from ps_server.state import ShardState
 from ps_server.table import EmbeddingTable
 
@@ -58,35 +58,18 @@ class ServingServicer(BaseServicer):
             answers.append((name, table.dim, values, found))
         return wire.encode_lookup_response(answers)
 
-    @rpc_errors
-    def Push(
-        self, request: ps_pb2.PushRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.PushResponse:
-        raise WrongRoleError(_WRITES_REFUSED.format(rpc="Push"))
-
-    @rpc_errors
-    def PushDense(
-        self, request: ps_pb2.PushDenseRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.PushDenseResponse:
-        raise WrongRoleError(_WRITES_REFUSED.format(rpc="PushDense"))
-
-    @rpc_errors
-    def ExportDelta(
-        self, request: ps_pb2.ExportDeltaRequest, context: grpc.ServicerContext
-    ) -> Iterator[ps_pb2.DeltaChunk]:
-        raise WrongRoleError(
-            "ExportDelta refused: this is a serving server; deltas are exported by training servers"
-        )
-        yield  # a generator, as every streaming servicer method
-
-    @rpc_errors
-    def Expire(
-        self, request: ps_pb2.ExpireRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.ExpireResponse:
-        raise WrongRoleError(
-            "Expire refused: this is a serving server; rows expire on the training servers "
-            "and their tombstones reach serving through the sync agent"
-        )
+    Push = refused("Push", _WRITES_REFUSED)
+    PushDense = refused("PushDense", _WRITES_REFUSED)
+    ExportDelta = refused(
+        "ExportDelta",
+        "{rpc} refused: this is a serving server; deltas are exported by training servers",
+        stream=True,
+    )
+    Expire = refused(
+        "Expire",
+        "{rpc} refused: this is a serving server; rows expire on the training servers "
+        "and their tombstones reach serving through the sync agent",
+    )
 
     @rpc_errors
     def ApplyDelta(

@@ -13,7 +13,7 @@ from monolith_ps.v1 import ps_pb2
 from ps_server.applied_requests import AppliedRequests
 from ps_server.delta_export import export_dense_chunks, export_table_chunks
 from ps_server.delta_metrics import DeltaMetrics
-from ps_server.errors import BadRequestError, WrongRoleError, rpc_errors
+from ps_server.errors import BadRequestError, rpc_errors
 from ps_server.hooks import Snapshotter
 from ps_server.metrics import ServerMetrics
 from ps_server.servicers.base import (
@@ -21,6 +21,7 @@ from ps_server.servicers.base import (
     check_view,
     decode_key_batches,
     first_non_finite_row,
+    refused,
 )
 from ps_server.state import ShardState
 from ps_server.stream_guard import StreamBudget
@@ -156,20 +157,6 @@ class TrainingServicer(BaseServicer):
         )
         return ps_pb2.ExpireResponse(rows_expired=expired)
 
-    @rpc_errors
-    def ApplyDelta(
-        self, request_iterator: Iterator[ps_pb2.DeltaChunk], context: grpc.ServicerContext
-    ) -> ps_pb2.ApplyDeltaResponse:
-        raise WrongRoleError(_SERVING_ONLY.format(rpc="ApplyDelta"))
-
-    @rpc_errors
-    def GetSyncState(
-        self, request: ps_pb2.GetSyncStateRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.GetSyncStateResponse:
-        raise WrongRoleError(_SERVING_ONLY.format(rpc="GetSyncState"))
-
-    @rpc_errors
-    def ResetSyncCursors(
-        self, request: ps_pb2.ResetSyncCursorsRequest, context: grpc.ServicerContext
-    ) -> ps_pb2.ResetSyncCursorsResponse:
-        raise WrongRoleError(_SERVING_ONLY.format(rpc="ResetSyncCursors"))
+    ApplyDelta = refused("ApplyDelta", _SERVING_ONLY)
+    GetSyncState = refused("GetSyncState", _SERVING_ONLY)
+    ResetSyncCursors = refused("ResetSyncCursors", _SERVING_ONLY)
