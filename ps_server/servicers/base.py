@@ -34,7 +34,6 @@ __all__ = [
     "check_view",
     "decode_key_batches",
     "describe",
-    "first_non_finite_row",
     "refused",
 ]
 
@@ -105,14 +104,6 @@ def check_ownership(state: ShardState, keys: np.ndarray, table: str) -> None:
             f"(key {keys[first]} is shard {owners[first]} of {state.num_shards}, this server "
             f"is shard {state.shard_index}); route with monolith_ps.routing.shard_of"
         )
-
-
-def first_non_finite_row(values: np.ndarray) -> int | None:
-    """Index of the first row holding NaN or Inf, or None when all values are finite."""
-    # A float64 sum of float32 values cannot overflow, so it is finite iff every value is.
-    if np.isfinite(values.sum(dtype=np.float64)):
-        return None
-    return int(np.flatnonzero(~np.isfinite(values).all(axis=tuple(range(1, values.ndim))))[0])
 
 
 def describe(state: ShardState) -> ps_pb2.DescribeTablesResponse:

@@ -20,7 +20,6 @@ from ps_server.servicers.base import (
     BaseServicer,
     check_view,
     decode_key_batches,
-    first_non_finite_row,
     refused,
 )
 from ps_server.state import ShardState
@@ -78,17 +77,12 @@ class TrainingServicer(BaseServicer):
             grads = wire.decode_values(
                 entry.grads, keys.size, table.dim, field=f"grads of table {name!r}"
             )
-            bad_row = first_non_finite_row(grads)
-            if bad_row is not None:
-                raise BadRequestError(
-                    f"grads of table {name!r}: NaN or Inf in row {bad_row} (key {keys[bad_row]})"
-                )
-            updates.append((table, keys, grads))
+            updates.append((table, table.check_push(keys, grads)))
 
         def apply() -> ps_pb2.PushResponse:
             updated = pending = 0
-            for table, keys, grads in updates:
-                rows_updated, rows_pending = table.apply_gradients(keys, grads)
+            for table, checked in updates:
+                rows_updated, rows_pending = table.apply_push(checked)
                 updated += int(rows_updated)
                 pending += int(rows_pending)
             return ps_pb2.PushResponse(rows_updated=updated, rows_pending_admission=pending)

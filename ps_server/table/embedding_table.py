@@ -36,7 +36,6 @@ from ps_server.table import (
     push,
     removal,
     rows,
-    update,
 )
 from ps_server.table.arrays import TableArrays
 from ps_server.table.delta import Delta
@@ -44,11 +43,12 @@ from ps_server.table.errors import NotTrainableError
 from ps_server.table.eviction import evict_over_limit
 from ps_server.table.tiering import HALF_TO_F32, Tiering
 from ps_server.table.validation import (
+    CheckedPush,
     check_delta,
-    check_grads,
     check_keys,
     check_meta,
     check_now,
+    check_push,
     micros,
 )
 
@@ -240,18 +240,24 @@ class EmbeddingTable:
         ``initializer="learned"`` and is dropped otherwise. A key already admitted whose row
         was removed (evicted, expired, deleted) gets it back. Returns ``(rows_updated,
         rows_pending_admission)``."""
+        return self.apply_push(self.check_push(keys, grads), now=now)
+
+    def check_push(self, keys: np.ndarray, grads: np.ndarray) -> CheckedPush:
+        """``keys`` and ``grads`` checked (:class:`ShapeError`, :class:`KeysError`,
+        :class:`NonFiniteGradientError`) and merged per distinct key, for
+        :meth:`apply_push`: a caller pushing to several tables checks every push before
+        applying any. Changes nothing."""
         self._require_trainable("apply_gradients")
-        keys = check_keys(keys)
+        return check_push(keys, grads, self.name, self.dim)
+
+    def apply_push(self, checked: CheckedPush, *, now: float | None = None) -> tuple[int, int]:
+        """Apply a push :meth:`check_push` returned (see :meth:`apply_gradients`)."""
+        self._require_trainable("apply_gradients")
         now = micros(check_now(now))
-        grads = check_grads(keys, grads, self.name, self.dim)
-        unique, counts, first, next_same, n_unique = update.dedup(keys)
-        unique = unique[:n_unique]
-        counts = counts[:n_unique]
-        first = first[:n_unique]
         with self._lock:
             t = self._t
-            self._promote(unique)
-            updated, pending = self._push(unique, grads, first, next_same, counts, now)
+            self._promote(checked.keys)
+            updated, pending = self._push(checked, now)
             t.stats["updates"] += updated
             self._after_change()
         return int(updated), int(pending)
@@ -348,18 +354,11 @@ class EmbeddingTable:
         if self._tiering is not None:
             self._tiering.demote_over_budget()
 
-    def _push(
-        self,
-        keys: np.ndarray,
-        grads: np.ndarray,
-        first: np.ndarray,
-        next_same: np.ndarray,
-        counts: np.ndarray,
-        now: int,
-    ) -> tuple[int, int]:
-        """Run the fused push kernel over distinct ``keys``, growing what it asks for;
-        returns ``(updated, pending)``."""
+    def _push(self, checked: CheckedPush, now: int) -> tuple[int, int]:
+        """Run the fused push kernel over the push's distinct keys, growing what it asks
+        for; returns ``(updated, pending)``."""
         t = self._t
+        keys, grads, first, next_same, counts = checked
         scratch = np.zeros((2, self.dim), dtype=np.float32)
         totals = np.zeros(3, dtype=np.int64)
         rows_scratch = np.empty(keys.shape[0], dtype=np.int64)

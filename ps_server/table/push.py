@@ -83,7 +83,7 @@ def push_rows(
 ):
     """One optimizer step per distinct key ``keys[u]`` from position ``start`` on, its
     gradient the sum of its occurrences in ``grads`` (``first``/``next_same``/``counts``
-    from ``update.dedup``); each updated row takes the next version and records the access
+    from ``update.merge_push``); each updated row takes the next version and records the access
     (LRU/LFU); a row's first push writes its initial optimizer state first. ``rows`` is
     ``len(keys)`` int64 scratch. Pushes never count sightings: admission only reads the
     sketch. ``now`` is in unix microseconds; ``arena`` holds each row's values then its

@@ -1,4 +1,5 @@
-"""Update kernels: merge duplicate keys, upsert delta rows (optimizer steps: ``push``)."""
+"""Update kernels: check and merge a push's keys, upsert delta rows (optimizer steps:
+``push``)."""
 
 from __future__ import annotations
 
@@ -28,27 +29,17 @@ SEED_BATCH = np.uint64(0x452821E638D01377)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def first_non_finite_row(bits):
-    """Index of the first row holding a NaN or Inf, or -1; ``bits`` is the float32 gradient
-    array viewed as ``uint32`` (a value is not finite when its exponent bits are all set)."""
-    exponent = np.uint32(0x7F800000)
-    for i in range(bits.shape[0]):
-        top = np.uint32(0)
-        for j in range(bits.shape[1]):
-            top = max(top, bits[i, j] & exponent)
-        if top == exponent:
-            return i
-    return -1
+def merge_push(keys, grad_bits):
+    """A push's distinct keys in first-seen order, checked and merged in one pass over its
+    keys and gradients, without copying gradients.
 
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def dedup(keys):
-    """Distinct keys in first-seen order, without copying gradients.
-
-    Returns ``(unique, counts, first, next_same, n_unique)``: ``first[u]`` is the position of
-    the first occurrence of ``unique[u]`` in ``keys``; ``next_same[i]`` the position of the
-    next occurrence of ``keys[i]`` (-1 at the last). Arrays are sized ``len(keys)``, valid up
-    to ``n_unique``.
+    ``grad_bits`` is the float32 ``(len(keys), dim)`` gradient array viewed as ``uint32``
+    (a value is not finite when its exponent bits are all set). Returns ``(unique, counts,
+    first, next_same, n_unique, bad_row)``: ``first[u]`` is the position of the first
+    occurrence of ``unique[u]`` in ``keys``; ``next_same[i]`` the position of the next
+    occurrence of ``keys[i]`` (-1 at the last); arrays are sized ``len(keys)``, valid up to
+    ``n_unique``. ``bad_row`` is the first row holding a NaN or Inf (the rest is then not
+    filled), or -1.
     """
     n = keys.shape[0]
     unique = np.empty(n, dtype=np.uint64)
@@ -61,8 +52,14 @@ def dedup(keys):
         size *= 2
     mask = np.uint64(size - 1)
     slots = np.full(size, -1, dtype=np.int32)
+    exponent = np.uint32(0x7F800000)
     u = 0
     for i in range(n):
+        top = np.uint32(0)
+        for j in range(grad_bits.shape[1]):
+            top = max(top, grad_bits[i, j] & exponent)
+        if top == exponent:
+            return unique, counts, first, next_same, u, i
         key = keys[i]
         next_same[i] = -1
         h = mix64(key ^ SEED_BATCH) & mask
@@ -82,7 +79,7 @@ def dedup(keys):
                 last[k] = i
                 break
             h = (h + np.uint64(1)) & mask
-    return unique, counts, first, next_same, u
+    return unique, counts, first, next_same, u, -1
 
 
 @hot_kernel

@@ -1,4 +1,4 @@
-"""Checks of what callers hand a table: keys, times, gradients, deltas and metadata.
+"""Checks of what callers hand a table: keys, times, pushes, deltas and metadata.
 
 Each check raises the table error that names the problem (``KeysError``, ``ShapeError``,
 ``NonFiniteGradientError``, ``DeltaError``) before anything changes, and returns the
@@ -23,11 +23,12 @@ __all__ = [
     "META_ARRAYS",
     "META_INTS",
     "CheckedDelta",
+    "CheckedPush",
     "check_delta",
-    "check_grads",
     "check_keys",
     "check_meta",
     "check_now",
+    "check_push",
     "check_versions",
     "describe",
     "micros",
@@ -77,8 +78,22 @@ def check_now(now: float | None) -> float:
     return float(now)
 
 
-def check_grads(keys: np.ndarray, grads: Any, name: str, dim: int) -> np.ndarray:
-    """``grads`` as a contiguous float32 ``(len(keys), dim)`` array of finite values."""
+class CheckedPush(NamedTuple):
+    """A push checked and merged (``update.merge_push``): its distinct keys, the position
+    of each one's first occurrence in ``grads``, the next occurrence of each position and
+    each distinct key's count."""
+
+    keys: np.ndarray
+    grads: np.ndarray
+    first: np.ndarray
+    next_same: np.ndarray
+    counts: np.ndarray
+
+
+def check_push(keys: Any, grads: Any, name: str, dim: int) -> CheckedPush:
+    """``keys`` and ``grads`` (float32 ``(len(keys), dim)``, finite) of a push to table
+    ``name``, merged per distinct key in the same pass that checks the values."""
+    keys = check_keys(keys)
     if not isinstance(grads, np.ndarray) or grads.dtype != np.float32:
         raise ShapeError(f"grads must be a float32 array, got {describe(grads)}")
     if grads.shape != (keys.shape[0], dim):
@@ -87,12 +102,12 @@ def check_grads(keys: np.ndarray, grads: Any, name: str, dim: int) -> np.ndarray
             f"of table {name!r} (dim {dim}), got {grads.shape}"
         )
     grads = np.ascontiguousarray(grads)
-    bad = update.first_non_finite_row(grads.view(np.uint32))
+    unique, counts, first, next_same, n, bad = update.merge_push(keys, grads.view(np.uint32))
     if bad >= 0:
         raise NonFiniteGradientError(
-            f"grads of table {name!r}: row {bad} (key {int(keys[bad])}) is not finite"
+            f"grads of table {name!r}: NaN or Inf in row {bad} (key {int(keys[bad])})"
         )
-    return grads
+    return CheckedPush(unique[:n], grads, first[:n], next_same, counts[:n])
 
 
 def check_versions(versions: Any, n: int, what: str) -> np.ndarray:

@@ -188,3 +188,18 @@ def test_state_of_a_serving_delta_is_ignored_by_a_serving_table(make_table):
     d = good_delta(opt_state=np.ones((2, 7), np.float32))
     assert serving.apply_delta(d) == (2, 0, 0)
     assert isinstance(serving, EmbeddingTable)
+
+
+def test_checked_push_applies_as_apply_gradients(make_table) -> None:
+    """A push checked first (as a multi-table Push checks every table before applying any)
+    changes nothing until applied, then gives what ``apply_gradients`` gives."""
+    keys = np.array([5, 6, 5], np.uint64)
+    grads = np.arange(12, dtype=np.float32).reshape(3, 4)
+    checked, direct = make_table(), make_table()
+    for t in (checked, direct):
+        t.find_or_insert(keys)
+    before = fingerprint(checked)
+    push = checked.check_push(keys, grads)
+    assert fingerprint(checked) == before
+    assert checked.apply_push(push, now=1.0) == direct.apply_gradients(keys, grads, now=1.0)
+    np.testing.assert_array_equal(checked.find(keys)[0], direct.find(keys)[0])
