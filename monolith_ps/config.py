@@ -95,6 +95,9 @@ class ServerConfig:
     # Bytes that exports and full resyncs in flight may hold together (a full resync stages
     # the new generation of a table within it; past it the stream is refused).
     stream_memory_bytes: int = 4 << 30
+    # Smallest chunk an export cuts, in row bytes: a smaller ExportDelta max_chunk_rows is
+    # raised to it, so a client cannot make the server encode one message per row. 0 = none.
+    min_chunk_bytes: int = 64 << 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +198,7 @@ def parse_config(raw: Any) -> ClusterConfig:
         ("server.stream_idle_timeout", server.stream_idle_timeout, 0.05),
         ("server.stream_max_duration", server.stream_max_duration, 0.05),
         ("server.stream_memory_bytes", server.stream_memory_bytes, 1 << 16),
+        ("server.min_chunk_bytes", server.min_chunk_bytes, 0),
         ("snapshot.full_interval", snapshot.full_interval, 0.001),
         ("snapshot.incremental_interval", snapshot.incremental_interval, 0.001),
         ("snapshot.keep", snapshot.keep, 1),

@@ -26,13 +26,18 @@ _HEADER_ROOM = 4096
 _EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
 
 
-def chunk_rows_for(dim: int, itemsize: int, requested: int, max_message_bytes: int) -> int:
-    """Rows a chunk may carry: as asked, but small enough to fit one gRPC message.
+def chunk_rows_for(
+    dim: int, itemsize: int, requested: int, max_message_bytes: int, min_chunk_bytes: int = 0
+) -> int:
+    """Rows a chunk may carry: as asked, but at least ``min_chunk_bytes`` worth of rows (a
+    client asking for one-row chunks would otherwise cost the server one message per row)
+    and small enough to fit one gRPC message.
 
     A chunk carries up to that many rows (key, version, values) and as many tombstones.
     """
     per_row = 8 + 8 + dim * itemsize + 16
-    return max(1, min(requested, (max_message_bytes - _HEADER_ROOM) // per_row))
+    floor = -(-min_chunk_bytes // per_row)
+    return max(1, min(max(requested, floor), (max_message_bytes - _HEADER_ROOM) // per_row))
 
 
 def export_table_chunks(
@@ -100,6 +105,7 @@ def _table_chunks(
         delta.values.dtype.itemsize,
         request.max_chunk_rows or default_chunk_rows,
         state.config.server.max_message_bytes,
+        state.config.server.min_chunk_bytes,
     )
     header = {
         "table": request.table,

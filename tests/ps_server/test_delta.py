@@ -24,6 +24,7 @@ CONFIG = {
          "initializer": "normal", "serving_dtype": "float16"},
     ],
     "dense": [{"name": "mlp", "size": 16, "optimizer": "sgd", "optimizer_args": {"lr": 0.1}}],
+    "server": {"min_chunk_bytes": 0},  # small chunks, so streams of a few rows have many
 }  # fmt: skip
 
 
@@ -128,6 +129,17 @@ def test_export_streams_chunks_with_the_full_header_and_ends_complete(training):
     assert set(keys.tolist()) <= set(got.tolist())
     expected, _ = training.state.table("emb").find(got)
     np.testing.assert_array_equal(values, expected)
+
+
+def test_an_export_asked_for_one_row_chunks_gets_chunks_of_the_server_floor(server_factory):
+    server = server_factory("training", config={**CONFIG, "server": {"min_chunk_bytes": 4096}})
+    keys = np.arange(1, 501, dtype=np.uint64)
+    push(server, "emb", keys)
+    chunks = export(server, "emb", max_chunk_rows=1)
+    floor = -(-4096 // (8 + 8 + DIM * 4 + 16))  # rows of 4096 bytes at dim 4 float32
+    sizes = [len(wire.decode_keys(c.keys)) for c in chunks]
+    assert sizes == [floor] * (len(keys) // floor) + [len(keys) % floor]
+    assert sorted(rows_of(chunks)[0].tolist()) == keys.tolist()
 
 
 def test_export_grouped_by_serving_shard_puts_one_shard_in_each_chunk(training):
