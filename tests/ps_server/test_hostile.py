@@ -91,7 +91,11 @@ def _cursors(stub: ps_pb2_grpc.ParameterServerStub) -> list[tuple[str, int, int]
 
 @contextlib.contextmanager
 def _stub(address: str) -> Iterator[ps_pb2_grpc.ParameterServerStub]:
-    with grpc.insecure_channel(address) as channel:
+    """A stub whose channel keeps HTTP/2's initial flow-control window (no BDP probing),
+    so an unread export of ``_ROWS`` rows blocks even in the floor-sized chunks
+    (``server.min_chunk_bytes``) the server cuts instead of growing the window to take it.
+    """
+    with grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)]) as channel:
         yield ps_pb2_grpc.ParameterServerStub(channel)
 
 
