@@ -365,8 +365,12 @@ class PSServer:
             self._stopped.set()
 
     def _drain(self, grace: float) -> None:
-        """Let in-flight RPCs finish for ``grace`` s, then cut every stream still open."""
-        stopped = self._grpc.stop(grace)
+        """Let in-flight RPCs finish for ``grace`` s, then cut every stream still open.
+
+        gRPC itself cancels every call left only ``_STOP_MARGIN_SECONDS`` later: at the
+        deadline the streams are cut here first, with a status that says why, not racing
+        gRPC's bare CANCELLED."""
+        stopped = self._grpc.stop(grace + _STOP_MARGIN_SECONDS)
         if not stopped.wait(grace):
             cut = self.streams.cut_all("server stopping: the grace period ended; retry elsewhere")
             if not stopped.wait(_STOP_MARGIN_SECONDS):

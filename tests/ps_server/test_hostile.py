@@ -265,22 +265,35 @@ def test_endless_resync_stays_within_the_memory_budget(serving):
 
 
 def test_sigterm_with_hostile_streams_open_exits_within_the_grace(process_factory):
-    server = process_factory("training", config=_CONFIG)  # --grace-seconds 2
+    """The unread exports are not idle long enough to be cut before the grace period ends
+    (``stream_idle_timeout`` 20 s): the stop itself cuts them at its deadline."""
+    config = {**_CONFIG, "server": {**_CONFIG["server"], "stream_idle_timeout": "20s"}}
+    server = process_factory("training", config=config)  # --grace-seconds 2
     _fill(server.address)
     with _stub(server.address) as stub:
         exports = [
             stub.ExportDelta(ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=64), timeout=60)
             for _ in range(3)
         ]
-        next(exports[0])  # the streams are open and blocked on their unread chunks
+        for call in exports:  # each stream is open, then blocked on its unread chunks
+            next(call)
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         code = server.wait(timeout=30)
         took = time.monotonic() - started
-        for call in exports:
-            call.cancel()
+        ends = []
+        for call in exports:  # the chunks buffered before the cut, then its status
+            with pytest.raises(grpc.RpcError) as cut:
+                for _ in call:
+                    pass
+            ends.append(cut.value.code())
     assert code == 0
     assert took < 2 + 1.5, took  # the grace, plus the final steps
+    # The server cut all three at the deadline (its status may not reach a client whose
+    # window is full before the process leaves: the client then sees the connection go).
+    cuts = [line.get("reason") for line in server.lines if line.get("event") == "stream_cut"]
+    assert cuts == ["stopping"] * 3
+    assert ends == [grpc.StatusCode.UNAVAILABLE] * 3
 
 
 def test_poisoned_cursors_are_refused_and_an_admin_resets_cursors(serving):
