@@ -28,6 +28,7 @@ from sync_agent.cursors import (
     ExportPlan,
     ReplicaState,
     TrainingShard,
+    dense_source,
     plan_exports,
 )
 from sync_agent.discovery.base import Discovery
@@ -317,19 +318,10 @@ class SyncAgent:
         try:
             for plan, plan_outcomes in self._run_parallel(plans, self._export):
                 outcomes.extend((plan, o) for o in plan_outcomes)
-            source = next((s for s in training if s.shard_index == 0), None)
+            source = dense_source(training)
             behind = [r for r in targets if source is not None and r.dense_epoch != source.epoch]
-            if source is not None and source.dense_names and behind:
-                dense, _ = run_dense_export(
-                    source,
-                    behind,
-                    self._channels.stub(source.endpoint.address),
-                    self._serving_stub,
-                    self._limits,
-                    self._stop,
-                )
-                for outcome in dense:
-                    self._count_outcome(report, outcome, "")
+            for outcome in self._export_dense(source, behind):
+                self._count_outcome(report, outcome, "")
         except SyncStoppedError:
             report.outcome = "stopped"
         for plan, outcome in outcomes:
@@ -360,32 +352,41 @@ class SyncAgent:
         report = RoundReport("dense")
         started = time.monotonic()
         training, replicas = self._read_cluster(report)
-        source = next((s for s in training if s.shard_index == 0), None)
-        if source is not None and source.dense_names and replicas:
-            try:
-                outcomes, _ = run_dense_export(
-                    source,
-                    replicas,
-                    self._channels.stub(source.endpoint.address),
-                    self._serving_stub,
-                    self._limits,
-                    self._stop,
+        source = dense_source(training)
+        if source is None or not source.dense_names or not replicas:
+            return self._finish(report, started)
+        try:
+            outcomes = self._export_dense(source, replicas)
+        except SyncStoppedError:
+            report.outcome = "stopped"
+            outcomes = []
+        for outcome in outcomes:
+            self._count_outcome(report, outcome, "")
+            if outcome.ok:
+                self.metrics.dense_version.labels(outcome.replica.name).set(
+                    outcome.complete_version
                 )
-            except SyncStoppedError:
-                report.outcome = "stopped"
-                outcomes = []
-            for outcome in outcomes:
-                self._count_outcome(report, outcome, "")
-                if outcome.ok:
-                    self.metrics.dense_version.labels(outcome.replica.name).set(
-                        outcome.complete_version
-                    )
-            for replica in replicas:
-                if replica.dense_epoch == source.epoch and not any(
-                    o.replica is replica for o in outcomes
-                ):
-                    self.metrics.dense_version.labels(replica.name).set(replica.dense_version)
+        sent = {id(o.replica) for o in outcomes}
+        for replica in replicas:
+            if replica.dense_epoch == source.epoch and id(replica) not in sent:
+                self.metrics.dense_version.labels(replica.name).set(replica.dense_version)
         return self._finish(report, started)
+
+    def _export_dense(
+        self, source: TrainingShard | None, replicas: list[ReplicaState]
+    ) -> list[ReplicaOutcome]:
+        """Copy ``source``'s dense arrays to ``replicas``; the outcomes (none without any)."""
+        if source is None or not source.dense_names or not replicas:
+            return []
+        outcomes, _ = run_dense_export(
+            source,
+            replicas,
+            self._channels.stub(source.endpoint.address),
+            self._serving_stub,
+            self._limits,
+            self._stop,
+        )
+        return outcomes
 
     # ------------------------------------------------------------------ cluster state
 

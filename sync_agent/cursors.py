@@ -18,6 +18,7 @@ __all__ = [
     "ExportPlan",
     "ReplicaState",
     "TrainingShard",
+    "dense_source",
     "needs_full",
     "plan_exports",
 ]
@@ -101,6 +102,11 @@ class ExportPlan:
     @property
     def epoch(self) -> int:
         return 0 if self.full else self.source.epoch
+
+
+def dense_source(training: Sequence[TrainingShard]) -> TrainingShard | None:
+    """Training shard 0, which holds the dense arrays, if it answered."""
+    return next((s for s in training if s.shard_index == 0), None)
 
 
 def needs_full(cursor: SyncCursor | None, source: TrainingShard, table: TableInfo) -> bool:

@@ -18,7 +18,7 @@ and ``np.load``); object dtypes are refused both ways, so nothing is ever unpick
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ps_server.snapshot.files import (
@@ -87,12 +87,7 @@ class ServerInfo:
     epoch: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "shard_index": self.shard_index,
-            "num_shards": self.num_shards,
-            "epoch": self.epoch,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "server") -> ServerInfo:
@@ -126,16 +121,7 @@ class TableEntry:
         ]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "since_version": self.since_version,
-            "complete_version": self.complete_version,
-            "rows": self.rows,
-            "tombstones": self.tombstones,
-            "row_files": self.row_files,
-            "tombstone_files": self.tombstone_files,
-            "array_files": self.array_files,
-            "meta": self.meta,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> TableEntry:
@@ -166,12 +152,7 @@ class DenseEntry:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "files": self.files,
-            "state_files": self.state_files,
-            "meta": self.meta,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "dense") -> DenseEntry:
