@@ -4,7 +4,9 @@ benchmark's batch size, as a trainer's process has. Prints one JSON line of resu
     python benchmarks/service_fresh.py lookup ADDRESS --rows N --batch B --seconds S
     python benchmarks/service_fresh.py bare ADDRESS --batch B --seconds S
     python benchmarks/service_fresh.py trainer ADDRESS --rows N --batch B --seconds S
-    (any of them with --reuse-large-buffers: the client process fixes malloc's thresholds)
+    (any of them with --untuned: the process keeps glibc's adaptive malloc thresholds,
+    ``PSClient(tune_allocator=False)``; by default the bare stub's process fixes them as a
+    default ``PSClient`` does, so both sides of a ratio run in the same process state)
 
 - ``lookup``: a new ``PSClient``; if the table is empty, it first fills it with
   ``--batch``-key lookups (no large message ever crosses), makes one untimed lookup
@@ -40,7 +42,9 @@ def _lookup(args) -> dict:
 
     rng = np.random.default_rng(args.seed)
     batches = [rng.integers(0, args.rows, args.batch).astype(np.uint64) for _ in range(64)]
-    with PSClient([args.address], timeout=120, attempt_timeout=120) as client:
+    with PSClient(
+        [args.address], timeout=120, attempt_timeout=120, tune_allocator=not args.untuned
+    ) as client:
         _fill(client, args.rows, args.batch)
         client.lookup(TABLE, batches[-1])  # untimed: connection, topology, kernels loaded
         return {"latencies": _loop(lambda k: client.lookup(TABLE, k), batches, args.seconds)}
@@ -120,13 +124,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--reuse-large-buffers", action="store_true", help="fix malloc's thresholds first"
+        "--untuned", action="store_true", help="keep glibc's adaptive malloc thresholds"
     )
     args = parser.parse_args()
-    if args.reuse_large_buffers:
-        from monolith_ps.allocator import reuse_large_buffers
+    if args.mode == "bare" and not args.untuned:
+        from monolith_ps.allocator import reuse_large_buffers_by_default
 
-        reuse_large_buffers()
+        reuse_large_buffers_by_default()
     run = {"lookup": _lookup, "bare": _bare, "trainer": _trainer}[args.mode]
     print(json.dumps(run(args)), flush=True)
     return 0

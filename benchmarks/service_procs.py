@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from monolith_ps.allocator import reuse_large_buffers
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,10 @@ class _BareServicer(ps_pb2_grpc.ParameterServerServicer):
 
 
 def _run_bare_server(dim: int, batch: int) -> None:
-    """The ``--bare-server`` mode: serve until SIGTERM, print the bound port first."""
+    """The ``--bare-server`` mode: serve until SIGTERM, print the bound port first. Its
+    malloc thresholds are fixed as ``mps server`` fixes its own, so the ceiling is the
+    transport's, not the allocator's."""
+    reuse_large_buffers()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max(8, 4 * (os.cpu_count() or 1))),
         options=[

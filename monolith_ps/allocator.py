@@ -9,16 +9,19 @@ freed a 16 MiB block reuses its heap. Setting the thresholds at start makes ever
 behave like the second, whatever traffic it saw first.
 
 The server sets them in its entry point (``mps server``) and the image sets the same values
-in the environment (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``). A client lives
-in someone else's process, so it never changes them by itself: a trainer calls
-:func:`reuse_large_buffers` once, or sets the two environment variables, if it wants the
-same behaviour (see README, "Using it").
+in the environment (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``). A ``PSClient``
+sets them too when it is made (:func:`reuse_large_buffers_by_default`), since the receive
+buffers of its calls are allocated by gRPC, where no option reaches them: the cost to the
+host process is up to ``TRIM_THRESHOLD`` of freed memory kept for reuse. Thresholds the
+environment already sets are left as they are, and ``PSClient(tune_allocator=False)``
+leaves the allocator alone (see README, "Using it").
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest dynamic value on 64-bit
@@ -43,3 +46,11 @@ def reuse_large_buffers(
     mallopt.restype = ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1
     return mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)) == 1 and ok
+
+
+def reuse_large_buffers_by_default() -> bool:
+    """:func:`reuse_large_buffers` unless the environment sets either threshold (a choice
+    made for the whole process stands); True when this call set them."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    return reuse_large_buffers()

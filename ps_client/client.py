@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from monolith_ps.allocator import reuse_large_buffers_by_default
 from monolith_ps.config import ClusterConfig, load_config
 from monolith_ps.transport.channels import ClientTLS, channel_options
 from monolith_ps.transport.cluster import (
@@ -103,6 +104,9 @@ class PSClient:
     resolve (``NameResolutionError``): those fail at once, naming the cause.
     ``tls`` (mutual TLS: the client certificate) or ``token`` (a bearer token, see
     ``monolith_ps.transport.bearer.read_token_file``) is who the servers' authorization sees.
+    ``tune_allocator`` fixes glibc's malloc thresholds of this process
+    (``monolith_ps.allocator``), so the ~1 MiB receive buffers of each call are reused
+    instead of mapped and faulted in anew; thresholds set in the environment stand.
     Thread-safe.
     """
 
@@ -119,7 +123,10 @@ class PSClient:
         max_workers: int | None = None,
         resolver: Resolver | None = None,
         token: str | None = None,
+        tune_allocator: bool = True,
     ) -> None:
+        if tune_allocator:
+            reuse_large_buffers_by_default()
         self._service = addresses if isinstance(addresses, str) else None
         self._resolver = resolver
         if self._service is not None:

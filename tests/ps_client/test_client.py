@@ -373,3 +373,13 @@ def test_snapshot_writes_one_on_every_shard(server_factory, tmp_path):
 def test_snapshot_without_a_snapshot_dir_is_refused(server):
     with PSClient([server.address]) as client, pytest.raises(PreconditionError, match="snapshot"):
         client.snapshot()
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_a_client_fixes_the_malloc_thresholds_unless_told_not_to(monkeypatch, tune):
+    from ps_client import client as client_module
+
+    calls = []
+    monkeypatch.setattr(client_module, "reuse_large_buffers_by_default", lambda: calls.append(1))
+    PSClient(["127.0.0.1:1"], tune_allocator=tune).close()
+    assert len(calls) == int(tune)
