@@ -37,6 +37,10 @@ class Tiering:
         self._t = t
         self.cold = ColdTier(cold_dir, t.dim + t.state_width, t.storage)
         self.hot_limit = max(1, budget // hot_row_bytes(t.dim, t.state_width, t.storage))
+        # LRU tables: the last use of the rows the last demotion moved out; a lookup only
+        # lends the hot tier a cold row last used before it (see ``promote``)
+        self.horizon = 0
+        self._lent: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.cold)
@@ -57,19 +61,32 @@ class Tiering:
         return at.shape[0]
 
     def promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:
-        """Bring the cold rows among ``keys`` into the hot tier."""
+        """Bring the cold rows among ``keys`` into the hot tier.
+
+        A lookup on an LRU table only lends the hot tier the rows last used before the
+        horizon (used once in longer than the hot tier keeps a row): the next
+        :meth:`demote_over_budget` of the same call moves them back to their cold rows
+        without writing, so a key seen once in a long while does not push a hot row out;
+        seen again before the horizon passes it, it stays."""
         t, cold = self._t, self.cold
+        self._lent = None
         if len(cold) == 0 or keys.shape[0] == 0:
             return
         cold_rows = np.empty(keys.shape[0], dtype=np.int64)
         cuckoo.locate(cold.index, keys, cold_rows)
+        lends = for_lookup and not t.lfu
+        lent_keys = np.empty(keys.shape[0] if lends else 0, dtype=np.uint64)
+        lent = np.empty((lent_keys.shape[0], 3), dtype=np.int64)
+        lent_count = np.zeros(1, dtype=np.int64)
+        horizon = self.horizon if lends else -1
         promoted = 0
         start = 0
         while True:
             status, start, n = tiers.promote_rows(
                 t.index, t.max_live, t.walk, t.scalars, t.row_keys, t.meta, t.rows,
                 cold.index, cold.scalars, cold.keys, cold.meta, cold.segment_live,
-                cold.segment_rows, cold.fd, cold.row_bytes, keys, cold_rows, start,
+                cold.segment_rows, cold.fd, cold.row_bytes, keys, cold_rows, horizon,
+                lent_keys, lent, lent_count, start,
             )  # fmt: skip
             promoted += n
             if status == rows.DONE:
@@ -80,11 +97,14 @@ class Tiering:
         t.stats["promoted"] += promoted
         if for_lookup:
             t.stats["cold_hits"] += promoted
+        if lent_count[0]:
+            self._lent = (lent_keys, lent, int(lent_count[0]))
 
     def demote_over_budget(self) -> None:
         """Past the hot row limit, move the least recently used hot rows (lowest usage rank)
         to the cold tier, down to 7/8 of the limit so demotion runs once per many batches."""
         t, cold = self._t, self.cold
+        self._return_lent()
         live = t.live
         if live <= self.hot_limit:
             return
@@ -92,6 +112,8 @@ class Tiering:
         high = t.high
         usage = usage_ranks(t.meta, high)
         victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
+        if not t.lfu:
+            self.horizon = max(self.horizon, int(t.meta[victims, rows.USAGE_COL].max()))
         demoted = 0
         start = 0
         try:
@@ -112,6 +134,27 @@ class Tiering:
             cold.flush()
         t.stats["demoted"] += demoted
         self._shrink_hot()
+
+    def _return_lent(self) -> None:
+        """Move the rows the last lookup lent the hot tier back to their cold rows."""
+        if self._lent is None:
+            return
+        t, cold = self._t, self.cold
+        lent_keys, lent, count = self._lent
+        self._lent = None
+        returned = 0
+        start = 0
+        while True:
+            status, start, n = tiers.return_rows(
+                t.index, t.scalars, t.row_keys, t.meta, cold.index, cold.max_live, t.walk,
+                cold.scalars, cold.keys, cold.meta, cold.segment_live, cold.segment_rows,
+                lent_keys, lent, count, start,
+            )  # fmt: skip
+            returned += n
+            if status == rows.DONE:
+                break
+            cold.grow_index()
+        t.stats["demoted"] += returned
 
     def _shrink_hot(self) -> None:
         """Give back the hot arena rows a batch over the limit made the arenas grow to, once

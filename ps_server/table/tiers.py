@@ -25,6 +25,7 @@ from ps_server.table.rows import (
     META_COLUMNS,
     NEED_INDEX,
     NEED_ROWS,
+    USAGE_COL,
     VERSION_COL,
     give_back_row,
     has_free_row,
@@ -54,12 +55,18 @@ def promote_rows(
     row_bytes,
     keys,
     cold_rows,
+    horizon,
+    lent_keys,
+    lent,
+    lent_count,
     start,
 ):
     """Move the cold rows of ``keys`` into the hot tier. ``cold_rows`` comes from
     ``cuckoo.locate`` on the cold index (-1: not cold); a key repeated in the batch moves
-    once. Returns ``(status, position, promoted)``; ``NEED_INDEX``/``NEED_ROWS`` are about
-    the hot tier."""
+    once. A row last used before ``horizon`` is only lent: its key and ``(cold row, hot
+    row, version)`` go to ``lent_keys``/``lent`` (``lent_count[0]`` of them) and its cold
+    row stays reserved for :func:`return_rows`. Returns ``(status, position, promoted)``;
+    ``NEED_INDEX``/``NEED_ROWS`` are about the hot tier."""
     hot_capacity = hot_arena.shape[0]
     promoted = 0
     for i in range(start, keys.shape[0]):
@@ -84,6 +91,13 @@ def promote_rows(
             hot_meta[h, k] = cold_meta[c, k]
         hot_keys[h] = key
         hot_scalars[LIVE] += 1
+        if cold_meta[c, USAGE_COL] < horizon:
+            n = lent_count[0]
+            lent_keys[n] = key
+            lent[n, 0] = c
+            lent[n, 1] = h
+            lent[n, 2] = cold_meta[c, VERSION_COL]
+            lent_count[0] = n + 1
         remove(cold_index, key)
         cold_meta[c, VERSION_COL] = 0
         segment_live[c // segment_rows] -= 1
@@ -185,3 +199,52 @@ def pack_rows(index, walk, scalars, row_keys, meta, arena, capacity):
         if meta[r, VERSION_COL] == 0:
             give_back_row(scalars, row_keys, meta, r)
     return moved
+
+
+@hot_kernel
+def return_rows(
+    hot_index,
+    hot_scalars,
+    hot_keys,
+    hot_meta,
+    cold_index,
+    cold_max_live,
+    walk,
+    cold_scalars,
+    cold_keys,
+    cold_meta,
+    segment_live,
+    segment_rows,
+    lent_keys,
+    lent,
+    count,
+    start,
+):
+    """Move the rows :func:`promote_rows` lent back to their cold rows, which still hold
+    their values and state: only the metadata moves, nothing is written to the file. A
+    row whose version changed since (pushed, replaced by a delta), that left the hot tier,
+    or whose cold row was taken, stays where it is. Returns ``(status, position,
+    returned)``; ``NEED_INDEX`` is about the cold index."""
+    returned = 0
+    for i in range(start, count):
+        key = lent_keys[i]
+        c = lent[i, 0]
+        h = lent[i, 1]
+        version = lent[i, 2]
+        if hot_keys[h] != key or hot_meta[h, VERSION_COL] != version or version == 0:
+            continue
+        if cold_meta[c, VERSION_COL] != 0 or cold_keys[c] != key:
+            continue
+        if cold_scalars[LIVE] + 1 > cold_max_live:
+            return NEED_INDEX, i, returned
+        if not insert(cold_index, key, c, walk):
+            return NEED_INDEX, i, returned
+        for k in range(META_COLUMNS):
+            cold_meta[c, k] = hot_meta[h, k]
+        segment_live[c // segment_rows] += 1
+        cold_scalars[LIVE] += 1
+        remove(hot_index, key)
+        give_back_row(hot_scalars, hot_keys, hot_meta, h)
+        hot_scalars[LIVE] -= 1
+        returned += 1
+    return DONE, count, returned

@@ -162,6 +162,37 @@ def test_hot_arenas_shrink_back_after_a_batch_over_the_limit(tmp_path):
     assert _without_stats(tiered) == _without_stats(plain)
 
 
+def test_a_key_looked_up_once_in_a_long_while_does_not_push_hot_rows_out(tmp_path):
+    tiered, plain = _pair(tmp_path, budget=12_000, optimizer="adagrad")
+    limit = tiered.tier_stats()["hot_row_limit"]
+    everything = np.arange(10 * limit, dtype=np.uint64)
+
+    def cold_hits(keys: np.ndarray) -> int:
+        before = tiered.stats()["cold_hits"]
+        out = tiered.find_or_insert(keys, now=3.0)
+        np.testing.assert_array_equal(out, plain.find_or_insert(keys, now=3.0))
+        return tiered.stats()["cold_hits"] - before
+
+    for lo in range(0, everything.shape[0], limit // 2):
+        cold_hits(everything[lo : lo + limit // 2])
+    hot = everything[: limit // 2]
+    # first used long ago: read and lent to the lookup; used again soon after: kept
+    assert cold_hits(hot) == hot.shape[0]
+    assert cold_hits(hot) == hot.shape[0]
+    assert cold_hits(hot) == 0
+    # twice the hot limit of keys not used since they were inserted: each is read, lent
+    # to the lookup and moved back to its cold row, so the hot keys stay hot
+    once = everything[limit : 3 * limit]
+    assert cold_hits(once) == once.shape[0]
+    assert cold_hits(hot) == 0
+    # keys used again before the horizon passes their last use are kept
+    again = once[-5:]
+    assert cold_hits(again) == again.shape[0]
+    assert cold_hits(again) == 0
+    assert tiered.tier_stats()["hot_rows"] <= limit
+    assert _without_stats(tiered) == _without_stats(plain)
+
+
 def test_serving_table_fed_by_deltas_matches(tmp_path):
     source = EmbeddingTable(TableConfig(name="t", dim=8, optimizer="adam"))
     tiered, plain = _pair(tmp_path, budget=3000, trainable=False, dim=8, serving_dtype="float16")
