@@ -19,28 +19,20 @@ __all__ = [
 ]
 
 try:
-    from ps_client.kernels import (
-        HALF_TO_F32,
-        fids_of_bytes,
-        fids_of_ints,
-        route_keys,
-        scatter_answer,
-        scatter_answer_f16,
-        segment_sum,
-    )
+    from ps_client import kernels as _kernels
 
     ACCELERATED = True
 except ModuleNotFoundError as missing:
     if missing.name not in ("numba", "llvmlite"):
         raise
-    from ps_client.kernels_numpy import (
-        HALF_TO_F32,
-        fids_of_bytes,
-        fids_of_ints,
-        route_keys,
-        scatter_answer,
-        scatter_answer_f16,
-        segment_sum,
-    )
+    from ps_client import kernels_numpy as _kernels
 
     ACCELERATED = False
+
+HALF_TO_F32 = _kernels.HALF_TO_F32
+fids_of_bytes = _kernels.fids_of_bytes
+fids_of_ints = _kernels.fids_of_ints
+route_keys = _kernels.route_keys
+scatter_answer = _kernels.scatter_answer
+scatter_answer_f16 = _kernels.scatter_answer_f16
+segment_sum = _kernels.segment_sum

@@ -194,14 +194,9 @@ class EmbeddingTable:
         rows_found = np.empty(n, dtype=np.int64)
         with self._lock:
             t = self._t
-            if t.storage is np.float32:
-                hits = lookup.find_f32(
-                    t.index, t.rows, keys, rows_found, out, found, *t.init_args()
-                )
-            else:
-                hits = lookup.find_f16(
-                    t.index, t.rows, HALF_TO_F32, keys, rows_found, out, found, *t.init_args()
-                )
+            hits = lookup.find(
+                t.index, t.rows, HALF_TO_F32, keys, rows_found, out, found, *t.init_args()
+            )
             if hits < n and self._tiering is not None and len(self._tiering):
                 hits += self._tiering.find(keys, out, found)
             t.stats["lookups"] += n

@@ -2,21 +2,22 @@
 
 Each walks its batch with software prefetch (see ``prefetch``): ``find`` in two passes
 (``cuckoo.locate`` finds the rows of all keys, then a second pass copies rows fetched a few
-keys ahead), ``resolve_rows`` in one pass of three staggered stages. Misses and keys not yet
-admitted read the table's default vector: the initializer's vector for the key, or the
-learned default row.
+keys ahead, from a float32 or a float16 arena), ``resolve_rows`` in one pass of three
+staggered stages. Misses and keys not yet admitted read the table's default vector: the
+initializer's vector for the key, or the learned default row.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from ps_server.optim.initializers import init_row
 from ps_server.table.admission import count_and_estimate, estimate
 from ps_server.table.cuckoo import (
     bucket_a,
     bucket_b,
-    insert_at,
     locate,
     prefetch_displacement,
     probe,
@@ -31,16 +32,12 @@ from ps_server.table.rows import (
     NEED_INDEX,
     NEED_INDEX_ADMITTED,
     NEED_ROWS,
-    PUSHES_COL,
     SKETCH_KEYS,
     TICK_BITS,
-    UPDATED_COL,
-    USAGE_COL,
-    VERSION,
     VERSION_COL,
-    give_back_row,
+    add_row,
     has_free_row,
-    take_row,
+    next_version,
     touch,
 )
 
@@ -50,78 +47,47 @@ _PROBE_AHEAD = 8  # keys ahead it probes, fetching their rows
 _NEW_ROWS_AHEAD = 8  # rows past the arena's high-water mark it fetches for inserts
 
 
+def _read(values, half_to_f32, r, c):
+    """Column ``c`` of row ``r`` of ``values`` as float32 (compiled per arena dtype)."""
+    raise NotImplementedError("compiled only")
+
+
+@overload(_read, inline="always")
+def _read_stored(values, half_to_f32, r, c):
+    if values.dtype == types.uint16:  # float16 bits, widened through the table
+        return lambda values, half_to_f32, r, c: half_to_f32[values[r, c]]
+    return lambda values, half_to_f32, r, c: values[r, c]
+
+
 @hot_kernel
-def gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row):
-    """``out[i] = values[rows[i], :dim]`` (float32 arena; ``dim = out.shape[1]``, state may
-    follow in the arena's later columns), or the default vector of ``keys[i]`` where
-    ``rows[i] < 0``. Returns the number of rows found."""
+def find(
+    index, values, half_to_f32, keys, rows, out, found, init_kind, init_params, seed, default_row
+):
+    """Copy each key's row into ``out``; misses get the default vector. ``values`` is the
+    float32 arena (values, then optimizer state in later columns) or a float16 arena stored
+    as ``uint16`` bits, widened through the 65,536-entry table ``half_to_f32``. ``rows``
+    (``len(keys)`` int64) is scratch for the located rows. Returns the number of hits."""
+    locate(index, keys, rows)
     n = rows.shape[0]
     dim = out.shape[1]
     nbytes = dim * values.itemsize
     hits = 0
     for i in range(n + LOOKAHEAD):
-        if i < n and rows[i] >= 0:
-            prefetch_head(values, rows[i], nbytes)
+        if i < n:
+            found[i] = rows[i] >= 0
+            if rows[i] >= 0:
+                prefetch_head(values, rows[i], nbytes)
         j = i - LOOKAHEAD
         if j < 0:
             continue
         r = rows[j]
         if r >= 0:
             for c in range(dim):
-                out[j, c] = values[r, c]
+                out[j, c] = _read(values, half_to_f32, r, c)
             hits += 1
         else:
             init_row(init_kind, init_params, seed, keys[j], default_row, out, j)
     return hits
-
-
-@hot_kernel
-def gather_rows_f16(
-    values, half_to_f32, rows, keys, out, init_kind, init_params, seed, default_row
-):
-    """:func:`gather_rows` over a float16 arena stored as ``uint16`` bits, widened through
-    the 65,536-entry table ``half_to_f32``."""
-    n = rows.shape[0]
-    dim = out.shape[1]
-    hits = 0
-    for i in range(n + LOOKAHEAD):
-        if i < n and rows[i] >= 0:
-            prefetch_row(values, rows[i])
-        j = i - LOOKAHEAD
-        if j < 0:
-            continue
-        r = rows[j]
-        if r >= 0:
-            for c in range(dim):
-                out[j, c] = half_to_f32[values[r, c]]
-            hits += 1
-        else:
-            init_row(init_kind, init_params, seed, keys[j], default_row, out, j)
-    return hits
-
-
-@hot_kernel
-def find_f32(index, values, keys, rows, out, found, init_kind, init_params, seed, default_row):
-    """Copy each key's row (float32 arena) into ``out``; misses get the default vector.
-    ``rows`` (``len(keys)`` int64) is scratch for the located rows. Returns the number of
-    hits."""
-    locate(index, keys, rows)
-    for i in range(keys.shape[0]):
-        found[i] = rows[i] >= 0
-    return gather_rows(values, rows, keys, out, init_kind, init_params, seed, default_row)
-
-
-@hot_kernel
-def find_f16(
-    index, values, half_to_f32, keys, rows, out, found, init_kind, init_params, seed, default_row
-):
-    """:func:`find_f32` over a float16 arena."""
-    locate(index, keys, rows)
-    for i in range(keys.shape[0]):
-        found[i] = rows[i] >= 0
-    return gather_rows_f16(
-        values, half_to_f32, rows, keys, out, init_kind, init_params, seed, default_row
-    )
 
 
 @hot_kernel
@@ -236,22 +202,15 @@ def resolve_rows(
                 if copy_out:
                     init_row(init_kind, init_params, seed, key, default_row, out, i)
                 continue
-        r = take_row(scalars, row_keys)
-        upcoming = scalars[HIGH] + _NEW_ROWS_AHEAD  # new rows are mostly taken in order
+        upcoming = scalars[HIGH] + 1 + _NEW_ROWS_AHEAD  # new rows are mostly taken in order
         if upcoming < capacity:
             prefetch_head(arena, upcoming, value_bytes)
-        if not insert_at(index, key, r, walk, b1, b2):
-            give_back_row(scalars, row_keys, meta, r)
-            return NEED_INDEX_ADMITTED, i, inserted, rejected
-        scalars[LIVE] += 1
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        row_keys[r] = key
-        meta[r, VERSION_COL] = v
-        meta[r, UPDATED_COL] = now
-        meta[r, PUSHES_COL] = 0
         # LFU: a key enters with the sightings the sketch counted for it (this one included)
-        meta[r, USAGE_COL] = (seen - 1) << TICK_BITS if lfu else 0
+        usage = (seen - 1) << TICK_BITS if lfu else 0
+        r = add_row(index, walk, scalars, row_keys, meta, key, b1, b2, now, usage)
+        if r < 0:
+            return NEED_INDEX_ADMITTED, i, inserted, rejected
+        meta[r, VERSION_COL] = next_version(scalars)
         if touch_rows:
             touch(scalars, meta, r, 1, lfu)
         init_row(init_kind, init_params, seed, key, default_row, arena, r)

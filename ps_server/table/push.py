@@ -16,7 +16,7 @@ from numba import njit
 from ps_server.optim.initializers import init_row
 from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.admission import estimate
-from ps_server.table.cuckoo import bucket_a, bucket_b, insert, probe
+from ps_server.table.cuckoo import bucket_a, bucket_b, probe
 from ps_server.table.jit import hot_kernel
 from ps_server.table.prefetch import prefetch_at, prefetch_row
 from ps_server.table.rows import (
@@ -30,12 +30,10 @@ from ps_server.table.rows import (
     PUSHES_COL,
     TICK_BITS,
     UPDATED_COL,
-    USAGE_COL,
-    VERSION,
     VERSION_COL,
-    give_back_row,
+    add_row,
     has_free_row,
-    take_row,
+    next_version,
     touch,
 )
 
@@ -123,18 +121,13 @@ def push_rows(
                     return NEED_INDEX, i
                 if not has_free_row(scalars, capacity):
                     return NEED_ROWS, i
-                r = take_row(scalars, row_keys)
-                if not insert(index, key, r, walk):
-                    give_back_row(scalars, row_keys, meta, r)
+                usage = (max(seen, 1) - 1) << TICK_BITS if lfu else 0
+                b1 = bucket_a(key, mask)
+                b2 = bucket_b(key, mask)
+                r = add_row(index, walk, scalars, row_keys, meta, key, b1, b2, now, usage)
+                if r < 0:
                     return NEED_INDEX_ADMITTED, i
-                scalars[LIVE] += 1
-                v = scalars[VERSION] + 1
-                scalars[VERSION] = v
-                row_keys[r] = key
-                meta[r, VERSION_COL] = v
-                meta[r, UPDATED_COL] = now
-                meta[r, PUSHES_COL] = 0
-                meta[r, USAGE_COL] = (max(seen, 1) - 1) << TICK_BITS if lfu else 0
+                meta[r, VERSION_COL] = next_version(scalars)
                 init_row(init_kind, init_params, seed, key, default_row, arena, r)
                 rows[i] = r
                 totals[INSERTED] += 1
@@ -158,17 +151,13 @@ def push_rows(
         meta[r, PUSHES_COL] = min(meta[r, PUSHES_COL] + counts[i], _MAX_PUSHES)
         touch(scalars, meta, r, counts[i], lfu)
         meta[r, UPDATED_COL] = now
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        meta[r, VERSION_COL] = v
+        meta[r, VERSION_COL] = next_version(scalars)
         totals[UPDATED] += 1
     if learn_default and totals[PENDING] > 0:
         scale = frequency_lr_scale(float(scalars[DEFAULT_PUSHES]), frequency_power)
         optimizer_step(opt_kind, hp, default_row[0], default_state[0], scratch[pending_grad], scale)
         scalars[DEFAULT_PUSHES] += 1
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        scalars[DEFAULT_VERSION] = v
+        scalars[DEFAULT_VERSION] = next_version(scalars)
     return DONE, n
 
 

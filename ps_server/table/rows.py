@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ps_server.table.cuckoo import remove
+from ps_server.table.cuckoo import insert_at, remove
 
 VERSION = 0  # last version handed out
 TICK = 1  # access clock for LRU/LFU
@@ -73,6 +73,33 @@ def take_row(scalars, row_keys):
     r = scalars[HIGH]
     scalars[HIGH] = r + 1
     return r
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def add_row(index, walk, scalars, row_keys, meta, key, b1, b2, now, usage):
+    """Take a free row for ``key`` (call only after :func:`has_free_row`, with room in the
+    index), enter it in the index at its buckets ``b1``, ``b2`` and start its metadata: no
+    push yet (optimizer state comes at the first), updated at ``now``, ``usage``; the caller
+    sets its version. Returns the row, or -1 with nothing changed when the cuckoo walk found
+    no free slot (the index must grow)."""
+    r = take_row(scalars, row_keys)
+    if not insert_at(index, key, r, walk, b1, b2):
+        give_back_row(scalars, row_keys, meta, r)
+        return np.int64(-1)
+    scalars[LIVE] += 1
+    row_keys[r] = key
+    meta[r, UPDATED_COL] = now
+    meta[r, PUSHES_COL] = 0
+    meta[r, USAGE_COL] = usage
+    return r
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def next_version(scalars):
+    """Take the table's next version."""
+    v = scalars[VERSION] + 1
+    scalars[VERSION] = v
+    return v
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")

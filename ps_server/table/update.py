@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from monolith_ps.routing import mix64
-from ps_server.table.cuckoo import insert, probe
+from ps_server.table.cuckoo import bucket_a, bucket_b, probe
 from ps_server.table.jit import hot_kernel
 from ps_server.table.rows import (
     DONE,
@@ -19,9 +19,8 @@ from ps_server.table.rows import (
     USAGE_COL,
     VERSION,
     VERSION_COL,
-    give_back_row,
+    add_row,
     has_free_row,
-    take_row,
     touch,
 )
 
@@ -117,6 +116,7 @@ def upsert_rows(
     width = arena.shape[1] - dim
     applied = 0
     skipped = 0
+    mask = np.uint64(index.shape[0] - 1)
     for i in range(start, keys.shape[0]):
         key = keys[i]
         v = new_versions[i]
@@ -130,17 +130,13 @@ def upsert_rows(
                 return NEED_INDEX, i, applied, skipped
             if not has_free_row(scalars, capacity):
                 return NEED_ROWS, i, applied, skipped
-            r = take_row(scalars, row_keys)
-            if not insert(index, key, r, walk):
-                give_back_row(scalars, row_keys, meta, r)
+            b1 = bucket_a(key, mask)
+            b2 = bucket_b(key, mask)
+            r = add_row(index, walk, scalars, row_keys, meta, key, b1, b2, now, 0)
+            if r < 0:
                 return NEED_INDEX, i, applied, skipped
-            scalars[LIVE] += 1
-            row_keys[r] = key
-            meta[r, USAGE_COL] = 0
             if new_usage.shape[0] == 0:
                 touch(scalars, meta, r, 1, lfu)
-            meta[r, PUSHES_COL] = 0  # optimizer state comes at the first push
-            meta[r, UPDATED_COL] = now
         for j in range(dim):
             arena[r, j] = new_values[i, j]
         if has_state:
