@@ -119,7 +119,7 @@ def first_touch_seconds(nbytes: int) -> float:
     (reserved address space, huge pages): the floor under inserting that many bytes."""
     arena = RowArena((1024,), np.float32)
     start = time.thread_time()
-    pages = arena.grow(-(-nbytes // 4096))  # growing may commit the pages itself
+    pages = arena.grow(-(-nbytes // 4096))
     pages[:, 0] = 1.0
     return time.thread_time() - start
 
