@@ -41,36 +41,29 @@ class ClusterView:
     problems: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
 class ClusterReader:
     """Asks discovery, then every server, in parallel on the agent's pool."""
 
-    def __init__(
-        self,
-        discovery: Discovery,
-        channels: ChannelPool,
-        run_parallel: RunParallel,
-        rpc_timeout: float,
-        partition: tuple[int, int],
-    ) -> None:
-        self._discovery = discovery
-        self._channels = channels
-        self._run_parallel = run_parallel
-        self._rpc_timeout = rpc_timeout
-        self._partition = partition
+    discovery: Discovery
+    channels: ChannelPool
+    run_parallel: RunParallel
+    rpc_timeout: float
+    partition: tuple[int, int]
 
     def read(self) -> ClusterView:
         """Training shards and serving replicas that answered, validated as a topology."""
         view = ClusterView()
         try:
-            training_eps = self._discovery.endpoints(Role.TRAINING)
-            serving_eps = self._discovery.endpoints(Role.SERVING)
+            training_eps = self.discovery.endpoints(Role.TRAINING)
+            serving_eps = self.discovery.endpoints(Role.SERVING)
         except Exception as exc:  # a discovery source may fail in ways we cannot list
             view.problems.append(("discover", "discovery", error_text(exc)))
             return view
         view.serving_names = {e.name for e in serving_eps}
-        self._channels.retain(e.address for e in (*training_eps, *serving_eps))
-        described = self._run_parallel(training_eps, self._describe)
-        states = self._run_parallel(serving_eps, self._sync_state)
+        self.channels.retain(e.address for e in (*training_eps, *serving_eps))
+        described = self.run_parallel(training_eps, self._describe)
+        states = self.run_parallel(serving_eps, self._sync_state)
         training: list[TrainingShard] = []
         for endpoint, result in described:
             if isinstance(result, str):
@@ -81,7 +74,7 @@ class ClusterReader:
             if isinstance(result, str):
                 view.problems.append(("sync_state", endpoint.name, result))
                 view.silent_replicas.append(endpoint.name)
-            elif result.shard_index % self._partition[1] == self._partition[0]:
+            elif result.shard_index % self.partition[1] == self.partition[0]:
                 view.replicas.append(result)
         # Keep the shards of the most common shard count, each index claimed once.
         view.training, refused = consistent_shards(training, lambda shard: shard.info)
@@ -93,14 +86,14 @@ class ClusterReader:
         """The serving replicas of this agent's partition that answered (no training call):
         the cheap per-second look for replicas without state."""
         try:
-            serving_eps = self._discovery.endpoints(Role.SERVING)
+            serving_eps = self.discovery.endpoints(Role.SERVING)
         except Exception:  # the next round reports discovery failures
             return []
         return [
             state
-            for _, state in self._run_parallel(serving_eps, self._sync_state)
+            for _, state in self.run_parallel(serving_eps, self._sync_state)
             if not isinstance(state, str)
-            and state.shard_index % self._partition[1] == self._partition[0]
+            and state.shard_index % self.partition[1] == self.partition[0]
         ]
 
     def _not_ready(self, endpoint: Endpoint, service: str = SERVICE_NAME) -> str:
@@ -112,9 +105,9 @@ class ClusterReader:
         only after the agent has given it a state from every training shard.
         """
         try:
-            reply = self._channels.health(endpoint.address).Check(
+            reply = self.channels.health(endpoint.address).Check(
                 health_pb2.HealthCheckRequest(service=service),
-                timeout=self._rpc_timeout,
+                timeout=self.rpc_timeout,
             )
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND and service != SERVICE_NAME:
@@ -133,8 +126,8 @@ class ClusterReader:
         if problem := self._not_ready(endpoint, service):
             return problem
         try:
-            call = getattr(self._channels.stub(endpoint.address), method)
-            return call(request, timeout=self._rpc_timeout)
+            call = getattr(self.channels.stub(endpoint.address), method)
+            return call(request, timeout=self.rpc_timeout)
         except grpc.RpcError as exc:
             return error_text(exc)
 

@@ -79,21 +79,16 @@ class ScoreResult:
     keys_found: int
 
 
+@dataclasses.dataclass
 class ServingScorer:
     """Scores events with rows and dense arrays read from a serving cluster, never training."""
 
-    def __init__(
-        self,
-        client: Any,
-        model: FactorizationMachine,
-        batch_size: int = 4096,
-        pad_key: int = PAD_KEY,
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.batch_size = batch_size
-        self.pad_key = pad_key
-        self.keys_asked = 0  # unique keys per batch sent to serving, all tables, all calls
+    client: Any
+    model: FactorizationMachine
+    batch_size: int = 4096
+    pad_key: int = PAD_KEY
+    # unique keys per batch sent to serving, all tables, all calls
+    keys_asked: int = dataclasses.field(default=0, init=False)
 
     def score(self, events: Events) -> ScoreResult:
         dense = self.client.pull_dense() if self.model.dense_sizes() else {}
