@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from monolith_ps.transport.flags import add_credential_flags
+
 __all__ = ["configure_parser", "run"]
 
 
@@ -27,12 +29,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="serving servers of one replica, host:port in shard order; repeat per replica",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per check")
-    parser.add_argument("--tls-ca", metavar="FILE", help="CA certificate (PEM) of the servers")
-    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate, mutual TLS")
-    parser.add_argument("--tls-key", metavar="FILE", help="client private key, mutual TLS")
-    parser.add_argument(
-        "--token-file", metavar="FILE", help="bearer token (first line), where servers check roles"
-    )
+    add_credential_flags(parser, token_help="bearer token (first line), where servers check roles")
 
 
 def run(args: argparse.Namespace) -> int:

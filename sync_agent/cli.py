@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from monolith_ps.transport.flags import add_credential_flags
+
 __all__ = ["configure_parser", "run"]
 
 
@@ -71,15 +73,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on this port"
     )
-    tls = parser.add_argument_group("TLS")
-    tls.add_argument("--tls-ca", metavar="FILE", help="CA certificate (PEM) of the servers")
-    tls.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), mutual TLS")
-    tls.add_argument("--tls-key", metavar="FILE", help="client private key (PEM), mutual TLS")
-    parser.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="bearer token (first line) sent with every call: the agent's role where the "
-        "servers authorize by token",
+    add_credential_flags(
+        parser,
+        token_help="bearer token (first line) sent with every call: the agent's role where "
+        "the servers authorize by token",
     )
     parser.add_argument(
         "--once",

@@ -24,6 +24,7 @@ from ps_server.table.rows import (
     VERSION_COL,
     drop_row,
     log_has_room,
+    next_version,
 )
 
 
@@ -75,9 +76,7 @@ def delete_keys(index, scalars, row_keys, meta, log_keys, log_versions, log_limi
             continue
         if not log_has_room(scalars, log_keys, log_limit):
             return NEED_LOG, i, deleted
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, v)
+        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
         deleted += 1
     return DONE, keys.shape[0], deleted
 
@@ -113,9 +112,7 @@ def expire_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limi
             continue
         if not log_has_room(scalars, log_keys, log_limit):
             return NEED_LOG, r, expired
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, v)
+        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
         expired += 1
     return DONE, scalars[HIGH], expired
 
@@ -131,8 +128,6 @@ def evict_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limit
             continue
         if not log_has_room(scalars, log_keys, log_limit):
             return NEED_LOG, i, evicted
-        v = scalars[VERSION] + 1
-        scalars[VERSION] = v
-        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, v)
+        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
         evicted += 1
     return DONE, rows.shape[0], evicted
