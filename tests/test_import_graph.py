@@ -23,6 +23,7 @@ ENTRY_POINTS = (
     "monolith_ps.local",
     "monolith_ps.local_cli",
     "monolith_ps.check_cli",
+    "monolith_ps.check",
     "monolith_ps.processes",
 )
 

@@ -12,7 +12,7 @@ import pytest
 
 from monolith_ps.cli import main
 from ps_client import PSClient, RetryPolicy
-from ps_server.cli import resolve_shard_index, shard_dir
+from ps_server.main import resolve_shard_index, shard_dir
 
 
 class _RetryLogged(logging.Handler):
