@@ -118,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
     p = cli.eval_parser(NAME, __doc__)
     p.add_argument(
         "--admit-after",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=cli.comma_list(int),
         default=[1, 2, 3, 5],
         help="thresholds to compare (default 1,2,3,5)",
     )

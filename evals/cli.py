@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from evals.results import write_results
 from examples.movielens.releases import DATA_ENV_VAR, DEFAULT_DATASET, DatasetNotFoundError
@@ -21,6 +21,7 @@ __all__ = [
     "add_common_arguments",
     "add_data_argument",
     "add_seed_arguments",
+    "comma_list",
     "eval_parser",
     "run_eval",
     "say",
@@ -28,6 +29,18 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_T = TypeVar("_T")
+
+
+def comma_list(kind: Callable[[str], _T]) -> Callable[[str], list[_T]]:
+    """An argparse type: a comma-separated list of ``kind`` values, e.g. ``1,2,4``."""
+
+    def parse(text: str) -> list[_T]:
+        return [kind(x) for x in text.split(",")]
+
+    parse.__name__ = f"{getattr(kind, '__name__', 'value')} list"  # argparse's error names it
+    return parse
 
 
 def add_data_argument(parser: argparse.ArgumentParser) -> None:

@@ -204,7 +204,7 @@ def parser() -> argparse.ArgumentParser:
     )
     ttl.add_argument(
         "--ttl-days",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=cli.comma_list(float),
         default=None,
         help="TTLs in days of stream time instead, e.g. 0,730,90",
     )

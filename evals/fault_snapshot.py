@@ -281,7 +281,7 @@ def parser() -> argparse.ArgumentParser:
     )
     intervals.add_argument(
         "--intervals-days",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=cli.comma_list(float),
         default=None,
         help="snapshot intervals in days of stream time instead, e.g. 1,7,28,0",
     )

@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=20, help="stream windows (default 20)")
     p.add_argument(
         "--intervals",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=cli.comma_list(int),
         default=[1, 2, 4, 8],
         help="sync intervals in windows (default 1,2,4,8); 'never after start' is always added",
     )
