@@ -86,15 +86,16 @@ def mutate(training, rng, round_index):
             if len(held):
                 table.delete(rng.choice(held, size=min(len(held), 15), replace=False))
     if round_index == 1:
-        # Rows of "emb" untouched since before this moment expire; then fresh rows arrive.
+        # Rows of "emb" untouched since before this moment expire; fresh rows arrive a
+        # second after it.
         cutoff = time.time()
-        time.sleep(0.01)
         for i, server in enumerate(training):
             table = server.state.table("emb")
             fresh = np.arange(50_000, 50_100, dtype=np.uint64)
             fresh = fresh[shard_of(fresh, N_TRAIN) == i]
-            table.find_or_insert(fresh)
-            table.apply_gradients(fresh, np.ones((len(fresh), table.dim), dtype=np.float32))
+            table.find_or_insert(fresh, now=cutoff + 1.0)
+            grads = np.ones((len(fresh), table.dim), dtype=np.float32)
+            table.apply_gradients(fresh, grads, now=cutoff + 1.0)
             assert table.expire(now=cutoff + TTL) > 0
 
 
