@@ -50,7 +50,7 @@ def _rss(pid: int) -> int:
     return 0
 
 
-class _Server:
+class BenchServer:
     """An ``mps server`` subprocess; ``address`` and ``metrics_port`` from its start log."""
 
     def __init__(self, role: str, config: Path, log: Path) -> None:
@@ -99,7 +99,7 @@ class _Server:
         self._out.close()
 
 
-def _until_started(call, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+def until_started(call, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
     """``call`` retried while the server answers UNAVAILABLE (it is still starting)."""
     for _ in range(3000):
         try:
@@ -111,7 +111,7 @@ def _until_started(call, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN2
     raise TimeoutError("the server did not start")
 
 
-def _fill_and_sync(training: _Server, serving: _Server, rows: int, dim: int) -> None:
+def _fill_and_sync(training: BenchServer, serving: BenchServer, rows: int, dim: int) -> None:
     """``rows`` rows on training (lookups insert), then one full export applied to serving,
     so both answer and serving's Lookups find rows."""
     options = [("grpc.max_receive_message_length", 64 << 20)]
@@ -123,15 +123,15 @@ def _fill_and_sync(training: _Server, serving: _Server, rows: int, dim: int) -> 
         for start in range(1, rows + 1, 20_000):
             keys = np.arange(start, min(rows + 1, start + 20_000), dtype=np.uint64)
             table = ps_pb2.TableKeys(table=_TABLE, keys=wire.encode_keys(keys))
-            _until_started(train.Lookup, ps_pb2.LookupRequest(tables=[table]), timeout=120)
+            until_started(train.Lookup, ps_pb2.LookupRequest(tables=[table]), timeout=120)
         request = ps_pb2.ExportDeltaRequest(table=_TABLE, max_chunk_rows=20_000)
         chunks = list(train.ExportDelta(request, timeout=120))
-        _until_started(lambda: serve.ApplyDelta(iter(chunks), timeout=120))
+        until_started(lambda: serve.ApplyDelta(iter(chunks), timeout=120))
         assert [c.table for c in serve.GetSyncState(ps_pb2.GetSyncStateRequest()).cursors]
 
 
 def _valid_traffic(
-    training: _Server, serving: _Server, seconds: float, threads: int, rows: int, dim: int
+    training: BenchServer, serving: BenchServer, seconds: float, threads: int, rows: int, dim: int
 ) -> tuple[np.ndarray, list[str]]:
     """Latencies (s) of every valid call, and the failures, over ``seconds``."""
     latencies: list[float] = []
@@ -187,8 +187,8 @@ def _valid_traffic(
 
 @contextlib.contextmanager
 def _hostile(
-    training: _Server, serving: _Server, idle: int, trickles: int, every: float, endless: int,
-    dim: int,
+    training: BenchServer, serving: BenchServer, idle: int, trickles: int, every: float,
+    endless: int, dim: int,
 ) -> Iterator[dict[str, int]]:  # fmt: skip
     """Open the hostile streams; yield counts of how they ended (filled in on exit)."""
     stop = threading.Event()
@@ -278,8 +278,8 @@ def main() -> None:
         work = Path(tmp)
         config = work / "config.json"
         config.write_text(json.dumps({"tables": [{"name": _TABLE, "dim": args.dim}]}))
-        training = _Server("training", config, work / "training.log")
-        serving = _Server("serving", config, work / "serving.log")
+        training = BenchServer("training", config, work / "training.log")
+        serving = BenchServer("serving", config, work / "serving.log")
         try:
             _fill_and_sync(training, serving, args.rows, args.dim)
             clean = _summary(*_valid_traffic(training, serving, args.seconds, args.threads,

@@ -1,5 +1,7 @@
-"""``ExportDelta`` on a training server: one ``export_since`` under the table lock, then the
-arrays are cut into chunks while the table serves on. Table ``""`` means the dense arrays.
+"""``ExportDelta`` on a training server: the selection (keys, versions, tombstones) is taken
+once under the table lock; each chunk then reads its rows' values when the reader takes the
+one before, so a paused export holds its selection, not a copy of the rows. Table ``""``
+means the dense arrays.
 """
 
 from __future__ import annotations
@@ -53,8 +55,14 @@ def export_table_chunks(
     row, as does one older than the tombstone log reaches: every chunk then says
     ``full_resync``. With ``route_num_shards``, each chunk holds the keys of one serving
     shard. The table is read once; chunking runs without its lock, each chunk encoded
-    when the reader takes the one before. The rows read are held against ``budget``
+    when the reader takes the one before. The selection is held against ``budget``
     until the stream ends.
+
+    A chunk reads its rows' current values: a row pushed since the selection goes out
+    with its newer values under the version it was selected at (never past
+    ``complete_version``, so the stream stays complete to it), and the next delta sends it
+    again under its new version; a row deleted since is left out, and its tombstone,
+    newer than ``complete_version``, comes with the next delta.
     """
     if request.route_num_shards > MAX_SHARDS:
         raise BadRequestError(
@@ -71,12 +79,12 @@ def export_table_chunks(
         )
     table = state.table(request.table)
     same_epoch = request.epoch == state.epoch
-    delta = table.export_since(request.since_version if same_epoch else 0)
+    delta = table.export_since(request.since_version if same_epoch else 0, with_values=False)
     full = delta.full or not same_epoch
     tomb_keys, tomb_versions = delta.tombstone_keys, delta.tombstone_versions
     if full:
         tomb_keys, tomb_versions = _EMPTY_KEYS, _EMPTY_KEYS
-    held = sum(a.nbytes for a in (delta.keys, delta.values, delta.versions, tomb_keys))
+    held = sum(a.nbytes for a in (delta.keys, delta.versions, tomb_keys, tomb_versions))
     if budget is not None:
         budget.take(held, f"ExportDelta of table {request.table!r} ({len(delta.keys)} rows)")
     try:
@@ -120,11 +128,15 @@ def _table_chunks(
     partition = (request.route_partition_index, max(1, request.route_partition_count))
     pieces = _chunk_pieces(delta.keys, tomb_keys, request.route_num_shards, per_chunk, partition)
     for i, (rows, tombs) in enumerate(pieces):
+        keys, versions = delta.keys[rows], delta.versions[rows]
+        values, found = table.find(keys, count=False)
+        if not found.all():
+            keys, versions, values = keys[found], versions[found], values[found]
         chunk = ps_pb2.DeltaChunk(
             **header,
-            keys=wire.encode_keys(delta.keys[rows]),
-            values=wire.encode_values(delta.values[rows])[0],
-            versions=wire.encode_versions(delta.versions[rows]),
+            keys=wire.encode_keys(keys),
+            values=wire.encode_values(values.astype(delta.values.dtype, copy=False))[0],
+            versions=wire.encode_versions(versions),
             tombstone_keys=wire.encode_keys(tomb_keys[tombs]),
             tombstone_versions=wire.encode_versions(tomb_versions[tombs]),
         )
@@ -137,7 +149,7 @@ def _table_chunks(
                 )[0]
                 chunk.default_version = delta.default_version
         if metrics is not None:
-            metrics.rows_exported.labels(request.table).inc(len(chunk.keys) // 8)
+            metrics.rows_exported.labels(request.table).inc(len(keys))
             metrics.bytes_exported.labels(request.table).inc(chunk.ByteSize())
         yield chunk
 

@@ -17,25 +17,31 @@ from ps_server.table.validation import CheckedDelta, micros
 __all__ = ["apply_delta", "delta_since"]
 
 
-def delta_since(t: TableArrays, tiering: Tiering | None, version: int, with_state: bool) -> Delta:
+def delta_since(
+    t: TableArrays, tiering: Tiering | None, version: int, with_state: bool, with_values: bool
+) -> Delta:
     """Rows of both tiers with ``version > since`` and the tombstones after it; a ``full``
     delta (every live row, no tombstones) when ``version`` is older than the tombstone log
-    reaches or newer than the table."""
+    reaches or newer than the table. Without ``with_values``, ``values`` has no columns."""
     current = t.version
     full = version < int(t.scalars[rows.LOG_FLOOR]) or version > current
     since = 0 if full else version
     picked = removal.rows_since(t.meta, t.high, since)
     row_keys = t.row_keys[picked]
-    meta = t.meta[picked]
-    values = t.rows[picked, : t.dim]
+    columns = slice(None) if with_state else slice(rows.VERSION_COL + 1)  # state needs all
+    meta = t.meta[picked, columns]
+    values = t.rows[picked, : t.dim if with_values else 0]
     state = t.rows[picked, t.dim :] if with_state and t.trainable else None
     cold = None if tiering is None else tiering.cold
     if cold is not None and len(cold):
         cold_picked = removal.rows_since(cold.meta, cold.high, since)
         row_keys = np.concatenate([row_keys, cold.keys[cold_picked]])
-        meta = np.concatenate([meta, cold.meta[cold_picked]])
-        cold_rows = cold.read_rows(cold_picked)
-        values = np.concatenate([values, cold_rows[:, : t.dim]])
+        meta = np.concatenate([meta, cold.meta[cold_picked, columns]])
+        if with_values or state is not None:
+            cold_rows = cold.read_rows(cold_picked)
+            values = np.concatenate([values, cold_rows[:, : values.shape[1]]])
+        else:
+            values = np.empty((len(row_keys), 0), dtype=values.dtype)
         if state is not None:
             state = np.concatenate([state, cold_rows[:, t.dim :]])
     if t.storage is np.uint16:

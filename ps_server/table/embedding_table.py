@@ -184,9 +184,10 @@ class EmbeddingTable:
 
     # ------------------------------------------------------------------ lookups
 
-    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def find(self, keys: np.ndarray, *, count: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``keys`` as float32 ``(n, dim)`` and a found mask; inserts nothing. Misses
-        get the default vector (the initializer's vector for the key, or the learned row)."""
+        get the default vector (the initializer's vector for the key, or the learned row).
+        ``count=False`` leaves the lookup statistics alone (an export reading rows)."""
         keys = check_keys(keys)
         n = keys.shape[0]
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -198,9 +199,10 @@ class EmbeddingTable:
                 t.index, t.rows, HALF_TO_F32, keys, rows_found, out, found, *t.init_args()
             )
             if hits < n and self._tiering is not None and len(self._tiering):
-                hits += self._tiering.find(keys, out, found)
-            t.stats["lookups"] += n
-            t.stats["lookup_misses"] += n - hits
+                hits += self._tiering.find(keys, out, found, count)
+            if count:
+                t.stats["lookups"] += n
+                t.stats["lookup_misses"] += n - hits
         return out, found
 
     def find_or_insert(self, keys: np.ndarray, *, now: float | None = None) -> np.ndarray:
@@ -286,15 +288,21 @@ class EmbeddingTable:
 
     # ------------------------------------------------------------------ deltas
 
-    def export_since(self, version: int, *, with_state: bool = False) -> Delta:
+    def export_since(
+        self, version: int, *, with_state: bool = False, with_values: bool = True
+    ) -> Delta:
         """Rows with ``version > since`` and the tombstones after it (see :class:`Delta`).
 
         When ``version`` is older than the tombstone log reaches, or newer than the table,
-        the delta is ``full``: every live row, no tombstones."""
+        the delta is ``full``: every live row, no tombstones. Without ``with_values`` only
+        the selection is copied (``values`` has no columns): a caller reads the values
+        later, a part at a time, with :meth:`find`."""
         if isinstance(version, bool) or not isinstance(version, int | np.integer) or version < 0:
             raise ValueError(f"version must be a non-negative integer, got {version!r}")
         with self._lock:
-            return delta_io.delta_since(self._t, self._tiering, int(version), with_state)
+            return delta_io.delta_since(
+                self._t, self._tiering, int(version), with_state, with_values
+            )
 
     def check_delta(self, delta: Delta) -> None:
         """Raise :class:`DeltaError` where :meth:`apply_delta` would refuse ``delta``, so a

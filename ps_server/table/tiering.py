@@ -45,9 +45,9 @@ class Tiering:
     def __len__(self) -> int:
         return len(self.cold)
 
-    def find(self, keys: np.ndarray, out: np.ndarray, found: np.ndarray) -> int:
+    def find(self, keys: np.ndarray, out: np.ndarray, found: np.ndarray, count: bool = True) -> int:
         """Fill the hot misses of a find from the cold tier, in place (read-only: the rows
-        stay cold); returns the cold hits."""
+        stay cold); returns the cold hits (counted in the stats with ``count``)."""
         t, cold = self._t, self.cold
         missed = np.flatnonzero(~found)
         cold_rows = np.empty(missed.shape[0], dtype=np.int64)
@@ -57,7 +57,8 @@ class Tiering:
         values = cold.read_rows(cold_rows[hit])[:, : t.dim]
         out[at] = values if t.storage is np.float32 else HALF_TO_F32[values]
         found[at] = True
-        t.stats["cold_hits"] += at.shape[0]
+        if count:
+            t.stats["cold_hits"] += at.shape[0]
         return at.shape[0]
 
     def promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:

@@ -14,6 +14,7 @@ import pytest
 from monolith_ps import wire
 from monolith_ps.routing import MAX_SHARDS, shard_of
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
+from ps_server.delta_export import export_table_chunks
 
 DIM = 4
 CONFIG = {
@@ -201,6 +202,34 @@ def test_export_since_a_version_sends_only_newer_rows_and_tombstones(training):
     versions = wire.decode_versions(chunks[0].versions, len(keys))
     assert (versions > since).all()
     assert chunks[-1].complete_version == table.version
+
+
+def test_an_export_reads_each_chunks_rows_when_it_is_taken(server_factory):
+    """A row pushed after the export began goes out with its new values under the version
+    it was selected at, a row deleted since is left out; the stream stays complete to its
+    ``complete_version`` and the next delta brings the new version and the tombstone."""
+    server = server_factory("training", config=CONFIG)
+    table = server.state.table("emb")
+    keys = np.arange(1, 101, dtype=np.uint64)
+    push(server, "emb", keys)
+    selected = table.version
+    request = ps_pb2.ExportDeltaRequest(table="emb", epoch=server.state.epoch)
+    chunks = export_table_chunks(server.state, request, default_chunk_rows=10)
+    first = next(chunks)
+    later = np.setdiff1d(keys, wire.decode_keys(first.keys))
+    pushed, deleted = later[:1], later[1:2]
+    push(server, "emb", pushed, grads=np.full((1, DIM), -5.0, np.float32))
+    table.delete(deleted)
+    stream = [first, *chunks]
+    got, values, _ = rows_of(stream)
+    versions = np.concatenate([wire.decode_versions(c.versions, len(c.keys) // 8) for c in stream])
+    assert sorted(got.tolist()) == sorted(set(keys.tolist()) - set(deleted.tolist()))
+    assert stream[-1].last and stream[-1].complete_version == selected
+    assert versions.max() <= selected
+    np.testing.assert_array_equal(values[got == pushed[0]], table.find(pushed)[0])
+    after = ps_pb2.ExportDeltaRequest(table="emb", epoch=server.state.epoch, since_version=selected)
+    got, _, tombs = rows_of(list(export_table_chunks(server.state, after, default_chunk_rows=10)))
+    assert got.tolist() == pushed.tolist() and tombs.tolist() == deleted.tolist()
 
 
 def test_another_epoch_or_a_lost_tombstone_log_means_full_resync(training):

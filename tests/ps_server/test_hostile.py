@@ -221,6 +221,20 @@ def test_unread_exports_are_capped_and_cut_while_valid_calls_go_on(training):
     assert sum(len(c.keys) // 8 for c in chunks) == _ROWS
 
 
+def test_a_paused_export_holds_its_selection_not_its_rows(training):
+    """An export reads each chunk's values when it is taken: a reader that stops holds
+    the keys and versions of its rows (16 bytes a row), not a copy of the rows."""
+    gauge = "monolith_ps_stream_memory_bytes"
+    before = _metric(training, gauge)
+    with _stub(training.address) as stub:
+        request = ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=1024)
+        call = stub.ExportDelta(request, timeout=60)
+        next(call)
+        held = _metric(training, gauge) - before
+        call.cancel()
+    assert held == _ROWS * (8 + 8)
+
+
 def test_trickling_resyncs_are_cut_while_valid_calls_go_on(serving):
     with _stub(serving.address) as stub:
         trickles = [_Trickle(stub, [_chunk(1 + 1000 * i, 10, source=i)]) for i in range(5)]

@@ -68,6 +68,13 @@ def _run_random_operations(tiered: EmbeddingTable, plain: EmbeddingTable, seed: 
             assert tiered.expire(now) == plain.expire(now)
         elif op == "sync":
             delta = tiered.export_since(synced)
+            selection = tiered.export_since(synced, with_values=False)  # what an export holds
+            np.testing.assert_array_equal(selection.keys, delta.keys)
+            np.testing.assert_array_equal(selection.versions, delta.versions)
+            assert selection.values.shape == (len(delta.keys), 0)
+            values, found = tiered.find(selection.keys, count=False)  # read per chunk
+            assert found.all()
+            np.testing.assert_array_equal(values, delta.values.astype(np.float32))
             replica.apply_delta(delta)
             synced = delta.complete_version
             np.testing.assert_array_equal(np.sort(replica.keys()), np.sort(tiered.keys()))
