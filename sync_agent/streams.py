@@ -287,42 +287,30 @@ def run_export(
     if len(shard_counts) == 1 and limits.partition[1] > 1:
         # every replica counts serving shards alike: only this agent's shards are sent
         request.route_partition_index, request.route_partition_count = limits.partition
-    export = None
     try:
-        export, chunks = _open_export(training_stub, request, limits, stop)
-        last = None
-        for chunk in chunks:
-            if stop.is_set():
-                raise SyncStoppedError
-            _check_chunk(chunk, plan)
-            received += chunk.ByteSize()
-            if not streams:
-                streams = [
-                    _ReplicaStream(serving_stub(replica), outcome, limits, stop)
-                    for (replica, _), outcome in zip(plan.replicas, outcomes, strict=True)
-                ]
-            routed = router.route(chunk)
-            for (_, dest), stream in zip(plan.replicas, streams, strict=True):
-                out = routed[dest]
-                if chunk.last or not is_empty(out):
-                    stream.send(out)
-                    stream.outcome.full_resync = chunk.full_resync
-            if chunk.last:
-                last = chunk
-                break
-        if last is None:
-            raise ExportStreamError("export stream ended without its last chunk")
+        with contextlib.closing(_chunks_to_last(training_stub, request, limits, stop)) as chunks:
+            for chunk in chunks:
+                _check_chunk(chunk, plan)
+                received += chunk.ByteSize()
+                if not streams:
+                    streams = [
+                        _ReplicaStream(serving_stub(replica), outcome, limits, stop)
+                        for (replica, _), outcome in zip(plan.replicas, outcomes, strict=True)
+                    ]
+                routed = router.route(chunk)
+                for (_, dest), stream in zip(plan.replicas, streams, strict=True):
+                    out = routed[dest]
+                    if chunk.last or not is_empty(out):
+                        stream.send(out)
+                        stream.outcome.full_resync = chunk.full_resync
         for stream in streams:
-            stream.outcome.complete_version = last.complete_version
+            stream.outcome.complete_version = chunk.complete_version
         _finish(streams, limits, deadline)
     except (grpc.RpcError, ExportStreamError, ValueError) as exc:
         if stop.is_set():
             raise SyncStoppedError from exc
         _export_failed(exc, plan.source, plan.table.name, outcomes)
     finally:
-        if export is not None:
-            stop.unregister(export)
-            export.cancel()
         for stream in streams:
             stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
     if stop.is_set():
@@ -354,59 +342,74 @@ def run_dense_export(
     streams: list[_ReplicaStream] | None = None
     outcomes: list[ReplicaOutcome] = []
     received = 0
-    export = None
     try:
-        export, chunks = _open_export(training_stub, request, limits, stop)
-        last = None
-        for chunk in chunks:
-            if stop.is_set():
-                raise SyncStoppedError
-            if chunk.table or chunk.source_shard != source.shard_index:
-                raise ExportStreamError(
-                    f"asked {source.endpoint.address} for dense arrays, got a chunk of table "
-                    f"{chunk.table!r} from shard {chunk.source_shard}"
-                )
-            if chunk.epoch != source.epoch:
-                raise ExportStreamError(
-                    f"{source.endpoint.address} restarted during the round; synced next round"
-                )
-            received += chunk.ByteSize()
-            if streams is None:
-                nothing_new = incremental and chunk.last and not chunk.dense
-                targets = [
-                    r
-                    for r in replicas
-                    if not nothing_new
-                    and (r.dense_epoch, r.dense_version) != (chunk.epoch, chunk.dense_version)
-                ]
-                outcomes = [ReplicaOutcome(r, full_resync=True) for r in targets]
-                streams = [
-                    _ReplicaStream(serving_stub(r), o, limits, stop)
-                    for r, o in zip(targets, outcomes, strict=True)
-                ]
-            for stream in streams:
-                stream.send(chunk)
-            if chunk.last:
-                last = chunk
-                break
-        if last is None:
-            raise ExportStreamError("dense export stream ended without its last chunk")
+        with contextlib.closing(_chunks_to_last(training_stub, request, limits, stop)) as chunks:
+            for chunk in chunks:
+                if chunk.table or chunk.source_shard != source.shard_index:
+                    raise ExportStreamError(
+                        f"asked {source.endpoint.address} for dense arrays, got a chunk of "
+                        f"table {chunk.table!r} from shard {chunk.source_shard}"
+                    )
+                if chunk.epoch != source.epoch:
+                    raise ExportStreamError(
+                        f"{source.endpoint.address} restarted during the round; synced next round"
+                    )
+                received += chunk.ByteSize()
+                if streams is None:
+                    nothing_new = incremental and chunk.last and not chunk.dense
+                    targets = [
+                        r
+                        for r in replicas
+                        if not nothing_new
+                        and (r.dense_epoch, r.dense_version) != (chunk.epoch, chunk.dense_version)
+                    ]
+                    outcomes = [ReplicaOutcome(r, full_resync=True) for r in targets]
+                    streams = [
+                        _ReplicaStream(serving_stub(r), o, limits, stop)
+                        for r, o in zip(targets, outcomes, strict=True)
+                    ]
+                for stream in streams:
+                    stream.send(chunk)
         for stream in streams or ():
-            stream.outcome.complete_version = last.dense_version
+            stream.outcome.complete_version = chunk.dense_version
         _finish(streams or [], limits, deadline)
     except (grpc.RpcError, ExportStreamError, ValueError) as exc:
         if stop.is_set():
             raise SyncStoppedError from exc
         _export_failed(exc, source, "", outcomes)
     finally:
-        if export is not None:
-            stop.unregister(export)
-            export.cancel()
         for stream in streams or ():
             stream.abandon("stopped" if stop.is_set() else "export", "stream ended early")
     if stop.is_set():
         raise SyncStoppedError
     return outcomes, received
+
+
+def _chunks_to_last(
+    stub: ps_pb2_grpc.ParameterServerStub,
+    request: ps_pb2.ExportDeltaRequest,
+    limits: StreamLimits,
+    stop: StopSignal,
+) -> Iterator[ps_pb2.DeltaChunk]:
+    """The chunks of an ExportDelta call, through the one marked last; the call is cancelled
+    when closed before. ``SyncStoppedError`` once ``stop`` is set, ``ExportStreamError`` when
+    the stream ends without its last chunk."""
+    export, chunks = _open_export(stub, request, limits, stop)
+    complete = False
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                raise SyncStoppedError
+            yield chunk
+            if chunk.last:
+                complete = True
+                return
+        kind = "export" if request.table else "dense export"
+        raise ExportStreamError(f"{kind} stream ended without its last chunk")
+    finally:
+        stop.unregister(export)
+        if not complete:
+            export.cancel()
 
 
 def _open_export(
