@@ -14,7 +14,6 @@ __all__ = [
     "fids_of_ints",
     "route_keys",
     "scatter_answer",
-    "scatter_answer_f16",
     "segment_sum",
 ]
 
@@ -34,5 +33,4 @@ fids_of_bytes = _kernels.fids_of_bytes
 fids_of_ints = _kernels.fids_of_ints
 route_keys = _kernels.route_keys
 scatter_answer = _kernels.scatter_answer
-scatter_answer_f16 = _kernels.scatter_answer_f16
 segment_sum = _kernels.segment_sum

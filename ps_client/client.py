@@ -35,7 +35,7 @@ from monolith_ps.transport.cluster import (
 )
 from monolith_ps.v1 import ps_pb2
 from ps_client import messages
-from ps_client.batch_ops import HALF_TO_F32, scatter_answer, scatter_answer_f16, segment_sum
+from ps_client.batch_ops import HALF_TO_F32, scatter_answer, segment_sum
 from ps_client.buffers import OutputBuffers
 from ps_client.discovery import Resolver, resolve_service, shard_order
 from ps_client.errors import (
@@ -234,11 +234,8 @@ class PSClient:
             position = routed[t].position
             # each answer is copied once, from the received bytes into the caller's rows
             for start, part_rows, _ in parts[t]:
-                if part_rows.dtype == np.float32:
-                    scatter_answer(part_rows, start, position, rows_out[t])
-                else:
-                    bits = part_rows.view(np.uint16)
-                    scatter_answer_f16(bits, HALF_TO_F32, start, position, rows_out[t])
+                source = part_rows if part_rows.dtype == np.float32 else part_rows.view(np.uint16)
+                scatter_answer(source, HALF_TO_F32, start, position, rows_out[t])
             given = outs.get(name)
             rows = given if given is not None else rows_out[t].reshape(shapes[t] + (specs[t].dim,))
             if with_found:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from monolith_ps.half_rows import HALF_TO_F32 as HALF_TO_F32
+from monolith_ps.half_rows import read_f32
 from monolith_ps.routing import mix64, place_by_shard
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
@@ -61,14 +63,13 @@ def route_keys(keys, num_shards):
     return grouped, bounds, position
 
 
-HALF_TO_F32 = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
 @njit(nogil=True, cache=True)
-def scatter_answer(source, start, position, out):
+def scatter_answer(source, half_to_f32, start, position, out):
     """``out[i] = source[position[i] - start]`` for every ``i`` whose ``position[i]`` falls
-    in ``[start, start + len(source))``: one shard's float32 answer, read where it arrived,
-    copied straight into the caller's rows."""
+    in ``[start, start + len(source))``: one shard's answer, read where it arrived, copied
+    straight into the caller's float32 rows. A float32 answer is copied; a float16 answer,
+    seen as ``uint16`` bits, is widened through the 65,536-entry table ``half_to_f32``
+    (:data:`HALF_TO_F32`)."""
     dim = source.shape[1]
     stop = start + source.shape[0]
     for i in range(position.shape[0]):
@@ -76,21 +77,7 @@ def scatter_answer(source, start, position, out):
         if start <= p < stop:
             r = p - start
             for j in range(dim):
-                out[i, j] = source[r, j]
-
-
-@njit(nogil=True, cache=True)
-def scatter_answer_f16(bits, half_to_f32, start, position, out):
-    """:func:`scatter_answer` of a float16 answer seen as ``uint16`` bits, widened through
-    the 65,536-entry table ``half_to_f32`` (:data:`HALF_TO_F32`)."""
-    dim = bits.shape[1]
-    stop = start + bits.shape[0]
-    for i in range(position.shape[0]):
-        p = position[i]
-        if start <= p < stop:
-            r = p - start
-            for j in range(dim):
-                out[i, j] = half_to_f32[bits[r, j]]
+                out[i, j] = read_f32(source, half_to_f32, r, j)
 
 
 @njit(nogil=True, cache=True)

@@ -16,7 +16,6 @@ __all__ = [
     "mix64",
     "route_keys",
     "scatter_answer",
-    "scatter_answer_f16",
     "segment_sum",
 ]
 
@@ -57,18 +56,14 @@ def _rows_in(start: int, stop: int, position: np.ndarray) -> tuple[np.ndarray, n
     return picked, position[picked] - start
 
 
-def scatter_answer(source: np.ndarray, start: int, position: np.ndarray, out: np.ndarray) -> None:
-    """``out[i] = source[position[i] - start]`` where ``position[i]`` falls in the part."""
-    picked, rows = _rows_in(start, start + source.shape[0], position)
-    out[picked] = source[rows]
-
-
-def scatter_answer_f16(
-    bits: np.ndarray, half_to_f32: np.ndarray, start: int, position: np.ndarray, out: np.ndarray
+def scatter_answer(
+    source: np.ndarray, half_to_f32: np.ndarray, start: int, position: np.ndarray, out: np.ndarray
 ) -> None:
-    """``scatter_answer`` of a float16 answer seen as ``uint16`` bits, widened by table."""
-    picked, rows = _rows_in(start, start + bits.shape[0], position)
-    out[picked] = half_to_f32[bits[rows]]
+    """``out[i] = source[position[i] - start]`` where ``position[i]`` falls in the part; a
+    float16 answer seen as ``uint16`` bits is widened through ``half_to_f32``."""
+    picked, rows = _rows_in(start, start + source.shape[0], position)
+    values = source[rows]
+    out[picked] = half_to_f32[values] if source.dtype == np.uint16 else values
 
 
 def segment_sum(rows: np.ndarray, grads: np.ndarray, out: np.ndarray) -> None:

@@ -10,9 +10,8 @@ initializer's vector for the key, or the learned default row.
 from __future__ import annotations
 
 import numpy as np
-from numba.core import types
-from numba.extending import overload
 
+from monolith_ps.half_rows import read_f32
 from ps_server.optim.initializers import init_row
 from ps_server.table.admission import count_and_estimate, estimate
 from ps_server.table.cuckoo import (
@@ -47,18 +46,6 @@ _PROBE_AHEAD = 8  # keys ahead it probes, fetching their rows
 _NEW_ROWS_AHEAD = 8  # rows past the arena's high-water mark it fetches for inserts
 
 
-def _read(values, half_to_f32, r, c):
-    """Column ``c`` of row ``r`` of ``values`` as float32 (compiled per arena dtype)."""
-    raise NotImplementedError("compiled only")
-
-
-@overload(_read, inline="always")
-def _read_stored(values, half_to_f32, r, c):
-    if values.dtype == types.uint16:  # float16 bits, widened through the table
-        return lambda values, half_to_f32, r, c: half_to_f32[values[r, c]]
-    return lambda values, half_to_f32, r, c: values[r, c]
-
-
 @hot_kernel
 def find(
     index, values, half_to_f32, keys, rows, out, found, init_kind, init_params, seed, default_row
@@ -83,7 +70,7 @@ def find(
         r = rows[j]
         if r >= 0:
             for c in range(dim):
-                out[j, c] = _read(values, half_to_f32, r, c)
+                out[j, c] = read_f32(values, half_to_f32, r, c)
             hits += 1
         else:
             init_row(init_kind, init_params, seed, keys[j], default_row, out, j)
