@@ -84,27 +84,26 @@ class StreamConflictError(RuntimeError):
     """Another delta stream for the same table and source shard is in progress."""
 
 
-# Most specific first: the first matching class decides the code.
-_STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (BatchTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (MemoryError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (BudgetExceededError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (StreamCancelledError, grpc.StatusCode.CANCELLED),
-    (UnknownNameError, grpc.StatusCode.NOT_FOUND),
-    (WrongRoleError, grpc.StatusCode.FAILED_PRECONDITION),
-    (TopologyMismatchError, grpc.StatusCode.FAILED_PRECONDITION),
-    (NotConfiguredError, grpc.StatusCode.FAILED_PRECONDITION),
-    (SyncCursorError, grpc.StatusCode.FAILED_PRECONDITION),
-    (StreamConflictError, grpc.StatusCode.ABORTED),
-    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    (TypeError, grpc.StatusCode.INVALID_ARGUMENT),
-)
+# Most specific first: the first code with a matching class decides.
+_STATUS_OF: dict[grpc.StatusCode, tuple[type[BaseException], ...]] = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (BatchTooLargeError, MemoryError, BudgetExceededError),
+    grpc.StatusCode.CANCELLED: (StreamCancelledError,),
+    grpc.StatusCode.NOT_FOUND: (UnknownNameError,),
+    grpc.StatusCode.FAILED_PRECONDITION: (
+        WrongRoleError,
+        TopologyMismatchError,
+        NotConfiguredError,
+        SyncCursorError,
+    ),
+    grpc.StatusCode.ABORTED: (StreamConflictError,),
+    grpc.StatusCode.INVALID_ARGUMENT: (ValueError, TypeError),
+}
 
 
 def status_of(exc: BaseException) -> grpc.StatusCode:
     """The gRPC status for an exception (``INTERNAL`` when it is not a refusal we know)."""
-    for cls, code in _STATUS_OF:
-        if isinstance(exc, cls):
+    for code, classes in _STATUS_OF.items():
+        if isinstance(exc, classes):
             return code
     return grpc.StatusCode.INTERNAL
 
