@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples.movielens.data import describe_dataset, load_dataset
 from examples.movielens.metrics import roc_auc
@@ -39,6 +40,9 @@ from examples.movielens.stream import (
     WindowReport,
     build_model,
 )
+from monolith_ps.config import load_config
+from monolith_ps.local import LocalCluster
+from ps_client import PSClient
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +71,6 @@ def summarize(loop: OnlineLoop, reports: Sequence[WindowReport]) -> dict[str, An
 
 def serving_keys_looked_up(metrics_urls: dict[str, str]) -> int:
     """Keys the serving servers say they looked up (``monolith_ps_rows_looked_up_total``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     total = 0
     for name, url in metrics_urls.items():
         if not name.startswith("serving-"):
@@ -110,10 +112,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """Start the cluster, stream, score, write the results; returns the JSON document."""
-    from monolith_ps.config import load_config
-    from monolith_ps.local import LocalCluster
-    from ps_client import PSClient
-
     events, dataset = load_dataset(args.data, limit=args.limit)
     windows = events.windows(args.windows)
     config = load_config(args.config)
