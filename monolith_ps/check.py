@@ -11,9 +11,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_ps.routing import shard_of
-from monolith_ps.transport.bearer import read_token_file
 from monolith_ps.transport.channels import ClientTLS, open_channel
 from monolith_ps.transport.cluster import client_view_problems
+from monolith_ps.transport.flags import address_list, credentials_from
 from ps_client import PSClient, PSError
 
 __all__ = ["run_checks"]
@@ -23,24 +23,17 @@ def run_checks(args: argparse.Namespace) -> int:
     """Check every server ``mps check``'s flags list; 0 when all answered as they should."""
     groups = []
     if args.training:
-        groups.append(("training", _addresses(args.training)))
-    groups += [("serving", _addresses(serving)) for serving in args.serving]
+        groups.append(("training", address_list(args.training)))
+    groups += [("serving", address_list(serving)) for serving in args.serving]
     if not groups:
         print("mps check: give --training and/or --serving addresses", file=sys.stderr)
         return 2
-    tls = None
-    if args.tls_ca or args.tls_cert:
-        tls = ClientTLS(ca_path=args.tls_ca, cert_path=args.tls_cert, key_path=args.tls_key)
-    token = read_token_file(args.token_file) if args.token_file else None
+    tls, token = credentials_from(args)
     failed = 0
     for role, addresses in groups:
         failed += _check_group(role, addresses, tls, args.timeout, token)
     print("all checks passed" if not failed else f"{failed} check(s) failed")
     return 1 if failed else 0
-
-
-def _addresses(text: str) -> list[str]:
-    return [a.strip() for a in text.split(",") if a.strip()]
 
 
 def _check_group(

@@ -26,6 +26,10 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "monolith_ps.check_cli",
         "check that a running cluster answers (health, topology, lookups)",
     ),
+    "reset-cursors": (
+        "ps_client.admin_cli",
+        "drop a serving replica's sync cursors, so the agent resends those tables whole",
+    ),
 }
 
 
