@@ -347,7 +347,9 @@ class _PooledWSGIServer(WSGIServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self._pool.shutdown(wait=False)
+        pool = getattr(self, "_pool", None)  # None when binding the port failed
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 class MetricsHTTPServer:

@@ -168,3 +168,11 @@ def test_many_idle_connections_do_not_make_threads_or_block_scrapes():
             assert reply.status == 200
     finally:
         http.stop()
+
+
+def test_a_metrics_port_in_use_fails_with_the_bind_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="in use"):
+            MetricsHTTPServer(CollectorRegistry(), taken.getsockname()[1], "127.0.0.1")
