@@ -29,8 +29,11 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.2  # +-20 % of each pause
+    # CANCELLED: this client never cancels a call it retries, so the status came from the
+    # server side: gRPC answers it to a call that races a server's graceful stop. Pushes
+    # carry a request id, so a retry of one that was applied is not applied twice.
     retryable: frozenset[grpc.StatusCode] = frozenset(
-        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+        {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
     )
 
     def __post_init__(self) -> None:

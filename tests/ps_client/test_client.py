@@ -98,6 +98,8 @@ def test_retry_policy_backs_off_exponentially_within_bounds():
         True, True, False
     ]  # fmt: skip
     assert not policy.should_retry(grpc.StatusCode.INVALID_ARGUMENT, 1)
+    # a call that raced a server's graceful stop gets CANCELLED from gRPC: try again
+    assert policy.should_retry(grpc.StatusCode.CANCELLED, 1)
     for attempt, nominal in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (9, 0.5)]:
         pause = policy.backoff(attempt)
         assert nominal * 0.8 <= pause <= nominal * 1.2
