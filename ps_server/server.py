@@ -54,6 +54,7 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 # After the grace period cut every stream, the gRPC server gets this long to wind down.
 _STOP_MARGIN_SECONDS = 1.0
+_SIGNAL_CHECK_SECONDS = 0.2  # how often the waiting main thread lets signal handlers run
 
 _WAITING_LOG_SECONDS = 10.0
 
@@ -391,8 +392,16 @@ class PSServer:
             )
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        """Block until the server stopped; False when ``timeout`` passed first."""
-        return self._stopped.wait(timeout)
+        """Block until the server stopped; False when ``timeout`` passed first.
+
+        Waits in short steps: the kernel may hand SIGTERM to any thread (gRPC's among
+        them), and Python runs the handler only when the main thread wakes; a wait
+        without a timeout would sleep through a second SIGTERM."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stopped.wait(_SIGNAL_CHECK_SECONDS):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
     def handle_signal(self, signum: int, frame: object) -> None:
         """SIGTERM/SIGINT: stop in a thread (signal handlers must return quickly).
