@@ -24,6 +24,7 @@ ENTRY_POINTS = (
     "monolith_ps.local_cli",
     "monolith_ps.check_cli",
     "monolith_ps.check",
+    "monolith_ps.reset_cursors_cli",
     "monolith_ps.processes",
 )
 
@@ -150,6 +151,21 @@ def test_parsing_a_config_imports_no_numba_and_no_server(module):
         "parse_config({'tables': [{'name': 't', 'dim': 4}],"
         " 'dense': [{'name': 'd', 'size': 2, 'optimizer': 'adam'}]})\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'ps_server'}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_building_the_mps_parser_imports_no_component_runtime():
+    """``mps --help`` and every subcommand's flags load neither Numba nor a component's
+    runtime: subcommands import their runner only when run."""
+    code = (
+        "import sys\n"
+        "from monolith_ps.cli import build_parser\n"
+        "build_parser()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'ps_client', 'grpc'}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
