@@ -47,13 +47,13 @@ sys.path.insert(0, str(REPO_ROOT))
 from benchmarks.service_procs import (  # noqa: E402
     MAX_MESSAGE_BYTES,
     TABLE,
-    rss_bytes,
     start_bare,
     start_ps,
     summary,
     timed,
 )
 from benchmarks.service_redis import redis_or_reason  # noqa: E402
+from monolith_ps.processes import rss_bytes  # noqa: E402
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc  # noqa: E402
 from ps_client import PSClient  # noqa: E402
 

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from monolith_ps.cli import main
 
-__all__ = ["LocalClusterError", "ManagedProcess", "tee_json_log", "wait_http"]
+__all__ = ["LocalClusterError", "ManagedProcess", "rss_bytes", "tee_json_log", "wait_http"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -212,6 +212,15 @@ def wait_http(url: str, timeout: float, proc: ManagedProcess) -> None:
         if time.monotonic() > deadline:
             raise LocalClusterError(f"{url} did not answer within {timeout:g}s")
         time.sleep(0.1)
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid`` (``VmRSS``), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ps_server.snapshot.flags import add_sources_flag
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -13,14 +15,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "values, and a checksummed manifest. A serving server starts from it with "
         "--bootstrap-from."
     )
-    parser.add_argument(
-        "--from",
-        dest="sources",
-        metavar="SNAPSHOT_DIR",
-        action="append",
-        required=True,
-        help="a training shard's --snapshot-dir (repeat for every shard)",
-    )
+    add_sources_flag(parser, "a training shard's --snapshot-dir (repeat for every shard)")
     parser.add_argument("--to", dest="dest", metavar="DIR", required=True, help="new directory")
     parser.add_argument(
         "--allow-partial",

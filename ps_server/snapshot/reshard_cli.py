@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ps_server.snapshot.flags import add_sources_flag
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--from",
-        dest="sources",
-        metavar="SNAPSHOT_DIR",
-        action="append",
-        required=True,
-        help="an old training shard's --snapshot-dir (repeat for every old shard)",
-    )
+    add_sources_flag(parser, "an old training shard's --snapshot-dir (repeat for every old shard)")
     parser.add_argument(
         "--shards", type=int, required=True, metavar="N", help="the new number of shards"
     )

@@ -20,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_ps import wire
+from monolith_ps.processes import rss_bytes
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 from sync_agent.agent import SyncAgent
 from sync_agent.discovery.static import StaticDiscovery
@@ -140,12 +141,16 @@ def _metric(server, name: str) -> float:
     return total
 
 
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+def _valid_calls_until_cut(server, role: str, method: str) -> list[str]:
+    """Valid calls (:func:`_valid_calls`) until the server has cut 3 idle ``method``
+    streams (~1 s; at most 20 rounds of 0.5 s); the failures, as text (none expected)."""
+    cut_metric = f'monolith_ps_streams_cut_total{{method="{method}",reason="idle"}}'
+    failures = []
+    for _ in range(20):
+        failures += _valid_calls(server.address, role, seconds=0.5)
+        if _metric(server, cut_metric) >= 3:
+            break
+    return failures
 
 
 def _chunk(start: int, rows: int, source: int = 0, last: bool = False) -> ps_pb2.DeltaChunk:
@@ -190,12 +195,7 @@ def test_unread_exports_are_capped_and_cut_while_valid_calls_go_on(training):
         for _ in range(6):  # more than max_streams (3)
             request = ps_pb2.ExportDeltaRequest(table="emb", max_chunk_rows=64)
             exports.append(stub.ExportDelta(request, timeout=60))
-        cut_metric = 'monolith_ps_streams_cut_total{method="ExportDelta",reason="idle"}'
-        failures = []
-        for _ in range(20):  # valid traffic until the unread exports are cut (~1 s)
-            failures += _valid_calls(training.address, "training", seconds=0.5)
-            if _metric(training, cut_metric) >= 3:
-                break
+        failures = _valid_calls_until_cut(training, "training", "ExportDelta")
         outcomes = []
         for call in exports:  # read them now: refused at once, or cut while unread
             try:
@@ -238,12 +238,7 @@ def test_a_paused_export_holds_its_selection_not_its_rows(training):
 def test_trickling_resyncs_are_cut_while_valid_calls_go_on(serving):
     with _stub(serving.address) as stub:
         trickles = [_Trickle(stub, [_chunk(1 + 1000 * i, 10, source=i)]) for i in range(5)]
-        cut_metric = 'monolith_ps_streams_cut_total{method="ApplyDelta",reason="idle"}'
-        failures = []
-        for _ in range(20):  # valid traffic until the trickling resyncs are cut (~1 s)
-            failures += _valid_calls(serving.address, "serving", seconds=0.5)
-            if _metric(serving, cut_metric) >= 3:
-                break
+        failures = _valid_calls_until_cut(serving, "serving", "ApplyDelta")
         outcomes = [t.code() for t in trickles]
     assert failures == []
     codes = sorted(code.name for code, _ in outcomes)
@@ -256,7 +251,7 @@ def test_trickling_resyncs_are_cut_while_valid_calls_go_on(serving):
 
 
 def test_endless_resync_stays_within_the_memory_budget(serving):
-    before = _rss_bytes(serving.proc.pid)
+    before = rss_bytes(serving.proc.pid)
     sent = 0
     rows = 2048  # 256 KiB of values a chunk
 
@@ -269,7 +264,7 @@ def test_endless_resync_stays_within_the_memory_budget(serving):
     with _stub(serving.address) as stub:
         with pytest.raises(grpc.RpcError) as refused:
             stub.ApplyDelta(endless(), timeout=60)
-        peak = _rss_bytes(serving.proc.pid)
+        peak = rss_bytes(serving.proc.pid)
         assert _cursors(stub) == serving.cursors
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "server.stream_memory_bytes" in refused.value.details()
