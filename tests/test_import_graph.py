@@ -143,31 +143,28 @@ def test_the_rules_see_real_edges():
     )
 
 
+def _packages_loaded_by(code: str, packages: set[str]) -> list[str]:
+    """Which of ``packages`` a fresh interpreter has imported after running ``code``."""
+    probe = code + "import sys\nprint(*sorted({m.split('.')[0] for m in sys.modules}))\n"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return sorted(set(out.stdout.split()) & packages)
+
+
 @pytest.mark.parametrize("module", ["monolith_ps.config", "sync_agent.settings"])
 def test_parsing_a_config_imports_no_numba_and_no_server(module):
     code = (
-        f"import sys, {module}\n"
+        f"import {module}\n"
         "from monolith_ps.config import parse_config\n"
         "parse_config({'tables': [{'name': 't', 'dim': 4}],"
         " 'dense': [{'name': 'd', 'size': 2, 'optimizer': 'adam'}]})\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'ps_server'}))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    assert _packages_loaded_by(code, {"numba", "ps_server"}) == []
 
 
 def test_building_the_mps_parser_imports_no_component_runtime():
     """``mps --help`` and every subcommand's flags load neither Numba nor a component's
     runtime: subcommands import their runner only when run."""
-    code = (
-        "import sys\n"
-        "from monolith_ps.cli import build_parser\n"
-        "build_parser()\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numba', 'ps_client', 'grpc'}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    code = "from monolith_ps.cli import build_parser\nbuild_parser()\n"
+    assert _packages_loaded_by(code, {"numba", "ps_client", "grpc"}) == []
