@@ -66,6 +66,17 @@ def tombstones_since(scalars, log_keys, log_versions, since):
     return keys, vers
 
 
+@njit(nogil=True, cache=True, error_model="numpy")
+def _drop_at_next_version(index, scalars, row_keys, meta, log_keys, log_versions, log_limit, r):
+    """Drop live row ``r`` with a tombstone at the table's next version; False, changing
+    nothing, when the tombstone log is full and may still grow (the caller returns
+    ``NEED_LOG``)."""
+    if not log_has_room(scalars, log_keys, log_limit):
+        return False
+    drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
+    return True
+
+
 @hot_kernel
 def delete_keys(index, scalars, row_keys, meta, log_keys, log_versions, log_limit, keys, start):
     """Delete each present key (next version, tombstone). Returns ``(status, position, n)``."""
@@ -74,9 +85,10 @@ def delete_keys(index, scalars, row_keys, meta, log_keys, log_versions, log_limi
         r = probe(index, keys[i])
         if r < 0:
             continue
-        if not log_has_room(scalars, log_keys, log_limit):
+        if not _drop_at_next_version(
+            index, scalars, row_keys, meta, log_keys, log_versions, log_limit, r
+        ):
             return NEED_LOG, i, deleted
-        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
         deleted += 1
     return DONE, keys.shape[0], deleted
 
@@ -110,9 +122,10 @@ def expire_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limi
     for r in range(start, scalars[HIGH]):
         if meta[r, VERSION_COL] == 0 or meta[r, UPDATED_COL] >= cutoff:
             continue
-        if not log_has_room(scalars, log_keys, log_limit):
+        if not _drop_at_next_version(
+            index, scalars, row_keys, meta, log_keys, log_versions, log_limit, r
+        ):
             return NEED_LOG, r, expired
-        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
         expired += 1
     return DONE, scalars[HIGH], expired
 
@@ -126,8 +139,9 @@ def evict_rows(index, scalars, row_keys, meta, log_keys, log_versions, log_limit
         r = rows[i]
         if meta[r, VERSION_COL] == 0:
             continue
-        if not log_has_room(scalars, log_keys, log_limit):
+        if not _drop_at_next_version(
+            index, scalars, row_keys, meta, log_keys, log_versions, log_limit, r
+        ):
             return NEED_LOG, i, evicted
-        drop_row(index, scalars, row_keys, meta, log_keys, log_versions, r, next_version(scalars))
         evicted += 1
     return DONE, rows.shape[0], evicted
