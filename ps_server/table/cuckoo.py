@@ -45,6 +45,13 @@ def bucket_b(key, mask):
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def prefetch_buckets(index, key, mask):
+    """Start fetching both of ``key``'s buckets, so a later probe finds them in cache."""
+    prefetch_at(index, bucket_a(key, mask), 0)
+    prefetch_at(index, bucket_b(key, mask), 0)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def probe_buckets(index, key, b1, b2):
     """Row of ``key`` given its two buckets, or -1 when it is not in the index."""
     for s in range(SLOTS):
@@ -72,8 +79,7 @@ def locate(index, keys, rows_out):
     mask = np.uint64(index.shape[0] - 1)
     for i in range(n + LOOKAHEAD):
         if i < n:
-            prefetch_at(index, bucket_a(keys[i], mask), 0)
-            prefetch_at(index, bucket_b(keys[i], mask), 0)
+            prefetch_buckets(index, keys[i], mask)
         j = i - LOOKAHEAD
         if j >= 0:
             rows_out[j] = probe(index, keys[j])

@@ -18,12 +18,13 @@ from ps_server.table.cuckoo import (
     bucket_a,
     bucket_b,
     locate,
+    prefetch_buckets,
     prefetch_displacement,
     probe,
     probe_buckets,
 )
 from ps_server.table.jit import hot_kernel
-from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_head, prefetch_row
+from ps_server.table.prefetch import LOOKAHEAD, prefetch_head, prefetch_row
 from ps_server.table.rows import (
     DONE,
     HIGH,
@@ -142,8 +143,7 @@ def resolve_rows(
     for i in range(start - _BUCKETS_AHEAD, n):
         fetch = i + _BUCKETS_AHEAD
         if fetch < n:
-            prefetch_at(index, bucket_a(keys[fetch], mask), 0)
-            prefetch_at(index, bucket_b(keys[fetch], mask), 0)
+            prefetch_buckets(index, keys[fetch], mask)
         ahead = i + _PROBE_AHEAD
         if start <= ahead < n:
             r = probe(index, keys[ahead])

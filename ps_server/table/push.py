@@ -16,9 +16,9 @@ from numba import njit
 from ps_server.optim.initializers import init_row
 from ps_server.optim.optimizers import frequency_lr_scale, init_state, optimizer_step
 from ps_server.table.admission import estimate
-from ps_server.table.cuckoo import bucket_a, bucket_b, probe
+from ps_server.table.cuckoo import bucket_a, bucket_b, prefetch_buckets, probe
 from ps_server.table.jit import hot_kernel
-from ps_server.table.prefetch import prefetch_at, prefetch_row
+from ps_server.table.prefetch import prefetch_row
 from ps_server.table.rows import (
     DEFAULT_PUSHES,
     DEFAULT_VERSION,
@@ -101,8 +101,7 @@ def push_rows(
     for i in range(start - _BUCKETS_AHEAD, n):
         fetch = i + _BUCKETS_AHEAD
         if start <= fetch < n:
-            prefetch_at(index, bucket_a(keys[fetch], mask), 0)
-            prefetch_at(index, bucket_b(keys[fetch], mask), 0)
+            prefetch_buckets(index, keys[fetch], mask)
         ahead = i + _PROBE_AHEAD
         if start <= ahead < n:
             r = probe(index, keys[ahead])
