@@ -5,8 +5,9 @@ snapshots (incremental every second, full every 5 s), 1 serving shard and the sy
 agent (sparse interval 1 s). ``--clients`` clients (``--threads`` threads in this process
 plus ``--processes`` processes of ``--threads-per-process`` threads; each thread its own
 ``PSClient``) loop for ``--seconds``: a two-table lookup on training, a two-table push on
-training, or a two-table lookup on serving, picked at random (60/30/10 %). Every loop
-is bounded by the deadline and by ``--max-ops`` per client.
+training, or a two-table lookup on serving: one of each first, so every kind is measured
+however slow the machine, then picked at random (60/30/10 %). Every loop is bounded by
+the deadline and by ``--max-ops`` per client.
 
 Reported: throughput, p50/p99/p999 latency per operation, errors (must be 0), rows
 applied by pushes (checked against the training tables' version counters), the snapshots
@@ -94,10 +95,11 @@ class ClientLoop:
         delay = start_at - time.time()
         if delay > 0:
             time.sleep(delay)
-        for _ in range(max_ops):
+        for i in range(max_ops):
             if time.time() >= stop_at:
                 break
-            op = int(self.rng.choice(3, p=weights))
+            first_of_kind = i < len(_OPS) and weights[i] > 0
+            op = i if first_of_kind else int(self.rng.choice(3, p=weights))
             keys = {
                 name: self.rng.integers(1, self.key_space, self.batch, dtype=np.uint64)
                 for name in TABLES
