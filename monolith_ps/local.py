@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monolith_ps import kernel_cache
 from monolith_ps.logs import configure_logging, fields
 from monolith_ps.processes import LocalClusterError, ManagedProcess, wait_http
 
@@ -184,6 +185,7 @@ class LocalCluster:
         if self._started:
             return self
         self._started = True
+        kernel_cache.refresh()  # before any of its processes loads a kernel
         try:
             for proc in self._servers():
                 self._start_server(proc, wait=False)

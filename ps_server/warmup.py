@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from monolith_ps import kernel_cache
 from monolith_ps.config import ClusterConfig, parse_config
 from ps_server.server import warm_up
 from ps_server.state import ShardState
@@ -42,6 +43,7 @@ def warm_kernels(config: ClusterConfig | None = None) -> float:
     """Run every kernel a training and a serving server of ``config`` use, so Numba
     compiles them into its cache (or finds them there); returns the seconds it took."""
     started = time.monotonic()
+    kernel_cache.refresh()
     config = config if config is not None else parse_config(COVERAGE_CONFIG)
     for role in ("training", "serving"):
         state = ShardState.from_config(config, role, 0, 1)

@@ -25,11 +25,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from monolith_ps import kernel_cache
 from monolith_ps.local import LocalCluster
 from monolith_ps.processes import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NUMBA_CACHE_DIR", str(REPO_ROOT / ".numba_cache"))
+kernel_cache.refresh()  # a kernel edited since the cache was built is compiled afresh
 
 # A small cluster config for service tests: one table per behaviour worth testing.
 SERVICE_CONFIG: dict[str, Any] = {
