@@ -55,6 +55,8 @@ def warm_kernels(config: ClusterConfig | None = None) -> float:
                 table.find_or_insert(keys)  # admitted now, where admission counts sightings
                 table.apply_gradients(keys, np.ones((len(keys), table.dim), np.float32))
             delta = table.export_since(0)
+            table.export_since(0, with_values=False)  # what ExportDelta selects ...
+            table.find(keys, count=False)  # ... and how it reads each chunk's rows
             table.apply_delta(delta)
             table.delete(keys[:2])
             if table.trainable and table.config.ttl_seconds:
