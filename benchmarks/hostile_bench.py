@@ -36,18 +36,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from report import write_result
 
 from monolith_ps import wire
+from monolith_ps.processes import rss_bytes
 from monolith_ps.v1 import ps_pb2, ps_pb2_grpc
 
 _TABLE = "emb"
 _DEADLINE = 2.0  # every valid call's deadline: past it, the call counts as failed
-
-
-def _rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class BenchServer:
@@ -78,7 +71,8 @@ class BenchServer:
             raise TimeoutError(f"{role} server did not start")
 
     def sample_rss(self) -> None:
-        self.peak_rss = max(self.peak_rss, _rss(self.proc.pid))
+        with contextlib.suppress(OSError, RuntimeError):  # an exiting process has no RSS
+            self.peak_rss = max(self.peak_rss, rss_bytes(self.proc.pid))
 
     def metric(self, prefix: str) -> float:
         import urllib.request

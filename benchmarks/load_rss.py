@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import numpy as np
 
-__all__ = ["RssSampler", "rss_bytes"]
+from monolith_ps.processes import rss_bytes
+
+__all__ = ["RssSampler"]
 
 _RSS_INTERVAL = 0.5  # seconds between RSS samples
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` from /proc, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
 
 
 class RssSampler:
@@ -39,9 +30,8 @@ class RssSampler:
                 break
             if now >= start_at:
                 for name, pid in self.pids.items():
-                    rss = rss_bytes(pid)
-                    if rss is not None:
-                        self.samples[name].append((now - start_at, rss))
+                    with contextlib.suppress(OSError, RuntimeError):  # gone or exiting
+                        self.samples[name].append((now - start_at, rss_bytes(pid)))
             time.sleep(_RSS_INTERVAL)
 
     def report(self, seconds: float) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from report import write_result
 
 from monolith_ps.local import LocalCluster
+from monolith_ps.processes import rss_bytes
 from ps_client import PSClient
 
 _TABLE = "emb"
@@ -76,12 +77,7 @@ def _sum(samples: dict[str, float], name: str, **labels: str) -> float:
 
 
 def _rss_mb(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return 0.0 if pid is None else rss_bytes(pid) / 2**20
 
 
 def _fill(addresses: list[str], rows: int, batch: int = 65536) -> float:

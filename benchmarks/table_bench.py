@@ -47,6 +47,7 @@ from numba import njit  # noqa: E402
 from report import write_result
 
 from monolith_ps.allocator import reuse_large_buffers  # noqa: E402
+from monolith_ps.processes import rss_bytes  # noqa: E402
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
 from ps_server.table.arena import RowArena  # noqa: E402
@@ -68,11 +69,6 @@ def gather(arena: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
         r = idx[i]
         for j in range(arena.shape[1]):
             out[i, j] = arena[r, j]
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def best_rates(
@@ -186,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # find_or_insert of new keys, growth included: best of --repeats builds from empty
     gc.collect()
-    rss_before = rss_bytes()
+    rss_before = rss_bytes(os.getpid())
     table, first_build = build_table(keys, batch)
     gc.collect()
-    rss_growth = rss_bytes() - rss_before
+    rss_growth = rss_bytes(os.getpid()) - rss_before
     builds = [first_build]
     for _ in range(args.repeats - 1):
         del table

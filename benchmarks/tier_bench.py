@@ -45,6 +45,7 @@ os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1]
 from numba import njit, types  # noqa: E402
 from report import write_result
 
+from monolith_ps.processes import rss_bytes  # noqa: E402
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
 from ps_server.table.tiering import hot_row_bytes  # noqa: E402
@@ -89,14 +90,6 @@ def cold_read_seconds(directory: str, record: int, rows: int, reads: int, repeat
         return best / reads
     finally:
         os.close(fd)
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def zipf_batches(order: np.ndarray, exponent: float, count: int, seed: int) -> list[np.ndarray]:
@@ -206,7 +199,7 @@ def main() -> int:
                     "hot arrays MB": tiers["hot_bytes"] / 1e6,
                     "cold tier memory MB": tiers["cold_memory_bytes"] / 1e6,
                     "cold file MB": tiers["cold_bytes"] / 1e6,
-                    "process RSS MB": _rss() / 1e6,
+                    "process RSS MB": rss_bytes(os.getpid()) / 1e6,
                 }
             )
             results.append(row)
