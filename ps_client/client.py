@@ -33,6 +33,7 @@ from monolith_ps.transport.cluster import (
     shard_info_from_proto,
     sync_state_from_proto,
 )
+from monolith_ps.transport.flags import address_list
 from monolith_ps.v1 import ps_pb2
 from ps_client import messages
 from ps_client.batch_ops import HALF_TO_F32, scatter_answer, segment_sum
@@ -165,7 +166,7 @@ class PSClient:
         if not isinstance(config, ClusterConfig):
             config = load_config(os.fspath(config))
         if isinstance(addresses, str):
-            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+            addresses = address_list(addresses)
         options.setdefault("max_message_bytes", config.server.max_message_bytes)
         return cls(addresses, **options)
 

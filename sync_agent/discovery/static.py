@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from monolith_ps.transport.flags import address_list
 from sync_agent.discovery.base import Endpoint, Role
 
 
@@ -13,7 +14,7 @@ class InvalidAddressError(ValueError):
 
 def parse_address_list(text: str) -> list[str]:
     """Split ``"host:port,host:port"`` into addresses, checking each one."""
-    addresses = [part.strip() for part in text.split(",") if part.strip()]
+    addresses = address_list(text)
     for address in addresses:
         check_address(address)
     return addresses
