@@ -46,6 +46,19 @@ class _EventFormatter(logging.Formatter):
         return " ".join(f"{key}={_text_value(value)}" for key, value in event.items())
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when an event is logged, not as it was when the
+    handler was made: an entry point run in-process (by a test runner, a notebook) may have
+    it replaced and closed since."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+
 def _text_value(value: Any) -> str:
     text = str(value)
     if text == "" or any(c in text for c in ' "=\n\t'):
@@ -57,7 +70,7 @@ def configure_logging(log_format: str = "text", level: int | str = logging.INFO)
     """Send every log event to stderr as one JSON object or ``key=value`` line."""
     if log_format not in ("json", "text"):
         raise ValueError(f"log format must be 'json' or 'text', got {log_format!r}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(_EventFormatter(json_lines=log_format == "json"))
     root = logging.getLogger()
     for old in list(root.handlers):
