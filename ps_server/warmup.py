@@ -4,8 +4,9 @@ A server loads its kernels from that cache in a fraction of a second; compiling 
 takes most of a minute. ``make install`` and the image run this once, so no process
 compiles at start. Without a config it warms a built-in one that covers every kernel
 signature a server can use: each optimizer, both serving dtypes, admission, TTL, both
-eviction policies, the learned default row, dense arrays, and the sync kernels
-(export, apply, delete, expire) of training and serving tables.
+eviction policies, the learned default row, dense arrays, the sync kernels (export,
+apply, delete, expire) of training and serving tables, and the routing kernels that
+training, serving and the sync agent run on decoded and on their own key arrays.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from monolith_ps import kernel_cache
+from monolith_ps import kernel_cache, wire
 from monolith_ps.config import ClusterConfig, parse_config
+from monolith_ps.routing import shard_of, split_by_shard
 from ps_server.server import warm_up
 from ps_server.state import ShardState
 
@@ -61,4 +63,8 @@ def warm_kernels(config: ClusterConfig | None = None) -> float:
             table.delete(keys[:2])
             if table.trainable and table.config.ttl_seconds:
                 table.expire(time.time() + 10 * table.config.ttl_seconds)
+    keys = np.arange(1, 9, dtype=np.uint64)
+    for routed in (keys, wire.decode_keys(wire.encode_keys(keys))):
+        shard_of(routed, 2)
+        split_by_shard(routed, 2)
     return time.monotonic() - started

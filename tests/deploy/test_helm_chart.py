@@ -361,8 +361,9 @@ def test_server_probes_use_grpc_health_and_allow_a_long_restore(rendering: Rende
 
 def test_pods_start_from_the_kernels_built_into_the_image(rendering: Rendering) -> None:
     """The cache volume is mounted over the image's cache path, so an init container of
-    the same image copies the image's kernels into it first."""
-    for component in ("training", "serving"):
+    the same image copies the image's kernels into it first (the agent's routing kernels
+    too)."""
+    for component in ("training", "serving", "sync-agent"):
         spec = rendering.one("StatefulSet", component)["spec"]["template"]["spec"]
         server = spec["containers"][0]
         cache = next(e["value"] for e in server["env"] if e["name"] == "NUMBA_CACHE_DIR")
