@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -83,6 +84,15 @@ class RoundReport:
         self.errors.extend(other.errors)
         if other.outcome == "stopped":
             self.outcome = "stopped"
+
+    def summary(self) -> dict[str, Any]:
+        """The round as its ``sync_round`` log event gives it: every number but the shard
+        and replica counts, and no errors (each has its own ``sync_error`` event)."""
+        values = dataclasses.asdict(self)
+        for name in ("training_shards", "replicas", "errors"):
+            del values[name]
+        values["seconds"] = round(self.seconds, 3)
+        return values
 
 
 class SyncAgent:
@@ -484,16 +494,5 @@ class SyncAgent:
             report.outcome = "failed" if nothing_done or unreachable else "partial"
         self.metrics.rounds.labels(report.kind, report.outcome).inc()
         self.metrics.round_seconds.labels(report.kind).observe(report.seconds)
-        _LOGGER.info(
-            "sync_round",
-            extra=fields(
-                kind=report.kind,
-                outcome=report.outcome,
-                streams_ok=report.streams_ok,
-                streams_failed=report.streams_failed,
-                rows_applied=report.rows_applied,
-                full_resyncs=report.full_resyncs,
-                seconds=round(report.seconds, 3),
-            ),
-        )
+        _LOGGER.info("sync_round", extra=fields(**report.summary()))
         return report

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from monolith_ps import wire
 from monolith_ps.v1 import ps_pb2
@@ -103,35 +103,36 @@ class SyncState:
         return None
 
 
+def _from_message(cls: type[T], message: Any, **derived: Any) -> T:
+    """A ``cls`` whose fields are ``derived`` where given, else the proto ``message``'s
+    fields of the same name (the reverse of ``SyncCursor.to_proto``)."""
+    copied = {
+        f.name: getattr(message, f.name)
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.name not in derived
+    }
+    return cls(**copied, **derived)
+
+
 def shard_info_from_proto(address: str, r: ps_pb2.DescribeTablesResponse) -> ShardInfo:
     """A ``ShardInfo`` from the ``DescribeTables`` answer of ``address``."""
-    return ShardInfo(
+    return _from_message(
+        ShardInfo,
+        r,
         address=address,
         role=ROLE_NAMES.get(r.role, "unspecified"),
-        shard_index=r.shard_index,
-        num_shards=r.num_shards,
-        epoch=r.epoch,
         tables={
-            t.name: TableInfo(
-                name=t.name,
-                dim=t.dim,
+            t.name: _from_message(
+                TableInfo,
+                t,
                 dtype=wire.dtype_from_wire(t.dtype).name,
-                optimizer=t.optimizer,
                 optimizer_args=json.loads(t.optimizer_args_json or "{}"),
-                initializer=t.initializer,
-                admit_after=t.admit_after,
                 ttl_seconds=t.ttl_seconds or None,
                 max_rows=t.max_rows or None,
-                eviction=t.eviction,
-                num_rows=t.num_rows,
-                version=t.version,
-                load_factor=t.load_factor,
-                memory_bytes=t.memory_bytes,
             )
             for t in r.tables
         },
         dense={d.name: d.size for d in r.dense},
-        server_version=r.server_version,
         max_message_bytes=r.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_keys=r.max_batch_keys or DEFAULT_MAX_BATCH_KEYS,
     )
@@ -139,23 +140,11 @@ def shard_info_from_proto(address: str, r: ps_pb2.DescribeTablesResponse) -> Sha
 
 def sync_state_from_proto(address: str, r: ps_pb2.GetSyncStateResponse) -> SyncState:
     """A ``SyncState`` from the ``GetSyncState`` answer of ``address``."""
-    return SyncState(
+    return _from_message(
+        SyncState,
+        r,
         address=address,
-        shard_index=r.shard_index,
-        num_shards=r.num_shards,
-        cursors=tuple(
-            SyncCursor(
-                table=c.table,
-                source_shard=c.source_shard,
-                source_num_shards=c.source_num_shards,
-                epoch=c.epoch,
-                version=c.version,
-                applied_at_unix=c.applied_at_unix,
-            )
-            for c in r.cursors
-        ),
-        dense_version=r.dense_version,
-        dense_epoch=r.dense_epoch,
+        cursors=tuple(_from_message(SyncCursor, c) for c in r.cursors),
     )
 
 
