@@ -249,6 +249,7 @@ class _StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)
 
 
+@dataclasses.dataclass(eq=False)
 class Trainer:
     """Runs ``step`` over batches, with rows from ``store`` and gradients pushed back to it.
 
@@ -256,30 +257,23 @@ class Trainer:
     ``prefetch``: look up the next batch's rows while the current one computes; rows
     read that way may miss the current batch's update (one step of staleness).
     ``dense_store``: where dense arrays are pulled from and pushed to (None: no dense).
+    ``stream``: where the progress bar and the stop notice go (None: stderr).
     """
 
-    def __init__(
-        self,
-        store: SparseStore,
-        step: StepFn,
-        *,
-        dense_store: DenseParameterStore | None = None,
-        pad_key: int | None = None,
-        prefetch: bool = False,
-        progress: bool | None = None,
-        desc: str = "train",
-        stream: TextIO | None = None,
-        on_step: Callable[[Any, StepResult], None] | None = None,
-    ) -> None:
-        self.store = store
-        self.step = step
-        self.dense_store = dense_store
-        self.pad_key = pad_key
-        self.prefetch = prefetch
-        self.progress = progress
-        self.desc = desc
-        self.stream = sys.stderr if stream is None else stream
-        self.on_step = on_step
+    store: SparseStore
+    step: StepFn
+    _: dataclasses.KW_ONLY
+    dense_store: DenseParameterStore | None = None
+    pad_key: int | None = None
+    prefetch: bool = False
+    progress: bool | None = None
+    desc: str = "train"
+    stream: TextIO | None = None
+    on_step: Callable[[Any, StepResult], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stream is None:
+            self.stream = sys.stderr
 
     def _dedup(self, batch: Batch) -> dict[str, UniqueKeys]:
         return {
