@@ -20,7 +20,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sync-agent": ("sync_agent.cli", "stream row deltas from training to serving servers"),
     "local": ("monolith_ps.local_cli", "run a whole cluster on this machine (mps local up)"),
     "snapshot": ("ps_server.snapshot.cli", "inspect and reshard snapshots, inspect bundles"),
-    "export": ("ps_server.snapshot.export_cli", "write a serving bundle from training snapshots"),
+    "bundle": ("ps_server.snapshot.bundle_cli", "write a serving bundle from training snapshots"),
     "warmup": ("ps_server.warmup_cli", "compile the kernels into NUMBA_CACHE_DIR ahead of time"),
     "check": (
         "monolith_ps.check_cli",

@@ -17,7 +17,7 @@ from monolith_ps.config import ConfigError, load_config
 from monolith_ps.logs import configure_logging
 from ps_server.server import serve
 from ps_server.settings import ServerSettings, ServerTLS
-from ps_server.snapshot.export import NoSnapshotError
+from ps_server.snapshot.bundle import NoSnapshotError
 from ps_server.snapshot.snapshotter import (
     NothingToBootstrapError,
     NoValidSnapshotError,

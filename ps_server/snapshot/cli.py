@@ -17,10 +17,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         description=(
             "Print each snapshot in DIR (tables, rows, versions, sizes), whether its files "
             "match their checksums, and the chain a server would restore. Exits 1 when the "
-            "newest chain does not verify. DIR may also be a serving bundle from `mps export`."
+            "newest chain does not verify. DIR may also be a serving bundle from `mps bundle`."
         ),
     )
-    inspect.add_argument("dir", metavar="DIR", help="a --snapshot-dir, or an export bundle")
+    inspect.add_argument("dir", metavar="DIR", help="a --snapshot-dir, or a serving bundle")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.add_argument(
         "--quick", action="store_true", help="check manifests and file sizes, not checksums"

@@ -1,4 +1,4 @@
-"""Command-line flags shared by the snapshot tools (``mps export``, ``mps snapshot reshard``)."""
+"""Command-line flags shared by the snapshot tools (``mps bundle``, ``mps snapshot reshard``)."""
 
 from __future__ import annotations
 

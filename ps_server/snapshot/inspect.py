@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ps_server.snapshot.export import is_bundle, read_bundle_manifest, verify_bundle
+from ps_server.snapshot.bundle import is_bundle, read_bundle_manifest, verify_bundle
 from ps_server.snapshot.files import CorruptSnapshotError
 from ps_server.snapshot.format import Manifest
 from ps_server.snapshot.store import SnapshotStore

@@ -1,4 +1,4 @@
-"""A serving server's start from ``--bootstrap-from`` (training snapshots or an export
+"""A serving server's start from ``--bootstrap-from`` (training snapshots or a serving
 bundle): its shard of every source's rows, through the sync receiver."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from monolith_ps.logs import fields
 from ps_server.delta_receiver import DeltaReceiver
 from ps_server.errors import NotConfiguredError
 from ps_server.hooks import SnapshotResult
-from ps_server.snapshot.export import load_serving_sources
+from ps_server.snapshot.bundle import load_serving_sources
 from ps_server.snapshot.tables import SnapshotMismatchError, dense_chunk, serving_chunk
 from ps_server.state import ShardState
 

@@ -7,7 +7,7 @@
   incrementals every ``snapshot.incremental_interval`` in between, keeps the last
   ``snapshot.keep`` full chains, and writes a final snapshot when it stops;
 - a serving server with ``--bootstrap-from`` loads its shard's rows from a training
-  snapshot directory or an ``mps export`` bundle.
+  snapshot directory or a bundle written by ``mps bundle``.
 
 Epochs: a restore keeps the snapshot's epoch only when the previous run ended with a
 clean final snapshot (SIGTERM, after draining RPCs) and no run started from it since;
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from monolith_ps.logs import fields
 from monolith_ps.routing import can_share_keys
 from ps_server.hooks import SnapshotResult
-from ps_server.snapshot.export import (
+from ps_server.snapshot.bundle import (
     is_bundle,
     missing_shards,
     not_a_source_message,
@@ -197,7 +197,7 @@ class TrainingSnapshotter:
             raise NothingToBootstrapError(
                 f"--bootstrap-from {self.bootstrap_from}: a partial bundle without training "
                 f"shards {missing} of {sources[0].server.num_shards}, whose rows this shard "
-                "would own; export it from every shard's snapshots"
+                "would own; bundle it from every shard's snapshots"
             )
         rows = 0
         for source in sources:

@@ -21,7 +21,7 @@ from ps_server.table import Delta, DeltaError, EmbeddingTable
 
 if TYPE_CHECKING:
     from ps_server.dense import DenseStore
-    from ps_server.snapshot.export import ServingTable
+    from ps_server.snapshot.bundle import ServingTable
     from ps_server.snapshot.format import ServerInfo
 
 ROW_FIELDS = ("values", "opt_state", "push_counts", "last_update")

@@ -282,7 +282,7 @@ def _mps(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_serving_server_starts_from_an_exported_bundle(process_factory, tmp_path):
+def test_serving_server_starts_from_a_bundle(process_factory, tmp_path):
     snaps = tmp_path / "snaps"
     training = process_factory("training", config=CONFIG, extra_args=("--snapshot-dir", str(snaps)))
     keys = np.arange(1, 200, dtype=np.uint64)
@@ -295,7 +295,7 @@ def test_serving_server_starts_from_an_exported_bundle(process_factory, tmp_path
     assert training.wait(timeout=60) == 0
 
     exported = _mps(
-        "export", "--from", str(snaps), "--to", str(tmp_path / "bundle"), "--dtype", "float16"
+        "bundle", "--from", str(snaps), "--to", str(tmp_path / "bundle"), "--dtype", "float16"
     )
     assert exported.returncode == 0, exported.stderr
     assert (tmp_path / "bundle" / MANIFEST_NAME).is_file()

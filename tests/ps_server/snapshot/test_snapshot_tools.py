@@ -1,4 +1,4 @@
-"""`mps export` bundles, `mps snapshot inspect`, and loading what a serving server starts from."""
+"""`mps bundle` bundles, `mps snapshot inspect`, and loading what a serving server starts from."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from snapshot_helpers import ReferenceShard
 
+from ps_server.snapshot import bundle_cli
 from ps_server.snapshot import cli as snapshot_cli
-from ps_server.snapshot import export_cli
-from ps_server.snapshot.export import (
+from ps_server.snapshot.bundle import (
     NoSnapshotError,
-    export_bundle,
     load_serving_sources,
     read_bundle,
+    write_bundle,
 )
 from ps_server.snapshot.files import CorruptSnapshotError
 from ps_server.snapshot.format import MANIFEST_NAME, ServerInfo
@@ -57,9 +57,9 @@ def _assert_values(table, expected: dict, dtype) -> None:
     np.testing.assert_array_equal(table.versions[order], [expected[int(k)][3] for k in keys])
 
 
-def test_export_bundle_holds_values_without_optimizer_state(shard_dirs, tmp_path):
+def test_bundle_holds_values_without_optimizer_state(shard_dirs, tmp_path):
     roots, trainers = shard_dirs
-    info = export_bundle(roots, tmp_path / "bundle")
+    info = write_bundle(roots, tmp_path / "bundle")
     assert (info.sources, info.tables, info.clipped_values) == (2, 2, 0)
     assert info.rows == sum(len(t.rows) for tr in trainers for t in tr.tables.values())
     names = sorted(p.name for p in (tmp_path / "bundle").iterdir())
@@ -80,7 +80,7 @@ def test_export_bundle_holds_values_without_optimizer_state(shard_dirs, tmp_path
 
 def test_a_bundle_and_its_snapshots_load_the_same(shard_dirs, tmp_path):
     roots, _ = shard_dirs
-    export_bundle(roots, tmp_path / "bundle")
+    write_bundle(roots, tmp_path / "bundle")
     from_bundle = load_serving_sources([tmp_path / "bundle"])
     from_snapshots = load_serving_sources(roots)
     for a, b in zip(from_bundle, from_snapshots, strict=True):
@@ -90,7 +90,7 @@ def test_a_bundle_and_its_snapshots_load_the_same(shard_dirs, tmp_path):
             np.testing.assert_array_equal(a.tables[name].values, b.tables[name].values)
 
 
-def test_float16_export_halves_values_and_clips_out_of_range(tmp_path):
+def test_float16_bundle_halves_values_and_clips_out_of_range(tmp_path):
     trainer = ReferenceShard(tmp_path / "s0")
     trainer.step()
     key = next(iter(trainer.tables["user"].rows))
@@ -99,7 +99,7 @@ def test_float16_export_halves_values_and_clips_out_of_range(tmp_path):
     value[0], value[1] = 1e6, -1e6
     trainer.tables["user"].rows[key] = (value, state, pushes, version)
     trainer.snapshot("full")
-    info = export_bundle([trainer.store.root], tmp_path / "b16", dtype="float16")
+    info = write_bundle([trainer.store.root], tmp_path / "b16", dtype="float16")
     assert info.clipped_values == 2
     (source,) = read_bundle(tmp_path / "b16")
     table = source.tables["user"]
@@ -112,7 +112,7 @@ def test_float16_export_halves_values_and_clips_out_of_range(tmp_path):
     assert json.loads((tmp_path / "b16" / MANIFEST_NAME).read_text())["clipped_values"] == 2
 
 
-def test_export_refuses_bad_requests_and_writes_nothing(shard_dirs, tmp_path, capsys):
+def test_bundle_refuses_bad_requests_and_writes_nothing(shard_dirs, tmp_path, capsys):
     roots, _ = shard_dirs
     (tmp_path / "taken").mkdir()
     (tmp_path / "empty").mkdir()
@@ -124,20 +124,20 @@ def test_export_refuses_bad_requests_and_writes_nothing(shard_dirs, tmp_path, ca
         (["--from", str(roots[0]), "--to", str(tmp_path / "no" / "x")], "does not exist"),
     ]
     for argv, message in cases:
-        assert _run(export_cli, argv) == 1
+        assert _run(bundle_cli, argv) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
     with pytest.raises(NoSnapshotError):
         load_serving_sources([tmp_path / "empty"])
     with pytest.raises(ValueError, match="dtype"):
-        export_bundle(roots, tmp_path / "y", dtype="int8")
+        write_bundle(roots, tmp_path / "y", dtype="int8")
 
 
 def test_damaged_bundle_is_detected(shard_dirs, tmp_path, capsys):
     roots, _ = shard_dirs
     bundle = tmp_path / "bundle"
     argv = ["--from", str(roots[0]), "--to", str(bundle), "--allow-partial"]
-    assert _run(export_cli, argv) == 0
+    assert _run(bundle_cli, argv) == 0
     assert "1 shard(s), 2 table(s)" in capsys.readouterr().out
     assert _run(snapshot_cli, ["inspect", str(bundle)]) == 0
     assert "verified bundle" in capsys.readouterr().out

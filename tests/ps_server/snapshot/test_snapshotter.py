@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from monolith_ps.config import parse_config
 from monolith_ps.routing import shard_of
 from ps_server.delta_receiver import DeltaReceiver
-from ps_server.snapshot.export import export_bundle
+from ps_server.snapshot.bundle import write_bundle
 from ps_server.snapshot.format import MANIFEST_NAME
 from ps_server.snapshot.metrics import SnapshotMetrics
 from ps_server.snapshot.records import SnapshotDirBusyError
@@ -203,7 +203,7 @@ def test_periodic_snapshots_and_metrics(tmp_path):
 
 def test_serving_bootstrap_takes_its_shard_from_snapshots_and_bundles(tmp_path):
     live = _cleanly_stopped(tmp_path / "snaps", 9)
-    export_bundle([tmp_path / "snaps"], tmp_path / "bundle", dtype="float16")
+    write_bundle([tmp_path / "snaps"], tmp_path / "bundle", dtype="float16")
     user = live.tables["user"].export_since(0)
     for source, dtype in ((tmp_path / "snaps", np.float32), (tmp_path / "bundle", np.float16)):
         for shard in range(2):
@@ -229,7 +229,7 @@ def test_serving_bootstrap_refuses_rows_that_do_not_fit(tmp_path):
 
 def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
     live = _cleanly_stopped(tmp_path / "snaps", 11)
-    export_bundle([tmp_path / "snaps"], tmp_path / "bundle")
+    write_bundle([tmp_path / "snaps"], tmp_path / "bundle")
     user = live.tables["user"].export_since(0)
     for source in (tmp_path / "snaps", tmp_path / "bundle"):
         serving = _state(role="serving", shard=1, shards=2)
@@ -250,7 +250,7 @@ def test_serving_bootstrap_through_the_sync_receiver_sets_cursors(tmp_path):
 
 def test_training_bootstrap_from_a_bundle_gets_values_and_fresh_optimizer_state(tmp_path):
     live = _cleanly_stopped(tmp_path / "snaps", 12)
-    export_bundle([tmp_path / "snaps"], tmp_path / "bundle")
+    write_bundle([tmp_path / "snaps"], tmp_path / "bundle")
     for shard in range(2):  # a 1-shard bundle into a 2-shard cluster: each takes its own rows
         fresh = _state(shard=shard, shards=2)
         started = _snapshotter(fresh, tmp_path / f"new-{shard}", bootstrap_from=tmp_path / "bundle")
@@ -314,9 +314,9 @@ def test_training_bootstrap_refuses_a_partial_bundle_missing_its_rows(tmp_path):
         live.tables["user"].find_or_insert(keys[shard_of(keys, 2) == shard])
         writer.close(final=True)
     with pytest.raises(ValueError, match=r"shards \[1\] are missing.*--allow-partial"):
-        export_bundle([tmp_path / "snaps-0"], tmp_path / "partial")
+        write_bundle([tmp_path / "snaps-0"], tmp_path / "partial")
     assert not (tmp_path / "partial").exists()
-    export_bundle([tmp_path / "snaps-0"], tmp_path / "partial", allow_partial=True)
+    write_bundle([tmp_path / "snaps-0"], tmp_path / "partial", allow_partial=True)
     # Shard 1 of 2 owns only keys of old shard 1: refused. Shard 0 of 2 has all it needs.
     with pytest.raises(NothingToBootstrapError, match=r"without training shards \[1\] of 2"):
         _snapshotter(

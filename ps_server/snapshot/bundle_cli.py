@@ -1,4 +1,4 @@
-"""``mps export``: write a serving bundle from training snapshots."""
+"""``mps bundle``: write a serving bundle from training snapshots."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-partial",
         action="store_true",
-        help="export even when some training shard's directory is not given (its rows "
+        help="write the bundle even when some training shard's directory is not given (its rows "
         "are then missing from the bundle); refused by default",
     )
     parser.add_argument(
@@ -32,13 +32,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ps_server.snapshot.export import export_bundle
+    from ps_server.snapshot.bundle import write_bundle
     from ps_server.snapshot.files import CorruptSnapshotError
 
     try:
-        info = export_bundle(args.sources, args.dest, args.dtype, args.allow_partial)
+        info = write_bundle(args.sources, args.dest, args.dtype, args.allow_partial)
     except (OSError, ValueError, CorruptSnapshotError) as exc:
-        print(f"mps export: error: {exc}", file=sys.stderr)
+        print(f"mps bundle: error: {exc}", file=sys.stderr)
         return 1
     clipped = (
         f", {info.clipped_values} values clipped to float16 range" if info.clipped_values else ""

@@ -1,6 +1,6 @@
 """Serving bundles: the values of a trained model, without optimizer state, to ship and serve.
 
-``export_bundle`` folds each training shard's newest consistent chain into its live rows
+``write_bundle`` folds each training shard's newest consistent chain into its live rows
 and writes keys, values (float32 or float16) and versions per table, the learned default
 row, and the dense values, with a checksummed manifest; the directory appears under its
 final name only once complete. ``load_serving_sources`` reads either a bundle or a
@@ -97,7 +97,7 @@ class ServingSource:
 
 @dataclass(frozen=True)
 class BundleInfo:
-    """What ``export_bundle`` wrote."""
+    """What ``write_bundle`` wrote."""
 
     path: Path
     sources: int
@@ -135,7 +135,7 @@ def not_a_source_message(path: Path | str) -> str:
     return (
         f"{path} is neither a training snapshot directory nor a serving bundle "
         f"({describe_contents(path)}); give a training server's --snapshot-dir or a "
-        "directory written by `mps export`"
+        "directory written by `mps bundle`"
     )
 
 
@@ -214,7 +214,7 @@ def _check_distinct_shards(sources: Sequence[ServingSource]) -> None:
 # ---------------------------------------------------------------- writing bundles
 
 
-def export_bundle(
+def write_bundle(
     sources: Sequence[Path | str],
     dest: Path | str,
     dtype: str = "float32",
@@ -232,7 +232,7 @@ def export_bundle(
         raise ValueError(f"dtype must be one of {BUNDLE_DTYPES}, got {dtype!r}")
     dest = Path(dest)
     if dest.exists():
-        raise FileExistsError(f"{dest} already exists; export writes a new directory")
+        raise FileExistsError(f"{dest} already exists; a bundle is written to a new directory")
     if not dest.parent.is_dir():
         raise FileNotFoundError(f"{dest.parent} does not exist")
     loaded = load_serving_sources(sources)
@@ -246,14 +246,14 @@ def export_bundle(
         if not allow_partial:
             raise ValueError(
                 f"{message}: give every shard's snapshot directory with --from, or "
-                "--allow-partial to export only these (the bundle then lacks their rows)"
+                "--allow-partial to bundle only these (the bundle then lacks their rows)"
             )
-        _LOGGER.warning("partial export: %s", message)
+        _LOGGER.warning("partial bundle: %s", message)
     work = dest.with_name(dest.name + PARTIAL_SUFFIX)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        manifest, clipped = _write_bundle(work, loaded, np.dtype(dtype))
+        manifest, clipped = _write_bundle_files(work, loaded, np.dtype(dtype))
         write_json(work / MANIFEST_NAME, manifest)
         os.rename(work, dest)
     except BaseException:
@@ -274,7 +274,7 @@ def export_bundle(
     )
 
 
-def _write_bundle(
+def _write_bundle_files(
     work: Path, sources: Sequence[ServingSource], dtype: np.dtype
 ) -> tuple[dict[str, Any], int]:
     files: dict[str, FileEntry] = {}
