@@ -206,12 +206,17 @@ def decode_lookup_response(data: bytes) -> list[LookupAnswer]:
 
 
 def _varint_bytes(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 
 def encode_lookup_response(
@@ -224,9 +229,11 @@ def encode_lookup_response(
     """
     parts: list[bytes | memoryview] = []
     for table, dim, values, found in answers:
-        wire_dtype = dtype_to_wire(values.dtype)
-        little = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
-        payload = memoryview(little.reshape(-1).view(np.uint8))
+        wire_dtype = _WIRE_DTYPES.get(values.dtype)  # native little-endian: no conversion
+        if wire_dtype is None or not values.flags.c_contiguous:
+            wire_dtype = dtype_to_wire(values.dtype)
+            values = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+        payload = memoryview(values.reshape(-1).view(np.uint8))
         name = table.encode("utf-8")
         head = []
         if name:

@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from monolith_ps.logs import fields
+from ps_server.handler_cache import HandlerCache
 
 __all__ = [
     "BadRequestError",
@@ -160,37 +161,44 @@ class UndecodableRequests(grpc.ServerInterceptor):
     message type; gRPC itself would answer INTERNAL. In a client stream, reading the bad
     message raises ``BadRequestError``, which the RPC's ``rpc_errors`` turns into the same."""
 
+    def __init__(self) -> None:
+        self._handlers = HandlerCache()
+
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        deserialize = handler.request_deserializer
+        return self._handlers.get(handler_call_details.method, handler, _lenient)
 
-        def lenient(data: bytes) -> Any:
-            try:
-                return deserialize(data)
-            except DecodeError as exc:
-                return _Undecodable(exc)
 
-        method = handler_call_details.method
-        if handler.unary_unary or handler.unary_stream:
-            kind = "unary_unary" if handler.unary_unary else "unary_stream"
-            behavior = getattr(handler, kind)
+def _lenient(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` whose request deserializer hands a bad body on as ``_Undecodable``."""
+    deserialize = handler.request_deserializer
 
-            def checked(request: Any, context: grpc.ServicerContext) -> Any:
-                if isinstance(request, _Undecodable):
-                    _refuse_undecodable(context, method, request)
-                return behavior(request, context)
+    def lenient(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(exc)
 
-            return handler._replace(request_deserializer=lenient, **{kind: checked})
-        if handler.stream_unary:
-            behavior = handler.stream_unary
+    if handler.unary_unary or handler.unary_stream:
+        kind = "unary_unary" if handler.unary_unary else "unary_stream"
+        behavior = getattr(handler, kind)
 
-            def checked_stream(requests: Any, context: grpc.ServicerContext) -> Any:
-                return behavior(_decoded_or_refused(requests, method), context)
+        def checked(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                _refuse_undecodable(context, method, request)
+            return behavior(request, context)
 
-            return handler._replace(request_deserializer=lenient, stream_unary=checked_stream)
-        return handler
+        return handler._replace(request_deserializer=lenient, **{kind: checked})
+    if handler.stream_unary:
+        behavior = handler.stream_unary
+
+        def checked_stream(requests: Any, context: grpc.ServicerContext) -> Any:
+            return behavior(_decoded_or_refused(requests, method), context)
+
+        return handler._replace(request_deserializer=lenient, stream_unary=checked_stream)
+    return handler
 
 
 def _refuse_undecodable(context: grpc.ServicerContext, method: str, request: _Undecodable) -> None:

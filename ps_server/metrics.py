@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from monolith_ps.metrics import MetricSet, counter, histogram
 from ps_server.cgroup import MemoryLimitCollector
+from ps_server.handler_cache import HandlerCache
 from ps_server.threads import DaemonThreadPool
 
 if TYPE_CHECKING:
@@ -224,7 +225,7 @@ def _table_labels(request: Any, known: Mapping[str, Any]) -> list[str]:
     """Table label values for a request: its tables' names, bounded to the known ones."""
     entries = getattr(request, "tables", None)
     if entries is not None and not isinstance(entries, str):
-        names = {entry.table for entry in entries}
+        names = {entries[0].table} if len(entries) == 1 else {entry.table for entry in entries}
     elif isinstance(getattr(request, "table", None), str) and request.table:
         names = {request.table}
     else:
@@ -238,12 +239,19 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics, known_tables: Mapping[str, Any]):
         self._metrics = metrics
         self._known_tables = known_tables
+        self._handlers = HandlerCache()
+        # children bound once per label set: ``labels()`` takes a lock and checks every call
+        self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
+        self._durations: dict[tuple[str, str], Any] = {}
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
         handler = continuation(handler_call_details)
         if handler is None or not handler_call_details.method.startswith(_SERVICE_PREFIX):
             return handler
-        method = handler_call_details.method[len(_SERVICE_PREFIX) :]
+        return self._handlers.get(handler_call_details.method, handler, self._wrap)
+
+    def _wrap(self, method_path: str, handler: Any) -> Any:
+        method = method_path[len(_SERVICE_PREFIX) :]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._timed(method, handler.unary_unary),
@@ -267,10 +275,18 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
     def _record(self, method: str, request: Any, context: grpc.ServicerContext, start: float):
         elapsed = time.perf_counter() - start
         code = context.code() or grpc.StatusCode.OK
-        self._metrics.rpc_requests.labels(method, code.name).inc()
+        requests = self._requests.get((method, code))
+        if requests is None:
+            requests = self._metrics.rpc_requests.labels(method, code.name)
+            self._requests[(method, code)] = requests
+        requests.inc()
         tables = _table_labels(request, self._known_tables) if request is not None else [""]
         for table in tables:
-            self._metrics.rpc_duration.labels(method, table).observe(elapsed)
+            duration = self._durations.get((method, table))
+            if duration is None:
+                duration = self._metrics.rpc_duration.labels(method, table)
+                self._durations[(method, table)] = duration
+            duration.observe(elapsed)
 
     def _timed(self, method: str, behavior: Callable) -> Callable:
         def timed(request: Any, context: grpc.ServicerContext) -> Any:

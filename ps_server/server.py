@@ -30,6 +30,7 @@ from ps_server.delta_metrics import DeltaMetrics
 from ps_server.delta_receiver import DeltaReceiver
 from ps_server.dense import DenseStore
 from ps_server.errors import UndecodableRequests
+from ps_server.handler_cache import HandlerCache
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
 from ps_server.readiness import StalenessGauge, missing_state
@@ -114,16 +115,24 @@ class PreEncodedResponses(grpc.ServerInterceptor):
     """Lets an RPC return its response already serialized (``bytes``), as Lookup does to
     copy its rows once; any other response goes through the generated serializer."""
 
+    def __init__(self) -> None:
+        self._handlers = HandlerCache()
+
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
         if handler is None or handler.response_serializer is None:
             return handler
-        serialize = handler.response_serializer
+        return self._handlers.get(handler_call_details.method, handler, _pass_bytes_through)
 
-        def serialize_unless_bytes(response: object) -> bytes:
-            return response if isinstance(response, bytes) else serialize(response)
 
-        return handler._replace(response_serializer=serialize_unless_bytes)
+def _pass_bytes_through(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` whose response serializer sends ``bytes`` as they are."""
+    serialize = handler.response_serializer
+
+    def serialize_unless_bytes(response: object) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return handler._replace(response_serializer=serialize_unless_bytes)
 
 
 def _address(host: str, port: int) -> str:

@@ -113,3 +113,15 @@ def test_lookup_response_encodes_byte_for_byte_like_protobuf(rng, with_found):
     expected = ps_pb2.LookupResponse(tables=messages).SerializeToString()
     assert wire.encode_lookup_response(answers) == expected
     assert wire.encode_lookup_response([]) == b""
+
+
+def test_lookup_response_encodes_big_endian_and_strided_values_as_little_endian(rng):
+    rows = rng.standard_normal((4, 10)).astype(">f4")[:, ::2]  # big-endian, not contiguous
+    expected = ps_pb2.LookupResponse(
+        tables=[
+            ps_pb2.TableValues(
+                table="t", dim=5, dtype=ps_pb2.DTYPE_FLOAT32, values=rows.astype("<f4").tobytes()
+            )
+        ]
+    ).SerializeToString()
+    assert wire.encode_lookup_response([("t", 5, rows, None)]) == expected
