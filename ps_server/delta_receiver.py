@@ -283,17 +283,7 @@ class DeltaReceiver:
                 )
             current = self._state.table(name)
             kept = current.export_since(0)
-            others = shard_of(kept.keys, num_sources) != source
-            staging.apply_delta(
-                Delta.of_rows(
-                    kept.keys[others],
-                    kept.values[others],
-                    kept.versions[others],
-                    complete_version=kept.complete_version,
-                    default_value=kept.default_value,
-                    default_version=kept.default_version,
-                )
-            )
+            staging.apply_delta(kept.rows_where(shard_of(kept.keys, num_sources) != source))
             self._state.tables[name] = staging
             self._move_cursor(chunk, drop_other_shard_counts=True, as_of=as_of)
         if self._metrics is not None:

@@ -45,6 +45,7 @@ from ps_server.snapshot.files import (
 from ps_server.snapshot.format import MANIFEST_NAME, PARTIAL_SUFFIX, ServerInfo
 from ps_server.snapshot.merge import merge_chain
 from ps_server.snapshot.store import SnapshotStore
+from ps_server.table import Delta
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,14 +74,15 @@ class ServingTable:
     default_row: np.ndarray | None = None
     default_version: int = 0
 
-    def select(self, mask: np.ndarray) -> ServingTable:
-        return ServingTable(
-            self.keys[mask],
-            self.values[mask],
-            self.versions[mask],
-            self.complete_version,
-            self.default_row,
-            self.default_version,
+    def as_delta(self) -> Delta:
+        """Every row, as an incremental delta to load with ``apply_delta``."""
+        return Delta.of_rows(
+            self.keys,
+            self.values,
+            self.versions,
+            complete_version=self.complete_version,
+            default_value=self.default_row,
+            default_version=self.default_version,
         )
 
 

@@ -105,16 +105,8 @@ def load_serving_table(
 ) -> int:
     """Load the rows of ``table`` that serving shard ``shard_index`` owns; returns how many."""
     mine = shard_of(table.keys, num_shards) == shard_index
-    delta = Delta.of_rows(
-        table.keys[mine],
-        table.values[mine],
-        table.versions[mine],
-        complete_version=table.complete_version,
-        default_value=table.default_row,
-        default_version=table.default_version,
-    )
     try:
-        target.apply_delta(delta)
+        target.apply_delta(table.as_delta().rows_where(mine))
     except DeltaError as exc:
         raise SnapshotMismatchError(
             f"table {name!r}: the bootstrap rows do not fit the configured table ({exc})"

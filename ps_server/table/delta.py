@@ -61,6 +61,18 @@ class Delta:
             default_version=default_version,
         )
 
+    def rows_where(self, chosen: np.ndarray) -> Delta:
+        """The rows the bool mask ``chosen`` picks, as an incremental delta with this one's
+        complete version and default row (no tombstones, no optimizer state)."""
+        return Delta.of_rows(
+            self.keys[chosen],
+            self.values[chosen],
+            self.versions[chosen],
+            complete_version=self.complete_version,
+            default_value=self.default_value,
+            default_version=self.default_version,
+        )
+
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
