@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from monolith_ps.logs import fields
-from ps_server.handler_cache import HandlerCache
+from ps_server.handler_cache import HandlerRewrite
 
 __all__ = [
     "BadRequestError",
@@ -156,19 +156,13 @@ class _Undecodable:
         self.error = error
 
 
-class UndecodableRequests(grpc.ServerInterceptor):
+class UndecodableRequests(HandlerRewrite):
     """A request body that does not parse as its message gets INVALID_ARGUMENT naming the
     message type; gRPC itself would answer INTERNAL. In a client stream, reading the bad
     message raises ``BadRequestError``, which the RPC's ``rpc_errors`` turns into the same."""
 
     def __init__(self) -> None:
-        self._handlers = HandlerCache()
-
-    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        return self._handlers.get(handler_call_details.method, handler, _lenient)
+        super().__init__("request_deserializer", _lenient)
 
 
 def _lenient(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["HandlerCache"]
+import grpc
+
+__all__ = ["HandlerCache", "HandlerRewrite"]
 
 
 class HandlerCache:
@@ -29,3 +31,20 @@ class HandlerCache:
         wrapped = wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class HandlerRewrite(grpc.ServerInterceptor):
+    """An interceptor that hands out ``rewrite(method, handler)`` for the handler of every
+    method that has ``part`` (``"request_deserializer"`` or ``"response_serializer"``),
+    made once per method; other handlers pass as they are."""
+
+    def __init__(self, part: str, rewrite: Callable[[str, Any], Any]) -> None:
+        self._part = part
+        self._rewrite = rewrite
+        self._handlers = HandlerCache()
+
+    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
+        handler = continuation(handler_call_details)
+        if handler is None or getattr(handler, self._part) is None:
+            return handler
+        return self._handlers.get(handler_call_details.method, handler, self._rewrite)

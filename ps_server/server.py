@@ -30,7 +30,7 @@ from ps_server.delta_metrics import DeltaMetrics
 from ps_server.delta_receiver import DeltaReceiver
 from ps_server.dense import DenseStore
 from ps_server.errors import UndecodableRequests
-from ps_server.handler_cache import HandlerCache
+from ps_server.handler_cache import HandlerRewrite
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
 from ps_server.readiness import StalenessGauge, missing_state
@@ -111,18 +111,12 @@ class StartupGate(grpc.ServerInterceptor):
         return handler
 
 
-class PreEncodedResponses(grpc.ServerInterceptor):
+class PreEncodedResponses(HandlerRewrite):
     """Lets an RPC return its response already serialized (``bytes``), as Lookup does to
     copy its rows once; any other response goes through the generated serializer."""
 
     def __init__(self) -> None:
-        self._handlers = HandlerCache()
-
-    def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
-        handler = continuation(handler_call_details)
-        if handler is None or handler.response_serializer is None:
-            return handler
-        return self._handlers.get(handler_call_details.method, handler, _pass_bytes_through)
+        super().__init__("response_serializer", _pass_bytes_through)
 
 
 def _pass_bytes_through(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
