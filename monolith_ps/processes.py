@@ -214,13 +214,14 @@ def wait_http(url: str, timeout: float, proc: ManagedProcess) -> None:
         time.sleep(0.1)
 
 
-def rss_bytes(pid: int) -> int:
-    """The resident memory of process ``pid`` (``VmRSS``), in bytes."""
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """The resident memory of process ``pid`` in bytes: all of it (``VmRSS``), or one of
+    its parts (``RssAnon``: its own memory; ``RssFile``, ``RssShmem``: mapped files)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,20 @@
-"""The cold tier of a table: arena rows in a file read and written with ``pread``/``pwrite``,
-their keys, metadata and cuckoo index in memory.
+"""The cold tier of a table: arena rows in a file (``cold_io``), their keys, metadata and
+cuckoo index in memory.
 
 The file in ``cold_dir`` holds one arena row (values then optimizer state) per slot and is
 unlinked as soon as it is opened: the cold tier is a cache of the table, not its durable
 copy (snapshots export every row, whatever its tier), so a killed process leaves nothing
-behind on disk. Nothing of it is mapped: the process's resident memory holds the hot tier,
-the cold keys, metadata and index (about 60-80 bytes a cold row) and one segment buffer;
-the rows themselves live in the page cache and on disk.
+behind on disk. The process's own memory holds the hot tier, the cold keys, metadata and
+index (about 60-80 bytes a cold row) and one segment buffer; the rows themselves live in
+the page cache and on disk, read through a read-only shared mapping of the file: resident
+as the process's file pages (``RssFile``), which the kernel reclaims under pressure.
 
-Slots are grouped in segments of about 1 MiB. A promotion reads its row with one ``pread``
+Slots are grouped in segments of about 1 MiB. A promotion copies its row from the mapping
 straight into the hot arena and leaves a hole in its segment. Demoted rows fill the holes
 of the head segment, whose rows the head buffer holds, and each demotion pass writes the
 stretch of the buffer it changed with one ``pwrite``: demoting costs a copy, not a system
 call, per row. When the head segment has no hole left the next head is the segment with
-the fewest live rows when at most three quarters are live (read whole with one ``preadv``;
+the fewest live rows when at most three quarters are live (copied whole from the mapping;
 an empty one is not read), else a new segment at the end of the file: the file stays within
 4/3 of the cold rows plus two segments, and each reuse fills at least a quarter segment of
 holes for one segment read and one written.
@@ -21,38 +22,23 @@ holes for one segment read and one written.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import weakref
-
 import numpy as np
 
-from monolith_ps.errors import ConfigError
-from ps_server.table import cold_io, cuckoo, rows
+from ps_server.table import cuckoo, rows
 from ps_server.table.arena import RowArena
 from ps_server.table.arrays import max_live_for
+from ps_server.table.cold_io import ColdFile
 
 SEGMENT_BYTES = 1 << 20
 _MIN_SEGMENT_ROWS = 16
 # a segment becomes the head again when at most this share of it is live
 _REUSE_LIVE = 0.75
-# rows one read of cold rows brings into memory at a time
-READ_CHUNK_ROWS = 4096
 # scalars the cold tier shares with the table (version, clocks, tombstone log):
 # copied in before and out after a removal kernel runs over the cold tier
 SHARED_SCALARS = np.array(
     [i for i in range(rows.NUM_SCALARS) if i not in (rows.LIVE, rows.HIGH, rows.FREE_HEAD)],
     dtype=np.int64,
 )
-
-
-def _open_unlinked(directory: str) -> int:
-    try:
-        fd, path = tempfile.mkstemp(prefix="cold-", suffix=".rows", dir=directory)
-    except OSError as exc:
-        raise ConfigError(f"cold_dir {directory!r}: cannot create a file there ({exc})") from None
-    os.unlink(path)
-    return fd
 
 
 class ColdTier:
@@ -62,10 +48,9 @@ class ColdTier:
     buffer not written to the file yet]``."""
 
     def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
-        self._fd = _open_unlinked(directory)
-        weakref.finalize(self, os.close, self._fd)
+        self._file = ColdFile(directory, row_width, storage)
         self.storage = np.dtype(storage)
-        self.row_bytes = row_width * self.storage.itemsize
+        self.row_bytes = self._file.row_bytes
         self.segment_rows = max(_MIN_SEGMENT_ROWS, SEGMENT_BYTES // self.row_bytes)
         self.buffer = np.zeros((self.segment_rows, row_width), dtype=self.storage)
         self._arenas = (RowArena((), np.uint64), RowArena((rows.META_COLUMNS,), np.int64))
@@ -78,8 +63,10 @@ class ColdTier:
         self.scalars = rows.new_scalars()
 
     @property
-    def fd(self) -> int:
-        return self._fd
+    def rows(self) -> np.ndarray:
+        """The file's rows, mapped read-only: slot ``c`` is ``rows[c]`` (live slots only
+        hold a row)."""
+        return self._file.rows
 
     def __len__(self) -> int:
         return int(self.scalars[rows.LIVE])
@@ -103,25 +90,14 @@ class ColdTier:
         self.max_live = max_live_for(index.shape[0])
 
     def read_rows(self, slots: np.ndarray) -> np.ndarray:
-        """The arena rows at ``slots`` (live cold rows), in that order."""
-        out = np.empty((slots.shape[0], self.buffer.shape[1]), dtype=self.storage)
-        order = np.argsort(slots, kind="stable")
-        for lo in range(0, slots.shape[0], READ_CHUNK_ROWS):
-            part = order[lo : lo + READ_CHUNK_ROWS]
-            chunk = np.empty((part.shape[0], self.buffer.shape[1]), dtype=self.storage)
-            if cold_io.read_rows(self._fd, self.row_bytes, slots[part], chunk) < 0:
-                raise OSError(f"short read from the cold tier's file ({chunk.nbytes} bytes)")
-            out[part] = chunk
-        return out
+        """A copy of the arena rows at ``slots`` (live cold rows), in that order."""
+        return self._file.rows[slots]
 
     def flush(self) -> None:
         """Write the head segment's rows not yet in the file."""
         head, _, lo, hi = (int(v) for v in self.cursor)
         if hi > lo:
-            data = memoryview(self.buffer[lo:hi]).cast("B")
-            offset = (head * self.segment_rows + lo) * self.row_bytes
-            if os.pwrite(self._fd, data, offset) != data.nbytes:
-                raise OSError(f"short write to the cold tier's file ({data.nbytes} bytes)")
+            self._file.write(head * self.segment_rows + lo, self.buffer[lo:hi])
         self.cursor[2:] = (self.segment_rows, 0)
 
     def next_head(self) -> None:
@@ -134,8 +110,8 @@ class ColdTier:
         best = int(np.argmin(live)) if self.segments else -1
         if best >= 0 and live[best] <= _REUSE_LIVE * self.segment_rows:
             if live[best]:
-                offset = best * self.segment_rows * self.row_bytes
-                os.preadv(self._fd, [memoryview(self.buffer).cast("B")], offset)
+                first = best * self.segment_rows
+                self.buffer[:] = self._file.rows[first : first + self.segment_rows]
         else:
             self._add_segment()
             best = self.segments - 1
@@ -150,6 +126,7 @@ class ColdTier:
     def _add_segment(self) -> None:
         self.segments += 1
         high = self.segments * self.segment_rows
+        self._file.reserve(high)
         self.keys, self.meta = (a.grow(high) for a in self._arenas)
         if self.segments > self.segment_live.shape[0]:
             live = np.zeros(max(4, 2 * self.segments), dtype=np.int64)

@@ -1,37 +1,99 @@
-"""Kernels that move cold rows between the cold tier's file and memory (see ``cold``):
-``pread``/``pwrite`` called from compiled code, so a batch of rows costs one system call a
-row (or a run of adjacent rows), never a Python step a row.
+"""The cold tier's file: written with ``pwrite``, read through a read-only shared mapping.
+
+The file is unlinked as soon as it is opened (a killed process leaves nothing on disk) and
+extended with ``ftruncate`` to a sparse length ahead of its rows, which is mapped
+``MAP_SHARED``/``PROT_READ`` once: reading a cold row is a memory copy from the page
+cache, not a system call (a ``pread`` of a 512-byte row costs about 1 us, most of it the
+call itself). Reads stay inside the file's length, so a row never written reads as zeros
+and nothing faults past the end. When the rows outgrow the mapping, the file is extended
+and mapped again at twice the length. Writes go through ``pwrite``, which shares the page
+cache with the mapping; each write then fills in the page tables of the bytes it wrote
+(``MADV_POPULATE_READ``, Linux >= 5.14, best effort) so the first read of a row does not
+take a page fault.
+
+The mapped pages are clean page cache after writeback, not the process's own memory: the
+kernel can reclaim them under pressure (a later read faults them back in from disk), and
+they count as the process's ``RssFile`` (``RssShmem`` on tmpfs), not ``RssAnon``.
 """
 
 from __future__ import annotations
 
-from numba import types
+import mmap
+import os
+import tempfile
+import weakref
 
-from ps_server.table.jit import hot_kernel
+import numpy as np
 
-PREAD = types.ExternalFunction(
-    "pread", types.int64(types.int32, types.voidptr, types.uint64, types.int64)
-)
+from monolith_ps.errors import ConfigError
 
-
-@hot_kernel
-def read_rows(fd, row_bytes, slots, out):
-    """Read the rows at ascending ``slots`` into ``out`` (contiguous), one ``pread`` per run
-    of adjacent slots; the rows read, or -1 on a short read."""
-    n = slots.shape[0]
-    i = 0
-    while i < n:
-        j = i + 1
-        while j < n and slots[j] == slots[j - 1] + 1:
-            j += 1
-        size = (j - i) * row_bytes
-        if PREAD(fd, out[i].ctypes.data, size, slots[i] * row_bytes) != size:
-            return -1
-        i = j
-    return n
+MAP_BYTES = 64 << 20  # of the file mapped at first; doubled each time the rows outgrow it
+_MADV_POPULATE_READ: int | None = getattr(mmap, "MADV_POPULATE_READ", 22)
+_PAGE = mmap.PAGESIZE
 
 
-@hot_kernel
-def read_row(fd, row_bytes, slot, dst):
-    """Read the row at ``slot`` into the row ``dst``; False on a short read."""
-    return PREAD(fd, dst.ctypes.data, row_bytes, slot * row_bytes) == row_bytes
+def _open_unlinked(directory: str) -> int:
+    try:
+        fd, path = tempfile.mkstemp(prefix="cold-", suffix=".rows", dir=directory)
+    except OSError as exc:
+        raise ConfigError(f"cold_dir {directory!r}: cannot create a file there ({exc})") from None
+    os.unlink(path)
+    return fd
+
+
+class ColdFile:
+    """Rows of ``row_width`` ``storage`` items in an unlinked file in ``directory``;
+    :attr:`rows` is the read-only mapped view of the first :attr:`capacity` of them."""
+
+    def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
+        self._fd = _open_unlinked(directory)
+        weakref.finalize(self, os.close, self._fd)
+        self._storage = np.dtype(storage)
+        self._row_width = row_width
+        self.row_bytes = row_width * self._storage.itemsize
+        self.rows = np.zeros((0, row_width), dtype=self._storage)
+        self._mapping: mmap.mmap | None = None
+        self._written = 0  # bytes from the start of the file that hold rows
+        try:
+            self._map(MAP_BYTES)
+        except OSError as exc:
+            raise ConfigError(f"cold_dir {directory!r}: cannot map a file there ({exc})") from None
+
+    @property
+    def capacity(self) -> int:
+        return int(self.rows.shape[0])
+
+    def reserve(self, rows: int) -> None:
+        """Make :attr:`rows` cover at least ``rows`` rows (a new, longer view)."""
+        if rows > self.capacity:
+            self._map(max(rows * self.row_bytes, 2 * self.capacity * self.row_bytes))
+            self._populate(0, self._written)
+
+    def write(self, first_row: int, data: np.ndarray) -> None:
+        """Write the contiguous rows ``data`` from row ``first_row`` on (within
+        :attr:`capacity`)."""
+        offset = first_row * self.row_bytes
+        view = memoryview(data).cast("B")
+        if os.pwrite(self._fd, view, offset) != view.nbytes:
+            raise OSError(f"short write to the cold tier's file ({view.nbytes} bytes)")
+        self._written = max(self._written, offset + view.nbytes)
+        self._populate(offset, offset + view.nbytes)
+
+    def _map(self, nbytes: int) -> None:
+        length = -(-nbytes // _PAGE) * _PAGE
+        os.ftruncate(self._fd, length)
+        mapping = mmap.mmap(self._fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        count = length // self.row_bytes
+        flat = np.frombuffer(mapping, dtype=self._storage, count=count * self._row_width)
+        self.rows = flat.reshape(count, self._row_width)
+        self._mapping = mapping  # the views keep older mappings alive while in use
+
+    def _populate(self, start: int, stop: int) -> None:
+        global _MADV_POPULATE_READ
+        lo = start // _PAGE * _PAGE
+        if _MADV_POPULATE_READ is None or self._mapping is None or stop <= lo:
+            return
+        try:
+            self._mapping.madvise(_MADV_POPULATE_READ, lo, stop - lo)
+        except OSError:
+            _MADV_POPULATE_READ = None

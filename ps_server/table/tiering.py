@@ -3,7 +3,8 @@ disk-backed cold tier (``cold``) and come back when a lookup, push or delta touc
 
 Reads of cold rows (``find``) leave them cold; everything that changes a row promotes it
 first, so the kernels that change rows only ever see the hot tier. Rows move in batches:
-a promotion is one ``pread`` a row, a demotion pass one ``pwrite`` a segment.
+a promotion is a copy from the cold file's mapping, a demotion pass one ``pwrite`` a
+segment.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Tiering:
         cuckoo.locate(cold.index, keys[missed], cold_rows)
         hit = cold_rows >= 0
         at = missed[hit]
-        values = cold.read_rows(cold_rows[hit])[:, : t.dim]
+        values = cold.rows[cold_rows[hit], : t.dim]
         out[at] = values if t.storage is np.float32 else HALF_TO_F32[values]
         found[at] = True
         if count:
@@ -75,6 +76,8 @@ class Tiering:
             return
         cold_rows = np.empty(keys.shape[0], dtype=np.int64)
         cuckoo.locate(cold.index, keys, cold_rows)
+        hit = cold_rows >= 0
+        keys, cold_rows = keys[hit], cold_rows[hit]
         lends = for_lookup and not t.lfu
         lent_keys = np.empty(keys.shape[0] if lends else 0, dtype=np.uint64)
         lent = np.empty((lent_keys.shape[0], 3), dtype=np.int64)
@@ -86,14 +89,12 @@ class Tiering:
             status, start, n = tiers.promote_rows(
                 t.index, t.max_live, t.walk, t.scalars, t.row_keys, t.meta, t.rows,
                 cold.index, cold.scalars, cold.keys, cold.meta, cold.segment_live,
-                cold.segment_rows, cold.fd, cold.row_bytes, keys, cold_rows, horizon,
+                cold.segment_rows, cold.rows, keys, cold_rows, horizon,
                 lent_keys, lent, lent_count, start,
             )  # fmt: skip
             promoted += n
             if status == rows.DONE:
                 break
-            if status == tiers.READ_FAILED:
-                raise OSError(f"short read from the cold tier's file (key {keys[start]})")
             t.grow(status)
         t.stats["promoted"] += promoted
         if for_lookup:

@@ -1,10 +1,11 @@
 """Tier kernels: move whole rows between the hot tier (memory) and the cold tier (rows in
-a file, see ``cold``), keeping their values, optimizer state, metadata and version.
+a file mapped read-only, see ``cold``), keeping their values, optimizer state, metadata and
+version.
 
 Both tiers keep a cuckoo index, keys, metadata lines and ``scalars`` in memory; a key lives
-in at most one tier. A promotion reads the row from the file straight into the hot arena
-and leaves a hole in its cold segment; a demotion copies the row into a hole of the cold
-head segment's buffer, which the caller writes out in one piece.
+in at most one tier. A promotion copies the row from the file's mapping straight into the
+hot arena and leaves a hole in its cold segment; a demotion copies the row into a hole of
+the cold head segment's buffer, which the caller writes out in one piece.
 
 Moving a row is not a change to the table: its version, push count, update time and usage
 stay as they were. Both kernels are resumable: they stop with a status when the
@@ -14,9 +15,11 @@ position.
 
 from __future__ import annotations
 
-from ps_server.table.cold_io import read_row
-from ps_server.table.cuckoo import insert, probe, remove
+import numpy as np
+
+from ps_server.table.cuckoo import insert, prefetch_buckets, probe, remove
 from ps_server.table.jit import hot_kernel
+from ps_server.table.prefetch import LOOKAHEAD, prefetch_row
 from ps_server.table.rows import (
     DONE,
     FREE_HEAD,
@@ -33,7 +36,6 @@ from ps_server.table.rows import (
 )
 
 NEED_SEGMENT = 5  # the cold head segment is full: write it out, pick the next, call again
-READ_FAILED = 6  # a short read from the cold file
 
 
 @hot_kernel
@@ -51,8 +53,7 @@ def promote_rows(
     cold_meta,
     segment_live,
     segment_rows,
-    fd,
-    row_bytes,
+    cold_arena,
     keys,
     cold_rows,
     horizon,
@@ -61,17 +62,26 @@ def promote_rows(
     lent_count,
     start,
 ):
-    """Move the cold rows of ``keys`` into the hot tier. ``cold_rows`` comes from
-    ``cuckoo.locate`` on the cold index (-1: not cold); a key repeated in the batch moves
-    once. A row last used before ``horizon`` is only lent: its key and ``(cold row, hot
-    row, version)`` go to ``lent_keys``/``lent`` (``lent_count[0]`` of them) and its cold
-    row stays reserved for :func:`return_rows`. Returns ``(status, position, promoted)``;
-    ``NEED_INDEX``/``NEED_ROWS`` are about the hot tier."""
+    """Move the cold rows of ``keys`` into the hot tier, their arena rows copied from
+    ``cold_arena`` (the cold file's mapped rows). ``cold_rows`` are the keys' cold rows as
+    ``cuckoo.locate`` found them (each is fetched ahead; the kernel probes again, so a key
+    repeated in the batch moves once). A row last used before ``horizon`` is only lent:
+    its key and ``(cold row, hot row, version)`` go to ``lent_keys``/``lent``
+    (``lent_count[0]`` of them) and its cold row stays reserved for :func:`return_rows`.
+    Returns ``(status, position, promoted)``; ``NEED_INDEX``/``NEED_ROWS`` are about the
+    hot tier."""
     hot_capacity = hot_arena.shape[0]
+    hot_mask = np.uint64(hot_index.shape[0] - 1)
+    cold_mask = np.uint64(cold_index.shape[0] - 1)
+    n = keys.shape[0]
     promoted = 0
-    for i in range(start, keys.shape[0]):
-        if cold_rows[i] < 0:
-            continue
+    for i in range(start, n):
+        ahead = i + LOOKAHEAD
+        if ahead < n:
+            prefetch_row(cold_arena, cold_rows[ahead])
+            prefetch_row(cold_meta, cold_rows[ahead])
+            prefetch_buckets(cold_index, keys[ahead], cold_mask)
+            prefetch_buckets(hot_index, keys[ahead], hot_mask)
         key = keys[i]
         c = probe(cold_index, key)  # an earlier duplicate may have moved it already
         if c < 0:
@@ -81,29 +91,28 @@ def promote_rows(
         if not has_free_row(hot_scalars, hot_capacity):
             return NEED_ROWS, i, promoted
         h = take_row(hot_scalars, hot_keys)
-        if not read_row(fd, row_bytes, c, hot_arena[h]):
-            give_back_row(hot_scalars, hot_keys, hot_meta, h)
-            return READ_FAILED, i, promoted
         if not insert(hot_index, key, h, walk):
             give_back_row(hot_scalars, hot_keys, hot_meta, h)
             return NEED_INDEX, i, promoted
+        for k in range(hot_arena.shape[1]):
+            hot_arena[h, k] = cold_arena[c, k]
         for k in range(META_COLUMNS):
             hot_meta[h, k] = cold_meta[c, k]
         hot_keys[h] = key
         hot_scalars[LIVE] += 1
         if cold_meta[c, USAGE_COL] < horizon:
-            n = lent_count[0]
-            lent_keys[n] = key
-            lent[n, 0] = c
-            lent[n, 1] = h
-            lent[n, 2] = cold_meta[c, VERSION_COL]
-            lent_count[0] = n + 1
+            m = lent_count[0]
+            lent_keys[m] = key
+            lent[m, 0] = c
+            lent[m, 1] = h
+            lent[m, 2] = cold_meta[c, VERSION_COL]
+            lent_count[0] = m + 1
         remove(cold_index, key)
         cold_meta[c, VERSION_COL] = 0
         segment_live[c // segment_rows] -= 1
         cold_scalars[LIVE] -= 1
         promoted += 1
-    return DONE, keys.shape[0], promoted
+    return DONE, n, promoted
 
 
 @hot_kernel
@@ -225,8 +234,16 @@ def return_rows(
     row whose version changed since (pushed, replaced by a delta), that left the hot tier,
     or whose cold row was taken, stays where it is. Returns ``(status, position,
     returned)``; ``NEED_INDEX`` is about the cold index."""
+    hot_mask = np.uint64(hot_index.shape[0] - 1)
+    cold_mask = np.uint64(cold_index.shape[0] - 1)
     returned = 0
     for i in range(start, count):
+        ahead = i + LOOKAHEAD
+        if ahead < count:
+            prefetch_row(hot_meta, lent[ahead, 1])
+            prefetch_row(cold_meta, lent[ahead, 0])
+            prefetch_buckets(cold_index, lent_keys[ahead], cold_mask)
+            prefetch_buckets(hot_index, lent_keys[ahead], hot_mask)
         key = lent_keys[i]
         c = lent[i, 0]
         h = lent[i, 1]

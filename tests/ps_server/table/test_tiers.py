@@ -4,6 +4,7 @@ against an unbounded table and a dict of live keys and update times."""
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +15,7 @@ from table_helpers import fingerprint
 from monolith_ps.errors import ConfigError
 from monolith_ps.optimizer_specs import OPTIMIZERS
 from monolith_ps.table_config import TableConfig
-from ps_server.table import EmbeddingTable, cold
+from ps_server.table import EmbeddingTable, cold, cold_io
 
 TTL = 40.0
 KEY_SPACE = 900
@@ -133,6 +134,14 @@ def small_segments(monkeypatch):
 def test_reused_segments_lose_no_row(small_segments, tmp_path):
     tiered, plain = _pair(tmp_path, optimizer="adagrad", ttl_seconds=TTL, max_rows=600)
     _run_random_operations(tiered, plain, seed=11)
+
+
+def test_rows_match_after_the_cold_file_outgrew_its_mapping(small_segments, monkeypatch, tmp_path):
+    monkeypatch.setattr(cold_io, "MAP_BYTES", mmap.PAGESIZE)
+    tiered, plain = _pair(tmp_path, optimizer="adagrad", ttl_seconds=TTL)
+    _run_random_operations(tiered, plain, seed=13)
+    # mapped first over one page, then twice the length each time the rows outgrew it
+    assert tiered.tier_stats()["cold_bytes"] > 4 * mmap.PAGESIZE
 
 
 def test_cold_file_reuses_the_holes_promotions_leave(small_segments, tmp_path):
