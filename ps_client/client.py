@@ -424,6 +424,8 @@ class PSClient:
     def _connect(self, addresses: Sequence[str]) -> None:
         self._calls.connect(addresses)
         self._shards: list[ShardInfo] | None = None
+        # the message budget and key limit of ``_shards``, kept with the list they came from
+        self._limits: tuple[list[ShardInfo], int, int] | None = None
 
     def _call_all(
         self, method: str, calls: list[tuple[int, Any]], timeout: float | None
@@ -472,7 +474,11 @@ class PSClient:
             ) from None
 
     def _chunks(self, sizes: list[int], row_bytes: list[int]) -> list[list[tuple[int, int, int]]]:
-        assert self._shards is not None
-        limit = min([self._max_message_bytes] + [s.max_message_bytes for s in self._shards])
-        max_keys = min(s.max_batch_keys for s in self._shards)
-        return plan_chunks(sizes, row_bytes, int(limit * _MESSAGE_FILL), max_keys)
+        shards = self._shards
+        assert shards is not None
+        limits = self._limits
+        if limits is None or limits[0] is not shards:
+            limit = min([self._max_message_bytes] + [s.max_message_bytes for s in shards])
+            limits = (shards, int(limit * _MESSAGE_FILL), min(s.max_batch_keys for s in shards))
+            self._limits = limits
+        return plan_chunks(sizes, row_bytes, limits[1], limits[2])

@@ -51,8 +51,11 @@ def route_keys(keys, num_shards):
                 break
             h = (h + np.uint64(1)) & mask
     bounds = np.zeros(num_shards + 1, dtype=np.int64)
-    rank = np.empty(count, dtype=np.int64)
     unique = unique[:count]
+    if num_shards == 1:  # one shard: the unique keys are already in their order
+        bounds[1] = count
+        return unique, bounds, inverse
+    rank = np.empty(count, dtype=np.int64)
     place_by_shard(unique, num_shards, rank, bounds)
     grouped = np.empty(count, dtype=np.uint64)
     for j in range(count):

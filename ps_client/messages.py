@@ -25,21 +25,18 @@ def lookup_calls(
     row_bytes: list[int],
     chunks: Chunks,
     views: Sequence[ps_pb2.ShardView],
-) -> tuple[list[tuple[int, ps_pb2.LookupRequest]], list[list[Span]]]:
-    """``(shard, request)`` calls and, for each, the spans of keys it asks for."""
+) -> tuple[list[tuple[int, bytes]], list[list[Span]]]:
+    """``(shard, request)`` calls, each request a serialized ``LookupRequest``, and for
+    each the spans of keys it asks for."""
     calls, pieces = [], []
+    bounds = [r.bounds.tolist() for r in routed]
     for shard, view in enumerate(views):
-        sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
+        sizes = [b[shard + 1] - b[shard] for b in bounds]
         for message in chunks(sizes, row_bytes):
-            spans = [
-                (t, int(routed[t].bounds[shard]) + a, int(routed[t].bounds[shard]) + b)
-                for t, a, b in message
-            ]
-            entries = [
-                ps_pb2.TableKeys(table=tables[t], keys=wire.encode_keys(routed[t].keys[a:b]))
-                for t, a, b in spans
-            ]
-            calls.append((shard, ps_pb2.LookupRequest(tables=entries, view=view)))
+            spans = [(t, bounds[t][shard] + a, bounds[t][shard] + b) for t, a, b in message]
+            entries = [(tables[t], routed[t].keys[a:b]) for t, a, b in spans]
+            request = wire.encode_lookup_request(entries, view.shard_index, view.num_shards)
+            calls.append((shard, request))
             pieces.append(spans)
     return calls, pieces
 

@@ -66,7 +66,7 @@ class ShardCalls:
         self._lookups = [
             ch.unary_unary(
                 _LOOKUP_METHOD,
-                request_serializer=ps_pb2.LookupRequest.SerializeToString,
+                request_serializer=wire.serialized,
                 response_deserializer=wire.decode_lookup_response,
                 _registered_method=True,
             )

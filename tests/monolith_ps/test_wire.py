@@ -125,3 +125,20 @@ def test_lookup_response_encodes_big_endian_and_strided_values_as_little_endian(
         ]
     ).SerializeToString()
     assert wire.encode_lookup_response([("t", 5, rows, None)]) == expected
+
+
+@pytest.mark.parametrize(("shard_index", "num_shards"), [(0, 1), (3, 200), (0, 0)])
+def test_lookup_request_encodes_byte_for_byte_like_protobuf(rng, shard_index, num_shards):
+    entries = [
+        ("user_id", rng.integers(0, 2**63, 300, dtype=np.uint64)),
+        ("", np.arange(3, dtype=np.uint64)),
+        ("empty", np.zeros(0, dtype=np.uint64)),
+        ("ünïcode", np.arange(10, 20, dtype=np.int64).view(np.uint64)[::2]),  # strided
+    ]
+    expected = ps_pb2.LookupRequest(
+        tables=[ps_pb2.TableKeys(table=name, keys=wire.encode_keys(k)) for name, k in entries],
+        view=ps_pb2.ShardView(shard_index=shard_index, num_shards=num_shards),
+    ).SerializeToString()
+    assert wire.encode_lookup_request(entries, shard_index, num_shards) == expected
+    assert wire.serialized(expected) is expected
+    assert wire.serialized(ps_pb2.LookupRequest.FromString(expected)) == expected
