@@ -25,6 +25,21 @@ from ps_server.table.rows import (
 )
 
 SEED_BATCH = np.uint64(0x452821E638D01377)
+_EXPONENT = np.uint32(0x7F800000)
+_EXPONENT_LSB = np.uint32(0x00800000)
+_SIGN = np.uint32(0x80000000)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _finite_row(bits, i):
+    """Whether row ``i`` of float32 values viewed as ``uint32`` ``bits`` is all finite. A
+    value is not finite when its exponent bits are all set, which is exactly when adding
+    one to the exponent field carries into the sign bit; OR-ing those sums over the row is
+    a reduction the compiler turns into vector instructions (a ``max`` is not)."""
+    carry = np.uint32(0)
+    for j in range(bits.shape[1]):
+        carry |= (bits[i, j] & _EXPONENT) + _EXPONENT_LSB
+    return (carry & _SIGN) == 0
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -51,13 +66,9 @@ def merge_push(keys, grad_bits):
         size *= 2
     mask = np.uint64(size - 1)
     slots = np.full(size, -1, dtype=np.int32)
-    exponent = np.uint32(0x7F800000)
     u = 0
     for i in range(n):
-        top = np.uint32(0)
-        for j in range(grad_bits.shape[1]):
-            top = max(top, grad_bits[i, j] & exponent)
-        if top == exponent:
+        if not _finite_row(grad_bits, i):
             return unique, counts, first, next_same, u, i
         key = keys[i]
         next_same[i] = -1

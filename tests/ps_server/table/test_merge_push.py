@@ -59,3 +59,19 @@ def test_largest_finite_values_pass() -> None:
     grads[1] = np.finfo(np.float32).smallest_subnormal
     *_, u, bad = merge_push(keys, grads.view(np.uint32))
     assert (u, bad) == (1, -1)
+
+
+def test_every_sign_and_exponent_is_judged_as_numpy_does() -> None:
+    """Each of the 512 sign-and-exponent patterns, with zero, one and random mantissas
+    (NaN payloads, signalling NaNs, subnormals), one value per row."""
+    rng = np.random.default_rng(3)
+    top = np.arange(512, dtype=np.uint32) << np.uint32(23)
+    mantissas = [np.zeros(512, np.uint32), np.ones(512, np.uint32)]
+    mantissas.append(rng.integers(0, 1 << 23, 512, dtype=np.uint32))
+    bits = np.concatenate([top | m for m in mantissas])
+    finite = np.isfinite(bits.view(np.float32))
+    for i in range(bits.shape[0]):
+        grads = np.zeros((3, 9), np.float32)
+        grads[1, i % 9] = bits[i : i + 1].view(np.float32)[0]
+        *_, bad = merge_push(np.arange(3, dtype=np.uint64), grads.view(np.uint32))
+        assert bad == (-1 if finite[i] else 1), hex(int(bits[i]))
