@@ -25,7 +25,7 @@ _KERNEL_MARKERS = (b"numba", b"hot_kernel")  # what a module that defines kernel
 
 
 def _package_dirs() -> list[Path]:
-    dirs = []
+    dirs: list[Path] = []
     for name in _KERNEL_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:

@@ -38,12 +38,15 @@ __all__ = [
 
 KEY_DTYPE = np.dtype("<u8")
 _VERSION_DTYPE = np.dtype("<u8")
-_FLOAT_DTYPES = {
+_FLOAT_DTYPES: dict[int, np.dtype] = {
     ps_pb2.DTYPE_UNSPECIFIED: np.dtype("<f4"),
     ps_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     ps_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
 }
-_WIRE_DTYPES = {np.dtype("<f4"): ps_pb2.DTYPE_FLOAT32, np.dtype("<f2"): ps_pb2.DTYPE_FLOAT16}
+_WIRE_DTYPES: dict[np.dtype, int] = {
+    np.dtype("<f4"): ps_pb2.DTYPE_FLOAT32,
+    np.dtype("<f2"): ps_pb2.DTYPE_FLOAT16,
+}
 
 
 class WireFormatError(ValueError):
@@ -162,6 +165,7 @@ def _fields(data: memoryview):  # noqa: ANN202 - a generator of (number, wire ty
     while i < len(data):
         key, i = _varint(data, i)
         number, wire_type = key >> 3, key & 7
+        value: int | memoryview | None
         if wire_type == _VARINT:
             value, i = _varint(data, i)
         elif wire_type == _LEN:
