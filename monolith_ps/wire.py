@@ -31,6 +31,7 @@ __all__ = [
     "encode_keys",
     "encode_lookup_request",
     "encode_lookup_response",
+    "encode_push_request",
     "encode_values",
     "encode_versions",
     "serialized",
@@ -261,7 +262,32 @@ def encode_lookup_response(
 
 
 def _field(number_and_type: bytes, payload: bytes | memoryview) -> list[bytes | memoryview]:
+    """A length-delimited field, or nothing for an empty one (proto3 omits it)."""
+    if not len(payload):
+        return []
     return [number_and_type, _varint_bytes(len(payload)), payload]
+
+
+def _array_bytes(values: np.ndarray, dtype: np.dtype) -> memoryview:
+    return memoryview(np.ascontiguousarray(values, dtype=dtype).reshape(-1).view(np.uint8))
+
+
+def _view(number_and_type: bytes, shard_index: int, num_shards: int) -> list[bytes | memoryview]:
+    """A ``ShardView`` field: present even when both numbers are 0, as the client sets it."""
+    view = b""
+    if shard_index:
+        view += b"\x08" + _varint_bytes(shard_index)
+    if num_shards:
+        view += b"\x10" + _varint_bytes(num_shards)
+    return [number_and_type, _varint_bytes(len(view)), view]
+
+
+def _entries(fields: list[list[bytes | memoryview]]) -> list[bytes | memoryview]:
+    """Repeated field 1 of a request: each entry's fields, length-prefixed."""
+    parts: list[bytes | memoryview] = []
+    for body in fields:
+        parts += [b"\x0a", _varint_bytes(sum(len(p) for p in body)), *body]
+    return parts
 
 
 def encode_lookup_request(
@@ -270,21 +296,30 @@ def encode_lookup_request(
     """A serialized ``LookupRequest`` of ``(table, keys)`` entries and the ``ShardView``
     ``(shard_index, num_shards)``: byte for byte what the generated class would write, the
     keys copied once (into the message) instead of three times."""
-    parts: list[bytes | memoryview] = []
-    for table, keys in entries:
-        name = table.encode("utf-8")
-        payload = memoryview(np.ascontiguousarray(keys, dtype=KEY_DTYPE).view(np.uint8))
-        body = _field(b"\x0a", name) if name else []
-        if payload.nbytes:
-            body += _field(b"\x12", payload)
-        parts += [b"\x0a", _varint_bytes(sum(len(p) for p in body)), *body]
-    view = b""
-    if shard_index:
-        view += b"\x08" + _varint_bytes(shard_index)
-    if num_shards:
-        view += b"\x10" + _varint_bytes(num_shards)
-    parts += _field(b"\x12", view)
-    return b"".join(parts)
+    fields = [
+        _field(b"\x0a", table.encode("utf-8")) + _field(b"\x12", _array_bytes(keys, KEY_DTYPE))
+        for table, keys in entries
+    ]
+    return b"".join(_entries(fields) + _view(b"\x12", shard_index, num_shards))
+
+
+def encode_push_request(
+    entries: list[tuple[str, np.ndarray, np.ndarray]],
+    request_id: str,
+    shard_index: int,
+    num_shards: int,
+) -> bytes:
+    """A serialized ``PushRequest`` of ``(table, keys, float32 grads)`` entries, its
+    ``request_id`` and ``ShardView``: byte for byte what the generated class would write,
+    the gradients copied once instead of three times."""
+    fields = [
+        _field(b"\x0a", table.encode("utf-8"))
+        + _field(b"\x12", _array_bytes(keys, KEY_DTYPE))
+        + _field(b"\x1a", _array_bytes(grads, _FLOAT_DTYPES[ps_pb2.DTYPE_FLOAT32]))
+        for table, keys, grads in entries
+    ]
+    parts = _entries(fields) + _field(b"\x12", request_id.encode("utf-8"))
+    return b"".join(parts + _view(b"\x1a", shard_index, num_shards))
 
 
 def serialized(message: bytes | Message) -> bytes:

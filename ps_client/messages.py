@@ -1,5 +1,5 @@
-"""Proto mapping of the client's row calls: routed keys into one ``LookupRequest`` or
-``PushRequest`` per shard and message, and ``Lookup`` answers back into row spans."""
+"""The client's row calls on the wire: routed keys into one serialized ``LookupRequest``
+or ``PushRequest`` per shard and message, and ``Lookup`` answers back into row spans."""
 
 from __future__ import annotations
 
@@ -82,26 +82,21 @@ def push_calls(
     chunks: Chunks,
     views: Sequence[ps_pb2.ShardView],
     push_id: str,
-) -> list[tuple[int, ps_pb2.PushRequest]]:
-    """``(shard, request)`` calls carrying each shard's summed gradients; each message
-    gets its own request id under ``push_id``, so a retried one is applied once."""
+) -> list[tuple[int, bytes]]:
+    """``(shard, request)`` calls carrying each shard's summed gradients, each request a
+    serialized ``PushRequest``; each message gets its own request id under ``push_id``, so
+    a retried one is applied once."""
     calls = []
+    bounds = [r.bounds.tolist() for r in routed]
     for shard, view in enumerate(views):
-        sizes = [int(r.bounds[shard + 1] - r.bounds[shard]) for r in routed]
+        sizes = [b[shard + 1] - b[shard] for b in bounds]
         for part, message in enumerate(chunks(sizes, row_bytes)):
             entries = []
             for t, start, stop in message:
-                base = int(routed[t].bounds[shard])
-                a, b = base + start, base + stop
-                entries.append(
-                    ps_pb2.TableGradients(
-                        table=tables[t],
-                        keys=wire.encode_keys(routed[t].keys[a:b]),
-                        grads=summed[t][a:b].tobytes(),
-                    )
-                )
-            request = ps_pb2.PushRequest(
-                tables=entries, request_id=f"{push_id}/{shard}.{part}", view=view
+                a, b = bounds[t][shard] + start, bounds[t][shard] + stop
+                entries.append((tables[t], routed[t].keys[a:b], summed[t][a:b]))
+            request = wire.encode_push_request(
+                entries, f"{push_id}/{shard}.{part}", view.shard_index, view.num_shards
             )
             calls.append((shard, request))
     return calls

@@ -25,7 +25,14 @@ from ps_client.retry import RetryPolicy
 __all__ = ["ShardCalls"]
 
 _LOGGER = logging.getLogger(__name__)
-_LOOKUP_METHOD = "/monolith_ps.v1.ParameterServer/Lookup"
+_SERVICE = "/monolith_ps.v1.ParameterServer/"
+# Row calls whose requests the client encodes itself (``wire.encode_*_request``); Lookup
+# answers are read in place (``wire.decode_lookup_response``), not through the generated
+# class, which would copy every row twice.
+_ENCODED_CALLS = {
+    "Lookup": wire.decode_lookup_response,
+    "Push": ps_pb2.PushResponse.FromString,
+}
 
 
 class ShardCalls:
@@ -61,15 +68,16 @@ class ShardCalls:
             open_channel(a, self._options, self._tls, self._token) for a in self.addresses
         ]
         self._stubs = [ps_pb2_grpc.ParameterServerStub(ch) for ch in self._channels]
-        # Lookup answers are read in place (wire.decode_lookup_response), not through
-        # the generated class, which would copy every row twice.
-        self._lookups = [
-            ch.unary_unary(
-                _LOOKUP_METHOD,
-                request_serializer=wire.serialized,
-                response_deserializer=wire.decode_lookup_response,
-                _registered_method=True,
-            )
+        self._encoded = [
+            {
+                method: ch.unary_unary(
+                    _SERVICE + method,
+                    request_serializer=wire.serialized,
+                    response_deserializer=decode,
+                    _registered_method=True,
+                )
+                for method, decode in _ENCODED_CALLS.items()
+            }
             for ch in self._channels
         ]
         self._set_views()
@@ -91,7 +99,7 @@ class ShardCalls:
         self.num_shards = len(order)
         self._channels = [self._channels[i] for i in order]
         self._stubs = [self._stubs[i] for i in order]
-        self._lookups = [self._lookups[i] for i in order]
+        self._encoded = [self._encoded[i] for i in order]
         self._set_views()
 
     def close(self) -> None:
@@ -117,11 +125,7 @@ class ShardCalls:
                         f"{method} on {self.addresses[shard]}: deadline passed after "
                         f"{attempt - 1} attempts"
                     )
-                rpc = (
-                    self._lookups[shard]
-                    if method == "Lookup"
-                    else getattr(self._stubs[shard], method)
-                )
+                rpc = self._encoded[shard].get(method) or getattr(self._stubs[shard], method)
                 options = {
                     "timeout": min(remaining, self._attempt_timeout),
                     "wait_for_ready": attempt > 1,

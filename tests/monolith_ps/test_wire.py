@@ -142,3 +142,23 @@ def test_lookup_request_encodes_byte_for_byte_like_protobuf(rng, shard_index, nu
     assert wire.encode_lookup_request(entries, shard_index, num_shards) == expected
     assert wire.serialized(expected) is expected
     assert wire.serialized(ps_pb2.LookupRequest.FromString(expected)) == expected
+
+
+@pytest.mark.parametrize(("shard_index", "num_shards"), [(0, 1), (5, 300)])
+def test_push_request_encodes_byte_for_byte_like_protobuf(rng, shard_index, num_shards):
+    entries = [
+        ("user_id", rng.integers(0, 2**63, 40, dtype=np.uint64), rng.random((40, 8))),
+        ("", np.arange(2, dtype=np.uint64), np.ones((2, 3), np.float32)),
+        ("item", np.zeros(0, dtype=np.uint64), np.zeros((0, 8), np.float32)),
+    ]
+    expected = ps_pb2.PushRequest(
+        tables=[
+            ps_pb2.TableGradients(
+                table=name, keys=wire.encode_keys(k), grads=g.astype("<f4").tobytes()
+            )
+            for name, k, g in entries
+        ],
+        request_id="abc-7/1.0",
+        view=ps_pb2.ShardView(shard_index=shard_index, num_shards=num_shards),
+    ).SerializeToString()
+    assert wire.encode_push_request(entries, "abc-7/1.0", shard_index, num_shards) == expected
