@@ -5,13 +5,13 @@ extended with ``ftruncate`` to a sparse length ahead of its rows, which is mappe
 ``MAP_SHARED``/``PROT_READ`` once: reading a cold row is a memory copy from the page
 cache, not a system call (a ``pread`` of a 512-byte row costs about 1 us, most of it the
 call itself). Reads stay inside the file's length, so a row never written reads as zeros
-and nothing faults past the end. When the rows outgrow the mapping, the file is extended
-and mapped again at twice the length (its pages then come back into the new mapping as
-they are read, a fault per 64 KiB or so: filling in the whole file at once could read it
-back from disk). Writes go through ``pwrite``, which shares the page cache with the
-mapping; each write then fills in the page tables of the bytes it wrote
+and nothing faults past the end. Writes go through ``pwrite``, which shares the page cache
+with the mapping; each write then fills in the page tables of the bytes it wrote
 (``MADV_POPULATE_READ``, Linux >= 5.14, best effort: they are in the page cache, just
-written) so the first read of a row does not take a page fault.
+written) so the first read of a row does not take a page fault. When the rows outgrow the
+mapping, the file is extended and mapped again at twice the length, and the page tables of
+the rows written so far are filled in again in one call (once per doubling; pages the
+kernel reclaimed since are read back from disk then, instead of one fault at a time).
 
 The mapped pages are clean page cache after writeback, not the process's own memory: the
 kernel can reclaim them under pressure (a later read faults them back in from disk), and
@@ -55,6 +55,7 @@ class ColdFile:
         self.row_bytes = row_width * self._storage.itemsize
         self.rows = np.zeros((0, row_width), dtype=self._storage)
         self._mapping: mmap.mmap | None = None
+        self._written = 0  # bytes from the start of the file that hold rows
         try:
             self._map(MAP_BYTES)
         except OSError as exc:
@@ -68,6 +69,7 @@ class ColdFile:
         """Make :attr:`rows` cover at least ``rows`` rows (a new, longer view)."""
         if rows > self.capacity:
             self._map(max(rows * self.row_bytes, 2 * self.capacity * self.row_bytes))
+            self._populate(0, self._written)
 
     def write(self, first_row: int, data: np.ndarray) -> None:
         """Write the contiguous rows ``data`` from row ``first_row`` on (within
@@ -76,6 +78,7 @@ class ColdFile:
         view = memoryview(data).cast("B")
         if os.pwrite(self._fd, view, offset) != view.nbytes:
             raise OSError(f"short write to the cold tier's file ({view.nbytes} bytes)")
+        self._written = max(self._written, offset + view.nbytes)
         self._populate(offset, offset + view.nbytes)
 
     def _map(self, nbytes: int) -> None:
