@@ -14,7 +14,9 @@ same process run:
   same way from a fresh process (>= 0.85; that process fixes its malloc thresholds as a
   default ``PSClient`` does). Beside it, a fresh ``PSClient(tune_allocator=False)``.
 - A trainer-like loop in a fresh process (lookup, some numpy, push; 1 key in 16 new each
-  step): lookup rows/s, lookup p50 and step time.
+  step): lookup rows/s, lookup p50 and step time; beside it the same loop with
+  ``OPENBLAS_NUM_THREADS=1`` (numpy's BLAS threads spin after each product, on the cores
+  the client and server need).
 - Lookup rows/s vs Redis MGET of the same rows stored as 256-byte strings: >= 5.
 - Push (Adagrad) rows/s vs Redis GET of values and accumulators + numpy Adagrad + SET:
   >= 8.
@@ -59,6 +61,8 @@ from ps_client import PSClient  # noqa: E402
 
 _POPULATE_BATCH = 65536
 _FRESH = str(Path(__file__).resolve().with_name("service_fresh.py"))
+# numpy's OpenBLAS threads spin after each product and take the cores gRPC needs
+_ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------- measurements
@@ -141,14 +145,19 @@ class _Fresh:
         self.bare, self.bare_address = start_bare(workdir / "fresh-bare", args.dim, args.batch)
         self.round = 0
 
-    def run(self, mode: str, seconds: float, *extra: str) -> dict[str, np.ndarray]:
+    def run(
+        self, mode: str, seconds: float, *extra: str, env: dict[str, str] | None = None
+    ) -> dict[str, np.ndarray]:
         address = self.bare_address if mode == "bare" else self.ps_address
         a = self.args
         cmd = [sys.executable, _FRESH, mode, address, "--rows", str(a.rows), "--dim",
                str(a.dim), "--batch", str(a.batch), "--seconds", str(seconds), "--seed",
                str(self.round), *extra]  # fmt: skip
         self.round += 1
-        done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, timeout=600, check=True)
+        done = subprocess.run(
+            cmd, cwd=REPO_ROOT, capture_output=True, timeout=600, check=True,
+            env=None if env is None else os.environ | env,
+        )  # fmt: skip
         return {k: np.array(v) for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
 
     def close(self) -> None:
@@ -211,6 +220,9 @@ def _measure(args, workdir: Path, key_batches, grad_batches) -> dict:
             trainer = fresh.run("trainer", per_round)
             series.setdefault("trainer_lookup", []).append(trainer["latencies"])
             series.setdefault("trainer_step", []).append(trainer["steps"])
+            trainer = fresh.run("trainer", per_round, env=_ONE_BLAS_THREAD)
+            series.setdefault("trainer_1blas_lookup", []).append(trainer["latencies"])
+            series.setdefault("trainer_1blas_step", []).append(trainer["steps"])
             series.setdefault("table_lookup", []).append(local.lookup(per_round / 4, 10))
             series.setdefault("ps_push", []).append(ours.push(per_round, 10))
             if has_redis:
@@ -230,6 +242,8 @@ def _measure(args, workdir: Path, key_batches, grad_batches) -> dict:
                 "untuned_lookup": summary(series["fresh_untuned_lookup"], args.batch),
                 "trainer_lookup": summary(series["trainer_lookup"], args.batch),
                 "trainer_step": summary(series["trainer_step"], args.batch),
+                "trainer_1blas_lookup": summary(series["trainer_1blas_lookup"], args.batch),
+                "trainer_1blas_step": summary(series["trainer_1blas_step"], args.batch),
             },
             "bare_grpc": {"lookup": summary(series["bare_lookup"], args.batch)},
             "table_in_process": {"find_or_insert": summary(series["table_lookup"], args.batch)},
@@ -271,6 +285,10 @@ def _report(results: dict, args) -> str:
         ("Lookup rows/s, trainer loop (fresh)", fresh["trainer_lookup"]["rows_per_s"],
          "bare gRPC servicer, fresh client", fresh["bare_lookup"]["rows_per_s"],
          ratios["trainer_vs_fresh_bare_grpc"], "reported"),
+        ("Lookup rows/s, trainer loop (fresh), OPENBLAS_NUM_THREADS=1",
+         fresh["trainer_1blas_lookup"]["rows_per_s"], "bare gRPC servicer, fresh client",
+         fresh["bare_lookup"]["rows_per_s"], ratios["trainer_1blas_vs_fresh_bare_grpc"],
+         "reported"),
     ]  # fmt: skip
     if "skipped" in rd:
         lines_redis = [f"Redis references not run: {rd['skipped']}."]
@@ -307,7 +325,10 @@ def _report(results: dict, args) -> str:
         f"Fresh client and server: Lookup p50 {fresh['lookup']['p50_ms']:.2f} ms, p99 "
         f"{fresh['lookup']['p99_ms']:.2f} ms. Trainer loop (lookup, numpy, push; 1 key in 16 "
         f"new): lookup p50 {fresh['trainer_lookup']['p50_ms']:.2f} ms, step p50 "
-        f"{fresh['trainer_step']['p50_ms']:.2f} ms.",
+        f"{fresh['trainer_step']['p50_ms']:.2f} ms; with OPENBLAS_NUM_THREADS=1 (the numpy "
+        f"product's threads no longer spin on the cores gRPC needs): lookup p50 "
+        f"{fresh['trainer_1blas_lookup']['p50_ms']:.2f} ms, step p50 "
+        f"{fresh['trainer_1blas_step']['p50_ms']:.2f} ms.",
         f"Where a Lookup's time goes (p50 per call): the table's find_or_insert alone, in "
         f"process, {results['table_in_process']['find_or_insert']['p50_ms']:.2f} ms (random rows "
         f"of a {ps['rows']:,}-row arena); the bare transport {bare['lookup']['p50_ms']:.2f} ms; "
@@ -348,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         / ps["lookup"]["rows_per_s"],
         "fresh_vs_primed_bare_grpc": fresh["lookup"]["rows_per_s"] / bare["lookup"]["rows_per_s"],
         "trainer_vs_fresh_bare_grpc": fresh["trainer_lookup"]["rows_per_s"]
+        / fresh["bare_lookup"]["rows_per_s"],
+        "trainer_1blas_vs_fresh_bare_grpc": fresh["trainer_1blas_lookup"]["rows_per_s"]
         / fresh["bare_lookup"]["rows_per_s"],
     }
     if "skipped" not in rd:
