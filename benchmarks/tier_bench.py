@@ -7,8 +7,9 @@ budget (1/16, 1/8, 1/4, 1/2 of the table's in-memory bytes) a tiered table is fi
 the reference, warmed up with the same traffic (four times the batches of one timed run,
 so the cold file's segments near their steady share of holes), then timed:
 
-- ``find_or_insert``: the training lookup; cold rows it touches are promoted, and the hot
-  tier demotes its least recently used rows past the budget.
+- ``find_or_insert``: the training lookup; cold rows it touches are promoted (or only lent
+  to the call when ranked below the rows last demoted), and the hot tier demotes its least
+  recently used rows (``--eviction lfu``: least counted) past the budget.
 - ``find``: the serving lookup; read-only, cold rows are read where they lie.
 
 The reference is an all-in-memory table of the same config and rows, timed in the same run,
@@ -29,7 +30,7 @@ and optimizer state) with ``pread`` at random offsets of a page-cached file of a
 (what fetching one row with a system call costs at the least), and, reported beside it,
 copying them from a read-only shared mapping of that file (what the cold tier does).
 
-    python benchmarks/tier_bench.py --json results/tier_bench.json [--rows 200000]
+    python benchmarks/tier_bench.py --json results/tier_bench.json [--rows 200000] [--eviction lfu]
 """
 
 from __future__ import annotations
@@ -146,10 +147,11 @@ def main() -> int:
     parser.add_argument("--exponent", type=float, default=1.1)
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eviction", choices=("lru", "lfu"), default="lru")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    base = TableConfig(name="t", dim=DIM, optimizer="adagrad")
+    base = TableConfig(name="t", dim=DIM, optimizer="adagrad", eviction=args.eviction)
     reference = EmbeddingTable(base)
     fill(reference, args.rows)
     # the table's in-memory bytes per row, as the budget counts them
@@ -171,8 +173,8 @@ def main() -> int:
         for fraction in FRACTIONS:
             budget = int(data_bytes * fraction)
             config = TableConfig(
-                name="t", dim=DIM, optimizer="adagrad", memory_budget_bytes=budget,
-                cold_dir=cold_dir,
+                name="t", dim=DIM, optimizer="adagrad", eviction=args.eviction,
+                memory_budget_bytes=budget, cold_dir=cold_dir,
             )  # fmt: skip
             table = EmbeddingTable(config)
             fill(table, args.rows)
@@ -233,6 +235,7 @@ def main() -> int:
         "rows": args.rows,
         "dim": DIM,
         "exponent": args.exponent,
+        "eviction": args.eviction,
         "batch": BATCH,
         "all-in-memory table MB": reference.memory_bytes() / 1e6,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -242,7 +245,8 @@ def main() -> int:
         "goal": f"find_or_insert ratio >= {GOAL} at budget 1/8",
     }
     print(
-        f"{args.rows} rows, dim {DIM}, Zipf {args.exponent}, all-in-memory table "
+        f"{args.rows} rows, dim {DIM}, Zipf {args.exponent}, {args.eviction.upper()}, "
+        "all-in-memory table "
         f"{report['all-in-memory table MB']:.0f} MB\n"
     )
     print(

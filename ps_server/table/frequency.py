@@ -45,13 +45,15 @@ def fit_sketch(t: TableArrays, batch: int) -> None:
 
 def age_frequencies(t: TableArrays, tiering: Tiering | None) -> None:
     """LFU aging, when ``10 * max_rows`` accesses passed since the last: halve every row's
-    count (hot and cold) and every sketch counter."""
+    count (hot and cold), every sketch counter and the tiers' horizon."""
     if not t.aging_period or int(t.scalars[rows.TICK]) < t.next_aging:
         return
     rows.halve_frequencies(t.meta, t.high)
     cold = None if tiering is None else tiering.cold
     if cold is not None and len(cold):
         rows.halve_frequencies(cold.meta, cold.high)
+    if tiering is not None:
+        tiering.halve_horizon()
     np.right_shift(t.sketch, 1, out=t.sketch)
     t.next_aging = int(t.scalars[rows.TICK]) + t.aging_period
 

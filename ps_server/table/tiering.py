@@ -38,8 +38,9 @@ class Tiering:
         self._t = t
         self.cold = ColdTier(cold_dir, t.dim + t.state_width, t.storage)
         self.hot_limit = max(1, budget // hot_row_bytes(t.dim, t.state_width, t.storage))
-        # LRU tables: the last use of the rows the last demotion moved out; a lookup only
-        # lends the hot tier a cold row last used before it (see ``promote``)
+        # the highest usage rank among the rows the last demotion moved out (LRU: their
+        # last use; LFU: their count, then last use); a lookup only lends the hot tier a
+        # cold row ranked below it (see ``promote``)
         self.horizon = 0
         self._lent: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -65,11 +66,13 @@ class Tiering:
     def promote(self, keys: np.ndarray, *, for_lookup: bool = False) -> None:
         """Bring the cold rows among ``keys`` into the hot tier.
 
-        A lookup on an LRU table only lends the hot tier the rows last used before the
-        horizon (used once in longer than the hot tier keeps a row): the next
-        :meth:`demote_over_budget` of the same call moves them back to their cold rows
-        without writing, so a key seen once in a long while does not push a hot row out;
-        seen again before the horizon passes it, it stays."""
+        A lookup only lends the hot tier the rows ranked below the horizon, the rank of the
+        last rows demoted: the next :meth:`demote_over_budget` of the same call moves them
+        back to their cold rows without writing, so a key seen once in a long while does
+        not push a hot row out. On an LRU table a row last used before the horizon is lent,
+        and stays once seen again before the horizon passes its last use; on an LFU table
+        a row counted less often than the rows last demoted is lent, and stays once its
+        count beats theirs."""
         t, cold = self._t, self.cold
         self._lent = None
         if len(cold) == 0 or keys.shape[0] == 0:
@@ -78,11 +81,10 @@ class Tiering:
         cuckoo.locate(cold.index, keys, cold_rows)
         hit = cold_rows >= 0
         keys, cold_rows = keys[hit], cold_rows[hit]
-        lends = for_lookup and not t.lfu
-        lent_keys = np.empty(keys.shape[0] if lends else 0, dtype=np.uint64)
+        lent_keys = np.empty(keys.shape[0] if for_lookup else 0, dtype=np.uint64)
         lent = np.empty((lent_keys.shape[0], 3), dtype=np.int64)
         lent_count = np.zeros(1, dtype=np.int64)
-        horizon = self.horizon if lends else -1
+        horizon = self.horizon if for_lookup else -1
         promoted = 0
         start = 0
         while True:
@@ -114,8 +116,9 @@ class Tiering:
         high = t.high
         usage = usage_ranks(t.meta, high)
         victims = np.argpartition(usage, excess - 1)[:excess] if excess < high else np.arange(high)
-        if not t.lfu:
-            self.horizon = max(self.horizon, int(t.meta[victims, rows.USAGE_COL].max()))
+        demoted_rank = int(t.meta[victims, rows.USAGE_COL].max())
+        # LFU counts halve with age: the horizon is the last demotion's, not the highest
+        self.horizon = demoted_rank if t.lfu else max(self.horizon, demoted_rank)
         demoted = 0
         start = 0
         try:
@@ -136,6 +139,11 @@ class Tiering:
             cold.flush()
         t.stats["demoted"] += demoted
         self._shrink_hot()
+
+    def halve_horizon(self) -> None:
+        """LFU aging halved every count: halve the horizon's count the same way."""
+        count = ((self.horizon >> rows.TICK_BITS) + 1) >> 1
+        self.horizon = (count << rows.TICK_BITS) | (self.horizon & ((1 << rows.TICK_BITS) - 1))
 
     def _return_lent(self) -> None:
         """Move the rows the last lookup lent the hot tier back to their cold rows."""

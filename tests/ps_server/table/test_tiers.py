@@ -15,7 +15,7 @@ from table_helpers import fingerprint
 from monolith_ps.errors import ConfigError
 from monolith_ps.optimizer_specs import OPTIMIZERS
 from monolith_ps.table_config import TableConfig
-from ps_server.table import EmbeddingTable, cold, cold_io
+from ps_server.table import EmbeddingTable, cold, cold_io, rows
 
 TTL = 40.0
 KEY_SPACE = 900
@@ -207,6 +207,45 @@ def test_a_key_looked_up_once_in_a_long_while_does_not_push_hot_rows_out(tmp_pat
     assert cold_hits(again) == 0
     assert tiered.tier_stats()["hot_rows"] <= limit
     assert _without_stats(tiered) == _without_stats(plain)
+
+
+def test_lfu_lends_rows_counted_less_than_the_hot_ones_until_their_count_beats_them(tmp_path):
+    tiered, plain = _pair(tmp_path, budget=12_000, optimizer="adagrad", eviction="lfu")
+    limit = tiered.tier_stats()["hot_row_limit"]
+
+    def cold_hits(keys: np.ndarray) -> int:
+        before = tiered.stats()["cold_hits"]
+        out = tiered.find_or_insert(keys, now=3.0)
+        np.testing.assert_array_equal(out, plain.find_or_insert(keys, now=3.0))
+        return tiered.stats()["cold_hits"] - before
+
+    hot = np.arange(limit // 2, dtype=np.uint64)
+    for _ in range(4):
+        cold_hits(hot)
+    # keys used once: the least counted go cold, the hot keys stay
+    once = np.arange(limit, 5 * limit, dtype=np.uint64)
+    for lo in range(0, once.shape[0], limit // 2):
+        cold_hits(once[lo : lo + limit // 2])
+    assert cold_hits(hot) == 0
+    # cold keys counted no more than the last ones demoted are read and lent, not kept
+    early = once[: 2 * limit]
+    assert cold_hits(early) == early.shape[0]
+    assert cold_hits(hot) == 0
+    # counted again, their count beats the rows last demoted: kept
+    again = early[-5:]
+    assert cold_hits(again) == again.shape[0]
+    assert cold_hits(again) == 0
+    assert cold_hits(hot) == 0
+    assert tiered.tier_stats()["hot_rows"] <= limit
+    assert _without_stats(tiered) == _without_stats(plain)
+
+
+def test_lfu_aging_halves_the_horizon_count_as_it_halves_rows(tmp_path):
+    tiered, _ = _pair(tmp_path, optimizer="sgd", eviction="lfu", max_rows=40)
+    tiering = tiered._tiering
+    tiering.horizon = (5 << rows.TICK_BITS) | 7
+    tiering.halve_horizon()
+    assert tiering.horizon == (3 << rows.TICK_BITS) | 7
 
 
 def test_serving_table_fed_by_deltas_matches(tmp_path):
