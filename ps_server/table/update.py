@@ -9,6 +9,7 @@ from numba import njit
 from monolith_ps.routing import mix64
 from ps_server.table.cuckoo import bucket_a, bucket_b, probe
 from ps_server.table.jit import hot_kernel
+from ps_server.table.prefetch import prefetch_at
 from ps_server.table.rows import (
     DONE,
     LIVE,
@@ -25,6 +26,7 @@ from ps_server.table.rows import (
 )
 
 SEED_BATCH = np.uint64(0x452821E638D01377)
+_SLOTS_AHEAD = 8  # keys ahead whose hash slot merge_push fetches (a big push's slots miss L2)
 _EXPONENT = np.uint32(0x7F800000)
 _EXPONENT_LSB = np.uint32(0x00800000)
 _SIGN = np.uint32(0x80000000)
@@ -45,7 +47,8 @@ def _finite_row(bits, i):
 @njit(nogil=True, cache=True, error_model="numpy")
 def merge_push(keys, grad_bits):
     """A push's distinct keys in first-seen order, checked and merged in one pass over its
-    keys and gradients, without copying gradients.
+    keys and gradients, without copying gradients; each key's hash slot is fetched a few
+    keys ahead.
 
     ``grad_bits`` is the float32 ``(len(keys), dim)`` gradient array viewed as ``uint32``
     (a value is not finite when its exponent bits are all set). Returns ``(unique, counts,
@@ -68,6 +71,8 @@ def merge_push(keys, grad_bits):
     slots = np.full(size, -1, dtype=np.int32)
     u = 0
     for i in range(n):
+        if i + _SLOTS_AHEAD < n:
+            prefetch_at(slots, mix64(keys[i + _SLOTS_AHEAD] ^ SEED_BATCH) & mask, 0)
         if not _finite_row(grad_bits, i):
             return unique, counts, first, next_same, u, i
         key = keys[i]
