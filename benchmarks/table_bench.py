@@ -10,7 +10,9 @@ machine state:
 - ``adagrad over precomputed rows``: the apply reference, a plain Numba loop taking one
   Adagrad step per row at precomputed row indices over a dense arena laid out as the
   table's (values, then accumulator, per row): it reads the gradient and reads and writes
-  value and accumulator, with no index lookup, no metadata and no duplicate handling.
+  value and accumulator, with no index lookup, no metadata and no duplicate handling;
+  and the same loop fetching each row's lines 8 rows ahead of its step (the software
+  prefetch the table's kernels use), the ceiling of a step on random rows here.
 
 Measured: ``find`` (read-only lookups), ``find_or_insert`` of new keys (normal
 initializer; the table starts empty, so every growth of index and arenas is included; the
@@ -56,6 +58,7 @@ from monolith_ps.processes import rss_bytes  # noqa: E402
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
 from ps_server.table.arena import RowArena  # noqa: E402
+from ps_server.table.prefetch import prefetch_row  # noqa: E402
 
 DIM = 64
 TARGETS = {  # ratio name -> (minimum, enforced by --check)
@@ -65,6 +68,8 @@ TARGETS = {  # ratio name -> (minimum, enforced by --check)
     "apply_gradients adagrad / gather": (0.4, True),
 }
 MAX_BYTES_RATIO = 1.3
+PREFETCH_AHEAD = 8
+PREFETCHED = "adagrad over precomputed rows, prefetched"
 
 
 @njit(nogil=True, cache=True)
@@ -78,12 +83,21 @@ def gather(arena: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def adagrad_rows(
-    arena: np.ndarray, idx: np.ndarray, grads: np.ndarray, lr: np.float32, eps: np.float32
+    arena: np.ndarray,
+    idx: np.ndarray,
+    grads: np.ndarray,
+    lr: np.float32,
+    eps: np.float32,
+    ahead: int,
 ) -> None:
     """The apply reference: one Adagrad step on each row at precomputed indices; ``arena``
-    rows hold the values, then the accumulator."""
+    rows hold the values, then the accumulator. With ``ahead`` > 0 each row's lines are
+    fetched that many rows before its step."""
     dim = grads.shape[1]
-    for i in range(idx.shape[0]):
+    n = idx.shape[0]
+    for i in range(n):
+        if ahead > 0 and i + ahead < n:
+            prefetch_row(arena, idx[i + ahead])
         w = arena[idx[i], :dim]
         s = arena[idx[i], dim:]
         g = grads[i]
@@ -182,7 +196,7 @@ def warm_up() -> None:
     gather(np.ones((4, DIM), np.float32), np.zeros(2, np.int64), np.empty((2, DIM), np.float32))
     adagrad_rows(
         np.ones((4, 2 * DIM), np.float32), np.zeros(2, np.int64), np.ones((2, DIM), np.float32),
-        np.float32(LR), np.float32(1e-10),
+        np.float32(LR), np.float32(1e-10), PREFETCH_AHEAD,
     )  # fmt: skip
 
 
@@ -241,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             "find": lambda b: table.find(query_keys[b]),
             "apply_gradients adagrad": lambda b: table.apply_gradients(query_keys[b], grads),
             "adagrad over precomputed rows": lambda b: adagrad_rows(
-                adagrad_arena, queries[b], grads, lr, eps
+                adagrad_arena, queries[b], grads, lr, eps, 0
+            ),
+            PREFETCHED: lambda b: adagrad_rows(
+                adagrad_arena, queries[b], grads, lr, eps, PREFETCH_AHEAD
             ),
         },
         batches,
@@ -272,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         / rates["gather"],
         "apply_gradients adagrad / adagrad over precomputed rows": rates["apply_gradients adagrad"]
         / rates["adagrad over precomputed rows"],
+        f"{PREFETCHED} / gather": rates[PREFETCHED] / rates["gather"],
+        f"apply_gradients adagrad / {PREFETCHED}": rates["apply_gradients adagrad"]
+        / rates[PREFETCHED],
     }
     memory = {
         "rows": len(table),
@@ -356,6 +376,8 @@ def render(result: dict) -> str:
     for name, ref in (
         ("adagrad over precomputed rows", "gather"),
         ("apply_gradients adagrad", "adagrad over precomputed rows"),
+        (PREFETCHED, "gather"),
+        ("apply_gradients adagrad", PREFETCHED),
     ):
         ratio = result["reference_ratios"][f"{name} / {ref}"]
         lines.append(
