@@ -19,7 +19,7 @@ import numpy as np
 
 from ps_server.table.cuckoo import insert, prefetch_buckets, probe, remove
 from ps_server.table.jit import hot_kernel
-from ps_server.table.prefetch import LOOKAHEAD, prefetch_row
+from ps_server.table.prefetch import LOOKAHEAD, prefetch_at, prefetch_row
 from ps_server.table.rows import (
     DONE,
     FREE_HEAD,
@@ -242,6 +242,8 @@ def return_rows(
         if ahead < count:
             prefetch_row(hot_meta, lent[ahead, 1])
             prefetch_row(cold_meta, lent[ahead, 0])
+            prefetch_at(hot_keys, lent[ahead, 1], 0)
+            prefetch_at(cold_keys, lent[ahead, 0], 0)
             prefetch_buckets(cold_index, lent_keys[ahead], cold_mask)
             prefetch_buckets(hot_index, lent_keys[ahead], hot_mask)
         key = lent_keys[i]
