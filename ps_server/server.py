@@ -16,19 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from monolith_ps import wire
 from monolith_ps.health import LIVENESS_SERVICE, SERVICE_NAME, STARTUP_SERVICE
 from monolith_ps.logs import fields
 from monolith_ps.v1 import ps_pb2_grpc
 from ps_server.authz import Authorizer
 from ps_server.delta_metrics import DeltaMetrics
 from ps_server.delta_receiver import DeltaReceiver
-from ps_server.dense import DenseStore
 from ps_server.errors import UndecodableRequests
 from ps_server.handler_cache import HandlerRewrite
 from ps_server.hooks import Snapshotter, SnapshotterFactory
@@ -38,8 +35,8 @@ from ps_server.servicers import BaseServicer, ServingServicer, TrainingServicer
 from ps_server.settings import ServerSettings
 from ps_server.state import ShardState
 from ps_server.stream_guard import StreamBudget, StreamGuard, handler_threads
-from ps_server.table import EmbeddingTable
 from ps_server.threads import DaemonThreadPool
+from ps_server.warmup import warm_up
 
 __all__ = [
     "LIVENESS_SERVICE",
@@ -444,28 +441,6 @@ class PSServer:
                 if expired:
                     _LOGGER.info("rows_expired", extra=fields(table=name, rows=int(expired)))
             self.metrics.expiry_sweeps.inc()
-
-
-def warm_up(state: ShardState) -> None:
-    """Run every kernel the RPCs use once on scratch copies, so they are compiled (or
-    loaded from Numba's cache) before health says SERVING, not during the first calls."""
-    for table in state.tables.values():
-        scratch = EmbeddingTable(table.config, trainable=table.trainable, dtype=table.dtype)
-        # Read-only arrays over bytes, exactly as requests decode them.
-        keys = wire.decode_keys(wire.encode_keys(np.array([1], dtype=np.uint64)))
-        if table.trainable:
-            scratch.find_or_insert(keys)
-            grads, _ = wire.encode_values(np.zeros((1, table.dim), dtype=np.float32))
-            scratch.apply_gradients(keys, wire.decode_values(grads, 1, table.dim))
-        scratch.find(keys)
-    if state.dense is not None and state.dense.trainable:
-        scratch_dense = DenseStore(state.config.dense)
-        scratch_dense.push(
-            {
-                info.name: wire.decode_values(bytes(4 * info.size), 1, info.size)[0]
-                for info in scratch_dense.describe()
-            }
-        )
 
 
 def create_server(

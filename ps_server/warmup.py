@@ -7,6 +7,7 @@ signature a server can use: each optimizer, both serving dtypes, admission, TTL,
 eviction policies, the learned default row, dense arrays, the sync kernels (export,
 apply, delete, expire) of training and serving tables, and the routing kernels that
 training, serving and the sync agent run on decoded and on their own key arrays.
+``warm_up`` is the same for one server's own tables, run before it reports SERVING.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import numpy as np
 from monolith_ps import kernel_cache, wire
 from monolith_ps.config import ClusterConfig, parse_config
 from monolith_ps.routing import shard_of, split_by_shard
-from ps_server.server import warm_up
+from ps_server.dense import DenseStore
 from ps_server.state import ShardState
+from ps_server.table import EmbeddingTable
 
-__all__ = ["COVERAGE_CONFIG", "warm_kernels"]
+__all__ = ["COVERAGE_CONFIG", "warm_kernels", "warm_up"]
 
 COVERAGE_CONFIG: dict[str, Any] = {
     "tables": [
@@ -68,3 +70,25 @@ def warm_kernels(config: ClusterConfig | None = None) -> float:
         shard_of(routed, 2)
         split_by_shard(routed, 2)
     return time.monotonic() - started
+
+
+def warm_up(state: ShardState) -> None:
+    """Run every kernel the RPCs use once on scratch copies, so they are compiled (or
+    loaded from Numba's cache) before health says SERVING, not during the first calls."""
+    for table in state.tables.values():
+        scratch = EmbeddingTable(table.config, trainable=table.trainable, dtype=table.dtype)
+        # Read-only arrays over bytes, exactly as requests decode them.
+        keys = wire.decode_keys(wire.encode_keys(np.array([1], dtype=np.uint64)))
+        if table.trainable:
+            scratch.find_or_insert(keys)
+            grads, _ = wire.encode_values(np.zeros((1, table.dim), dtype=np.float32))
+            scratch.apply_gradients(keys, wire.decode_values(grads, 1, table.dim))
+        scratch.find(keys)
+    if state.dense is not None and state.dense.trainable:
+        scratch_dense = DenseStore(state.config.dense)
+        scratch_dense.push(
+            {
+                info.name: wire.decode_values(bytes(4 * info.size), 1, info.size)[0]
+                for info in scratch_dense.describe()
+            }
+        )
