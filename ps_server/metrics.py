@@ -76,6 +76,11 @@ _TABLE_COUNTERS = {
     ),
     "promoted": ("monolith_ps_rows_promoted", "Rows moved from the cold tier to the hot tier."),
     "demoted": ("monolith_ps_rows_demoted", "Rows moved from the hot tier to the cold tier."),
+    "cold_tier_full": (
+        "monolith_ps_cold_tier_full",
+        "Demotions stopped because cold_dir had no space for another segment of cold rows "
+        "(the rows stay in memory, over the budget, until a later demotion finds space).",
+    ),
 }
 UNKNOWN_TABLE_LABEL = "_unknown"
 _HTTP_THREADS = 4  # scrapes and probes are small; more connections wait their turn

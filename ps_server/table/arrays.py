@@ -44,6 +44,7 @@ STAT_NAMES = (
     "cold_hits",
     "promoted",
     "demoted",
+    "cold_tier_full",
 )
 
 

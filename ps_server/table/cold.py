@@ -124,9 +124,9 @@ class ColdTier:
         self.segment_live[: self.segments] = per_segment
 
     def _add_segment(self) -> None:
-        self.segments += 1
-        high = self.segments * self.segment_rows
+        high = (self.segments + 1) * self.segment_rows
         self._file.reserve(high)
+        self.segments += 1
         self.keys, self.meta = (a.grow(high) for a in self._arenas)
         if self.segments > self.segment_live.shape[0]:
             live = np.zeros(max(4, 2 * self.segments), dtype=np.int64)

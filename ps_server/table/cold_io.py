@@ -13,6 +13,10 @@ mapping, the file is extended and mapped again at twice the length, and the page
 the rows written so far are filled in again in one call (once per doubling; pages the
 kernel reclaimed since are read back from disk then, instead of one fault at a time).
 
+Every slot the tier hands out has its disk space allocated first (``posix_fallocate``), so
+a full disk fails the reservation of a new segment, before any row moves there, and never
+the write of rows already moved out of the hot tier.
+
 The mapped pages are clean page cache after writeback, not the process's own memory: the
 kernel can reclaim them under pressure (a later read faults them back in from disk), and
 they count as the process's ``RssFile`` (``RssShmem`` on tmpfs), not ``RssAnon``.
@@ -32,6 +36,10 @@ from monolith_ps.errors import ConfigError
 MAP_BYTES = 64 << 20  # of the file mapped at first; doubled each time the rows outgrow it
 _MADV_POPULATE_READ: int | None = getattr(mmap, "MADV_POPULATE_READ", 22)
 _PAGE = mmap.PAGESIZE
+
+
+class ColdTierFullError(OSError):
+    """No disk space is left under ``cold_dir`` for another segment of cold rows."""
 
 
 def _open_unlinked(directory: str) -> int:
@@ -56,6 +64,8 @@ class ColdFile:
         self.rows = np.zeros((0, row_width), dtype=self._storage)
         self._mapping: mmap.mmap | None = None
         self._written = 0  # bytes from the start of the file that hold rows
+        self._allocated = 0  # bytes from the start of the file with disk space allocated
+        self._directory = directory
         try:
             self._map(MAP_BYTES)
         except OSError as exc:
@@ -66,9 +76,22 @@ class ColdFile:
         return int(self.rows.shape[0])
 
     def reserve(self, rows: int) -> None:
-        """Make :attr:`rows` cover at least ``rows`` rows (a new, longer view)."""
+        """Allocate disk space for ``rows`` rows and make :attr:`rows` cover them (a new,
+        longer view); raises :class:`ColdTierFullError`, changing nothing the rows read,
+        when the disk has no room for them."""
+        need = rows * self.row_bytes
+        if need > self._allocated:
+            try:
+                os.posix_fallocate(self._fd, self._allocated, need - self._allocated)
+            except OSError as exc:
+                raise ColdTierFullError(
+                    exc.errno,
+                    f"cold_dir {self._directory!r}: no space for {need} bytes of "
+                    f"cold rows ({exc.strerror})",
+                ) from None
+            self._allocated = need
         if rows > self.capacity:
-            self._map(max(rows * self.row_bytes, 2 * self.capacity * self.row_bytes))
+            self._map(max(need, 2 * self.capacity * self.row_bytes))
             self._populate(0, self._written)
 
     def write(self, first_row: int, data: np.ndarray) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from ps_server.table import cuckoo, rows, tiers
 from ps_server.table.arrays import ARENA_GROWTH, TableArrays, usage_ranks
 from ps_server.table.cold import SHARED_SCALARS, ColdTier
+from ps_server.table.cold_io import ColdTierFullError
 
 __all__ = ["HALF_TO_F32", "Tiering"]
 
@@ -135,6 +136,10 @@ class Tiering:
                     cold.next_head()
                 else:
                     cold.grow_index()
+        except ColdTierFullError:
+            # The rows not demoted yet stay hot, over the budget, and the call that got
+            # here succeeds: the next demotion tries again.
+            t.stats["cold_tier_full"] += 1
         finally:
             cold.flush()
         t.stats["demoted"] += demoted

@@ -4,7 +4,9 @@ against an unbounded table and a dict of live keys and update times."""
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -142,6 +144,36 @@ def test_rows_match_after_the_cold_file_outgrew_its_mapping(small_segments, monk
     _run_random_operations(tiered, plain, seed=13)
     # mapped first over one page, then twice the length each time the rows outgrew it
     assert tiered.tier_stats()["cold_bytes"] > 4 * mmap.PAGESIZE
+
+
+def test_a_full_cold_dir_keeps_rows_hot_and_loses_none(small_segments, monkeypatch, tmp_path):
+    """With no space for another segment, demotion stops before moving a row: the rows stay
+    hot, over the budget, every call succeeds with the values of an unbounded table, and
+    demotion resumes once there is space again."""
+    tiered, plain = _pair(tmp_path, budget=4000, optimizer="adagrad")
+    disk = {"full": False}
+    allocate = os.posix_fallocate
+
+    def posix_fallocate(fd: int, offset: int, length: int) -> None:
+        if disk["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        allocate(fd, offset, length)
+
+    monkeypatch.setattr(cold_io.os, "posix_fallocate", posix_fallocate)
+    rng = np.random.default_rng(5)
+    for step in range(60):
+        disk["full"] = 20 <= step < 40
+        keys = rng.integers(0, 100 * (step + 1), 200).astype(np.uint64)  # the table grows
+        np.testing.assert_array_equal(tiered.find_or_insert(keys), plain.find_or_insert(keys))
+        grads = rng.standard_normal((keys.size, tiered.dim)).astype(np.float32)
+        assert tiered.apply_gradients(keys, grads) == plain.apply_gradients(keys, grads)
+        if step == 39:
+            tiers = tiered.tier_stats()
+            assert tiered.stats()["cold_tier_full"] > 0
+            assert tiers["hot_rows"] > tiers["hot_row_limit"]
+    assert _without_stats(tiered) == _without_stats(plain)
+    tiers = tiered.tier_stats()
+    assert tiers["hot_rows"] <= tiers["hot_row_limit"] and tiers["cold_rows"] > 1000
 
 
 def test_cold_file_reuses_the_holes_promotions_leave(small_segments, tmp_path):
