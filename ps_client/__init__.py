@@ -24,6 +24,7 @@ from ps_client.errors import (
 from ps_client.fid import make_fid
 from ps_client.results import PushResult, SnapshotInfo
 from ps_client.retry import RetryPolicy
+from ps_client.unique_keys import UniqueKeys
 
 __all__ = [
     "ClientTLS",
@@ -45,6 +46,7 @@ __all__ = [
     "SyncState",
     "TableInfo",
     "TopologyError",
+    "UniqueKeys",
     "UnknownTableError",
     "make_fid",
 ]

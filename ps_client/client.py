@@ -45,7 +45,7 @@ from ps_client.errors import (
     TopologyError,
     UnknownTableError,
 )
-from ps_client.planning import as_keys, assemble_found, output_rows, plan_chunks, route
+from ps_client.planning import assemble_found, output_rows, plan_chunks, route_table
 from ps_client.results import PushResult, SnapshotInfo
 from ps_client.retry import RetryPolicy
 from ps_client.shard_calls import ShardCalls
@@ -202,7 +202,8 @@ class PSClient:
         out: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
         """``lookup`` of several tables in one request per shard; ``out`` maps a table to
-        the array its rows are decoded into (see :meth:`lookup`)."""
+        the array its rows are decoded into (see :meth:`lookup`). A table's keys may be a
+        ``UniqueKeys`` made for this many shards (``push_many`` too): sent as they are."""
         shards = self._topology()
         if with_found and shards[0].role != "serving":
             raise PreconditionError(
@@ -210,9 +211,8 @@ class PSClient:
             )
         tables = list(keys_by_table)
         specs = [self._table_info(name) for name in tables]
-        keys = [as_keys(keys_by_table[name], name) for name in tables]
         shapes = [np.shape(keys_by_table[name]) for name in tables]
-        routed = [route(k, self.num_shards) for k in keys]
+        routed = [route_table(keys_by_table[name], name, self.num_shards) for name in tables]
         # Answers carry float32 values (serving widens float16 storage) and a found byte.
         found_byte = 1 if shards[0].role == "serving" else 0
         row_bytes = [max(8, spec.dim * 4 + found_byte) for spec in specs]
@@ -276,14 +276,13 @@ class PSClient:
         routed, summed = [], []
         for name, spec in zip(tables, specs, strict=True):
             raw_keys, raw_grads = grads_by_table[name]
-            keys = as_keys(raw_keys, name)
+            r = route_table(raw_keys, name, self.num_shards)
             grads = np.asarray(raw_grads)
             if grads.shape != np.shape(raw_keys) + (spec.dim,):
                 raise ValueError(
                     f"grads of table {name!r} must have shape keys.shape + ({spec.dim},) = "
                     f"{np.shape(raw_keys) + (spec.dim,)}, got {grads.shape}"
                 )
-            r = route(keys, self.num_shards)
             total = np.zeros((r.keys.size, spec.dim), dtype=np.float32)
             segment_sum(
                 r.position, np.ascontiguousarray(grads.reshape(-1, spec.dim), np.float32), total

@@ -12,8 +12,17 @@ import numpy as np
 from ps_client.batch_ops import route_keys
 from ps_client.buffers import OutputBuffers
 from ps_client.errors import RequestTooLargeError
+from ps_client.unique_keys import UniqueKeys
 
-__all__ = ["Routed", "as_keys", "assemble_found", "output_rows", "plan_chunks", "route"]
+__all__ = [
+    "Routed",
+    "as_keys",
+    "assemble_found",
+    "output_rows",
+    "plan_chunks",
+    "route",
+    "route_table",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +37,16 @@ class Routed:
 def route(keys: np.ndarray, num_shards: int) -> Routed:
     """Deduplicate ``keys`` and group the unique ones by shard."""
     return Routed(*route_keys(keys, num_shards))
+
+
+def route_table(keys: Any, table: str, num_shards: int) -> Routed:
+    """A table's keys deduplicated and grouped by shard: a ``UniqueKeys`` grouped for
+    ``num_shards`` shards is taken as it is (deduplicated once, where it was made), any
+    other keys are checked (:func:`as_keys`) and routed here."""
+    if isinstance(keys, UniqueKeys) and keys.grouped_for(num_shards):
+        assert keys.bounds is not None
+        return Routed(keys.unique, keys.bounds, np.arange(keys.unique.shape[0]))
+    return route(as_keys(keys, table), num_shards)
 
 
 def plan_chunks(

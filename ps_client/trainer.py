@@ -2,8 +2,9 @@
 
 A ``Trainer`` works with any store that has ``lookup_many`` and ``push_many``
 (``PSClient``, or an in-process ``LocalStore`` in tests) and a model given as a
-step function. Per batch it looks each table's keys up once (deduplicated, pad
-keys skipped), hands the step the rows laid out like the keys, sums the step's
+step function. Per batch it deduplicates each table's keys once (pad keys skipped,
+grouped by the store's shards: a ``PSClient`` sends them without deduplicating them
+again), looks them up, hands the step the rows laid out like the keys, sums the step's
 row gradients per unique key, and pushes them. Dense arrays, when the model has
 any, are pulled before the step and their gradients pushed after it. The step returns
 gradients of the batch's summed loss (the scale ``PSClient.push`` expects), not of its mean.
@@ -29,7 +30,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from ps_client.batch_ops import segment_sum
+from ps_client.unique_keys import UniqueKeys, keys_for, unique_per_table
 
 __all__ = [
     "Batch",
@@ -53,9 +54,9 @@ class Batch(Protocol):
 class SparseStore(Protocol):
     """Embedding rows by key: ``PSClient`` or a ``LocalStore``."""
 
-    def lookup_many(self, keys_by_table: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def lookup_many(self, keys_by_table: Mapping[str, Any]) -> dict[str, np.ndarray]: ...
 
-    def push_many(self, grads_by_table: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Any: ...
+    def push_many(self, grads_by_table: Mapping[str, tuple[Any, np.ndarray]]) -> Any: ...
 
 
 class DenseParameterStore(Protocol):
@@ -77,54 +78,6 @@ class StepResult:
 
 
 StepFn = Callable[[Any, Mapping[str, np.ndarray], Mapping[str, np.ndarray]], StepResult]
-
-
-@dataclasses.dataclass(frozen=True)
-class UniqueKeys:
-    """One table's batch keys deduplicated: ``keys == unique[inverse]`` where ``inverse >= 0``."""
-
-    unique: np.ndarray  # uint64 (u,)
-    inverse: np.ndarray  # int64, the keys' shape; -1 marks a pad key
-
-    @classmethod
-    def from_keys(cls, keys: np.ndarray, pad_key: int | None = None) -> UniqueKeys:
-        """Deduplicate ``keys`` (any shape); keys equal to ``pad_key`` get no row."""
-        keys = np.asarray(keys)
-        if keys.dtype != np.uint64:
-            raise TypeError(f"keys must be uint64, got {keys.dtype}")
-        flat = keys.ravel()
-        if pad_key is None:
-            unique, inverse = np.unique(flat, return_inverse=True)
-            return cls(unique, inverse.reshape(keys.shape))
-        present = flat != np.uint64(pad_key)
-        unique, inverse_present = np.unique(flat[present], return_inverse=True)
-        inverse = np.full(flat.shape, -1, dtype=np.int64)
-        inverse[present] = inverse_present
-        return cls(unique, inverse.reshape(keys.shape))
-
-    def gather(self, unique_rows: np.ndarray) -> np.ndarray:
-        """Rows laid out like the keys: ``keys.shape + (dim,)``, zeros at pad keys."""
-        if unique_rows.shape[0] != self.unique.shape[0]:
-            raise ValueError(f"expected {self.unique.shape[0]} rows, got {unique_rows.shape[0]}")
-        out = unique_rows[np.maximum(self.inverse, 0)]
-        out[self.inverse < 0] = 0.0
-        return out
-
-    def sum_per_key(self, grads: np.ndarray) -> np.ndarray:
-        """Sum of ``grads`` (``keys.shape + (dim,)``) per unique key: ``(u, dim)``."""
-        if grads.shape[: self.inverse.ndim] != self.inverse.shape:
-            raise ValueError(
-                f"gradients of shape {grads.shape} do not match keys of shape {self.inverse.shape}"
-            )
-        dim = grads.shape[-1]
-        flat_inverse = self.inverse.ravel()
-        flat_grads = np.ascontiguousarray(grads.reshape(-1, dim), dtype=np.float32)
-        present = flat_inverse >= 0
-        if not present.all():
-            flat_inverse, flat_grads = flat_inverse[present], flat_grads[present]
-        out = np.zeros((self.unique.shape[0], dim), dtype=np.float32)
-        segment_sum(flat_inverse, flat_grads, out)
-        return out
 
 
 @dataclasses.dataclass
@@ -276,13 +229,11 @@ class Trainer:
             self.stream = sys.stderr
 
     def _dedup(self, batch: Batch) -> dict[str, UniqueKeys]:
-        return {
-            table: UniqueKeys.from_keys(keys, self.pad_key) for table, keys in batch.keys.items()
-        }
+        return unique_per_table(batch.keys, self.pad_key, self.store)
 
     def _lookup(self, batch: Batch) -> tuple[dict[str, UniqueKeys], dict[str, np.ndarray]]:
         unique = self._dedup(batch)
-        rows = self.store.lookup_many({table: u.unique for table, u in unique.items()})
+        rows = self.store.lookup_many({t: keys_for(self.store, u) for t, u in unique.items()})
         return unique, rows
 
     def run(self, batches: Iterable[Batch], total: int | None = None) -> TrainerStats:
@@ -337,7 +288,7 @@ class Trainer:
         dense = self.dense_store.pull_dense() if self.dense_store is not None else {}
         result = self.step(batch, rows, dense)
         grads = {
-            table: (unique[table].unique, unique[table].sum_per_key(g))
+            table: (keys_for(self.store, unique[table]), unique[table].sum_per_key(g))
             for table, g in result.row_grads.items()
             if unique[table].unique.size
         }
@@ -352,7 +303,7 @@ class Trainer:
         stats.examples += n
         stats.loss_sum += float(result.loss) * n
         stats.keys_looked_up += sum(int(u.unique.size) for u in unique.values())
-        stats.keys_pushed += sum(int(k.size) for k, _ in grads.values())
+        stats.keys_pushed += sum(int(unique[table].unique.size) for table in grads)
         if self.on_step is not None:
             self.on_step(batch, result)
 

@@ -24,7 +24,8 @@ from examples.movielens.data import CONTEXT_FIELDS, PAD_KEY, Events
 from examples.movielens.metrics import log_loss, roc_auc
 from examples.movielens.model import FactorizationMachine, Field
 from ps_client.client import PSClient
-from ps_client.trainer import ProgressBar, StepResult, Trainer, UniqueKeys
+from ps_client.trainer import ProgressBar, StepResult, Trainer
+from ps_client.unique_keys import keys_for, unique_per_table
 from sync_agent.router import can_share_keys
 
 __all__ = [
@@ -94,9 +95,9 @@ class ServingScorer:
         dense = self.client.pull_dense() if self.model.dense_sizes() else {}
         predictions, asked, found = [], 0, 0
         for batch in events.batches(self.batch_size):
-            unique = {t: UniqueKeys.from_keys(k, self.pad_key) for t, k in batch.keys.items()}
+            unique = unique_per_table(batch.keys, self.pad_key, self.client)
             answers = self.client.lookup_many(
-                {t: u.unique for t, u in unique.items()}, with_found=True
+                {t: keys_for(self.client, u) for t, u in unique.items()}, with_found=True
             )
             rows = {t: u.gather(answers[t][0]) for t, u in unique.items()}
             asked += sum(int(u.unique.size) for u in unique.values())

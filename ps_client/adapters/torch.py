@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ps_client.trainer import UniqueKeys
+from ps_client.unique_keys import UniqueKeys, keys_for, unique_per_table
 
 __all__ = ["PSEmbedding", "PSEmbeddings"]
 
@@ -72,13 +72,11 @@ class PSEmbeddings(torch.nn.Module):
         unknown = set(keys_by_table) - set(self.tables)
         if unknown:
             raise KeyError(f"table {sorted(unknown)[0]!r} is not one of {', '.join(self.tables)}")
-        return {
-            table: UniqueKeys.from_keys(_as_keys(keys), self.pad_key)
-            for table, keys in keys_by_table.items()
-        }
+        keys = {table: _as_keys(table_keys) for table, table_keys in keys_by_table.items()}
+        return unique_per_table(keys, self.pad_key, self.store)
 
     def _lookup(self, unique: Mapping[str, UniqueKeys]) -> dict[str, np.ndarray]:
-        return self.store.lookup_many({table: u.unique for table, u in unique.items()})
+        return self.store.lookup_many({t: keys_for(self.store, u) for t, u in unique.items()})
 
     def prefetch(self, keys_by_table: Mapping[str, Any]) -> None:
         """Start looking up the rows of a coming batch; its ``forward`` will use them."""
@@ -132,14 +130,17 @@ class PSEmbeddings(torch.nn.Module):
         grads: Sequence[torch.Tensor | None],
     ) -> None:
         batch = {
-            table: (unique[table].unique, grad.detach().to(torch.float32).cpu().numpy())
+            table: (
+                keys_for(self.store, unique[table]),
+                grad.detach().to(torch.float32).cpu().numpy(),
+            )
             for table, grad in zip(names, grads, strict=True)
             if grad is not None and unique[table].unique.size
         }
         if batch:
             self.store.push_many(batch)
             self.pushes += 1
-            self.rows_pushed += sum(int(k.size) for k, _ in batch.values())
+            self.rows_pushed += sum(int(unique[table].unique.size) for table in batch)
 
     def close(self) -> None:
         """Stop the prefetch thread (the store stays open)."""
