@@ -174,6 +174,15 @@ def summary(rounds: list[np.ndarray], batch: int) -> dict:
     }
 
 
+def paired(ours: dict, reference: dict) -> dict:
+    """Each round's rate against the reference's in the same round (measured right after
+    it): the median and the range over rounds, for two ``summary`` results."""
+    ratios = [
+        a / b for a, b in zip(ours["round_rows_per_s"], reference["round_rows_per_s"], strict=True)
+    ]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the bare gRPC servicer of the benchmarks")
     parser.add_argument("--bare-server", action="store_true", required=True)
