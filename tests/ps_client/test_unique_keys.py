@@ -195,3 +195,17 @@ def test_a_client_routes_unique_keys_made_for_another_shard_count_again(server_f
         assert client.push_many({"a": (one_shard, grads)}).rows_updated == 3
         with pytest.raises(ValueError, match="must have shape"):
             client.push_many({"a": (two_shards, np.ones((2, 4), np.float32))})
+
+
+def test_from_keys_gives_the_same_groups_with_the_numpy_kernels(monkeypatch):
+    """A client installed without Numba deduplicates with the numpy kernel: same result."""
+    from ps_client import kernels_numpy
+
+    keys = np.random.default_rng(5).integers(0, 60, (32, 4)).astype(np.uint64)
+    for num_shards in (1, 4):
+        with_numba = UniqueKeys.from_keys(keys, _PAD, num_shards)
+        monkeypatch.setattr(ps_client.unique_keys, "route_keys", kernels_numpy.route_keys)
+        with_numpy = UniqueKeys.from_keys(keys, _PAD, num_shards)
+        monkeypatch.undo()
+        for field in ("unique", "inverse", "bounds"):
+            np.testing.assert_array_equal(getattr(with_numpy, field), getattr(with_numba, field))
