@@ -2,10 +2,9 @@
 
 Each walks its batch with software prefetch (see ``prefetch``): ``find`` in two passes
 (``cuckoo.locate`` finds the rows of all keys, then a second pass copies rows fetched a few
-keys ahead, from a float32 or a float16 arena), ``resolve_rows`` likewise: it probes every
-key first, then resolves each with its row fetched a few keys ahead. Misses and keys not
-yet admitted read the table's default vector: the initializer's vector for the key, or the
-learned default row.
+keys ahead, from a float32 or a float16 arena), ``resolve_rows`` in one pass of three
+staggered stages. Misses and keys not yet admitted read the table's default vector: the
+initializer's vector for the key, or the learned default row.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from ps_server.table.rows import (
 
 _EMPTY = np.int64(-1)
 _BUCKETS_AHEAD = 16  # keys ahead whose buckets resolve_rows fetches
-_PROBE_AHEAD = 8  # keys ahead the resolving pass fetches rows
+_PROBE_AHEAD = 8  # keys ahead it probes, fetching their rows
 _NEW_ROWS_AHEAD = 8  # rows past the arena's high-water mark it fetches for inserts
 
 
@@ -109,13 +108,11 @@ def resolve_rows(
     not admitted yet. A new row's optimizer state is written at its first push (a row with
     push count 0 has none yet): inserting writes only the value.
 
-    Two passes: the first probes every key (its two buckets fetched ``_BUCKETS_AHEAD``
-    keys ahead); the second resolves each key in order, fetching ``_PROBE_AHEAD`` keys
-    ahead what a key will need, its row or, when it was missing, the buckets its
-    neighbours could move to. Probing all keys first keeps the row fetches of the second
-    pass from waiting on bucket reads (a 4,096-key lookup of existing keys: ~10% less
-    time than one pass in three stages). A key missing at the probe is probed again when
-    resolved: an earlier duplicate in the batch may have inserted it since.
+    One pass in three stages per key, each ahead of the next: fetch the key's two buckets
+    (``_BUCKETS_AHEAD`` keys ahead), probe them and fetch what the key will need, its row or,
+    when both buckets are full, the buckets its neighbours could move to
+    (``_PROBE_AHEAD`` keys ahead), then resolve it. A key missing at the probe is probed
+    again when resolved: an earlier duplicate in the batch may have inserted it since.
 
     ``now`` is in unix microseconds. With ``count_sightings`` (a training lookup), each
     occurrence of a key without a row counts one sighting in ``sketch``, duplicates
@@ -147,12 +144,10 @@ def resolve_rows(
         fetch = i + _BUCKETS_AHEAD
         if fetch < n:
             prefetch_buckets(index, keys[fetch], mask)
-        if i >= start:
-            rows[i] = probe(index, keys[i])
-    for i in range(start - _PROBE_AHEAD, n):
         ahead = i + _PROBE_AHEAD
         if start <= ahead < n:
-            r = rows[ahead]
+            r = probe(index, keys[ahead])
+            rows[ahead] = r
             if r >= 0:
                 if touch_rows:
                     prefetch_row(meta, r)
