@@ -29,8 +29,7 @@ install: $(STAMP)
 
 # Command-line tools some tests run that pip cannot install: promtool (Debian's
 # `prometheus` package) checks the /metrics pages and the alert rules. Installed here when
-# missing and run as root (CI, `make test`); otherwise those tests skip unless
-# MPS_REQUIRE_TOOLS=1, which CI sets.
+# missing and run as root (CI, `make test`); the tests that use it fail without it.
 tools:
 ifeq ($(shell which promtool 2>/dev/null),)
 ifeq ($(shell id -u),0)

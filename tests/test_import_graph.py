@@ -187,3 +187,63 @@ def test_no_module_outside_generated_code_and_tests_is_over_500_lines() -> None:
         if (n := len(path.read_text().splitlines())) > 500
     }
     assert long == {}
+
+
+_PICKLING_MODULES = {"pickle", "_pickle", "cPickle", "shelve", "dill", "cloudpickle", "joblib"}
+
+
+def _pickle_uses(tree: ast.AST) -> list[str]:
+    """Imports of a pickling module, and calls passing ``allow_pickle`` anything but
+    False, in ``tree``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        elif isinstance(node, ast.Call):
+            names = []
+            for keyword in node.keywords:
+                value = keyword.value
+                if keyword.arg == "allow_pickle" and not (
+                    isinstance(value, ast.Constant) and value.value is False
+                ):
+                    found.append(f"line {node.lineno}: allow_pickle={ast.unparse(value)}")
+        else:
+            continue
+        found += [
+            f"line {node.lineno}: imports {name}"
+            for name in names
+            if name.split(".")[0] in _PICKLING_MODULES
+        ]
+    return found
+
+
+def test_pickle_is_used_nowhere() -> None:
+    """Nothing that crosses a process or reaches disk is pickled: no module of the project
+    imports a pickling module or loads arrays with ``allow_pickle`` other than False."""
+    sources = [
+        path
+        for top in (*PACKAGES, "examples", "evals", "benchmarks", "tests")
+        for path in (ROOT / top).rglob("*.py")
+        if "v1" not in path.relative_to(ROOT).parts
+    ]
+    uses = {
+        str(path.relative_to(ROOT)): found
+        for path in sources
+        if (found := _pickle_uses(ast.parse(path.read_text(), str(path))))
+    }
+    assert uses == {}
+
+
+def test_the_pickle_check_finds_each_kind_of_use() -> None:
+    tree = ast.parse(
+        "import cloudpickle\nfrom shelve import open\nnp.load(f, allow_pickle=1)\n"
+        "np.load(f, allow_pickle=flag)\nnp.load(f, allow_pickle=False)\n"
+    )
+    assert _pickle_uses(tree) == [
+        "line 1: imports cloudpickle",
+        "line 2: imports shelve",
+        "line 3: allow_pickle=1",
+        "line 4: allow_pickle=flag",
+    ]

@@ -1,8 +1,8 @@
 """External command-line tools the tests run (promtool, buf, grpcurl): found or required.
 
 A tool is looked up beside the interpreter first (pip-installed binaries land in the
-virtualenv's ``bin``), then on ``PATH``. Without it a test skips, unless
-``MPS_REQUIRE_TOOLS=1`` (set by CI, which installs every tool first): then it fails.
+virtualenv's ``bin``), then on ``PATH``. Without it a test fails: ``make test`` installs
+every tool first (pip for buf and grpcurl, ``make tools`` for promtool).
 """
 
 from __future__ import annotations
@@ -28,14 +28,11 @@ def find_tool(name: str) -> str | None:
 
 
 def require_tool(name: str) -> str:
-    """Path of ``name``; skips the test without it, or fails when CI requires tools."""
+    """Path of ``name``; fails the test, saying how to install it, when it is absent."""
     path = find_tool(name)
-    if path is not None:
-        return path
-    message = f"{name} is not installed (make tools installs it)"
-    if os.environ.get("MPS_REQUIRE_TOOLS") == "1":
-        pytest.fail(f"{message}; MPS_REQUIRE_TOOLS=1 requires it")
-    pytest.skip(message)
+    if path is None:
+        pytest.fail(f"{name} is not installed: make test installs it (make tools for promtool)")
+    return path
 
 
 def run_tool(
