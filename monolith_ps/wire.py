@@ -1,4 +1,5 @@
-"""The wire format of ``monolith_ps.v1``: bytes fields to numpy arrays and back.
+"""The wire format of ``monolith_ps.v1``: bytes fields to numpy arrays and back, and the
+path of each RPC (``METHOD_PREFIX`` + its name).
 
 Keys and versions travel as little-endian ``uint64``, vectors as little-endian
 ``float32`` or ``float16`` laid out row-major, found masks as one byte a key.
@@ -17,6 +18,7 @@ from google.protobuf.message import Message
 from monolith_ps.v1 import ps_pb2
 
 __all__ = [
+    "METHOD_PREFIX",
     "KEY_DTYPE",
     "LookupAnswer",
     "WireFormatError",
@@ -37,6 +39,7 @@ __all__ = [
     "serialized",
 ]
 
+METHOD_PREFIX = f"/{ps_pb2.DESCRIPTOR.services_by_name['ParameterServer'].full_name}/"
 KEY_DTYPE = np.dtype("<u8")
 _VERSION_DTYPE = np.dtype("<u8")
 _FLOAT_DTYPES: dict[int, np.dtype] = {

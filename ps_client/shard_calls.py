@@ -25,7 +25,6 @@ from ps_client.retry import RetryPolicy
 __all__ = ["ShardCalls"]
 
 _LOGGER = logging.getLogger(__name__)
-_SERVICE = "/monolith_ps.v1.ParameterServer/"
 # Row calls whose requests the client encodes itself (``wire.encode_*_request``); Lookup
 # answers are read in place (``wire.decode_lookup_response``), not through the generated
 # class, which would copy every row twice.
@@ -71,7 +70,7 @@ class ShardCalls:
         self._encoded = [
             {
                 method: ch.unary_unary(
-                    _SERVICE + method,
+                    wire.METHOD_PREFIX + method,
                     request_serializer=wire.serialized,
                     response_deserializer=decode,
                     _registered_method=True,

@@ -29,6 +29,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from monolith_ps import wire
 from monolith_ps.metrics import MetricSet, counter, histogram
 from ps_server.cgroup import MemoryLimitCollector
 from ps_server.handler_cache import HandlerCache
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricsHTTPServer", "RpcMetricsInterceptor", "ServerMetrics", "TableCollector"]
 
-_SERVICE_PREFIX = "/monolith_ps.v1.ParameterServer/"
 # 100 us .. 10 s: a 4k-key lookup takes about a millisecond on loopback.
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -251,12 +251,12 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
         handler = continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(_SERVICE_PREFIX):
+        if handler is None or not handler_call_details.method.startswith(wire.METHOD_PREFIX):
             return handler
         return self._handlers.get(handler_call_details.method, handler, self._wrap)
 
     def _wrap(self, method_path: str, handler: Any) -> Any:
-        method = method_path[len(_SERVICE_PREFIX) :]
+        method = method_path[len(wire.METHOD_PREFIX) :]
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._timed(method, handler.unary_unary),

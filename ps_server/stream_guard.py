@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from monolith_ps import wire
 from monolith_ps.config import ServerConfig
 from monolith_ps.logs import fields
 from ps_server.errors import BudgetExceededError, StreamCancelledError
@@ -32,7 +33,6 @@ from ps_server.errors import BudgetExceededError, StreamCancelledError
 __all__ = ["StreamBudget", "StreamGuard", "handler_threads", "stream_cap"]
 
 _LOGGER = logging.getLogger(__name__)
-_SERVICE_PREFIX = "/monolith_ps.v1.ParameterServer/"
 # kind of stream -> what a stalled peer fails to do
 _STALLS = {"ExportDelta": "the reader took no chunk", "ApplyDelta": "the writer sent no chunk"}
 _RESERVED_THREADS = 2  # never given to streams: health and the unary RPCs
@@ -136,9 +136,9 @@ class StreamGuard(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(_SERVICE_PREFIX):
+        if handler is None or not method.startswith(wire.METHOD_PREFIX):
             return handler
-        kind = method[len(_SERVICE_PREFIX) :]
+        kind = method[len(wire.METHOD_PREFIX) :]
         if kind == "ExportDelta" and handler.unary_stream is not None:
             return handler._replace(unary_stream=self._guard_export(handler.unary_stream))
         if kind == "ApplyDelta" and handler.stream_unary is not None:
