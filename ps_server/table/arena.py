@@ -24,7 +24,9 @@ HUGE_PAGE = 2 << 20
 RESERVE_BYTES = 32 << 30  # per arena, virtual
 RESERVE_ROWS = 1 << 28
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
-_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+_REFUSED_ADVICE: set[int] = set()
 _CAN_RESERVE = sys.platform.startswith("linux")
 _PAGE = mmap.PAGESIZE
 
@@ -106,22 +108,23 @@ def committed_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if reserved is None:
         return np.zeros(shape, dtype=dtype)
     mapping, offset, block = reserved
-    _populate(mapping, offset, offset + nbytes)
+    populate(mapping, offset, offset + nbytes, MADV_POPULATE_WRITE)
     return block.view(dtype).reshape(shape)
 
 
-def _populate(mapping: mmap.mmap, start: int, stop: int) -> None:
-    """Commit bytes ``[start, stop)`` of ``mapping`` in one call, so the kernel fills the
-    pages in a batch instead of taking one fault per page at first touch. Best effort:
-    kernels without ``MADV_POPULATE_WRITE`` leave the pages to first touch."""
-    global _MADV_POPULATE_WRITE
+def populate(mapping: mmap.mmap, start: int, stop: int, advice: int) -> None:
+    """Fill in the page tables of bytes ``[start, stop)`` of ``mapping`` in one call
+    (``MADV_POPULATE_WRITE`` commits new memory, ``MADV_POPULATE_READ`` maps file pages), so
+    the kernel does it in a batch instead of one fault per page at first touch. Best
+    effort: an advice the kernel refuses (before Linux 5.14) is not asked again, and the
+    pages are left to first touch."""
     lo = start // _PAGE * _PAGE
-    if _MADV_POPULATE_WRITE is None or stop <= lo:
+    if advice in _REFUSED_ADVICE or stop <= lo:
         return
     try:
-        mapping.madvise(_MADV_POPULATE_WRITE, lo, stop - lo)
+        mapping.madvise(advice, lo, stop - lo)
     except OSError:
-        _MADV_POPULATE_WRITE = None
+        _REFUSED_ADVICE.add(advice)
 
 
 def _reserve(nbytes: int) -> tuple[mmap.mmap, int, np.ndarray] | None:

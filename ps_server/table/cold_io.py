@@ -32,9 +32,9 @@ import weakref
 import numpy as np
 
 from monolith_ps.errors import ConfigError
+from ps_server.table.arena import MADV_POPULATE_READ, populate
 
 MAP_BYTES = 64 << 20  # of the file mapped at first; doubled each time the rows outgrow it
-_MADV_POPULATE_READ: int | None = getattr(mmap, "MADV_POPULATE_READ", 22)
 _PAGE = mmap.PAGESIZE
 
 
@@ -114,11 +114,5 @@ class ColdFile:
         self._mapping = mapping  # the views keep older mappings alive while in use
 
     def _populate(self, start: int, stop: int) -> None:
-        global _MADV_POPULATE_READ
-        lo = start // _PAGE * _PAGE
-        if _MADV_POPULATE_READ is None or self._mapping is None or stop <= lo:
-            return
-        try:
-            self._mapping.madvise(_MADV_POPULATE_READ, lo, stop - lo)
-        except OSError:
-            _MADV_POPULATE_READ = None
+        if self._mapping is not None:
+            populate(self._mapping, start, stop, MADV_POPULATE_READ)
