@@ -32,13 +32,12 @@ from ps_server.snapshot.snapshotter import TrainingSnapshotter
 from ps_server.state import ShardState
 
 _CHILD = """
-import resource, sys, threading, time
+import os, resource, sys, threading, time
+from monolith_ps.processes import rss_bytes
 peak = [0]
 def watch():
     while True:
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon"):
-                peak[0] = max(peak[0], int(line.split()[1]))
+        peak[0] = max(peak[0], rss_bytes(os.getpid(), "RssAnon") // 1024)
         time.sleep(0.02)
 threading.Thread(target=watch, daemon=True).start()
 from monolith_ps.cli import main

@@ -25,15 +25,14 @@ MiB = 1 << 20
 # call taken off the call's peak: an upper bound of the call's own peak, as file pages
 # only grow during a call.
 _RSS_SCRIPT = r"""
-import gc, json, sys
+import gc, json, os, sys
 import numpy as np
+from monolith_ps.processes import rss_bytes
 from monolith_ps.table_config import TableConfig
 from ps_server.table import EmbeddingTable
 
 def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+    return rss_bytes(os.getpid(), field)
 
 def file_pages():
     return status("RssFile") + status("RssShmem")
