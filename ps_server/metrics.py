@@ -230,7 +230,7 @@ def _table_labels(request: Any, known: Mapping[str, Any]) -> list[str]:
     """Table label values for a request: its tables' names, bounded to the known ones."""
     entries = getattr(request, "tables", None)
     if entries is not None and not isinstance(entries, str):
-        names = {entries[0].table} if len(entries) == 1 else {entry.table for entry in entries}
+        names = {entry.table for entry in entries}
     elif isinstance(getattr(request, "table", None), str) and request.table:
         names = {request.table}
     else:
@@ -246,8 +246,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
         self._known_tables = known_tables
         self._handlers = HandlerCache()
         # children bound once per label set: ``labels()`` takes a lock and checks every call
-        self._requests: dict[tuple[str, grpc.StatusCode], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001
         handler = continuation(handler_call_details)
@@ -280,18 +279,18 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
     def _record(self, method: str, request: Any, context: grpc.ServicerContext, start: float):
         elapsed = time.perf_counter() - start
         code = context.code() or grpc.StatusCode.OK
-        requests = self._requests.get((method, code))
-        if requests is None:
-            requests = self._metrics.rpc_requests.labels(method, code.name)
-            self._requests[(method, code)] = requests
-        requests.inc()
+        self._child(self._metrics.rpc_requests, method, code.name).inc()
         tables = _table_labels(request, self._known_tables) if request is not None else [""]
         for table in tables:
-            duration = self._durations.get((method, table))
-            if duration is None:
-                duration = self._metrics.rpc_duration.labels(method, table)
-                self._durations[(method, table)] = duration
-            duration.observe(elapsed)
+            self._child(self._metrics.rpc_duration, method, table).observe(elapsed)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, bound once."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _timed(self, method: str, behavior: Callable) -> Callable:
         def timed(request: Any, context: grpc.ServicerContext) -> Any:
