@@ -27,11 +27,37 @@ class UniqueKeys:
     ``unique`` is grouped by shard: shard ``s`` of ``len(bounds) - 1`` owns
     ``unique[bounds[s]:bounds[s + 1]]``, in order of first appearance within a shard.
     ``bounds`` is None for unique keys in no known grouping (a client then routes them).
+
+    ``from_keys`` is the way to make one. Construction checks the arrays' types and that
+    ``bounds`` starts at 0, never decreases and ends at ``len(unique)`` (O(shards), so a
+    hand-made one cannot send a client out of range); which shard owns each key is left to
+    the servers, which refuse misrouted keys.
     """
 
     unique: np.ndarray  # uint64 (u,)
     inverse: np.ndarray  # int64, the keys' shape; -1 marks a pad key
     bounds: np.ndarray | None = None  # int64 (num_shards + 1,)
+
+    def __post_init__(self) -> None:
+        _check_array("unique", self.unique, np.uint64, ndim=1)
+        _check_array("inverse", self.inverse, np.int64)
+        if self.bounds is None:
+            return
+        bounds = self.bounds
+        _check_array("bounds", bounds, np.int64, ndim=1)
+        if bounds.shape[0] < 2:
+            raise ValueError(f"bounds must have num_shards + 1 >= 2 entries, got {bounds.shape[0]}")
+        if bounds[0] != 0 or bounds[-1] != self.unique.shape[0]:
+            raise ValueError(
+                f"bounds must run from 0 to len(unique) = {self.unique.shape[0]}, "
+                f"got {int(bounds[0])} to {int(bounds[-1])}"
+            )
+        if (np.diff(bounds) < 0).any():
+            shard = int(np.flatnonzero(np.diff(bounds) < 0)[0])
+            raise ValueError(
+                f"bounds must not decrease: shard {shard} ends at {int(bounds[shard + 1])}, "
+                f"before it starts at {int(bounds[shard])}"
+            )
 
     @classmethod
     def from_keys(
@@ -86,6 +112,15 @@ class UniqueKeys:
         out = np.zeros((self.unique.shape[0], dim), dtype=np.float32)
         segment_sum(flat_inverse, flat_grads, out)
         return out
+
+
+def _check_array(name: str, value: Any, dtype: type[np.generic], ndim: int | None = None) -> None:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must be {np.dtype(dtype)}, got {value.dtype}")
+    if ndim is not None and value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {value.shape}")
 
 
 def num_shards_of(store: Any) -> int | None:

@@ -74,6 +74,51 @@ def test_from_keys_of_no_keys_and_only_pads():
         UniqueKeys.from_keys(np.ones(2, np.uint64), num_shards=0)
 
 
+def _made(unique=(5, 9, 7), bounds=(0, 2, 3)):
+    """A hand-made ``UniqueKeys`` from lists (uint64 keys, int64 bounds) or arrays as given."""
+    unique = np.asarray(unique, np.uint64) if isinstance(unique, tuple) else unique
+    bounds = np.asarray(bounds, np.int64) if isinstance(bounds, tuple) else bounds
+    return UniqueKeys(unique, np.arange(len(unique), dtype=np.int64), bounds)
+
+
+def test_hand_made_unique_keys_with_consistent_bounds_are_accepted():
+    grouped = _made()
+    assert grouped.grouped_for(2)
+    empty = UniqueKeys(np.zeros(0, np.uint64), np.full(3, -1, np.int64), np.zeros(4, np.int64))
+    assert empty.grouped_for(3)
+    assert not UniqueKeys(np.ones(2, np.uint64), np.zeros(2, np.int64)).grouped_for(1)
+
+
+@pytest.mark.parametrize(
+    ("unique", "bounds", "error", "message"),
+    [
+        (np.array([5, 9, 7], np.int64), (0, 2, 3), TypeError, "unique must be uint64, got int64"),
+        ([5, 9, 7], (0, 2, 3), TypeError, "unique must be a numpy array, got list"),
+        (np.ones((3, 1), np.uint64), (0, 2, 3), ValueError, r"unique must have 1 dimension"),
+        ((5, 9, 7), np.array([0, 2, 3], np.int32), TypeError, "bounds must be int64, got int32"),
+        ((5, 9, 7), np.array([[0, 2, 3]], np.int64), ValueError, "bounds must have 1 dim"),
+        ((5, 9, 7), (3,), ValueError, r"num_shards \+ 1 >= 2 entries, got 1"),
+        ((5, 9, 7), (1, 2, 3), ValueError, r"from 0 to len\(unique\) = 3, got 1 to 3"),
+        ((5, 9, 7), (0, 2, 4), ValueError, r"from 0 to len\(unique\) = 3, got 0 to 4"),
+        ((5, 9, 7), (0, 2), ValueError, "got 0 to 2"),
+        ((5, 9, 7), (0, 3, 1, 3), ValueError, "shard 1 ends at 1, before it starts at 3"),
+    ],
+)
+def test_hand_made_unique_keys_with_bad_arrays_or_bounds_are_refused(
+    unique, bounds, error, message
+):
+    with pytest.raises(error, match=message):
+        _made(unique, bounds)
+
+
+def test_hand_made_unique_keys_with_a_bad_inverse_are_refused():
+    unique = np.array([5, 9], np.uint64)
+    with pytest.raises(TypeError, match="inverse must be int64, got int32"):
+        UniqueKeys(unique, np.array([0, 1], np.int32))
+    with pytest.raises(TypeError, match="inverse must be a numpy array, got list"):
+        UniqueKeys(unique, [0, 1])
+
+
 def _batches(num_batches=4, n=64, seed=7):
     rng = np.random.default_rng(seed)
     out = []
