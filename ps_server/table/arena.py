@@ -25,7 +25,6 @@ RESERVE_BYTES = 32 << 30  # per arena, virtual
 RESERVE_ROWS = 1 << 28
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14
-MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 _REFUSED_ADVICE: set[int] = set()
 _CAN_RESERVE = sys.platform.startswith("linux")
 _PAGE = mmap.PAGESIZE
@@ -99,25 +98,11 @@ class RowArena:
         return raw.view(self._dtype).reshape((rows, *self._row_shape))
 
 
-def committed_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A zero-filled C-contiguous array with its pages committed up front (on huge pages
-    where the kernel has them), for arrays written all over at once, such as a new index."""
-    dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    reserved = _reserve(nbytes) if nbytes >= HUGE_PAGE else None
-    if reserved is None:
-        return np.zeros(shape, dtype=dtype)
-    mapping, offset, block = reserved
-    populate(mapping, offset, offset + nbytes, MADV_POPULATE_WRITE)
-    return block.view(dtype).reshape(shape)
-
-
 def populate(mapping: mmap.mmap, start: int, stop: int, advice: int) -> None:
     """Fill in the page tables of bytes ``[start, stop)`` of ``mapping`` in one call
-    (``MADV_POPULATE_WRITE`` commits new memory, ``MADV_POPULATE_READ`` maps file pages), so
-    the kernel does it in a batch instead of one fault per page at first touch. Best
-    effort: an advice the kernel refuses (before Linux 5.14) is not asked again, and the
-    pages are left to first touch."""
+    (``MADV_POPULATE_READ`` maps file pages), so the kernel does it in a batch instead of one
+    fault per page at first touch. Best effort: an advice the kernel refuses (before Linux
+    5.14) is not asked again, and the pages are left to first touch."""
     lo = start // _PAGE * _PAGE
     if advice in _REFUSED_ADVICE or stop <= lo:
         return

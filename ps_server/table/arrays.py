@@ -78,6 +78,7 @@ class TableArrays:
         )
         self.rows, self.row_keys, self.meta = (a.array for a in self.arenas)
         self.index = cuckoo.new_index(1)
+        self.index_arena = cuckoo.new_index_arena()
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
         self.walk = cuckoo.new_walk(0x9E3779B97F4A7C15 ^ config.seed)
@@ -163,10 +164,8 @@ class TableArrays:
         self.rows, self.row_keys, self.meta = (a.shrink(capacity) for a in self.arenas)
 
     def _grow_index(self) -> None:
-        index = cuckoo.new_index(self.index.shape[0] * 2)
-        cuckoo.rehash_doubled(self.index, index)
-        self.index = index
-        self.max_live = max_live_for(index.shape[0])
+        self.index = cuckoo.doubled(self.index, self.index_arena)
+        self.max_live = max_live_for(self.index.shape[0])
 
     def _grow_rows(self) -> None:
         cap = self.rows.shape[0]

@@ -59,6 +59,7 @@ class ColdTier:
         self.segments = 0
         self.cursor = np.array([-1, self.segment_rows, self.segment_rows, 0], dtype=np.int64)
         self.index = cuckoo.new_index(1)
+        self._index_arena = cuckoo.new_index_arena()
         self.max_live = max_live_for(1)
         self.scalars = rows.new_scalars()
 
@@ -84,10 +85,8 @@ class ColdTier:
         return int(sum(a.nbytes for a in arrays))
 
     def grow_index(self) -> None:
-        index = cuckoo.new_index(self.index.shape[0] * 2)
-        cuckoo.rehash_doubled(self.index, index)
-        self.index = index
-        self.max_live = max_live_for(index.shape[0])
+        self.index = cuckoo.doubled(self.index, self._index_arena)
+        self.max_live = max_live_for(self.index.shape[0])
 
     def read_rows(self, slots: np.ndarray) -> np.ndarray:
         """A copy of the arena rows at ``slots`` (live cold rows), in that order."""

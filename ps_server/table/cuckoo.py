@@ -9,7 +9,9 @@ count (a power of two). Both hashes are seeded, so they are independent of the r
 
 Inserting into two full buckets walks a random cuckoo path; a walk that fails is undone, so
 a failed insert leaves the index as it was and the caller grows it. Growing doubles the
-bucket count and splits each bucket in two (``rehash_doubled``).
+bucket count and splits each bucket in two, in place (``doubled``): an index of a huge page
+or more lives in a ``RowArena`` whose view just gets longer, so growth writes each bucket
+once and never holds the old and the new index at the same time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from monolith_ps.routing import mix64
-from ps_server.table.arena import committed_zeros
+from ps_server.table.arena import HUGE_PAGE, RowArena
 from ps_server.table.jit import hot_kernel
 from ps_server.table.prefetch import LOOKAHEAD, prefetch_at
 
@@ -26,12 +28,36 @@ SLOTS = 4
 SEED_A = np.uint64(0x243F6A8885A308D3)
 SEED_B = np.uint64(0x13198A2E03707344)
 MAX_KICKS = 512
+BUCKET_BYTES = 2 * SLOTS * 8
 
 
 def new_index(num_buckets: int) -> np.ndarray:
-    """An empty index of ``num_buckets`` (a power of two) buckets, its memory committed: a
-    new index is filled all over at once (by a rehash)."""
-    return committed_zeros((num_buckets, 2 * SLOTS), np.uint64)
+    """An empty index of ``num_buckets`` (a power of two) buckets."""
+    return np.zeros((num_buckets, 2 * SLOTS), dtype=np.uint64)
+
+
+def new_index_arena() -> RowArena:
+    """The arena an index moves into once it reaches a huge page (see :func:`doubled`)."""
+    return RowArena((2 * SLOTS,), np.uint64)
+
+
+def doubled(index: np.ndarray, arena: RowArena) -> np.ndarray:
+    """``index`` grown to twice its buckets, every entry in its bucket of the new size.
+
+    Below a huge page the doubled index is a new array; from there on it lives in
+    ``arena`` (from :func:`new_index_arena`, one per index), which grows in place: the old
+    buckets stay where they are and the new ones are untouched zero memory until the split
+    writes them."""
+    half = index.shape[0]
+    if 2 * half * BUCKET_BYTES < HUGE_PAGE:
+        grown = new_index(2 * half)
+        grown[:half] = index
+    else:
+        if arena.capacity < half:
+            arena.grow(half)[:] = index
+        grown = arena.grow(2 * half)
+    split_doubled(grown, half)
+    return grown
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
@@ -240,26 +266,40 @@ def remove(index, key):
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def rehash_doubled(old, new):
-    """Move every entry of ``old`` into the empty ``new`` of twice as many buckets.
+def split_doubled(index, half):
+    """Split each of the first ``half`` buckets of ``index`` (``2 * half`` buckets, the upper
+    half empty) between itself and its twin ``b + half``, in place.
 
-    An entry sits in bucket ``h & old_mask`` of one of its two hashes; in the doubled index
-    the same hash gives ``h & new_mask``, which is that bucket or that bucket plus the old
-    bucket count. So each old bucket splits into two new ones: a sequential pass, no cuckoo
-    walks, and never a failure.
+    An entry sits in bucket ``h & (half - 1)`` of one of its two hashes ``h``; in the
+    doubled index the same hash gives ``h & (2 * half - 1)``: bucket ``b`` or ``b + half``,
+    by one bit of ``h``. Each bucket keeps the entries that stay, in slot order, at its
+    front and its twin takes the others the same way, so the result is the same as
+    inserting the entries into an empty index bucket by bucket: a sequential pass, no
+    cuckoo walks, and never a failure.
     """
-    old_mask = np.uint64(old.shape[0] - 1)
-    new_mask = np.uint64(new.shape[0] - 1)
-    for b in range(old.shape[0]):
+    old_mask = np.uint64(half - 1)
+    split_bit = np.uint64(half)
+    for b in range(half):
+        stay = 0
+        move = 0
         for s in range(SLOTS):
-            value = old[b, SLOTS + s]
-            if value == 0:
-                continue
-            key = old[b, s]
-            h = mix64(key ^ SEED_A)
-            if (h & old_mask) != np.uint64(b):
-                h = mix64(key ^ SEED_B)
-            _place_in_free_slot(new, h & new_mask, key, value)
+            # without branches on the hashes (half the entries move, at random): an empty
+            # slot is written in place and overwritten or cleared later
+            value = index[b, SLOTS + s]
+            key = index[b, s]
+            h_a = mix64(key ^ SEED_A)
+            h_b = mix64(key ^ SEED_B)
+            h = h_a if (h_a & old_mask) == np.uint64(b) else h_b
+            live = np.int64(value != 0)
+            up = live & np.int64((h & split_bit) != 0)
+            slot = move if up else stay
+            index[b + up * half, slot] = key
+            index[b + up * half, SLOTS + slot] = value
+            move += up
+            stay += live - up
+        for s in range(stay, SLOTS):
+            index[b, s] = np.uint64(0)
+            index[b, SLOTS + s] = np.uint64(0)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
