@@ -7,6 +7,8 @@ The client needs only grpcio, protobuf and numpy; ``pip install numba`` (or the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __all__ = [
     "ACCELERATED",
     "HALF_TO_F32",
@@ -17,16 +19,23 @@ __all__ = [
     "segment_sum",
 ]
 
-try:
-    from ps_client import kernels as _kernels
-
-    ACCELERATED = True
-except ModuleNotFoundError as missing:
-    if missing.name not in ("numba", "llvmlite"):
-        raise
+if TYPE_CHECKING:
+    # The two modules define the same functions; the numpy ones carry the annotations
+    # (a Numba dispatcher's signature is untyped), so type checkers read those.
     from ps_client import kernels_numpy as _kernels
 
-    ACCELERATED = False
+    ACCELERATED: bool
+else:
+    try:
+        from ps_client import kernels as _kernels
+
+        ACCELERATED = True
+    except ModuleNotFoundError as missing:
+        if missing.name not in ("numba", "llvmlite"):
+            raise
+        from ps_client import kernels_numpy as _kernels
+
+        ACCELERATED = False
 
 HALF_TO_F32 = _kernels.HALF_TO_F32
 fids_of_bytes = _kernels.fids_of_bytes

@@ -230,7 +230,7 @@ class PSClient:
         responses = self._call_all("Lookup", calls, timeout)
         dims = [spec.dim for spec in specs]
         parts = messages.lookup_answers(calls, responses, pieces, tables, dims, self.addresses)
-        result = {}
+        result: dict[str, Any] = {}
         for t, name in enumerate(tables):
             position = routed[t].position
             # each answer is copied once, from the received bytes into the caller's rows

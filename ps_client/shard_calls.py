@@ -73,7 +73,8 @@ class ShardCalls:
                     wire.METHOD_PREFIX + method,
                     request_serializer=wire.serialized,
                     response_deserializer=decode,
-                    _registered_method=True,
+                    # as the generated stubs do; types-grpcio leaves the argument out
+                    _registered_method=True,  # type: ignore[call-arg]
                 )
                 for method, decode in _ENCODED_CALLS.items()
             }
@@ -125,15 +126,14 @@ class ShardCalls:
                         f"{attempt - 1} attempts"
                     )
                 rpc = self._encoded[shard].get(method) or getattr(self._stubs[shard], method)
-                options = {
-                    "timeout": min(remaining, self._attempt_timeout),
-                    "wait_for_ready": attempt > 1,
-                }
+                timeout = min(remaining, self._attempt_timeout)
+                wait_for_ready = attempt > 1
+                future: _Completed | grpc.Future[Any]
                 if len(pending) == 1:
                     # A lone call blocks in this thread: no hand-off from gRPC's poller.
-                    future = _Completed.call(rpc, request, options)
+                    future = _Completed.call(rpc, request, timeout, wait_for_ready)
                 else:
-                    future = rpc.future(request, **options)
+                    future = rpc.future(request, timeout=timeout, wait_for_ready=wait_for_ready)
                 started.append((i, future))
             failed = []
             for i, future in started:
@@ -187,9 +187,9 @@ class _Completed:
         self._error = error
 
     @classmethod
-    def call(cls, rpc: Any, request: Any, options: dict[str, Any]) -> _Completed:
+    def call(cls, rpc: Any, request: Any, timeout: float, wait_for_ready: bool) -> _Completed:
         try:
-            return cls(rpc(request, **options), None)
+            return cls(rpc(request, timeout=timeout, wait_for_ready=wait_for_ready), None)
         except grpc.RpcError as err:
             return cls(None, err)
 

@@ -240,6 +240,7 @@ class Trainer:
         """Train on every batch (or until Ctrl-C); returns the run's counters."""
         stats = TrainerStats()
         start = time.monotonic()
+        assert self.stream is not None  # set by __post_init__
         bar = ProgressBar(total, self.desc, self.stream, enabled=self.progress)
         pool = concurrent.futures.ThreadPoolExecutor(1) if self.prefetch else None
         try:

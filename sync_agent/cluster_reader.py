@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -120,9 +121,10 @@ class ClusterReader:
 
     def _ask_ready(
         self, endpoint: Endpoint, method: str, request: Message, service: str = SERVICE_NAME
-    ) -> Message | str:
+    ) -> Any | str:
         """The reply of RPC ``method`` from a server whose health ``service`` is SERVING, or
-        why there is none (a str)."""
+        why there is none (a str). The reply is the method's response message; the
+        generated stub does not type its methods, so neither can this."""
         if problem := self._not_ready(endpoint, service):
             return problem
         try:

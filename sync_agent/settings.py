@@ -74,7 +74,7 @@ class AgentSettings:
             ):
                 if not value:
                     raise SettingsError(f"{flag} is required with --discovery kubernetes")
-        for flag, value in (
+        for flag, seconds in (
             ("--sparse-interval", self.sparse_interval),
             ("--dense-interval", self.dense_interval),
             ("--rpc-timeout", self.rpc_timeout),
@@ -82,8 +82,8 @@ class AgentSettings:
             ("--stream-timeout", self.stream_timeout),
             ("--new-replica-check", self.new_replica_interval),
         ):
-            if value <= 0:
-                raise SettingsError(f"{flag} must be > 0, got {value:g}s")
+            if seconds <= 0:
+                raise SettingsError(f"{flag} must be > 0, got {seconds:g}s")
         if self.chunk_rows < 1:
             raise SettingsError(f"sync.chunk_rows must be >= 1, got {self.chunk_rows}")
         if self.metrics_port is not None and not 0 <= self.metrics_port < 65536:

@@ -17,7 +17,8 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import Protocol
 
 import grpc
 
@@ -49,6 +50,12 @@ class SyncStoppedError(Exception):
     """The agent was asked to stop while a stream was running."""
 
 
+class Cancellable(Protocol):
+    """An RPC in flight: a unary call's future or a stream's call."""
+
+    def cancel(self) -> bool: ...
+
+
 class StopSignal:
     """The agent's stop request: ``set`` also cancels every gRPC call registered with it, so
     a stream blocked on a slow server ends at once instead of at its deadline.
@@ -61,7 +68,7 @@ class StopSignal:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._lock = threading.RLock()  # set() may run in a signal handler on this thread
-        self._calls: set[grpc.Future] = set()
+        self._calls: set[Cancellable] = set()
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -76,19 +83,19 @@ class StopSignal:
         for call in calls:
             call.cancel()
 
-    def register(self, call: grpc.Future) -> None:
+    def register(self, call: Cancellable) -> None:
         """Cancel ``call`` when stop is requested (at once if it already was)."""
         with self._lock:
             self._calls.add(call)
         if self._event.is_set():
             call.cancel()
 
-    def unregister(self, call: grpc.Future) -> None:
+    def unregister(self, call: Cancellable) -> None:
         with self._lock:
             self._calls.discard(call)
 
     @contextlib.contextmanager
-    def cancelling(self, call: grpc.Future) -> Iterator[None]:
+    def cancelling(self, call: Cancellable) -> Iterator[None]:
         self.register(call)
         try:
             yield
@@ -390,7 +397,7 @@ def _chunks_to_last(
     request: ps_pb2.ExportDeltaRequest,
     limits: StreamLimits,
     stop: StopSignal,
-) -> Iterator[ps_pb2.DeltaChunk]:
+) -> Generator[ps_pb2.DeltaChunk, None, None]:
     """The chunks of an ExportDelta call, through the one marked last; the call is cancelled
     when closed before. ``SyncStoppedError`` once ``stop`` is set, ``ExportStreamError`` when
     the stream ends without its last chunk."""

@@ -191,14 +191,21 @@ class KubernetesDiscovery:
             if failures:
                 self._stop.wait(min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** (failures - 1)))
 
-    def _list(self, role: Role) -> str:
-        """Replace the role's pods with a fresh list; returns the list's resourceVersion."""
+    def _pods_response(self, role: Role, **params: Any) -> urllib3.BaseHTTPResponse:
+        """The role's pods as the API server's raw response (``_preload_content=False``),
+        read as JSON here, not through the client's models."""
         response = self._api.list_namespaced_pod(
             self._namespace,
             label_selector=self._selectors[role],
-            _request_timeout=self._request_timeout,
             _preload_content=False,
+            **params,
         )
+        # the client annotates the parsed V1PodList, which it returns only when it preloads
+        return response  # type: ignore[return-value]
+
+    def _list(self, role: Role) -> str:
+        """Replace the role's pods with a fresh list; returns the list's resourceVersion."""
+        response = self._pods_response(role, _request_timeout=self._request_timeout)
         try:
             pod_list = json.loads(response.data)
         finally:
@@ -218,15 +225,13 @@ class KubernetesDiscovery:
 
     def _watch(self, role: Role, resource_version: str) -> None:
         """Apply watch events from ``resource_version`` until the server ends the stream."""
-        response = self._api.list_namespaced_pod(
-            self._namespace,
-            label_selector=self._selectors[role],
+        response = self._pods_response(
+            role,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=self._watch_timeout,
             watch=True,
             _request_timeout=(self._request_timeout, self._watch_timeout + self._request_timeout),
-            _preload_content=False,
         )
         with self._lock:  # close() either sees this response or we see the stop flag
             self._responses[role] = response
