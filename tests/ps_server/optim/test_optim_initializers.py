@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from optim_reference import init_reference
+from optim_reference import init_reference, stream
 
 from monolith_ps.optimizer_specs import INITIALIZERS
 from ps_server.optim.initializers import init_rows
@@ -33,6 +33,22 @@ def test_initializer_matches_reference(name, args, rng):
     keys = rng.integers(0, 2**64, 200, dtype=np.uint64)
     got = run(name, args, keys, seed=5)
     np.testing.assert_allclose(got, init_reference(name, args, keys, 5, DIM), rtol=1e-6, atol=1e-6)
+
+
+def test_normal_is_exactly_the_float32_four_lane_formula(rng):
+    """Bit for bit: mean + scale * (sum of the draw's four 16-bit lanes - 131070), each step
+    rounded to float32, as the table has always stored it."""
+    keys = rng.integers(0, 2**64, 300, dtype=np.uint64)
+    args = {"mean": 0.25, "std": 0.05}
+    z = stream(keys, 3, 64)
+    lanes = sum(((z >> np.uint64(16 * k)) & np.uint64(0xFFFF)).astype(np.int64) for k in range(4))
+    spec = INITIALIZERS["normal"]
+    mean, std = spec.parameters(args)[:2]
+    scale = np.float32(std / np.sqrt(4.0 * (65536.0**2 - 1.0) / 12.0))
+    want = np.float32(mean) + scale * (lanes - 131070).astype(np.float32)
+    np.testing.assert_array_equal(
+        run("normal", args, keys, seed=3, dim=64).view(np.uint32), want.view(np.uint32)
+    )
 
 
 def test_rows_depend_on_key_and_seed_only(rng):
