@@ -10,6 +10,7 @@ wherever it arrives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -47,7 +48,7 @@ _FLOAT_DTYPES: dict[int, np.dtype] = {
     ps_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
     ps_pb2.DTYPE_FLOAT16: np.dtype("<f2"),
 }
-_WIRE_DTYPES: dict[np.dtype, int] = {
+_WIRE_DTYPES: dict[np.dtype, ps_pb2.DType] = {
     np.dtype("<f4"): ps_pb2.DTYPE_FLOAT32,
     np.dtype("<f2"): ps_pb2.DTYPE_FLOAT16,
 }
@@ -65,7 +66,7 @@ def dtype_from_wire(dtype: int) -> np.dtype:
         raise WireFormatError(f"unknown dtype enum value {dtype}") from None
 
 
-def dtype_to_wire(dtype: np.dtype | type) -> int:
+def dtype_to_wire(dtype: np.dtype | type) -> ps_pb2.DType:
     """The ``DType`` enum value of a numpy float dtype (float32 or float16)."""
     dtype = np.dtype(dtype).newbyteorder("<")
     try:
@@ -231,7 +232,7 @@ _SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 
 def encode_lookup_response(
-    answers: list[tuple[str, int, np.ndarray, np.ndarray | None]],
+    answers: Sequence[tuple[str, int, np.ndarray, np.ndarray | None]],
 ) -> bytes:
     """A serialized ``LookupResponse`` of ``(table, dim, values, found)`` answers.
 

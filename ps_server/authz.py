@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 from monolith_ps.config import CALLER_ROLES, AuthConfig, ConfigError
 from monolith_ps.logs import fields
 from monolith_ps.v1 import ps_pb2
+from ps_server.handler_cache import replaced
 
 __all__ = ["ALLOWED", "Authorizer", "allowed"]
 
@@ -184,7 +185,7 @@ def _checked_first(
     ):
         behaviour = getattr(handler, kind)
         if behaviour is not None:
-            return handler._replace(**{kind: wrap(behaviour, check)})
+            return replaced(handler, **{kind: wrap(behaviour, check)})
     raise ValueError("an RPC method handler without a behaviour")
 
 

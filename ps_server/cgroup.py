@@ -40,9 +40,9 @@ def memory_limit_bytes(
         elif "memory" in controllers.split(","):
             v1 = root / "memory"
             candidates += [v1 / relative / "memory.limit_in_bytes", v1 / "memory.limit_in_bytes"]
-    for path in candidates:
+    for candidate in candidates:
         try:
-            text = path.read_text().strip()
+            text = candidate.read_text().strip()
         except OSError:
             continue
         if text == "max":

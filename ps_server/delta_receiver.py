@@ -189,7 +189,7 @@ class DeltaReceiver:
         # The whole stream is decoded and checked before any row is applied, so a stream
         # refused at any chunk, or cut short, changes nothing.
         counts = ApplyCounts()
-        deltas = []
+        deltas: list[Delta] = []
         held = HeldBytes(self._budget, f"incremental ApplyDelta of table {name!r}")
         with held:
             for chunk in with_first(first, stream):

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from monolith_ps.logs import fields
-from ps_server.handler_cache import HandlerRewrite
+from ps_server.handler_cache import HandlerRewrite, replaced
 
 __all__ = [
     "BadRequestError",
@@ -168,6 +168,7 @@ class UndecodableRequests(HandlerRewrite):
 def _lenient(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """``handler`` whose request deserializer hands a bad body on as ``_Undecodable``."""
     deserialize = handler.request_deserializer
+    assert deserialize is not None  # HandlerRewrite rewrites only handlers that have one
 
     def lenient(data: bytes) -> Any:
         try:
@@ -184,14 +185,14 @@ def _lenient(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandl
                 _refuse_undecodable(context, method, request)
             return behavior(request, context)
 
-        return handler._replace(request_deserializer=lenient, **{kind: checked})
+        return replaced(handler, request_deserializer=lenient, **{kind: checked})
     if handler.stream_unary:
         behavior = handler.stream_unary
 
         def checked_stream(requests: Any, context: grpc.ServicerContext) -> Any:
             return behavior(_decoded_or_refused(requests, method), context)
 
-        return handler._replace(request_deserializer=lenient, stream_unary=checked_stream)
+        return replaced(handler, request_deserializer=lenient, stream_unary=checked_stream)
     return handler
 
 

@@ -13,7 +13,14 @@ from typing import Any
 
 import grpc
 
-__all__ = ["HandlerCache", "HandlerRewrite"]
+__all__ = ["HandlerCache", "HandlerRewrite", "replaced"]
+
+
+def replaced(handler: grpc.RpcMethodHandler, **parts: Any) -> grpc.RpcMethodHandler:
+    """``handler`` with ``parts`` (behaviours, serializers) swapped in: the handlers gRPC
+    makes are named tuples."""
+    # types-grpcio declares RpcMethodHandler as an abstract class, without the named tuple
+    return handler._replace(**parts)  # type: ignore[attr-defined]
 
 
 class HandlerCache:

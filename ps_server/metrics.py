@@ -278,7 +278,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
 
     def _record(self, method: str, request: Any, context: grpc.ServicerContext, start: float):
         elapsed = time.perf_counter() - start
-        code = context.code() or grpc.StatusCode.OK
+        code = _status_code(context) or grpc.StatusCode.OK
         self._child(self._metrics.rpc_requests, method, code.name).inc()
         tables = _table_labels(request, self._known_tables) if request is not None else [""]
         for table in tables:
@@ -298,7 +298,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
             try:
                 return behavior(request, context)
             except Exception:
-                if context.code() is None:
+                if _status_code(context) is None:
                     context.set_code(grpc.StatusCode.UNKNOWN)
                 raise
             finally:
@@ -312,7 +312,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
             try:
                 yield from behavior(request, context)
             except Exception:
-                if context.code() is None:
+                if _status_code(context) is None:
                     context.set_code(grpc.StatusCode.UNKNOWN)
                 raise
             finally:
@@ -325,8 +325,15 @@ def _is_iterator(request: Any) -> bool:
     return hasattr(request, "__next__")
 
 
+def _status_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """The status the RPC has set so far (None: none yet)."""
+    # ServicerContext.code() exists since grpc 1.38; types-grpcio leaves it out
+    return context.code()  # type: ignore[attr-defined]
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = _HTTP_TIMEOUT_SECONDS
+    raw_requestline: bytes  # read by the base's handle_one_request; typeshed leaves it out
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
         """Scrapes and probes are not worth a log line each."""
@@ -420,7 +427,7 @@ class MetricsHTTPServer:
             (_PooledWSGIServer,),
             {"address_family": socket.AF_INET6 if ":" in host else socket.AF_INET},
         )
-        self._server = make_server(
+        self._server: WSGIServer = make_server(
             host.strip("[]"), port, app, server_class, handler_class=_QuietHandler
         )
         self._thread = threading.Thread(

@@ -27,7 +27,7 @@ from ps_server.authz import Authorizer
 from ps_server.delta_metrics import DeltaMetrics
 from ps_server.delta_receiver import DeltaReceiver
 from ps_server.errors import UndecodableRequests
-from ps_server.handler_cache import HandlerRewrite
+from ps_server.handler_cache import HandlerRewrite, replaced
 from ps_server.hooks import Snapshotter, SnapshotterFactory
 from ps_server.metrics import MetricsHTTPServer, RpcMetricsInterceptor, ServerMetrics
 from ps_server.readiness import StalenessGauge, missing_state
@@ -119,11 +119,12 @@ class PreEncodedResponses(HandlerRewrite):
 def _pass_bytes_through(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """``handler`` whose response serializer sends ``bytes`` as they are."""
     serialize = handler.response_serializer
+    assert serialize is not None  # HandlerRewrite rewrites only handlers that have one
 
     def serialize_unless_bytes(response: object) -> bytes:
         return response if isinstance(response, bytes) else serialize(response)
 
-    return handler._replace(response_serializer=serialize_unless_bytes)
+    return replaced(handler, response_serializer=serialize_unless_bytes)
 
 
 def _address(host: str, port: int) -> str:
@@ -183,8 +184,10 @@ class PSServer:
         access: list[grpc.ServerInterceptor] = []
         if settings.authorization:
             access.append(Authorizer(settings.role, settings.config.auth, self.registry))
+        # gRPC only submits to the pool; types-grpcio asks for a ThreadPoolExecutor
+        pool = DaemonThreadPool(handler_threads(server_config), thread_name_prefix="ps-rpc")
         self._grpc = grpc.server(
-            DaemonThreadPool(handler_threads(server_config), thread_name_prefix="ps-rpc"),
+            pool,  # type: ignore[arg-type]
             interceptors=[
                 RpcMetricsInterceptor(self.metrics, self.state.tables),
                 *access,

@@ -29,6 +29,7 @@ from monolith_ps import wire
 from monolith_ps.config import ServerConfig
 from monolith_ps.logs import fields
 from ps_server.errors import BudgetExceededError, StreamCancelledError
+from ps_server.handler_cache import replaced
 
 __all__ = ["StreamBudget", "StreamGuard", "handler_threads", "stream_cap"]
 
@@ -140,9 +141,9 @@ class StreamGuard(grpc.ServerInterceptor):
             return handler
         kind = method[len(wire.METHOD_PREFIX) :]
         if kind == "ExportDelta" and handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._guard_export(handler.unary_stream))
+            return replaced(handler, unary_stream=self._guard_export(handler.unary_stream))
         if kind == "ApplyDelta" and handler.stream_unary is not None:
-            return handler._replace(stream_unary=self._guard_apply(handler.stream_unary))
+            return replaced(handler, stream_unary=self._guard_apply(handler.stream_unary))
         return handler
 
     def open_streams(self) -> int:

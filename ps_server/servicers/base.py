@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import grpc
@@ -55,7 +55,7 @@ def check_view(state: ShardState, view: ps_pb2.ShardView) -> None:
 
 def decode_key_batches(
     state: ShardState,
-    entries: list,
+    entries: Sequence[ps_pb2.TableKeys | ps_pb2.TableGradients],
     answer_bytes_per_row: Callable[[EmbeddingTable], int] | None = None,
 ) -> list[KeyBatch]:
     """Each entry's table and keys, after every check of the whole request passed.

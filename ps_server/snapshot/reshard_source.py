@@ -18,7 +18,7 @@ import numpy as np
 
 from ps_server.snapshot.content import ROW_KEYS, ROW_VERSIONS, DenseSnapshot, TableSnapshot
 from ps_server.snapshot.files import CorruptSnapshotError, FileEntry, read_npy
-from ps_server.snapshot.format import Manifest, ServerInfo
+from ps_server.snapshot.format import DenseEntry, Manifest, ServerInfo
 from ps_server.snapshot.merge import merge_sections
 from ps_server.snapshot.store import SnapshotStore
 
@@ -81,7 +81,7 @@ def open_source(root: Path | str) -> SourceShard:
         for name, section in _mapped_tables(path, manifest).items():
             tables.setdefault(name, []).append(section)
         if manifest.dense is not None:
-            dense = _loaded_dense(path, manifest)
+            dense = _loaded_dense(path, manifest, manifest.dense)
     last = selection.chain[-1][0]
     return SourceShard(root, last.server, tuple(m.seq for m, _ in selection.chain), tables, dense)
 
@@ -202,9 +202,7 @@ def _in_sorted(keys: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
     return sorted_unique[pos] == keys
 
 
-def _loaded_dense(path: Path, manifest: Manifest) -> DenseSnapshot:
-    entry = manifest.dense
-
+def _loaded_dense(path: Path, manifest: Manifest, entry: DenseEntry) -> DenseSnapshot:
     def get(rel: str) -> np.ndarray:
         return read_npy(path / rel, manifest.files[rel])
 

@@ -107,7 +107,7 @@ class SnapshotStore:
 
     def next_seq(self) -> int:
         seqs = [s.seq for s in self.snapshots()]
-        seqs += [parse_work_dir_name(p.name)[0] for p in self.work_dirs()]
+        seqs += [w[0] for p in self.work_dirs() if (w := parse_work_dir_name(p.name))]
         return max(seqs, default=0) + 1
 
     # ------------------------------------------------------------ lock
@@ -271,7 +271,7 @@ class SnapshotStore:
                 _LOGGER.warning("snapshot %s unusable: %s", snap.path, exc)
         children: dict[int, list[Manifest]] = {}
         for manifest in manifests.values():
-            if manifest.kind == "incr":
+            if manifest.kind == "incr" and manifest.parent_seq is not None:  # both or neither
                 children.setdefault(manifest.parent_seq, []).append(manifest)
 
         def attempt(snap_path: Path, manifest: Manifest) -> tuple[bool, Any]:

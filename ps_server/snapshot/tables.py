@@ -45,17 +45,10 @@ def table_section(table: EmbeddingTable, since: int) -> tuple[TableSnapshot, boo
     delta = table.export_since(since, with_state=True)
     arrays = {k: np.asarray(v) for k, v in meta.items() if isinstance(v, np.ndarray)}
     scalars = {k: int(v) for k, v in meta.items() if not isinstance(v, np.ndarray)}
-    rows = {
-        ROW_KEYS: delta.keys,
-        ROW_VERSIONS: delta.versions,
-        "values": delta.values,
-        "opt_state": delta.opt_state,
-        "push_counts": delta.push_counts,
-        "last_update": delta.last_update,
-    }
-    for name in OPTIONAL_ROW_FIELDS:
-        if getattr(delta, name, None) is not None:
-            rows[name] = getattr(delta, name)
+    rows = {ROW_KEYS: delta.keys, ROW_VERSIONS: delta.versions}
+    for name in (*ROW_FIELDS, *OPTIONAL_ROW_FIELDS):  # with_state: all but the optional
+        if (value := getattr(delta, name)) is not None:
+            rows[name] = value
     section = TableSnapshot(
         rows=rows,
         since_version=delta.since_version,
@@ -75,6 +68,7 @@ def load_table(table: EmbeddingTable, name: str, section: TableSnapshot) -> int:
     if missing:
         raise SnapshotMismatchError(f"table {name!r}: snapshot lacks row fields {missing}")
     rows = section.rows
+    optional: dict[str, Any] = {name: rows[name] for name in OPTIONAL_ROW_FIELDS if name in rows}
     delta = Delta(
         keys=rows[ROW_KEYS],
         values=rows["values"],
@@ -86,7 +80,7 @@ def load_table(table: EmbeddingTable, name: str, section: TableSnapshot) -> int:
         opt_state=rows["opt_state"],
         push_counts=rows["push_counts"],
         last_update=rows["last_update"],
-        **{name: rows[name] for name in OPTIONAL_ROW_FIELDS if name in rows},
+        **optional,
     )
     meta: dict[str, Any] = {**section.meta, **section.arrays}
     try:

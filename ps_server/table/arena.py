@@ -19,6 +19,7 @@ import mmap
 import sys
 
 import numpy as np
+import numpy.typing as npt
 
 HUGE_PAGE = 2 << 20
 RESERVE_BYTES = 32 << 30  # per arena, virtual
@@ -34,7 +35,7 @@ class RowArena:
     """A ``(capacity, *row_shape)`` array of ``dtype`` that grows in place and can give its
     tail back."""
 
-    def __init__(self, row_shape: tuple[int, ...], dtype: np.dtype) -> None:
+    def __init__(self, row_shape: tuple[int, ...], dtype: npt.DTypeLike) -> None:
         self._row_shape = row_shape
         self._dtype = np.dtype(dtype)
         self._row_bytes = self._dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
@@ -77,6 +78,7 @@ class RowArena:
         they are zero), and return the new view."""
         if rows >= self.capacity or self._row_bytes == 0:
             return self.array
+        assert self._block is not None  # capacity > 0 rows of bytes: grow made the block
         start, stop = rows * self._row_bytes, self.capacity * self._row_bytes
         if self._mapping is None:
             self._block = np.array(self._block[:start])
@@ -94,6 +96,7 @@ class RowArena:
         return 0 if self._block is None else int(self._block.shape[0])
 
     def _view(self, rows: int) -> np.ndarray:
+        assert self._block is not None  # called once grow has made the block
         raw = self._block[: rows * self._row_bytes]
         return raw.view(self._dtype).reshape((rows, *self._row_shape))
 

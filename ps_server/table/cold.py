@@ -23,6 +23,7 @@ holes for one segment read and one written.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from ps_server.table import cuckoo, rows
 from ps_server.table.arena import RowArena
@@ -47,7 +48,7 @@ class ColdTier:
     ``cursor`` is ``[head segment, next row of it to fill, first and last + 1 row of the
     buffer not written to the file yet]``."""
 
-    def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
+    def __init__(self, directory: str, row_width: int, storage: npt.DTypeLike) -> None:
         self._file = ColdFile(directory, row_width, storage)
         self.storage = np.dtype(storage)
         self.row_bytes = self._file.row_bytes

@@ -30,6 +30,7 @@ import tempfile
 import weakref
 
 import numpy as np
+import numpy.typing as npt
 
 from monolith_ps.errors import ConfigError
 from ps_server.table.arena import MADV_POPULATE_READ, populate
@@ -55,7 +56,7 @@ class ColdFile:
     """Rows of ``row_width`` ``storage`` items in an unlinked file in ``directory``;
     :attr:`rows` is the read-only mapped view of the first :attr:`capacity` of them."""
 
-    def __init__(self, directory: str, row_width: int, storage: np.dtype) -> None:
+    def __init__(self, directory: str, row_width: int, storage: npt.DTypeLike) -> None:
         self._fd = _open_unlinked(directory)
         weakref.finalize(self, os.close, self._fd)
         self._storage = np.dtype(storage)

@@ -89,7 +89,7 @@ def apply_delta(
     ``(rows_applied, rows_skipped, tombstones_applied)``."""
     keys, values, versions, t_keys, t_versions, state, pushes, last_update, usage = checked
     has_state = state is not None
-    if not has_state:
+    if state is None or pushes is None or last_update is None:  # all three or none
         state = np.zeros((0, t.state_width), dtype=np.float32)
         pushes = np.zeros(0, dtype=np.int64)
         last_update = np.zeros(0, dtype=np.int64)

@@ -88,8 +88,10 @@ class EmbeddingTable:
         self._lock = threading.Lock()
         self._t = TableArrays(config, trainable, dtype)
         # the cold tier, with a memory budget: rows past its hot row limit go there
-        budget = config.memory_budget_bytes
-        self._tiering = None if budget is None else Tiering(self._t, config.cold_dir, budget)
+        budget, cold_dir = config.memory_budget_bytes, config.cold_dir  # both or neither
+        self._tiering = (
+            None if budget is None or cold_dir is None else Tiering(self._t, cold_dir, budget)
+        )
 
     # ------------------------------------------------------------------ properties
 

@@ -27,7 +27,7 @@ def evict_over_limit(t: TableArrays, tiering: Tiering | None) -> None:
     total = usage.shape[0]
     victims = np.argpartition(usage, excess - 1)[:excess] if excess < total else np.arange(total)
     victims = victims[np.argsort(usage[victims], kind="stable")]
-    if total > high:
+    if tiering is not None and total > high:  # rows past the hot ones are cold
         cold_victims = victims[victims >= high] - high
         victims = victims[victims < high]
         t.stats["evicted"] += tiering.run_removal(removal.evict_rows, cold_victims)

@@ -14,4 +14,5 @@ from __future__ import annotations
 
 from numba import njit
 
-hot_kernel = njit(nogil=True, cache=True, error_model="numpy", _nrt=False)
+# _nrt is a private option numba's annotations of njit leave out
+hot_kernel = njit(nogil=True, cache=True, error_model="numpy", _nrt=False)  # type: ignore[call-overload]

@@ -43,7 +43,7 @@ class Tiering:
         # last use; LFU: their count, then last use); a lookup only lends the hot tier a
         # cold row ranked below it (see ``promote``)
         self.horizon = 0
-        self._lent: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lent: tuple[np.ndarray, np.ndarray, int] | None = None
 
     def __len__(self) -> int:
         return len(self.cold)
