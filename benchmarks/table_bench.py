@@ -22,8 +22,10 @@ the previous build freed, the time to fault in the table's bytes in that fresh p
 and the build in a second fresh process that first faulted in and freed as many bytes: a
 virtual machine whose host backs guest memory only at first touch makes the first a cost of
 the machine, which the second leaves out),
-``apply_gradients`` with Adagrad, and memory: ``memory_bytes()`` per row against the raw
-payload (key + value + optimizer state) and against the growth of the process RSS.
+``apply_gradients`` with Adagrad (and its parts: checking and merging the push alone,
+applying an already checked push alone, and the fixed cost of a call, from 8-key calls),
+and memory: ``memory_bytes()`` per row against the raw payload (key + value + optimizer
+state) and against the growth of the process RSS.
 Both processes fix their malloc thresholds at start, as ``mps server`` does (so per-call
 buffers are reused, not faulted in anew). Times are CPU time of the benchmark thread
 (``time.thread_time``: user plus system, so page faults count, but waiting for a core on a
@@ -81,6 +83,10 @@ TARGETS = {  # ratio name -> (minimum, enforced by --check)
 MAX_BYTES_RATIO = 1.3
 PREFETCH_AHEAD = 8
 PREFETCHED = "adagrad over precomputed rows, prefetched"
+CHECK = "apply_gradients adagrad, check and merge only"
+APPLY = "apply_gradients adagrad, apply of a checked push only"
+SMALL_PUSH = 8  # keys of the pushes that measure the fixed cost of an apply_gradients call
+CALL_COST = "apply_gradients call, fixed cost spread over the batch"
 
 
 @njit(nogil=True, cache=True)
@@ -203,6 +209,20 @@ def first_build_in_fresh_process(rows: int, batch: int, prime_bytes: int = 0) ->
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def small_push_seconds(
+    table: EmbeddingTable, keys: np.ndarray, grads: np.ndarray, calls: int = 2000
+) -> float:
+    """CPU seconds of one ``apply_gradients`` call of ``len(keys)`` keys (best of three runs
+    of ``calls`` calls): what a call costs besides its per-key work."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.thread_time()
+        for _ in range(calls):
+            table.apply_gradients(keys, grads)
+        best = min(best, (time.thread_time() - start) / calls)
+    return best
+
+
 def warm_up() -> None:
     """Compile (or load) every kernel on a tiny table so no timing includes it."""
     t = EmbeddingTable(config())
@@ -268,11 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     adagrad = dict(OPTIMIZERS["adagrad"].args) | table.config.optimizer_args
     adagrad_arena[:, DIM:] = adagrad["initial_accumulator"]
     lr, eps = np.float32(adagrad["lr"]), np.float32(adagrad["eps"])
+    checked = [table.check_push(query_keys[b], grads) for b in range(batches)]
     rates = best_rates(
         {
             "gather": lambda b: gather(arena, queries[b], out),
             "find": lambda b: table.find(query_keys[b]),
             "apply_gradients adagrad": lambda b: table.apply_gradients(query_keys[b], grads),
+            CHECK: lambda b: table.check_push(query_keys[b], grads),
+            APPLY: lambda b: table.apply_push(checked[b]),
             "adagrad over precomputed rows": lambda b: adagrad_rows(
                 adagrad_arena, queries[b], grads, lr, eps, 0
             ),
@@ -284,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         batch,
         args.repeats,
     )
+    call_seconds = small_push_seconds(table, query_keys[0][:SMALL_PUSH], grads[:SMALL_PUSH])
     rates["find_or_insert new keys"] = insert_rate
     rates["find_or_insert new keys, best build"] = rows / (
         best_build["user"] + best_build["system"]
@@ -315,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         f"apply_gradients adagrad / {PREFETCHED}": rates["apply_gradients adagrad"]
         / rates[PREFETCHED],
     }
+    breakdown = {  # nanoseconds per key of a batch
+        name: 1e9 / rates[name] for name in ("gather", "apply_gradients adagrad", CHECK, APPLY)
+    } | {CALL_COST: call_seconds * 1e9 / batch}
     memory = {
         "rows": len(table),
         "memory_bytes": table.memory_bytes(),
@@ -362,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows_per_second": rates,
         "checks": checks,
         "reference_ratios": reference_ratios,
+        "apply_breakdown_ns_per_key": breakdown,
+        "apply_call_seconds": {"keys": SMALL_PUSH, "seconds": call_seconds},
         "memory": memory,
         "inserts": inserts,
     }
@@ -409,6 +438,19 @@ def render(result: dict) -> str:
             f"| {name} | {r[name] / 1e6:.2f} M | {ref} {r[ref] / 1e6:.2f} M | {ratio:.2f} | "
             "reported |"
         )
+    for name in (CHECK, APPLY):
+        lines.append(
+            f"| {name} | {r[name] / 1e6:.2f} M | gather {r['gather'] / 1e6:.2f} M | "
+            f"{r[name] / r['gather']:.2f} | reported |"
+        )
+    ns = result["apply_breakdown_ns_per_key"]
+    call = result["apply_call_seconds"]
+    lines.append(
+        f"| (apply_gradients per key: {ns['apply_gradients adagrad']:.0f} ns = check and merge "
+        f"{ns[CHECK]:.0f} + apply {ns[APPLY]:.0f} + the rest; a call of {call['keys']} keys "
+        f"takes {call['seconds'] * 1e6:.1f} us, {ns[CALL_COST]:.2f} ns a key of a batch; "
+        f"gather {ns['gather']:.0f} ns) | | | | |"
+    )
     user_rate = r["find_or_insert new keys, user time"]
     best_rate = r["find_or_insert new keys, best build"]
     primed_rate = r["find_or_insert new keys, primed fresh process"]
