@@ -13,6 +13,11 @@ machine state:
   value and accumulator, with no index lookup, no metadata and no duplicate handling;
   and the same loop fetching each row's lines 8 rows ahead of its step (the software
   prefetch the table's kernels use), the ceiling of a step on random rows here.
+- the table's memory pattern without its logic: that prefetched loop also writing each
+  row's 32-byte metadata line, and also reading two random 64-byte index buckets per key
+  ahead of the row (the row's address waits for them, as it waits for the probe in the push
+  kernel). It bounds what the push kernel can reach with the table's layout; the apply
+  of an already checked push is reported against it.
 
 Measured: ``find`` (read-only lookups), ``find_or_insert`` of new keys (normal
 initializer; the table starts empty, so every growth of index and arenas is included; the
@@ -54,7 +59,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +66,14 @@ import numpy as np
 os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))
 
 import numba  # noqa: E402
-from numba import njit  # noqa: E402
 from report import write_result
+from table_references import (  # noqa: E402
+    PREFETCH_AHEAD,
+    adagrad_rows,
+    adagrad_table_pattern,
+    best_rates,
+    gather,
+)
 
 from monolith_ps.allocator import reuse_large_buffers  # noqa: E402
 from monolith_ps.optimizer_specs import OPTIMIZERS  # noqa: E402
@@ -71,7 +81,6 @@ from monolith_ps.processes import rss_bytes  # noqa: E402
 from monolith_ps.table_config import TableConfig  # noqa: E402
 from ps_server.table import EmbeddingTable  # noqa: E402
 from ps_server.table.arena import RowArena  # noqa: E402
-from ps_server.table.prefetch import prefetch_row  # noqa: E402
 
 DIM = 64
 TARGETS = {  # ratio name -> (minimum, enforced by --check)
@@ -81,64 +90,13 @@ TARGETS = {  # ratio name -> (minimum, enforced by --check)
     "apply_gradients adagrad / gather": (0.4, True),
 }
 MAX_BYTES_RATIO = 1.3
-PREFETCH_AHEAD = 8
 PREFETCHED = "adagrad over precomputed rows, prefetched"
+WITH_META = f"{PREFETCHED}, + metadata line"
+WITH_INDEX = f"{WITH_META} + index buckets"
 CHECK = "apply_gradients adagrad, check and merge only"
 APPLY = "apply_gradients adagrad, apply of a checked push only"
 SMALL_PUSH = 8  # keys of the pushes that measure the fixed cost of an apply_gradients call
 CALL_COST = "apply_gradients call, fixed cost spread over the batch"
-
-
-@njit(nogil=True, cache=True)
-def gather(arena: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
-    """The reference: copy rows at precomputed indices."""
-    for i in range(idx.shape[0]):
-        r = idx[i]
-        for j in range(arena.shape[1]):
-            out[i, j] = arena[r, j]
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def adagrad_rows(
-    arena: np.ndarray,
-    idx: np.ndarray,
-    grads: np.ndarray,
-    lr: np.float32,
-    eps: np.float32,
-    ahead: int,
-) -> None:
-    """The apply reference: one Adagrad step on each row at precomputed indices; ``arena``
-    rows hold the values, then the accumulator. With ``ahead`` > 0 each row's lines are
-    fetched that many rows before its step."""
-    dim = grads.shape[1]
-    n = idx.shape[0]
-    for i in range(n):
-        if ahead > 0 and i + ahead < n:
-            prefetch_row(arena, idx[i + ahead])
-        w = arena[idx[i], :dim]
-        s = arena[idx[i], dim:]
-        g = grads[i]
-        for j in range(dim):
-            acc = s[j] + g[j] * g[j]
-            s[j] = acc
-            w[j] -= lr * g[j] / (np.sqrt(acc) + eps)
-
-
-def best_rates(
-    runs: dict[str, Callable[[int], None]], batches: int, batch: int, repeats: int
-) -> dict[str, float]:
-    """Rows per second of each ``run(b)`` over ``batches`` batches, best of ``repeats``; the
-    repeats of all runs are interleaved."""
-    best = dict.fromkeys(runs, float("inf"))
-    for run in runs.values():
-        run(0)  # warm caches and compiled code
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.thread_time()
-            for b in range(batches):
-                run(b)
-            best[name] = min(best[name], time.thread_time() - start)
-    return {name: batches * batch / seconds for name, seconds in best.items()}
 
 
 LR = 0.05
@@ -235,6 +193,11 @@ def warm_up() -> None:
         np.ones((4, 2 * DIM), np.float32), np.zeros(2, np.int64), np.ones((2, DIM), np.float32),
         np.float32(LR), np.float32(1e-10), PREFETCH_AHEAD,
     )  # fmt: skip
+    adagrad_table_pattern(
+        np.ones((4, 2 * DIM), np.float32), np.ones((4, 4), np.int64), np.zeros((2, 8), np.uint64),
+        np.zeros(2, np.int64), np.zeros((2, 2), np.int64), np.ones((2, DIM), np.float32),
+        np.float32(LR), np.float32(1e-10), True,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     adagrad_arena[:, DIM:] = adagrad["initial_accumulator"]
     lr, eps = np.float32(adagrad["lr"]), np.float32(adagrad["eps"])
     checked = [table.check_push(query_keys[b], grads) for b in range(batches)]
+    # the table-pattern references: a metadata arena and an index of the table's shapes (on
+    # huge pages, as the table's), and two random buckets per key, as its hashes give
+    pattern_meta = RowArena((4,), np.int64).grow(rows)
+    pattern_meta[:] = 1
+    pattern_index = RowArena((8,), np.uint64).grow(table.num_buckets)
+    pattern_index[:] = 0
+    buckets = np.random.default_rng(1).integers(0, table.num_buckets, (batches, batch, 2))
     rates = best_rates(
         {
             "gather": lambda b: gather(arena, queries[b], out),
@@ -301,6 +271,28 @@ def main(argv: list[str] | None = None) -> int:
             ),
             PREFETCHED: lambda b: adagrad_rows(
                 adagrad_arena, queries[b], grads, lr, eps, PREFETCH_AHEAD
+            ),
+            WITH_META: lambda b: adagrad_table_pattern(
+                adagrad_arena,
+                pattern_meta,
+                pattern_index,
+                queries[b],
+                buckets[b],
+                grads,
+                lr,
+                eps,
+                False,
+            ),
+            WITH_INDEX: lambda b: adagrad_table_pattern(
+                adagrad_arena,
+                pattern_meta,
+                pattern_index,
+                queries[b],
+                buckets[b],
+                grads,
+                lr,
+                eps,
+                True,
             ),
         },
         batches,
@@ -338,9 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{PREFETCHED} / gather": rates[PREFETCHED] / rates["gather"],
         f"apply_gradients adagrad / {PREFETCHED}": rates["apply_gradients adagrad"]
         / rates[PREFETCHED],
+        f"{WITH_META} / gather": rates[WITH_META] / rates["gather"],
+        f"{WITH_INDEX} / gather": rates[WITH_INDEX] / rates["gather"],
+        f"{APPLY} / {WITH_INDEX}": rates[APPLY] / rates[WITH_INDEX],
     }
     breakdown = {  # nanoseconds per key of a batch
-        name: 1e9 / rates[name] for name in ("gather", "apply_gradients adagrad", CHECK, APPLY)
+        name: 1e9 / rates[name]
+        for name in ("gather", "apply_gradients adagrad", CHECK, APPLY, PREFETCHED, WITH_META)
+        + (WITH_INDEX,)
     } | {CALL_COST: call_seconds * 1e9 / batch}
     memory = {
         "rows": len(table),
@@ -432,6 +429,9 @@ def render(result: dict) -> str:
         ("apply_gradients adagrad", "adagrad over precomputed rows"),
         (PREFETCHED, "gather"),
         ("apply_gradients adagrad", PREFETCHED),
+        (WITH_META, "gather"),
+        (WITH_INDEX, "gather"),
+        (APPLY, WITH_INDEX),
     ):
         ratio = result["reference_ratios"][f"{name} / {ref}"]
         lines.append(
@@ -449,7 +449,8 @@ def render(result: dict) -> str:
         f"| (apply_gradients per key: {ns['apply_gradients adagrad']:.0f} ns = check and merge "
         f"{ns[CHECK]:.0f} + apply {ns[APPLY]:.0f} + the rest; a call of {call['keys']} keys "
         f"takes {call['seconds'] * 1e6:.1f} us, {ns[CALL_COST]:.2f} ns a key of a batch; "
-        f"gather {ns['gather']:.0f} ns) | | | | |"
+        f"gather {ns['gather']:.0f} ns; references: the step {ns[PREFETCHED]:.0f} ns, + metadata "
+        f"{ns[WITH_META]:.0f} ns, + index {ns[WITH_INDEX]:.0f} ns) | | | | |"
     )
     user_rate = r["find_or_insert new keys, user time"]
     best_rate = r["find_or_insert new keys, best build"]
