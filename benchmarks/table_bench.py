@@ -259,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     pattern_index = RowArena((8,), np.uint64).grow(table.num_buckets)
     pattern_index[:] = 0
     buckets = np.random.default_rng(1).integers(0, table.num_buckets, (batches, batch, 2))
+
+    def pattern(b: int, with_index: bool) -> None:
+        adagrad_table_pattern(
+            adagrad_arena, pattern_meta, pattern_index, queries[b], buckets[b], grads, lr, eps,
+            with_index,
+        )  # fmt: skip
+
     rates = best_rates(
         {
             "gather": lambda b: gather(arena, queries[b], out),
@@ -272,28 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             PREFETCHED: lambda b: adagrad_rows(
                 adagrad_arena, queries[b], grads, lr, eps, PREFETCH_AHEAD
             ),
-            WITH_META: lambda b: adagrad_table_pattern(
-                adagrad_arena,
-                pattern_meta,
-                pattern_index,
-                queries[b],
-                buckets[b],
-                grads,
-                lr,
-                eps,
-                False,
-            ),
-            WITH_INDEX: lambda b: adagrad_table_pattern(
-                adagrad_arena,
-                pattern_meta,
-                pattern_index,
-                queries[b],
-                buckets[b],
-                grads,
-                lr,
-                eps,
-                True,
-            ),
+            WITH_META: lambda b: pattern(b, False),
+            WITH_INDEX: lambda b: pattern(b, True),
         },
         batches,
         batch,
