@@ -28,10 +28,12 @@ class UniqueKeys:
     ``unique[bounds[s]:bounds[s + 1]]``, in order of first appearance within a shard.
     ``bounds`` is None for unique keys in no known grouping (a client then routes them).
 
-    ``from_keys`` is the way to make one. Construction checks the arrays' types and that
-    ``bounds`` starts at 0, never decreases and ends at ``len(unique)`` (O(shards), so a
-    hand-made one cannot send a client out of range); which shard owns each key is left to
-    the servers, which refuse misrouted keys.
+    ``from_keys`` is the way to make one. Construction checks the arrays' types, that
+    every ``inverse`` entry is -1 or a position in ``unique`` (a min and a max over the
+    batch, so ``gather`` and ``sum_per_key`` never index out of range), and that ``bounds``
+    starts at 0, never decreases and ends at ``len(unique)`` (so a hand-made one cannot
+    send a client out of range); which shard owns each key is left to the servers, which
+    refuse misrouted keys.
     """
 
     unique: np.ndarray  # uint64 (u,)
@@ -41,6 +43,13 @@ class UniqueKeys:
     def __post_init__(self) -> None:
         _check_array("unique", self.unique, np.uint64, ndim=1)
         _check_array("inverse", self.inverse, np.int64)
+        if self.inverse.size:
+            low, high = int(self.inverse.min()), int(self.inverse.max())
+            if low < -1 or high >= self.unique.shape[0]:
+                raise ValueError(
+                    f"inverse must hold -1 (a pad key) or positions below len(unique) = "
+                    f"{self.unique.shape[0]}, got values from {low} to {high}"
+                )
         if self.bounds is None:
             return
         bounds = self.bounds

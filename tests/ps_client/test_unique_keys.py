@@ -119,6 +119,13 @@ def test_hand_made_unique_keys_with_a_bad_inverse_are_refused():
         UniqueKeys(unique, [0, 1])
 
 
+@pytest.mark.parametrize("inverse", [(0, 2), (1, -2), ((0, 1), (2, 0))])
+def test_hand_made_unique_keys_with_an_inverse_out_of_range_are_refused(inverse):
+    """An entry past ``unique`` would make ``sum_per_key``'s kernel write out of bounds."""
+    with pytest.raises(ValueError, match="positions below len\\(unique\\) = 2, got values"):
+        UniqueKeys(np.array([5, 9], np.uint64), np.array(inverse, np.int64))
+
+
 def _batches(num_batches=4, n=64, seed=7):
     rng = np.random.default_rng(seed)
     out = []
