@@ -14,7 +14,8 @@ One YAML or JSON file describes a whole cluster and is read by every process of 
 
 Every section but ``tables`` is optional. Unknown keys are errors, so a typo never
 passes silently; every error is a ``ConfigError`` naming the field path
-(``tables[1].dim``).
+(``tables[1].dim``). Every field, its default, limits and cost: ``docs/config.md`` (a test
+fails when a field of these dataclasses is missing there).
 """
 
 from __future__ import annotations

@@ -115,3 +115,11 @@ def test_the_example_loads_and_shows_every_section(tmp_path: Path) -> None:
     assert set(yaml.safe_load(match.group(1))) == set(_sections())
     shown = {key for entry in yaml.safe_load(match.group(1))["tables"] for key in entry}
     assert shown == {f.name for f in dataclasses.fields(config.tables[0])}
+
+
+def test_the_doc_links_only_to_its_own_headings() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    headings = re.findall(r"^#+ (.*)$", text, re.MULTILINE)
+    slugs = {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+    anchors = set(re.findall(r"\]\(#([^)]+)\)", text))
+    assert anchors and anchors <= slugs, sorted(anchors - slugs)
