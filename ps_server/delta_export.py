@@ -25,7 +25,6 @@ from ps_server.table import Delta, EmbeddingTable
 __all__ = ["chunk_rows_for", "export_dense_chunks", "export_table_chunks"]
 
 
-# A chunk's bytes stay this far under the message limit (room for the header fields).
 class _ChunkHeader(TypedDict, total=False):
     """The fields every chunk of one export repeats."""
 
@@ -39,6 +38,7 @@ class _ChunkHeader(TypedDict, total=False):
     dtype: ps_pb2.DType
 
 
+# A chunk's bytes stay this far under the message limit (room for the header fields).
 _HEADER_ROOM = 4096
 _EMPTY_KEYS = np.zeros(0, dtype=np.uint64)
 
