@@ -12,7 +12,7 @@ One YAML or JSON file describes a whole cluster and is read by every process of 
     snapshot: {full_interval: 1h, incremental_interval: 5m, keep: 3}
     sync: {sparse_interval: 5m, dense_interval: 24h, chunk_rows: 65536}
 
-Every section but ``tables`` is optional. Unknown keys are errors, so a typo never
+Every section but ``tables`` is optional. Unknown fields are errors, so a typo never
 passes silently; every error is a ``ConfigError`` naming the field path
 (``tables[1].dim``). Every field, its default, limits and cost: ``docs/config.md`` (a test
 fails when a field of these dataclasses is missing there).
@@ -303,6 +303,7 @@ def _parse_dense(raw: Any) -> tuple[DenseConfig, ...]:
             dense.initializer,
             dense.initializer_args,
             DENSE_INITIALIZERS,
+            dense.seed,
         )
         seen.add(dense.name)
         arrays.append(dense)
@@ -335,11 +336,8 @@ def _coerce(value: Any, field: dataclasses.Field, where: str) -> Any:
     annotation = str(field.type)
     if annotation == "float":  # every float of a section is a duration
         return parse_duration(value, where)
-    if annotation.startswith("Mapping"):
+    if annotation.startswith("Mapping"):  # arguments: checked by validate_training_fields
         _require_mapping(value, where)
-        for key, arg in value.items():
-            if isinstance(arg, bool) or not isinstance(arg, int | float):
-                raise ConfigError(f"{where}.{key}: expected a number, got {arg!r}")
         return dict(value)
     if annotation == "str":
         if not isinstance(value, str):
@@ -363,7 +361,9 @@ def _reject_unknown(raw: Mapping[str, Any], known: set[str], where: str) -> None
     unknown = sorted(set(raw) - known)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown field (known: {', '.join(sorted(known))})"
+        )
 
 
 def _message(exc: BaseException) -> str:

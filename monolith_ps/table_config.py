@@ -26,14 +26,14 @@ SERVING_DTYPES = ("float32", "float16")
 DENSE_INITIALIZERS = ("zeros", "constant", "uniform", "normal")
 _U64_MAX = 2**64 - 1
 
-# hyper-parameters and their allowed ranges, checked for every optimizer that has them
+# numeric hyper-parameters and their allowed ranges, checked for every optimizer that has
+# them; ``nesterov`` is the one boolean argument (true or false)
 _ARG_RULES: dict[str, tuple[str, float, float]] = {
     # name: (rule, low, high); rule "gt" = low < x <= high, "ge" = low <= x <= high,
     # "ge_lt" = low <= x < high
     "lr": ("gt", 0.0, math.inf),
     "alpha": ("gt", 0.0, math.inf),
     "momentum": ("ge_lt", 0.0, 1.0),
-    "nesterov": ("ge", 0.0, 1.0),
     "initial_accumulator": ("ge", 0.0, math.inf),
     "eps": ("ge", 0.0, math.inf),
     "beta1": ("ge_lt", 0.0, 1.0),
@@ -125,7 +125,13 @@ def _validate(c: TableConfig) -> None:
     if not _is_int(c.dim) or c.dim < 1 or c.dim > 65536:
         fail("dim", "must be a positive integer (at most 65536)", c.dim)
     validate_training_fields(
-        p, c.optimizer, c.optimizer_args, c.initializer, c.initializer_args, tuple(INITIALIZERS)
+        p,
+        c.optimizer,
+        c.optimizer_args,
+        c.initializer,
+        c.initializer_args,
+        tuple(INITIALIZERS),
+        c.seed,
     )
     if not _is_int(c.admit_after) or not 1 <= c.admit_after <= 65535:
         fail("admit_after", "must be an integer from 1 to 65535", c.admit_after)
@@ -141,8 +147,6 @@ def _validate(c: TableConfig) -> None:
         fail("serving_dtype", f"must be one of {', '.join(SERVING_DTYPES)}", c.serving_dtype)
     if not _is_number(c.lr_frequency_power) or not 0 <= c.lr_frequency_power < math.inf:
         fail("lr_frequency_power", "must be a number >= 0", c.lr_frequency_power)
-    if not _is_int(c.seed) or not 0 <= c.seed <= _U64_MAX:
-        fail("seed", "must be an integer from 0 to 2**64 - 1", c.seed)
     if not _is_int(c.tombstone_log_size) or c.tombstone_log_size < 1:
         fail("tombstone_log_size", "must be a positive integer", c.tombstone_log_size)
     w = c.sketch_width
@@ -166,8 +170,10 @@ def validate_training_fields(
     initializer: Any,
     initializer_args: Any,
     initializers: tuple[str, ...],
+    seed: Any,
 ) -> None:
-    """Check an optimizer and an initializer with their arguments (tables and dense arrays).
+    """Check an optimizer and an initializer with their arguments and the initializer's
+    seed (tables and dense arrays: one set of rules and messages for both).
 
     Raises :class:`ConfigError` naming ``where.<field>``.
     """
@@ -193,6 +199,8 @@ def validate_training_fields(
         std = (dict(INITIALIZERS["normal"].args) | initializer_args)["std"]
         if std < 0:
             fail("initializer_args.std", "must be >= 0", std)
+    if not _is_int(seed) or not 0 <= seed <= _U64_MAX:
+        fail("seed", "must be an integer from 0 to 2**64 - 1", seed)
 
 
 def _validate_args(

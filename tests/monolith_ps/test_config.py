@@ -90,9 +90,9 @@ def test_parse_duration_refuses(bad):
         ({"tables": [{"name": "a", "dim": 4, "dimm": 3}]}, r"tables\[0\]\.dimm: unknown"),
         ({"tables": [{"name": "a", "dim": 4}, {"name": "a", "dim": 4}]}, r"tables\[1\]\.name"),
         ({"tables": [{"name": "a", "dim": 4, "optimizer": "adamw"}]}, r"tables\[0\]\.optimizer"),
-        ({"tables": [{"name": "a", "dim": 4}], "tabels": []}, "tabels: unknown key"),
+        ({"tables": [{"name": "a", "dim": 4}], "tabels": []}, "tabels: unknown field"),
         ({"tables": [{"name": "a", "dim": 4}], "server": {"max_mesage_bytes": 1}},
-         "server.max_mesage_bytes: unknown key"),
+         "server.max_mesage_bytes: unknown field"),
         ({"tables": [{"name": "a", "dim": 4}], "server": {"max_message_bytes": "big"}},
          "server.max_message_bytes: expected an integer"),
         ({"tables": [{"name": "a", "dim": 4}], "server": {"max_message_bytes": 100}},
@@ -118,6 +118,44 @@ def test_parse_duration_refuses(bad):
 def test_errors_name_the_field(raw, field):
     with pytest.raises(ConfigError, match=field):
         parse_config(raw)
+
+
+def _with_entry(section: str, fields: dict) -> dict:
+    """A config whose first entry of ``section`` (a table or a dense array) has ``fields``."""
+    table = {"name": "t", "dim": 4}
+    if section == "tables":
+        return {"tables": [table | fields]}
+    return {"tables": [table], "dense": [{"name": "d", "size": 4} | fields]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"optimizer": "momentum", "optimizer_args": {"nesterov": 1}},
+         "optimizer_args.nesterov: must be true or false, got 1"),
+        ({"optimizer": "momentum", "optimizer_args": {"nesterov": 0.0}},
+         "optimizer_args.nesterov: must be true or false, got 0.0"),
+        ({"optimizer": "momentum", "optimizer_args": {"lr": True}},
+         "optimizer_args.lr: must be a finite number, got True"),
+        ({"initializer": "normal", "initializer_args": {"std": False}},
+         "initializer_args.std: must be a finite number, got False"),
+        ({"seed": 2**64}, "seed: must be an integer from 0 to 2**64 - 1, got 18446744073709551616"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("section", ["tables", "dense"])
+def test_tables_and_dense_arrays_refuse_training_fields_alike(section, fields, message):
+    with pytest.raises(ConfigError) as refused:
+        parse_config(_with_entry(section, fields))
+    assert str(refused.value) == f"{section}[0].{message}"
+
+
+@pytest.mark.parametrize("section", ["tables", "dense"])
+def test_tables_and_dense_arrays_accept_nesterov_and_the_largest_seed(section):
+    fields = {"optimizer": "momentum", "optimizer_args": {"nesterov": True}, "seed": 2**64 - 1}
+    config = parse_config(_with_entry(section, fields))
+    entry = config.tables[0] if section == "tables" else config.dense[0]
+    assert entry.optimizer_args == {"nesterov": True} and entry.seed == 2**64 - 1
+    assert parse_config(json.loads(json.dumps(config_to_dict(config)))) == config
 
 
 def test_unreadable_and_malformed_files(tmp_path):
