@@ -241,7 +241,12 @@ def test_schema_config_fields_match_what_the_servers_accept() -> None:
     """The config section of the schema names exactly the fields monolith_ps.config reads."""
     from monolith_ps import config as cluster_config
     from monolith_ps.optimizer_specs import INITIALIZERS, OPTIMIZERS
-    from monolith_ps.table_config import EVICTION_POLICIES, SERVING_DTYPES, TableConfig
+    from monolith_ps.table_config import (
+        DENSE_INITIALIZERS,
+        EVICTION_POLICIES,
+        SERVING_DTYPES,
+        TableConfig,
+    )
 
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     definitions = schema["definitions"]
@@ -256,10 +261,10 @@ def test_schema_config_fields_match_what_the_servers_accept() -> None:
     assert set(sections["snapshot"]["properties"]) == fields(cluster_config.SnapshotConfig)
     assert set(sections["sync"]["properties"]) == fields(cluster_config.SyncConfig)
     assert set(sections) == {f.name for f in dataclasses.fields(cluster_config.ClusterConfig)}
-    for kind in ("table", "dense"):
+    for kind, initializers in (("table", INITIALIZERS), ("dense", DENSE_INITIALIZERS)):
         props = definitions[kind]["properties"]
         assert set(props["optimizer"]["enum"]) == set(OPTIMIZERS)
-        assert set(props["initializer"]["enum"]) == set(INITIALIZERS)
+        assert set(props["initializer"]["enum"]) == set(initializers)
     assert set(definitions["table"]["properties"]["eviction"]["enum"]) == set(EVICTION_POLICIES)
     assert set(definitions["table"]["properties"]["serving_dtype"]["enum"]) == set(SERVING_DTYPES)
 
