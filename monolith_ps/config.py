@@ -48,6 +48,10 @@ __all__ = [
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _TABLE_PREFIX = re.compile(r"^tables\[[^\]]*\]")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Fields of a dense array checked by validate_training_fields, as a table's are.
+_TRAINING_FIELDS = frozenset(
+    ("optimizer", "optimizer_args", "initializer", "initializer_args", "seed")
+)
 
 
 def parse_duration(value: str | float | int, field: str = "duration") -> float:
@@ -289,7 +293,7 @@ def _parse_dense(raw: Any) -> tuple[DenseConfig, ...]:
     seen: set[str] = set()
     for i, entry in enumerate(raw):
         where = f"dense[{i}]"
-        dense = _parse_section(entry, DenseConfig, where)
+        dense = _parse_section(entry, DenseConfig, where, checked_later=_TRAINING_FIELDS)
         if not dense.name or not isinstance(dense.name, str):
             raise ConfigError(f"{where}.name: expected a non-empty string")
         if dense.name in seen:
@@ -310,8 +314,11 @@ def _parse_dense(raw: Any) -> tuple[DenseConfig, ...]:
     return tuple(arrays)
 
 
-def _parse_section(raw: Any, cls: type, where: str) -> Any:
-    """A frozen dataclass from a mapping, checking key names and field types."""
+def _parse_section(
+    raw: Any, cls: type, where: str, checked_later: frozenset[str] = frozenset()
+) -> Any:
+    """A frozen dataclass from a mapping, checking key names and the types of the fields
+    not in ``checked_later`` (those the caller checks itself)."""
     if raw is None:
         return cls()
     _require_mapping(raw, where)
@@ -327,7 +334,10 @@ def _parse_section(raw: Any, cls: type, where: str) -> Any:
             raise ConfigError(f"{where}.{name}: required")
     values = {}
     for name, value in raw.items():
-        values[name] = _coerce(value, fields[name], f"{where}.{name}")
+        if name in checked_later:
+            values[name] = value
+        else:
+            values[name] = _coerce(value, fields[name], f"{where}.{name}")
     return cls(**values)
 
 
@@ -336,9 +346,6 @@ def _coerce(value: Any, field: dataclasses.Field, where: str) -> Any:
     annotation = str(field.type)
     if annotation == "float":  # every float of a section is a duration
         return parse_duration(value, where)
-    if annotation.startswith("Mapping"):  # arguments: checked by validate_training_fields
-        _require_mapping(value, where)
-        return dict(value)
     if annotation == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

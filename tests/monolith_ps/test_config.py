@@ -140,6 +140,10 @@ def _with_entry(section: str, fields: dict) -> dict:
         ({"initializer": "normal", "initializer_args": {"std": False}},
          "initializer_args.std: must be a finite number, got False"),
         ({"seed": 2**64}, "seed: must be an integer from 0 to 2**64 - 1, got 18446744073709551616"),
+        ({"seed": -1}, "seed: must be an integer from 0 to 2**64 - 1, got -1"),
+        ({"seed": True}, "seed: must be an integer from 0 to 2**64 - 1, got True"),
+        ({"optimizer": 3}, "optimizer: must be one of sgd, momentum, adagrad, adam, ftrl, got 3"),
+        ({"optimizer_args": [1]}, "optimizer_args: must be a mapping, got [1]"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("section", ["tables", "dense"])
