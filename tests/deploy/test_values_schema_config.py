@@ -9,6 +9,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+import yaml
 from chart_render import CHART_DIR, NAMESPACE, RELEASE
 
 from monolith_ps.config import ConfigError, parse_config
@@ -105,3 +106,11 @@ def test_schema_and_loader_both_refuse(chart: helm.Chart, config: dict, path: st
 def test_schema_and_loader_both_accept(chart: helm.Chart, config: dict) -> None:
     parse_config(config)
     chart.validate_schema({"config": config})
+
+
+def test_a_seed_up_to_2_53_reaches_the_servers_unchanged(chart: helm.Chart) -> None:
+    """Helm holds numbers as float64: 2**53 is the largest seed docs/config.md promises."""
+    values = {"config": _table(seed=2**53)}
+    files = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    config_map = yaml.safe_load(files["monolith-ps/templates/configmap.yaml"])
+    assert parse_config(yaml.safe_load(config_map["data"]["tables.yaml"])).tables[0].seed == 2**53
