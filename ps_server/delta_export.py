@@ -7,7 +7,7 @@ means the dense arrays.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TypedDict
+from typing import Any
 
 import numpy as np
 
@@ -23,19 +23,6 @@ from ps_server.stream_guard import StreamBudget
 from ps_server.table import Delta, EmbeddingTable
 
 __all__ = ["chunk_rows_for", "export_dense_chunks", "export_table_chunks"]
-
-
-class _ChunkHeader(TypedDict, total=False):
-    """The fields every chunk of one export repeats."""
-
-    table: str
-    source_shard: int
-    source_num_shards: int
-    epoch: int
-    full_resync: bool
-    since_version: int
-    dim: int
-    dtype: ps_pb2.DType
 
 
 # A chunk's bytes stay this far under the message limit (room for the header fields).
@@ -130,7 +117,7 @@ def _table_chunks(
         state.config.server.max_message_bytes,
         state.config.server.min_chunk_bytes,
     )
-    header: _ChunkHeader = {
+    header: dict[str, Any] = {
         "table": request.table,
         "source_shard": state.shard_index,
         "source_num_shards": state.num_shards,
@@ -209,7 +196,7 @@ def export_dense_chunks(
     server's epoch and a version at least ``dense_version``, and is then sent one empty
     last chunk.
     """
-    header: _ChunkHeader = {
+    header: dict[str, Any] = {
         "source_shard": state.shard_index,
         "source_num_shards": state.num_shards,
         "epoch": state.epoch,
