@@ -114,3 +114,12 @@ def test_a_seed_up_to_2_53_reaches_the_servers_unchanged(chart: helm.Chart) -> N
     files = chart.render(values, name=RELEASE, namespace=NAMESPACE)
     config_map = yaml.safe_load(files["monolith-ps/templates/configmap.yaml"])
     assert parse_config(yaml.safe_load(config_map["data"]["tables.yaml"])).tables[0].seed == 2**53
+
+
+@pytest.mark.parametrize("build", [_table, _dense])
+def test_a_seed_helm_would_round_is_refused_at_install(chart: helm.Chart, build) -> None:
+    """The servers take seeds up to 2**64 - 1, but Helm would hand them 2**60 rounded:
+    the chart refuses it rather than change a seed without a word."""
+    parse_config(build(seed=2**60))
+    with pytest.raises(helm.HelmValuesError, match="seed"):
+        chart.validate_schema({"config": build(seed=2**60)})
