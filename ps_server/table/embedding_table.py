@@ -40,7 +40,7 @@ from ps_server.table import (
 from ps_server.table.arrays import TableArrays
 from ps_server.table.delta import Delta
 from ps_server.table.errors import NotTrainableError
-from ps_server.table.eviction import evict_over_limit
+from ps_server.table.eviction import Eviction
 from ps_server.table.tiering import HALF_TO_F32, Tiering
 from ps_server.table.validation import (
     CheckedPush,
@@ -92,6 +92,7 @@ class EmbeddingTable:
         self._tiering = (
             None if budget is None or cold_dir is None else Tiering(self._t, cold_dir, budget)
         )
+        self._eviction = Eviction(self._t, self._tiering)
 
     # ------------------------------------------------------------------ properties
 
@@ -321,6 +322,7 @@ class EmbeddingTable:
         tombstones_applied)``."""
         checked = check_delta(self._t, delta)
         with self._lock:
+            self._eviction.forget()
             return delta_io.apply_delta(self._t, self._tiering, checked, delta)
 
     # ------------------------------------------------------------------ metadata
@@ -337,6 +339,7 @@ class EmbeddingTable:
         ints, t_keys, t_versions = check_meta(self._t, meta)
         sketch = frequency.sketch_from(self._t, meta["sketch"])
         with self._lock:
+            self._eviction.forget()
             metadata.import_meta(self._t, meta, ints, sketch, t_keys, t_versions)
 
     # ------------------------------------------------------------------ internals
@@ -355,7 +358,7 @@ class EmbeddingTable:
         """Age LFU counts when due, evict down to ``max_rows``, then demote down to the hot
         row limit."""
         frequency.age_frequencies(self._t, self._tiering)
-        evict_over_limit(self._t, self._tiering)
+        self._eviction.run()
         if self._tiering is not None:
             self._tiering.demote_over_budget()
 
