@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scale_sim.py --json results/scale_sim.json --markdown results/scale_sim.md
 	$(BIN)/python benchmarks/hostile_bench.py --json results/hostile_bench.json
 	$(BIN)/python benchmarks/client_dedup_bench.py --json results/client_dedup_bench.json
+	$(BIN)/python benchmarks/eviction_bench.py --json results/eviction_bench.json
 
 # System packages the benchmarks compare against (Redis for service_bench.py).
 bench-deps:
