@@ -76,6 +76,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hostile_bench.py --json results/hostile_bench.json
 	$(BIN)/python benchmarks/client_dedup_bench.py --json results/client_dedup_bench.json
 	$(BIN)/python benchmarks/eviction_bench.py --json results/eviction_bench.json
+	$(BIN)/python benchmarks/tier_bench.py --json results/tier_bench.json
+	$(BIN)/python benchmarks/start_bench.py --json results/start_bench.json
+	$(BIN)/python benchmarks/rollout_bench.py --json results/rollout_bench.json
+	$(BIN)/python benchmarks/export_rss_bench.py --json results/export_rss_bench.json
 
 # System packages the benchmarks compare against (Redis for service_bench.py).
 bench-deps:
