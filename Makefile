@@ -65,21 +65,16 @@ fuzz: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/monolith_ps/v1/ps.proto
 
+# Each writes results/NAME.json and a Markdown table beside it (a test keeps the list whole).
+BENCHMARKS := table_bench service_bench sync_bench snapshot_bench load_test reshard_bench \
+	hostile_bench client_dedup_bench eviction_bench tier_bench start_bench rollout_bench \
+	export_rss_bench
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/table_bench.py --json results/table_bench.json
-	$(BIN)/python benchmarks/service_bench.py --json results/service_bench.json
-	$(BIN)/python benchmarks/sync_bench.py --json results/sync_bench.json
-	$(BIN)/python benchmarks/snapshot_bench.py --json results/snapshot_bench.json
-	$(BIN)/python benchmarks/load_test.py --json results/load_test.json
-	$(BIN)/python benchmarks/reshard_bench.py --json results/reshard_bench.json
+	set -e; for name in $(BENCHMARKS); do \
+		$(BIN)/python benchmarks/$$name.py --json results/$$name.json; \
+	done
 	$(BIN)/python benchmarks/scale_sim.py --json results/scale_sim.json --markdown results/scale_sim.md
-	$(BIN)/python benchmarks/hostile_bench.py --json results/hostile_bench.json
-	$(BIN)/python benchmarks/client_dedup_bench.py --json results/client_dedup_bench.json
-	$(BIN)/python benchmarks/eviction_bench.py --json results/eviction_bench.json
-	$(BIN)/python benchmarks/tier_bench.py --json results/tier_bench.json
-	$(BIN)/python benchmarks/start_bench.py --json results/start_bench.json
-	$(BIN)/python benchmarks/rollout_bench.py --json results/rollout_bench.json
-	$(BIN)/python benchmarks/export_rss_bench.py --json results/export_rss_bench.json
 
 # System packages the benchmarks compare against (Redis for service_bench.py).
 bench-deps:
