@@ -27,7 +27,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "check that a running cluster answers (health, topology, lookups)",
     ),
     "reset-cursors": (
-        "monolith_ps.reset_cursors_cli",
+        "sync_agent.reset_cursors_cli",
         "drop a serving replica's sync cursors, so the agent resends those tables whole",
     ),
 }

@@ -25,7 +25,6 @@ ENTRY_POINTS = (
     "monolith_ps.local_cli",
     "monolith_ps.check_cli",
     "monolith_ps.check",
-    "monolith_ps.reset_cursors_cli",
     "monolith_ps.processes",
 )
 
