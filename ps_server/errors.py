@@ -165,10 +165,10 @@ class UndecodableRequests(HandlerRewrite):
         super().__init__("request_deserializer", _lenient)
 
 
-def _lenient(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _lenient(
+    method: str, handler: grpc.RpcMethodHandler, deserialize: Callable[[bytes], Any]
+) -> grpc.RpcMethodHandler:
     """``handler`` whose request deserializer hands a bad body on as ``_Undecodable``."""
-    deserialize = handler.request_deserializer
-    assert deserialize is not None  # HandlerRewrite rewrites only handlers that have one
 
     def lenient(data: bytes) -> Any:
         try:

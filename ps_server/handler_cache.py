@@ -41,17 +41,22 @@ class HandlerCache:
 
 
 class HandlerRewrite(grpc.ServerInterceptor):
-    """An interceptor that hands out ``rewrite(method, handler)`` for the handler of every
-    method that has ``part`` (``"request_deserializer"`` or ``"response_serializer"``),
-    made once per method; other handlers pass as they are."""
+    """An interceptor that hands out ``rewrite(method, handler, part)`` for the handler of
+    every method that has ``part`` (``"request_deserializer"`` or ``"response_serializer"``,
+    passed on as the handler's function of that name), made once per method; other
+    handlers pass as they are."""
 
-    def __init__(self, part: str, rewrite: Callable[[str, Any], Any]) -> None:
+    def __init__(self, part: str, rewrite: Callable[[str, Any, Callable], Any]) -> None:
         self._part = part
         self._rewrite = rewrite
         self._handlers = HandlerCache()
+        self._wrap = self._rewrite_part  # bound once, not at every call
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201
         handler = continuation(handler_call_details)
         if handler is None or getattr(handler, self._part) is None:
             return handler
-        return self._handlers.get(handler_call_details.method, handler, self._rewrite)
+        return self._handlers.get(handler_call_details.method, handler, self._wrap)
+
+    def _rewrite_part(self, method: str, handler: Any) -> Any:
+        return self._rewrite(method, handler, getattr(handler, self._part))

@@ -116,10 +116,10 @@ class PreEncodedResponses(HandlerRewrite):
         super().__init__("response_serializer", _pass_bytes_through)
 
 
-def _pass_bytes_through(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _pass_bytes_through(
+    method: str, handler: grpc.RpcMethodHandler, serialize: Callable[[object], bytes]
+) -> grpc.RpcMethodHandler:
     """``handler`` whose response serializer sends ``bytes`` as they are."""
-    serialize = handler.response_serializer
-    assert serialize is not None  # HandlerRewrite rewrites only handlers that have one
 
     def serialize_unless_bytes(response: object) -> bytes:
         return response if isinstance(response, bytes) else serialize(response)
