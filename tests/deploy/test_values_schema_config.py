@@ -26,48 +26,43 @@ def _dense(**fields: Any) -> dict[str, Any]:
     return {"tables": [TABLE], "dense": [DENSE | fields]}
 
 
+def _refused(section: str, path: str, case: str, **fields: Any) -> Any:
+    """A config with ``fields`` in its first ``section`` entry ("tables" or "dense"), and
+    the path the schema's error names: ``/config/<section>/0/<path>``."""
+    config = _table(**fields) if section == "tables" else _dense(**fields)
+    return pytest.param(config, f"/config/{section}/0/{path}", id=case)
+
+
 # (config, the value's path in the schema's error)
 REFUSED = [
-    pytest.param(_dense(initializer="learned"), "/config/dense/0/initializer", id="dense-learned"),
-    pytest.param(
-        _dense(initializer="constant", initializer_args={"value": True}),
-        "/config/dense/0/initializer_args/value",
-        id="dense-initializer-arg-bool",
+    _refused("dense", "initializer", "dense-learned", initializer="learned"),
+    _refused(
+        "dense", "initializer_args/value", "dense-initializer-arg-bool",
+        initializer="constant", initializer_args={"value": True},
     ),
-    pytest.param(
-        _table(initializer_args={"std": False}),
-        "/config/tables/0/initializer_args/std",
-        id="table-initializer-arg-bool",
+    _refused(
+        "tables", "initializer_args/std", "table-initializer-arg-bool",
+        initializer_args={"std": False},
     ),
-    pytest.param(
-        _dense(optimizer_args={"lr": True}),
-        "/config/dense/0/optimizer_args/lr",
-        id="dense-optimizer-arg-bool",
+    _refused("dense", "optimizer_args/lr", "dense-optimizer-arg-bool", optimizer_args={"lr": True}),
+    _refused(
+        "tables", "optimizer_args/lr", "table-optimizer-arg-bool", optimizer_args={"lr": True}
     ),
-    pytest.param(
-        _table(optimizer_args={"lr": True}),
-        "/config/tables/0/optimizer_args/lr",
-        id="table-optimizer-arg-bool",
+    _refused(
+        "dense", "optimizer_args/nesterov", "dense-nesterov-number",
+        optimizer="momentum", optimizer_args={"nesterov": 1},
     ),
-    pytest.param(
-        _dense(optimizer="momentum", optimizer_args={"nesterov": 1}),
-        "/config/dense/0/optimizer_args/nesterov",
-        id="dense-nesterov-number",
+    _refused(
+        "tables", "optimizer_args/nesterov", "table-nesterov-number",
+        optimizer="momentum", optimizer_args={"nesterov": 0},
     ),
-    pytest.param(
-        _table(optimizer="momentum", optimizer_args={"nesterov": 0}),
-        "/config/tables/0/optimizer_args/nesterov",
-        id="table-nesterov-number",
-    ),
-    pytest.param(_table(sketch_width=100), "/config/tables/0/sketch_width", id="sketch-width-100"),
-    pytest.param(_table(sketch_width=32), "/config/tables/0/sketch_width", id="sketch-width-32"),
-    pytest.param(
-        _table(sketch_width=2**31), "/config/tables/0/sketch_width", id="sketch-width-2**31"
-    ),
-    pytest.param(_table(seed=2**64), "/config/tables/0/seed", id="table-seed-2**64"),
-    pytest.param(_dense(seed=2**64), "/config/dense/0/seed", id="dense-seed-2**64"),
-    pytest.param(_dense(seed=-1), "/config/dense/0/seed", id="dense-seed-negative"),
-]
+    _refused("tables", "sketch_width", "sketch-width-100", sketch_width=100),
+    _refused("tables", "sketch_width", "sketch-width-32", sketch_width=32),
+    _refused("tables", "sketch_width", "sketch-width-2**31", sketch_width=2**31),
+    _refused("tables", "seed", "table-seed-2**64", seed=2**64),
+    _refused("dense", "seed", "dense-seed-2**64", seed=2**64),
+    _refused("dense", "seed", "dense-seed-negative", seed=-1),
+]  # fmt: skip
 
 ACCEPTED = [
     pytest.param(
