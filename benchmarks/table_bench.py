@@ -97,6 +97,16 @@ CHECK = "apply_gradients adagrad, check and merge only"
 APPLY = "apply_gradients adagrad, apply of a checked push only"
 SMALL_PUSH = 8  # keys of the pushes that measure the fixed cost of an apply_gradients call
 CALL_COST = "apply_gradients call, fixed cost spread over the batch"
+# (measurement, reference) pairs reported beside the targets, in report order
+REFERENCE_PAIRS = (
+    ("adagrad over precomputed rows", "gather"),
+    ("apply_gradients adagrad", "adagrad over precomputed rows"),
+    (PREFETCHED, "gather"),
+    ("apply_gradients adagrad", PREFETCHED),
+    (WITH_META, "gather"),
+    (WITH_INDEX, "gather"),
+    (APPLY, WITH_INDEX),
+)
 
 
 LR = 0.05
@@ -310,21 +320,19 @@ def main(argv: list[str] | None = None) -> int:
         "apply_gradients adagrad / gather": rates["apply_gradients adagrad"] / rates["gather"],
     }
     reference_ratios = {  # reported beside the targets
-        "adagrad over precomputed rows / gather": rates["adagrad over precomputed rows"]
-        / rates["gather"],
-        "apply_gradients adagrad / adagrad over precomputed rows": rates["apply_gradients adagrad"]
-        / rates["adagrad over precomputed rows"],
-        f"{PREFETCHED} / gather": rates[PREFETCHED] / rates["gather"],
-        f"apply_gradients adagrad / {PREFETCHED}": rates["apply_gradients adagrad"]
-        / rates[PREFETCHED],
-        f"{WITH_META} / gather": rates[WITH_META] / rates["gather"],
-        f"{WITH_INDEX} / gather": rates[WITH_INDEX] / rates["gather"],
-        f"{APPLY} / {WITH_INDEX}": rates[APPLY] / rates[WITH_INDEX],
+        f"{name} / {ref}": rates[name] / rates[ref] for name, ref in REFERENCE_PAIRS
     }
     breakdown = {  # nanoseconds per key of a batch
         name: 1e9 / rates[name]
-        for name in ("gather", "apply_gradients adagrad", CHECK, APPLY, PREFETCHED, WITH_META)
-        + (WITH_INDEX,)
+        for name in (
+            "gather",
+            "apply_gradients adagrad",
+            CHECK,
+            APPLY,
+            PREFETCHED,
+            WITH_META,
+            WITH_INDEX,
+        )
     } | {CALL_COST: call_seconds * 1e9 / batch}
     memory = {
         "rows": len(table),
@@ -411,15 +419,7 @@ def render(result: dict) -> str:
             f"| {name} | {r[name] / 1e6:.2f} M | {ref} {r[ref] / 1e6:.2f} M | {c['ratio']:.2f} | "
             f">= {c['target']} {mark} |"
         )
-    for name, ref in (
-        ("adagrad over precomputed rows", "gather"),
-        ("apply_gradients adagrad", "adagrad over precomputed rows"),
-        (PREFETCHED, "gather"),
-        ("apply_gradients adagrad", PREFETCHED),
-        (WITH_META, "gather"),
-        (WITH_INDEX, "gather"),
-        (APPLY, WITH_INDEX),
-    ):
+    for name, ref in REFERENCE_PAIRS:
         ratio = result["reference_ratios"][f"{name} / {ref}"]
         lines.append(
             f"| {name} | {r[name] / 1e6:.2f} M | {ref} {r[ref] / 1e6:.2f} M | {ratio:.2f} | "
